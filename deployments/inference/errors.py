@@ -1,0 +1,47 @@
+"""Errors raised by the serving layer. Each one says what happened in words an operator can act on."""
+
+
+class InferenceError(Exception):
+    """Base class for every error of the serving layer."""
+
+
+class InvalidModelId(InferenceError, ValueError):
+    """A model id that cannot safely become a server name or a directory name."""
+
+
+class SourceRefused(InferenceError):
+    """A model source that is missing, malformed, or outside the allowed roots."""
+
+
+class ChecksumMismatch(InferenceError):
+    """A revision whose files do not match the manifest written when it was copied."""
+
+
+class ServerUnavailable(InferenceError):
+    """The inference server did not answer (down, refused the connection, or timed out)."""
+
+
+class ModelNotFound(InferenceError):
+    """The server has no model of that name (not in the repository, or not loaded)."""
+
+
+class LoadFailed(InferenceError):
+    """The server could not load a model; the message carries the server's own reason."""
+
+
+class InferenceFailed(InferenceError):
+    """An inference call was answered with an error."""
+
+
+class DeployFailed(InferenceError):
+    """A deploy or delete stopped at a stage; blue (if any) still serves, untouched.
+
+    ``refused`` is True when the request itself was at fault (bad id, source outside the allowed
+    roots): retrying it unchanged cannot succeed.
+    """
+
+    def __init__(self, stage: str, reason: str, refused: bool = False):
+        super().__init__(f"{stage}: {reason}")
+        self.stage = stage
+        self.reason = reason
+        self.refused = refused

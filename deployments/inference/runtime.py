@@ -1,0 +1,106 @@
+"""The MLServer runtime that serves sentence-transformers model folders.
+
+MLServer imports this module by the dotted path written into each ``model-settings.json``.
+Everything heavy (torch, sentence-transformers) is imported inside ``load()`` so the server
+starts quickly, and every blocking call runs in a thread so one slow batch never stalls the
+server's event loop (and with it every other model's traffic).
+
+Input: one BYTES tensor of strings. Output: FP32 ``[n, dim]`` embeddings, normalised when the
+model's own module list ends in a Normalize layer (as all-MiniLM-L6-v2's does) or when the
+settings' ``extra.normalize`` asks for it. Each response carries the revision that answered it in
+its parameters, so a deploy can prove which revision a name serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec, StringCodec
+from mlserver.errors import MLServerError
+from mlserver.types import InferenceRequest, InferenceResponse, Parameters
+from mlserver.utils import get_model_uri
+
+# Benchmarks set this to a folder; each loaded instance keeps a marker file there while it lives,
+# which lets them count how many instances of a model exist at any moment.
+INSTANCE_MARKER_DIR_ENV = "EMBEDDING_RUNTIME_INSTANCE_DIR"
+
+
+class BadInput(MLServerError):
+    def __init__(self, message: str):
+        super().__init__(message, status_code=400)
+
+
+class SentenceTransformerRuntime(MLModel):
+    async def load(self) -> bool:
+        extra: dict[str, Any] = dict(self.settings.parameters.extra or {}) if self.settings.parameters else {}
+        self._revision = str(extra.get("revision", ""))
+        self._force_normalize = bool(extra.get("normalize", False))
+        uri = await get_model_uri(self.settings)
+        self._model = await asyncio.to_thread(self._load_model, uri)
+        get_dimension = getattr(self._model, "get_embedding_dimension", None) or (
+            self._model.get_sentence_embedding_dimension  # sentence-transformers < 5.2
+        )
+        self._dimensions = int(get_dimension())
+        self._marker = self._create_marker()
+        return True
+
+    @staticmethod
+    def _load_model(uri: str) -> Any:
+        # Offline by construction: a model folder, never a hub download.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        return SentenceTransformer(uri, device="cpu", local_files_only=True)
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        if len(payload.inputs) != 1:
+            raise BadInput(f"expected exactly one input tensor of strings, got {len(payload.inputs)}")
+        request_input = payload.inputs[0]
+        if request_input.datatype != "BYTES":
+            raise BadInput(f"input {request_input.name!r} must be BYTES, got {request_input.datatype}")
+        texts = StringCodec.decode_input(request_input)
+        if not texts:
+            raise BadInput("input holds no texts")
+        embeddings = await asyncio.to_thread(self._encode, texts)
+        return InferenceResponse(
+            model_name=self.name,
+            id=payload.id,
+            parameters=Parameters(revision=self._revision, dimensions=self._dimensions),
+            outputs=[NumpyCodec.encode_output("embedding", embeddings)],
+        )
+
+    def _encode(self, texts: list[str]) -> Any:
+        import numpy as np
+
+        vectors = self._model.encode(
+            texts,
+            batch_size=32,
+            convert_to_numpy=True,
+            normalize_embeddings=self._force_normalize,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    async def unload(self) -> bool:
+        self._model = None
+        self._remove_marker()
+        return True
+
+    def _create_marker(self) -> Path | None:
+        folder = os.environ.get(INSTANCE_MARKER_DIR_ENV)
+        if not folder:
+            return None
+        marker = Path(folder) / f"{self.name}@{os.getpid()}-{id(self)}"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        return marker
+
+    def _remove_marker(self) -> None:
+        marker = getattr(self, "_marker", None)
+        if marker is not None:
+            marker.unlink(missing_ok=True)

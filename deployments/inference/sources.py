@@ -1,0 +1,109 @@
+"""Where model artifacts come from. A source knows how to list and copy its files; nothing else.
+
+Only local directories exist today. A registry (MLflow, S3, ...) is added by writing another
+``ModelSource`` and registering its URI scheme in ``SOURCE_SCHEMES``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlparse
+
+from .errors import SourceRefused
+
+# Files a source may not bring into the repository: the server treats them as its own configuration.
+RESERVED_FILE_NAMES = frozenset({"model-settings.json", "settings.json"})
+
+
+class ModelSource(Protocol):
+    """A place model artifacts are copied from."""
+
+    uri: str
+
+    def files(self) -> Iterator[tuple[Path, str]]:
+        """Yield (absolute file path, path relative to the model root) for every file to copy."""
+        ...
+
+
+class LocalDirectorySource:
+    """A directory on this machine, which must lie (after resolving symlinks) inside an allowed root."""
+
+    def __init__(self, path: Path, allowed_roots: Sequence[Path]):
+        self.uri = path.as_uri() if path.is_absolute() else str(path)
+        self.allowed_roots = list(allowed_roots)
+        self.root = _confine(path, self.allowed_roots)
+        if not self.root.is_dir():
+            raise SourceRefused(f"source {path} is not a directory")
+
+    def files(self) -> Iterator[tuple[Path, str]]:
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+            dirnames.sort()
+            base = Path(dirpath)
+            # os.walk does not descend into symlinked directories: refuse them rather than
+            # deploy a model with files silently missing (and they may loop).
+            for name in dirnames:
+                if (base / name).is_symlink():
+                    _confine(base / name, self.allowed_roots)
+                    raise SourceRefused(f"source {self.uri} contains a symlinked directory: {name}")
+            for name in sorted(filenames):
+                path = base / name
+                if path.is_symlink():
+                    # Symlinked files (e.g. a Hugging Face cache) are fine while they stay inside the roots.
+                    _confine(path, self.allowed_roots)
+                if name in RESERVED_FILE_NAMES:
+                    continue
+                yield path, path.relative_to(self.root).as_posix()
+
+
+def _confine(path: Path, allowed_roots: Sequence[Path]) -> Path:
+    """Resolve ``path`` (following every symlink and '..') and require it to lie inside an allowed root."""
+    if not allowed_roots:
+        raise SourceRefused("no source roots are allowed: configure at least one")
+    if "\x00" in str(path):
+        raise SourceRefused("source path contains a NUL character")
+    try:
+        resolved = path.resolve(strict=True)
+    except (FileNotFoundError, NotADirectoryError):
+        raise SourceRefused(f"source {path} does not exist") from None
+    except (OSError, RuntimeError) as exc:  # symlink loops, permission errors
+        raise SourceRefused(f"source {path} cannot be resolved: {exc}") from None
+    for root in allowed_roots:
+        root_resolved = Path(root).resolve()
+        if resolved == root_resolved or resolved.is_relative_to(root_resolved):
+            return resolved
+    roots = ", ".join(str(r) for r in allowed_roots)
+    raise SourceRefused(f"source {path} resolves to {resolved}, outside the allowed roots ({roots})")
+
+
+def _local_source(uri: str, allowed_roots: Sequence[Path]) -> ModelSource:
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise SourceRefused(f"file URI {uri!r} names a remote host")
+        path = Path(unquote(parsed.path))
+    else:
+        path = Path(uri)
+    if not path.is_absolute():
+        raise SourceRefused(f"source path {uri!r} must be absolute")
+    return LocalDirectorySource(path, allowed_roots)
+
+
+SourceFactory = Callable[[str, Sequence[Path]], ModelSource]
+SOURCE_SCHEMES: dict[str, SourceFactory] = {"": _local_source, "file": _local_source}
+
+
+def open_source(uri: str, allowed_roots: Sequence[Path]) -> ModelSource:
+    """Turn a source URI (an absolute path or ``file://``) into a ModelSource, or raise SourceRefused."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise SourceRefused("source must be a non-empty path or URI")
+    scheme = urlparse(uri).scheme
+    if len(scheme) == 1:  # a Windows drive letter, not a scheme
+        scheme = ""
+    factory = SOURCE_SCHEMES.get(scheme)
+    if factory is None:
+        known = ", ".join(sorted(s or "<absolute path>" for s in SOURCE_SCHEMES))
+        raise SourceRefused(f"source scheme {scheme!r} is not supported (supported: {known})")
+    return factory(uri, allowed_roots)
