@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class DeploymentsConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "deployments"
+    verbose_name = "Deployments"
