@@ -9,6 +9,7 @@ import pytest
 
 from deployments.inference import ModelRepository, V2Client
 from deployments.inference.packaged import packaged_model_dir
+from deployments.inference.runtime_markers import INSTANCE_MARKER_DIR_ENV
 from deployments.inference.server import LocalMLServer
 
 
@@ -24,7 +25,12 @@ def minilm_dir() -> Path:
 def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMLServer]:
     """A real MLServer on 127.0.0.1 with its own model repository, shared by the whole session."""
     base = tmp_path_factory.mktemp("mlserver")
-    server = LocalMLServer(repository_root=base / "repository", workdir=base / "server")
+    server = LocalMLServer(
+        repository_root=base / "repository",
+        workdir=base / "server",
+        # Every loaded model instance keeps a marker file here, so tests can count instances.
+        extra_env={INSTANCE_MARKER_DIR_ENV: str(base / "instances")},
+    )
     server.start()
     try:
         yield server
@@ -41,3 +47,9 @@ def v2_client(mlserver: LocalMLServer) -> Iterator[V2Client]:
 @pytest.fixture
 def model_repository(mlserver: LocalMLServer) -> ModelRepository:
     return ModelRepository(mlserver.repository_root)
+
+
+@pytest.fixture
+def instance_markers(mlserver: LocalMLServer) -> Path:
+    """The folder where the runtime keeps one marker file per loaded model instance."""
+    return Path(mlserver.extra_env[INSTANCE_MARKER_DIR_ENV])

@@ -24,9 +24,7 @@ from mlserver.errors import MLServerError
 from mlserver.types import InferenceRequest, InferenceResponse, Parameters
 from mlserver.utils import get_model_uri
 
-# Benchmarks set this to a folder; each loaded instance keeps a marker file there while it lives,
-# which lets them count how many instances of a model exist at any moment.
-INSTANCE_MARKER_DIR_ENV = "EMBEDDING_RUNTIME_INSTANCE_DIR"
+from .runtime_markers import INSTANCE_MARKER_DIR_ENV
 
 
 class BadInput(MLServerError):

@@ -1,0 +1,130 @@
+import json
+import os
+import stat
+
+import pytest
+
+from deployments.inference import ChecksumMismatch, InvalidModelId, ModelRepository, SourceRefused, open_source
+from deployments.inference.repository import MANIFEST_NAME, STABLE, STAGING
+
+
+@pytest.fixture
+def source_dir(tmp_path):
+    model = tmp_path / "sources" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text('{"hidden_size": 4}')
+    (model / "weights.bin").write_bytes(os.urandom(4096))
+    return model
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return ModelRepository(tmp_path / "repository", keep_revisions=2)
+
+
+def source(path):
+    return open_source(str(path), [path.parent])
+
+
+def test_a_revision_is_a_verified_read_only_copy(repo, source_dir):
+    revision = repo.create_revision("m1", source(source_dir))
+    assert revision.path.parent == repo.revisions_dir("m1")
+    assert (revision.path / "weights.bin").read_bytes() == (source_dir / "weights.bin").read_bytes()
+    manifest = (revision.path / MANIFEST_NAME).read_text().splitlines()
+    assert [line.split("  ")[1] for line in manifest] == ["config.json", "weights.bin"]
+    mode = (revision.path / "weights.bin").stat().st_mode
+    assert not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    repo.verify(revision.path)
+
+
+def test_the_same_artifacts_converge_on_one_revision(repo, source_dir):
+    first = repo.create_revision("m1", source(source_dir))
+    second = repo.create_revision("m1", source(source_dir))
+    assert first.revision == second.revision
+    assert repo.list_revisions("m1") == [first.revision]
+    assert not list(repo.model_dir("m1").glob(".incoming-*"))
+
+
+def test_changed_artifacts_make_a_new_revision(repo, source_dir):
+    first = repo.create_revision("m1", source(source_dir))
+    (source_dir / "README.md").write_text("v2")
+    second = repo.create_revision("m1", source(source_dir))
+    assert first.revision != second.revision
+    assert set(repo.list_revisions("m1")) == {first.revision, second.revision}
+
+
+def test_a_tampered_revision_fails_verification_and_is_replaced(repo, source_dir):
+    revision = repo.create_revision("m1", source(source_dir))
+    weights = revision.path / "weights.bin"
+    weights.chmod(0o644)
+    weights.write_bytes(b"corrupt")
+    with pytest.raises(ChecksumMismatch, match=r"weights\.bin"):
+        repo.verify(revision.path)
+    again = repo.create_revision("m1", source(source_dir))
+    assert again.revision == revision.revision
+    repo.verify(again.path)
+
+
+def test_a_missing_file_fails_verification(repo, source_dir):
+    revision = repo.create_revision("m1", source(source_dir))
+    (revision.path / "config.json").unlink()
+    with pytest.raises(ChecksumMismatch, match=r"missing config\.json"):
+        repo.verify(revision.path)
+
+
+def test_a_crashed_copy_leaves_nothing_under_revisions(repo, source_dir):
+    leftover = repo.model_dir("m1") / ".incoming-crashed"
+    leftover.mkdir(parents=True)
+    (leftover / "half.bin").write_bytes(b"half")
+    repo.create_revision("m1", source(source_dir))
+    assert not leftover.exists()
+
+
+def test_an_empty_source_is_refused(repo, tmp_path):
+    empty = tmp_path / "sources" / "empty"
+    empty.mkdir(parents=True)
+    with pytest.raises(SourceRefused, match="no files"):
+        repo.create_revision("m1", source(empty))
+    assert repo.list_revisions("m1") == []
+
+
+def test_settings_point_each_name_at_its_revision(repo, source_dir):
+    revision = repo.create_revision("m1", source(source_dir))
+    stable = json.loads(repo.write_settings("m1", STABLE, revision.revision).read_text())
+    staging = json.loads(repo.write_settings("m1", STAGING, revision.revision).read_text())
+    assert stable["name"] == "m1" and staging["name"] == "m1~green"
+    assert stable["parameters"]["uri"] == str(revision.path)
+    assert "version" not in stable["parameters"], "a version bump on a serving name breaks traffic"
+    assert repo.settings_revision("m1", STABLE) == revision.revision
+    # Atomic writes leave no temporary files for the server's glob to trip over.
+    assert not [p for p in repo.model_dir("m1").rglob(".tmp-*")]
+    assert repo.remove_settings("m1", STAGING) is True
+    assert repo.settings_revision("m1", STAGING) is None
+
+
+def test_prune_keeps_the_newest_and_the_protected(repo, source_dir):
+    made = []
+    for n in range(4):
+        (source_dir / "README.md").write_text(f"v{n}")
+        revision = repo.create_revision("m1", source(source_dir))
+        os.utime(revision.path, (1000 + n, 1000 + n))
+        made.append(revision.revision)
+    removed = repo.prune("m1", protect={made[0]})
+    assert set(removed) == {made[1]}
+    assert set(repo.list_revisions("m1")) == {made[3], made[2], made[0]}
+
+
+def test_remove_model_deletes_everything_of_that_model_only(repo, source_dir):
+    kept = repo.create_revision("other", source(source_dir))
+    revision = repo.create_revision("m1", source(source_dir))
+    repo.write_settings("m1", STABLE, revision.revision)
+    assert repo.remove_model("m1") == [revision.revision]
+    assert not repo.model_dir("m1").exists()
+    repo.verify(kept.path)
+    assert repo.remove_model("m1") == []
+
+
+@pytest.mark.parametrize("bad_id", ["../escape", "a/b", "", "x" * 200])
+def test_unsafe_ids_never_become_paths(repo, bad_id):
+    with pytest.raises(InvalidModelId):
+        repo.model_dir(bad_id)
