@@ -135,3 +135,58 @@ if REDIS_URL := os.environ.get("REDIS_URL"):
     Q_CLUSTER["redis"] = REDIS_URL
 else:
     Q_CLUSTER["orm"] = "default"
+
+# The task engine (deployments.services): leases, retries of lost attempts, re-sending lost hand-offs.
+# A worker renews its model's lease every TASK_LEASE_SECONDS / 4; a lease not renewed for
+# TASK_LEASE_SECONDS means the worker died, and the sweeper retries (or fails) its task.
+TASK_LEASE_SECONDS = float(os.environ.get("TASK_LEASE_SECONDS", "60"))
+TASK_MAX_ATTEMPTS = int(os.environ.get("TASK_MAX_ATTEMPTS", "3"))
+# A pending task not handed to the queue after this long (or handed over this long ago and never
+# started) is sent again by the sweeper.
+TASK_HANDOFF_GRACE_SECONDS = float(os.environ.get("TASK_HANDOFF_GRACE_SECONDS", "30"))
+TASK_SWEEP_MINUTES = int(os.environ.get("TASK_SWEEP_MINUTES", "1"))
+# What builds the deployer the workers drive; the default is the green deployer of deployments.inference.
+INFERENCE_DEPLOYER_FACTORY = os.environ.get(
+    "INFERENCE_DEPLOYER_FACTORY", "deployments.services.deployer.build_green_deployer"
+)
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Tests start real workers in subprocesses, so the SQLite test database must be a file they can open.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-controlplane-{os.getpid()}.sqlite3")}
+
+REST_FRAMEWORK = {
+    # Token first: a request without credentials gets 401 with "WWW-Authenticate: Token", not 403.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["deployments.api.permissions.ReadAuthenticatedWriteWithModelPermission"],
+    "DEFAULT_PARSER_CLASSES": ["deployments.api.parsers.BoundedJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "EXCEPTION_HANDLER": "deployments.api.exceptions.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "deployments.api.pagination.TaskCursorPagination",
+    "PAGE_SIZE": 50,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Inference Deployment Tasks API",
+    "DESCRIPTION": (
+        "Deploy embedding models onto a V2 inference server (green strategy) and delete them again. "
+        "Every deploy or delete is a task; follow it by task id or by embedding model id. "
+        "Authenticate with `Authorization: Token <key>`."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"deployments": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")}},
+}

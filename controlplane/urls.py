@@ -1,6 +1,15 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api-auth/", include("rest_framework.urls")),  # log in / out for the browsable API
+    path("", include("deployments.api.urls")),
 ]
+
+handler400 = "controlplane.errors.bad_request"
+handler404 = "controlplane.errors.not_found"
+handler500 = "controlplane.errors.server_error"

@@ -1,0 +1,64 @@
+"""Every error the API returns is JSON with a ``detail`` naming the problem (and ``errors`` per field)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from rest_framework import status
+from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+from deployments.services import TaskConflict, TaskHandOffFailed
+
+logger = logging.getLogger(__name__)
+
+
+class Conflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+
+
+class HandOffFailed(APIException):
+    status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
+    default_code = "hand_off_failed"
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, RequestDataTooBig):
+        exc = ValidationError({"body": [f"request body is too large: {exc}"]})
+    elif isinstance(exc, TaskConflict):
+        exc = Conflict(str(exc))
+    elif isinstance(exc, TaskHandOffFailed):
+        exc = HandOffFailed(str(exc))
+    response = exception_handler(exc, context)
+    if response is None:
+        logger.exception("unhandled error in %s", context.get("view"), exc_info=exc)
+        return Response({"detail": "internal error; the request was not carried out"}, status=500)
+    if isinstance(exc, ValidationError):
+        response.data = {"detail": _summarize(exc.detail), "errors": _as_field_errors(exc.detail)}
+    elif not isinstance(response.data, dict):
+        response.data = {"detail": response.data}
+    return response
+
+
+def _as_field_errors(detail: Any) -> dict[str, Any]:
+    if isinstance(detail, dict):
+        return detail
+    return {"non_field_errors": detail if isinstance(detail, list) else [detail]}
+
+
+def _summarize(detail: Any, prefix: str = "") -> str:
+    """'config.ready_timeout: Ensure this value is less than or equal to 3600.' from nested DRF errors."""
+    if isinstance(detail, dict):
+        return "; ".join(
+            _summarize(value, key if not prefix else f"{prefix}.{key}")
+            if key != "non_field_errors"
+            else _summarize(value, prefix)
+            for key, value in detail.items()
+        )
+    if isinstance(detail, list):
+        return "; ".join(_summarize(item, prefix) for item in detail)
+    return f"{prefix}: {detail}" if prefix else str(detail)

@@ -1,0 +1,176 @@
+"""Request validation and response shapes. Thin: the rules themselves live in the serving layer and services."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from rest_framework import serializers
+
+from deployments.inference import InvalidModelId, SourceRefused, validate_model_id
+from deployments.models import EmbeddingModel, TaskEvent, TaskStatus
+from deployments.services.registry import check_source
+
+
+class ModelIdField(serializers.CharField):
+    """An embedding model id, checked by the serving layer's own rule (validate_model_id)."""
+
+    default_error_messages = {"not_a_string": "must be a string, not {type}."}
+
+    def __init__(self, **kwargs: Any):
+        kwargs.setdefault("trim_whitespace", False)  # " abc" is an unsafe id, not "abc"
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("not_a_string", type=type(data).__name__)
+        try:
+            return validate_model_id(data)
+        except InvalidModelId as exc:
+            raise serializers.ValidationError(str(exc)) from exc
+
+
+class StrictUUIDField(serializers.UUIDField):
+    def to_internal_value(self, data: Any) -> uuid.UUID:
+        if not isinstance(data, str):
+            self.fail("invalid", value=data)
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """An integer given as a JSON number: "384" and 384.5 and true are mistakes, not 384."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictNumberField(serializers.FloatField):
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class NoUnknownKeysMixin:
+    """Reject keys the serializer does not know, naming them (a typo must not be silently ignored)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                allowed = ", ".join(sorted(self.fields)) or "none"
+                raise serializers.ValidationError({key: [f"unknown key; allowed keys: {allowed}."] for key in unknown})
+        return super().to_internal_value(data)
+
+
+class DeploymentConfigSerializer(NoUnknownKeysMixin, serializers.Serializer):
+    expected_dimensions = StrictIntegerField(
+        min_value=1,
+        max_value=65536,
+        required=False,
+        help_text="Refuse the new revision unless its embeddings have exactly this many dimensions.",
+    )
+    ready_timeout = StrictNumberField(
+        min_value=1,
+        max_value=3600,
+        required=False,
+        help_text="Seconds to wait for green to load and become ready (default INFERENCE_READY_TIMEOUT).",
+    )
+
+
+class DeletionConfigSerializer(NoUnknownKeysMixin, serializers.Serializer):
+    """Deletions take no options today; the key exists so the request shape is the same."""
+
+
+class TaskRequestSerializer(NoUnknownKeysMixin, serializers.Serializer):
+    embedding_model_id = ModelIdField(required=False, help_text="The embedding model to act on.")
+    model_id = ModelIdField(required=False, help_text="Alias of embedding_model_id (the spec's examples use it).")
+    task_id = StrictUUIDField(
+        required=False, help_text="Optional client-chosen UUID: the same id again returns the same task."
+    )
+    config_serializer_class: type[serializers.Serializer] = DeploymentConfigSerializer
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        fields["config"] = self.config_serializer_class(required=False)
+        return fields
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        alias = attrs.pop("model_id", None)
+        model_id = attrs.get("embedding_model_id")
+        if model_id and alias and model_id != alias:
+            raise serializers.ValidationError({"model_id": ["differs from embedding_model_id; send one of them."]})
+        if not (model_id or alias):
+            raise serializers.ValidationError({"embedding_model_id": ["This field is required."]})
+        attrs["embedding_model_id"] = model_id or alias
+        return attrs
+
+
+class DeploymentRequestSerializer(TaskRequestSerializer):
+    config_serializer_class = DeploymentConfigSerializer
+
+
+class DeletionRequestSerializer(TaskRequestSerializer):
+    config_serializer_class = DeletionConfigSerializer
+
+
+class TaskSerializer(serializers.Serializer):
+    """ModelDeploymentResponse / ModelDeletionResponse of the spec."""
+
+    task_id = serializers.UUIDField(source="id", read_only=True)
+    embedding_model_id = serializers.CharField(read_only=True)
+    status = serializers.ChoiceField(choices=TaskStatus.choices, read_only=True)
+    detail = serializers.CharField(read_only=True)
+    metadata = serializers.JSONField(
+        read_only=True,
+        help_text="attempt, retry_of, stages (state, message, duration per stage), timings, and on success "
+        "revision, previous_revision, endpoint, dimensions; on failure failed_stage and reason.",
+    )
+    created_at = serializers.DateTimeField(read_only=True)
+    updated_at = serializers.DateTimeField(read_only=True)
+
+
+class TaskEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TaskEvent
+        fields = ["stage", "state", "message", "duration_s", "created_at"]
+        read_only_fields = fields
+
+
+class EmbeddingModelSerializer(NoUnknownKeysMixin, serializers.ModelSerializer):
+    id = ModelIdField(help_text="The embedding model id (letters, digits, '.', '_', '-'; at most 128).")
+    dimensions = StrictIntegerField(min_value=1, max_value=65536, required=False, allow_null=True)
+
+    class Meta:
+        model = EmbeddingModel
+        fields = [
+            "id",
+            "name",
+            "source",
+            "dimensions",
+            "state",
+            "live_revision",
+            "endpoint",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["state", "live_revision", "endpoint", "created_at", "updated_at"]
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        if self.instance is not None:
+            fields["id"].read_only = True  # the id names server models and folders: it never changes
+        return fields
+
+    def validate_id(self, value: str) -> str:
+        if self.instance is None and EmbeddingModel.objects.filter(pk=value).exists():
+            raise serializers.ValidationError(f"embedding model {value!r} is already registered.")
+        return value
+
+    def validate_source(self, value: str) -> str:
+        try:
+            return check_source(value)
+        except SourceRefused as exc:
+            raise serializers.ValidationError(str(exc)) from exc

@@ -1,0 +1,325 @@
+"""The API: the six endpoints of the spec plus listing, cancel, retry, timelines and the model registry.
+
+Views only translate HTTP to service and selector calls and back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from deployments import selectors, services
+from deployments.api.pagination import ModelCursorPagination
+from deployments.api.serializers import (
+    DeletionRequestSerializer,
+    DeploymentRequestSerializer,
+    EmbeddingModelSerializer,
+    TaskEventSerializer,
+    TaskRequestSerializer,
+    TaskSerializer,
+)
+from deployments.inference import InvalidModelId, validate_model_id
+from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, Task, TaskStatus
+from deployments.services.registry import RegistryError
+
+
+def _model_id_from_path(value: str) -> str:
+    try:
+        return validate_model_id(value)
+    except InvalidModelId as exc:
+        raise ValidationError({"embedding_model_id": [str(exc)]}) from exc
+
+
+class TaskViewSet(viewsets.GenericViewSet):
+    """Shared by deployments and deletions; subclasses name the task model and the submit service."""
+
+    task_model: type[Task]
+    request_serializer_class: type[TaskRequestSerializer]
+    serializer_class = TaskSerializer
+    # cancel changes a task; retry creates one
+    permission_verbs = {"create": "add", "retry": "add", "cancel": "change"}
+
+    def get_queryset(self) -> QuerySet[Task]:
+        return self.task_model.objects.all()
+
+    def submit(self, **kwargs: Any) -> services.Submission:
+        raise NotImplementedError
+
+    def _get_task(self, task_id: str) -> Task:
+        try:
+            parsed = uuid.UUID(task_id)
+        except ValueError:
+            raise NotFound(f"no {self.task_model.KIND} task with id {task_id!r}: task ids are UUIDs") from None
+        task = selectors.get_task(self.task_model, parsed)
+        if task is None:
+            raise NotFound(f"no {self.task_model.KIND} task with id {task_id!r}")
+        return task
+
+    def create(self, request: Request) -> Response:
+        serializer = self.request_serializer_class(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            submission = self.submit(
+                embedding_model_id=data["embedding_model_id"],
+                config=data.get("config") or {},
+                task_id=data.get("task_id"),
+                requested_by=request.user.get_username(),
+            )
+        except services.ModelNotRegistered as exc:
+            raise ValidationError({"embedding_model_id": [str(exc)]}) from exc
+        code = status.HTTP_202_ACCEPTED if submission.created else status.HTTP_200_OK
+        return Response(TaskSerializer(submission.task).data, status=code)
+
+    def retrieve(self, request: Request, task_id: str) -> Response:
+        return Response(TaskSerializer(self._get_task(task_id)).data)
+
+    @action(detail=False, methods=["get"])
+    def latest(self, request: Request, embedding_model_id: str) -> Response:
+        model_id = _model_id_from_path(embedding_model_id)
+        task = selectors.latest_task_for_model(self.task_model, model_id)
+        if task is None:
+            raise NotFound(f"no {self.task_model.KIND} task for embedding model {model_id!r}")
+        return Response(TaskSerializer(task).data)
+
+    def list(self, request: Request) -> Response:
+        model_id = request.query_params.get("embedding_model_id")
+        if model_id is not None:
+            model_id = _model_id_from_path(model_id)
+        statuses = [s for s in request.query_params.get("status", "").split(",") if s]
+        unknown = sorted(set(statuses) - set(TaskStatus.values))
+        if unknown:
+            raise ValidationError(
+                {"status": [f"unknown status {', '.join(unknown)}; one of {', '.join(TaskStatus.values)}"]}
+            )
+        tasks = selectors.list_tasks(self.task_model, embedding_model_id=model_id, statuses=statuses)
+        page = self.paginate_queryset(tasks)
+        return self.get_paginated_response(TaskSerializer(page, many=True).data)
+
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, task_id: str) -> Response:
+        task = services.cancel_task(self._get_task(task_id))
+        return Response(TaskSerializer(task).data)
+
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, task_id: str) -> Response:
+        try:
+            task = services.retry_task(self._get_task(task_id), requested_by=request.user.get_username())
+        except services.ModelNotRegistered as exc:
+            raise ValidationError({"embedding_model_id": [str(exc)]}) from exc
+        return Response(TaskSerializer(task).data, status=status.HTTP_202_ACCEPTED)
+
+    @action(detail=True, methods=["get"])
+    def events(self, request: Request, task_id: str) -> Response:
+        task = self._get_task(task_id)
+        return Response(TaskEventSerializer(selectors.task_events(task), many=True).data)
+
+
+# -- OpenAPI documentation -------------------------------------------------------------------
+
+TASK_ID = OpenApiParameter("task_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The task's id.")
+MODEL_ID = OpenApiParameter(
+    "embedding_model_id", OpenApiTypes.STR, OpenApiParameter.PATH, description="The embedding model's id."
+)
+ERROR = OpenApiResponse(OpenApiTypes.OBJECT, description='JSON: {"detail": "...", "errors": {field: [...]}}')
+TASK_EXAMPLE = {
+    "task_id": "3f1c9a5e-8a47-4a53-9d7e-2b0c6f1e4d21",
+    "embedding_model_id": "all-minilm-l6-v2",
+    "status": "done",
+    "detail": "revision 5d41402abc4b serves at http://127.0.0.1:8080/v2/models/all-minilm-l6-v2/infer",
+    "metadata": {
+        "attempt": 1,
+        "retry_of": None,
+        "revision": "5d41402abc4b",
+        "previous_revision": None,
+        "endpoint": "http://127.0.0.1:8080/v2/models/all-minilm-l6-v2/infer",
+        "dimensions": 384,
+        "timings": {"validate": 0.003, "fetch": 0.42, "stage_green": 0.9, "smoke_test": 0.3, "promote": 0.5},
+    },
+    "created_at": "2025-01-01T12:00:00Z",
+    "updated_at": "2025-01-01T12:00:03Z",
+}
+
+
+def _task_docs(kind: str, noun: str, request_serializer: type, spec_names: dict[str, str]) -> dict[str, Any]:
+    request_examples = [
+        OpenApiExample("By embedding_model_id", value={"embedding_model_id": "all-minilm-l6-v2"}, request_only=True),
+        OpenApiExample("As in the spec (model_id)", value={"model_id": "123"}, request_only=True),
+        OpenApiExample(
+            "Idempotent, with a client task id",
+            value={"embedding_model_id": "all-minilm-l6-v2", "task_id": "3f1c9a5e-8a47-4a53-9d7e-2b0c6f1e4d21"},
+            request_only=True,
+        ),
+    ]
+    if kind == "deployment":
+        request_examples.append(
+            OpenApiExample(
+                "With config",
+                value={
+                    "embedding_model_id": "all-minilm-l6-v2",
+                    "config": {"expected_dimensions": 384, "ready_timeout": 120},
+                },
+                request_only=True,
+            )
+        )
+    response_example = OpenApiExample("A task", value=TASK_EXAMPLE, response_only=True)
+    tags = [f"{noun} tasks"]
+    return {
+        "create": extend_schema(
+            operation_id=spec_names["create"],
+            summary=f"Create a {kind} task",
+            description=(
+                f"Creates a {kind} task and hands it to a worker; poll it with its task_id. "
+                "202 when created, 200 when a task with that task_id already exists. "
+                "400 for bad input or an unregistered model, 409 when task_id belongs to another "
+                "request, 500 (JSON) only when the task could not be handed to the queue; then nothing was created."
+            ),
+            request=request_serializer,
+            responses={
+                202: TaskSerializer,
+                200: TaskSerializer,
+                400: ERROR,
+                401: ERROR,
+                403: ERROR,
+                409: ERROR,
+                500: ERROR,
+            },
+            examples=[*request_examples, response_example],
+            tags=tags,
+        ),
+        "retrieve": extend_schema(
+            operation_id=spec_names["retrieve"],
+            summary=f"Get a {kind} task",
+            parameters=[TASK_ID],
+            responses={200: TaskSerializer, 404: ERROR},
+            examples=[response_example],
+            tags=tags,
+        ),
+        "latest": extend_schema(
+            operation_id=spec_names["latest"],
+            summary=f"Latest {kind} task of an embedding model",
+            description=f"The most recently submitted {kind} task of the model (not the first one).",
+            parameters=[MODEL_ID],
+            responses={200: TaskSerializer, 400: ERROR, 404: ERROR},
+            examples=[response_example],
+            tags=tags,
+        ),
+        "list": extend_schema(
+            operation_id=f"list_{kind}_tasks",
+            summary=f"List {kind} tasks, newest first",
+            parameters=[
+                OpenApiParameter("embedding_model_id", OpenApiTypes.STR, description="Only this model's tasks."),
+                OpenApiParameter(
+                    "status", OpenApiTypes.STR, description="Comma-separated statuses, e.g. pending,processing."
+                ),
+            ],
+            tags=tags,
+        ),
+        "cancel": extend_schema(
+            operation_id=f"cancel_{kind}_task",
+            summary=f"Cancel a pending {kind} task",
+            request=None,
+            parameters=[TASK_ID],
+            responses={200: TaskSerializer, 404: ERROR, 409: ERROR},
+            tags=tags,
+        ),
+        "retry": extend_schema(
+            operation_id=f"retry_{kind}_task",
+            summary=f"Retry a finished {kind} task as a new attempt",
+            request=None,
+            parameters=[TASK_ID],
+            responses={202: TaskSerializer, 404: ERROR, 409: ERROR},
+            tags=tags,
+        ),
+        "events": extend_schema(
+            operation_id=f"{kind}_task_events",
+            summary=f"Stage-by-stage timeline of a {kind} task",
+            parameters=[TASK_ID],
+            responses={200: TaskEventSerializer(many=True), 404: ERROR},
+            tags=tags,
+        ),
+    }
+
+
+@extend_schema_view(
+    **_task_docs(
+        "deployment",
+        "Deployment",
+        DeploymentRequestSerializer,
+        {"create": "deploy", "retrieve": "get_deploy_task", "latest": "get_model_deploy_status"},
+    )
+)
+class DeploymentTaskViewSet(TaskViewSet):
+    task_model = DeploymentTask
+    request_serializer_class = DeploymentRequestSerializer
+
+    def submit(self, **kwargs: Any) -> services.Submission:
+        return services.submit_deployment(**kwargs)
+
+
+@extend_schema_view(
+    **_task_docs(
+        "deletion",
+        "Deletion",
+        DeletionRequestSerializer,
+        {"create": "delete", "retrieve": "get_delete_task", "latest": "get_model_delete_status"},
+    )
+)
+class DeletionTaskViewSet(TaskViewSet):
+    task_model = DeletionTask
+    request_serializer_class = DeletionRequestSerializer
+
+    def submit(self, **kwargs: Any) -> services.Submission:
+        return services.submit_deletion(**kwargs)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List registered embedding models", tags=["Models"]),
+    create=extend_schema(summary="Register an embedding model", tags=["Models"]),
+    retrieve=extend_schema(summary="Get an embedding model", parameters=[MODEL_ID], tags=["Models"]),
+    partial_update=extend_schema(summary="Change name, source or dimensions", parameters=[MODEL_ID], tags=["Models"]),
+    update=extend_schema(summary="Replace name, source and dimensions", parameters=[MODEL_ID], tags=["Models"]),
+    destroy=extend_schema(
+        summary="Unregister an embedding model (only when not deployed)", parameters=[MODEL_ID], tags=["Models"]
+    ),
+)
+class EmbeddingModelViewSet(viewsets.ModelViewSet):
+    serializer_class = EmbeddingModelSerializer
+    pagination_class = ModelCursorPagination
+    lookup_field = "pk"
+    lookup_url_kwarg = "embedding_model_id"
+
+    def get_queryset(self) -> QuerySet[EmbeddingModel]:
+        return selectors.list_embedding_models()
+
+    def get_object(self) -> EmbeddingModel:
+        model_id = _model_id_from_path(self.kwargs["embedding_model_id"])
+        model = selectors.get_embedding_model(model_id)
+        if model is None:
+            raise NotFound(f"no embedding model {model_id!r}")
+        self.check_object_permissions(self.request, model)
+        return model
+
+    def perform_create(self, serializer: EmbeddingModelSerializer) -> None:
+        data = serializer.validated_data
+        try:
+            serializer.instance = services.register_model(
+                data["id"], data["source"], name=data.get("name", ""), dimensions=data.get("dimensions")
+            )
+        except RegistryError as exc:
+            raise ValidationError({"id": [str(exc)]}) from exc
+
+    def perform_update(self, serializer: EmbeddingModelSerializer) -> None:
+        serializer.instance = services.update_model(serializer.instance, **serializer.validated_data)
+
+    def perform_destroy(self, instance: EmbeddingModel) -> None:
+        services.unregister_model(instance)

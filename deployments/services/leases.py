@@ -1,0 +1,117 @@
+"""Per-model leases in the database: one worker at a time may act on a model, on any machine.
+
+A lease is a ModelLease row's (owner, expires_at). It is taken with one conditional UPDATE, so two
+workers racing for it cannot both win (PostgreSQL re-checks the WHERE clause after the row lock;
+SQLite serializes writers). A heartbeat thread pushes expires_at forward while the task runs; if
+the worker dies, the lease simply runs out and the sweeper takes over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+from django.db.models import F, Q
+from django.utils import timezone
+
+from deployments.models import ModelLease, Task
+
+logger = logging.getLogger(__name__)
+
+# Serializes the "how many models are deployed" check across models. '~' cannot occur in a model id.
+CAPACITY_LOCK_KEY = "~capacity"
+
+
+def new_lease_owner() -> str:
+    """A name for one run of one task: host, process and a nonce (pids are reused after restarts)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def lease_duration() -> timedelta:
+    return timedelta(seconds=settings.TASK_LEASE_SECONDS)
+
+
+def ensure_lease_row(embedding_model_id: str) -> None:
+    # INSERT ... ON CONFLICT DO NOTHING: safe when many requests create the row at once.
+    ModelLease.objects.bulk_create([ModelLease(embedding_model_id=embedding_model_id)], ignore_conflicts=True)
+
+
+def allocate_sequence(embedding_model_id: str) -> int:
+    """The next queue position for the model. Call inside a transaction: the row stays locked
+    until commit, so positions are handed out in commit order."""
+    ensure_lease_row(embedding_model_id)
+    ModelLease.objects.filter(pk=embedding_model_id).update(next_sequence=F("next_sequence") + 1)
+    return ModelLease.objects.filter(pk=embedding_model_id).values_list("next_sequence", flat=True).get()
+
+
+def claim_lease(task: Task, owner: str) -> bool:
+    """Take the model's lease for ``task`` if it is free or its holder stopped renewing it."""
+    ensure_lease_row(task.embedding_model_id)
+    now = timezone.now()
+    claimed = (
+        ModelLease.objects.filter(pk=task.embedding_model_id)
+        .filter(Q(owner="") | Q(expires_at__lt=now))
+        .update(owner=owner, task_kind=task.KIND, task_id=task.pk, expires_at=now + lease_duration())
+    )
+    return claimed == 1
+
+
+def renew_lease(embedding_model_id: str, owner: str) -> bool:
+    renewed = ModelLease.objects.filter(pk=embedding_model_id, owner=owner).update(
+        expires_at=timezone.now() + lease_duration()
+    )
+    return renewed == 1
+
+
+def release_lease(embedding_model_id: str, owner: str) -> bool:
+    released = ModelLease.objects.filter(pk=embedding_model_id, owner=owner).update(
+        owner="", task_kind="", task_id=None, expires_at=None
+    )
+    return released == 1
+
+
+def lock_capacity() -> None:
+    """Inside a transaction: wait for and hold the global capacity lock row until commit."""
+    ensure_lease_row(CAPACITY_LOCK_KEY)
+    ModelLease.objects.select_for_update().filter(pk=CAPACITY_LOCK_KEY).get()
+
+
+class LeaseHeartbeat:
+    """Renews a lease from a background thread while the block runs."""
+
+    def __init__(self, embedding_model_id: str, owner: str):
+        self.embedding_model_id = embedding_model_id
+        self.owner = owner
+        self.interval = max(0.05, settings.TASK_LEASE_SECONDS / 4)
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{embedding_model_id}", daemon=True)
+
+    def __enter__(self) -> LeaseHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 5)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    if not renew_lease(self.embedding_model_id, self.owner):
+                        # The sweeper judged us dead and took the task over; finishing will not overwrite it.
+                        logger.warning("lease on %s lost by %s", self.embedding_model_id, self.owner)
+                        self.lost.set()
+                        return
+                except Exception:  # a transient DB error must not kill the heartbeat
+                    logger.exception("renewing the lease on %s failed", self.embedding_model_id)
+                    close_old_connections()
+        finally:
+            connection.close()  # this thread's own connection

@@ -1,0 +1,125 @@
+"""What a worker does for a deployment or a deletion, through the serving layer's public API.
+
+The serving layer reports each stage through the recorder; these functions add the control
+plane's own checks (registered, capacity) and keep the registry's "what is live" in step with
+what the model repository says, whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from deployments.inference import DeployFailed, GreenDeployer, StageEvent
+from deployments.models import EmbeddingModel, Task, TaskStatus
+from deployments.services.deployer import deployer_session
+from deployments.services.engine import Outcome, TaskRecorder
+from deployments.services.leases import lock_capacity
+
+logger = logging.getLogger(__name__)
+
+
+def run_deployment(task: Task, recorder: TaskRecorder) -> Outcome:
+    model = EmbeddingModel.objects.filter(pk=task.embedding_model_id).first()
+    if model is None:
+        return _refuse(recorder, f"embedding model {task.embedding_model_id!r} is not registered")
+    if refusal := reserve_capacity(model):
+        return _refuse(recorder, refusal)
+    config = task.config or {}
+    expected_dimensions = config.get("expected_dimensions", model.dimensions)
+    with deployer_session(ready_timeout=config.get("ready_timeout")) as deployer:
+        try:
+            result = deployer.deploy(model.id, model.source, expected_dimensions=expected_dimensions, progress=recorder)
+        except DeployFailed as exc:
+            sync_model_state(model.id, deployer)
+            return _failure(exc)
+        except Exception:
+            sync_model_state(model.id, deployer)
+            raise
+    EmbeddingModel.objects.filter(pk=model.id).update(
+        state=EmbeddingModel.State.DEPLOYED,
+        live_revision=result.revision,
+        endpoint=result.endpoint,
+        dimensions=model.dimensions or result.dimensions,
+        updated_at=timezone.now(),
+    )
+    return Outcome(TaskStatus.DONE, f"revision {result.revision} serves at {result.endpoint}", result.as_metadata())
+
+
+def run_deletion(task: Task, recorder: TaskRecorder) -> Outcome:
+    # An unregistered id is still cleaned up: deleting is idempotent and leaves nothing behind.
+    EmbeddingModel.objects.filter(pk=task.embedding_model_id).update(
+        state=EmbeddingModel.State.DELETING, updated_at=timezone.now()
+    )
+    with deployer_session() as deployer:
+        try:
+            result = deployer.delete(task.embedding_model_id, progress=recorder)
+        except DeployFailed as exc:
+            sync_model_state(task.embedding_model_id, deployer)
+            return _failure(exc)
+        except Exception:
+            sync_model_state(task.embedding_model_id, deployer)
+            raise
+    EmbeddingModel.objects.filter(pk=task.embedding_model_id).update(
+        state=EmbeddingModel.State.NOT_DEPLOYED, live_revision="", endpoint="", updated_at=timezone.now()
+    )
+    removed = len(result.removed_revisions)
+    unloaded = ", ".join(result.unloaded) or "nothing"
+    detail = f"unloaded {unloaded}; removed {removed} revision(s)"
+    if not result.was_deployed and not removed:
+        detail = f"{task.embedding_model_id} was not deployed; nothing to do"
+    return Outcome(TaskStatus.DONE, detail, result.as_metadata())
+
+
+def reserve_capacity(model: EmbeddingModel) -> str | None:
+    """Take a server slot for a model that holds none, or say why not (MAX_DEPLOYED_MODELS).
+
+    A redeploy of a live model keeps its slot. The check and the reservation happen under one
+    global lock, so two models cannot both take the last slot.
+    """
+    with transaction.atomic():
+        lock_capacity()
+        model = EmbeddingModel.objects.select_for_update().get(pk=model.pk)
+        if model.state in EmbeddingModel.SLOT_STATES or model.live_revision:
+            return None
+        holding = EmbeddingModel.objects.filter(state__in=EmbeddingModel.SLOT_STATES).exclude(pk=model.pk).count()
+        limit = settings.MAX_DEPLOYED_MODELS
+        # The origin compared with '>' and so let one model too many through.
+        if holding >= limit:
+            return f"{holding} models are deployed or being deployed; at most {limit} may be deployed at once"
+        model.state = EmbeddingModel.State.DEPLOYING
+        model.save(update_fields=["state", "updated_at"])
+    return None
+
+
+def sync_model_state(embedding_model_id: str, deployer: GreenDeployer) -> None:
+    """After a failure, set the registry from what the repository says is live (blue, or nothing)."""
+    try:
+        live = deployer.live_revision(embedding_model_id)
+    except Exception:
+        logger.exception("could not read the live revision of %s", embedding_model_id)
+        return
+    if live:
+        EmbeddingModel.objects.filter(pk=embedding_model_id).update(
+            state=EmbeddingModel.State.DEPLOYED,
+            live_revision=live,
+            endpoint=deployer.endpoint(embedding_model_id),
+            updated_at=timezone.now(),
+        )
+    else:
+        EmbeddingModel.objects.filter(pk=embedding_model_id).update(
+            state=EmbeddingModel.State.NOT_DEPLOYED, live_revision="", endpoint="", updated_at=timezone.now()
+        )
+
+
+def _refuse(recorder: TaskRecorder, reason: str) -> Outcome:
+    recorder(StageEvent("validate", "failed", reason, 0.0))
+    return Outcome(TaskStatus.REFUSED, f"validate: {reason}", {"failed_stage": "validate", "reason": reason})
+
+
+def _failure(exc: DeployFailed) -> Outcome:
+    status = TaskStatus.REFUSED if exc.refused else TaskStatus.FAILED
+    return Outcome(status, f"{exc.stage}: {exc.reason}", {"failed_stage": exc.stage, "reason": exc.reason})

@@ -1,0 +1,147 @@
+"""The sweeper: nothing stays pending or processing forever.
+
+Run every TASK_SWEEP_MINUTES by django-q2 (schedule "deployments: sweep tasks") and on demand by
+``manage.py reap_tasks``. It
+- resolves tasks whose worker died: their lease expired without renewal. The attempt is marked
+  failed with the reason and, below TASK_MAX_ATTEMPTS, retried as a new attempt that keeps its
+  place in the model's queue; blue was never touched by a half-done green, so it keeps serving;
+- re-sends the next pending task of a model whose hand-off to the queue was lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from deployments import selectors
+from deployments.models import ModelLease, Task, TaskStatus
+from deployments.services.leases import CAPACITY_LOCK_KEY, lease_duration, new_lease_owner, release_lease
+from deployments.services.tasks import hand_over, record_event, retry_lost_attempt, wake_model
+
+logger = logging.getLogger(__name__)
+
+SWEEP_SCHEDULE_NAME = "deployments: sweep tasks"
+
+
+@dataclass
+class SweepReport:
+    failed: list[str] = field(default_factory=list)
+    retried: list[str] = field(default_factory=list)
+    resent: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{len(self.failed)} lost attempt(s) resolved, {len(self.retried)} retried, {len(self.resent)} re-sent"
+
+
+def sweep_tasks(now: datetime | None = None) -> SweepReport:
+    now = now or timezone.now()
+    report = SweepReport()
+    resolve_expired_leases(now, report)
+    resolve_orphaned_processing(now, report)
+    resend_lost_handoffs(now, report)
+    if report.failed or report.resent:
+        logger.info("sweep: %s", report)
+    return report
+
+
+def resolve_expired_leases(now: datetime, report: SweepReport) -> None:
+    expired = ModelLease.objects.exclude(owner="").exclude(pk=CAPACITY_LOCK_KEY).filter(expires_at__lt=now)
+    for lease in expired:
+        sweeper = new_lease_owner()
+        with transaction.atomic():
+            # Take the expired lease over, so no worker starts on the model while we resolve it.
+            took = ModelLease.objects.filter(pk=lease.pk, owner=lease.owner, expires_at__lt=now).update(
+                owner=sweeper, expires_at=timezone.now() + lease_duration()
+            )
+            if not took:
+                continue
+            task_model = selectors.TASK_MODELS.get(lease.task_kind)
+            task = selectors.get_task(task_model, lease.task_id) if task_model and lease.task_id else None
+            if task is not None and task.status == TaskStatus.PROCESSING and task.lease_owner == lease.owner:
+                reason = (
+                    f"worker {lease.owner} stopped renewing its lease on {lease.pk} "
+                    f"(expired {lease.expires_at.isoformat()})"
+                )
+                _resolve_lost_attempt(task, reason, report)
+            release_lease(lease.pk, sweeper)
+            transaction.on_commit(partial(wake_model, lease.pk))
+
+
+def resolve_orphaned_processing(now: datetime, report: SweepReport) -> None:
+    """Processing tasks whose worker holds no lease on their model (e.g. the lease row was reset)."""
+    stale_before = now - lease_duration()
+    for task in selectors.processing_tasks():
+        lease = selectors.get_lease(task.embedding_model_id)
+        if lease is not None and lease.owner == task.lease_owner:
+            continue  # covered by its lease: alive, or resolved above once it expires
+        if task.updated_at >= stale_before:
+            continue
+        with transaction.atomic():
+            _resolve_lost_attempt(task, f"worker {task.lease_owner or '?'} no longer holds the model's lease", report)
+            transaction.on_commit(partial(wake_model, task.embedding_model_id))
+
+
+def _resolve_lost_attempt(task: Task, reason: str, report: SweepReport) -> None:
+    retry_id = uuid.uuid4() if task.attempt < settings.TASK_MAX_ATTEMPTS else None
+    if retry_id:
+        detail = f"{reason}; retried as attempt {task.attempt + 1} (task {retry_id})"
+    else:
+        detail = f"{reason}; gave up after {task.attempt} attempt(s)"
+    now = timezone.now()
+    metadata = {**task.metadata, "lost": True, "retried_as": str(retry_id) if retry_id else None}
+    # Conditional: if the worker finished after all, its outcome stands and nothing is retried.
+    failed = (
+        type(task)
+        .objects.filter(pk=task.pk, status=TaskStatus.PROCESSING, lease_owner=task.lease_owner)
+        .update(status=TaskStatus.FAILED, detail=detail, metadata=metadata, finished_at=now, updated_at=now)
+    )
+    if not failed:
+        return
+    stages = list(task.metadata.get("stages", {}))
+    record_event(task, stages[-1] if stages else "worker", "failed", detail)
+    report.failed.append(str(task.pk))
+    if retry_id:
+        retry_lost_attempt(task, retry_id)
+        report.retried.append(str(retry_id))
+
+
+def resend_lost_handoffs(now: datetime, report: SweepReport) -> None:
+    """Hand over again each model's next pending task that has waited too long without starting."""
+    grace = timedelta(seconds=settings.TASK_HANDOFF_GRACE_SECONDS)
+    for embedding_model_id in selectors.models_with_pending_tasks():
+        head = selectors.head_task_for_model(embedding_model_id)
+        if head is None or head.status != TaskStatus.PENDING:
+            continue
+        last_handoff = head.dispatched_at or head.created_at
+        if last_handoff > now - grace:
+            continue
+        lease = selectors.get_lease(embedding_model_id)
+        if lease is not None and lease.owner and lease.expires_at and lease.expires_at > now:
+            continue
+        try:
+            hand_over(type(head), head.pk)
+            report.resent.append(str(head.pk))
+        except Exception:
+            logger.exception("re-sending %s task %s failed", head.KIND, head.pk)
+
+
+def ensure_sweep_schedule() -> None:
+    """Create (or update) the django-q2 schedule that runs the sweeper."""
+    from django_q.models import Schedule
+
+    Schedule.objects.update_or_create(
+        name=SWEEP_SCHEDULE_NAME,
+        defaults={
+            "func": "deployments.jobs.sweep_tasks",
+            "schedule_type": Schedule.MINUTES,
+            "minutes": settings.TASK_SWEEP_MINUTES,
+            "repeats": -1,
+        },
+    )
