@@ -35,7 +35,7 @@ MANIFEST_NAME = "MANIFEST.sha256"
 SETTINGS_NAME = "model-settings.json"
 DEFAULT_RUNTIME = "deployments.inference.runtime.SentenceTransformerRuntime"
 DEFAULT_KEEP_REVISIONS = 3
-_CHUNK = 1 << 20
+_CHUNK = 4 << 20
 
 STABLE = "stable"
 STAGING = "staging"
@@ -56,6 +56,18 @@ def _sha256_file(path: Path) -> str:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _copy_and_hash(src: Path, dest: Path) -> tuple[str, int]:
+    """Copy a file and hash the bytes read, in one pass over the source."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(src, "rb") as reader, open(dest, "wb") as writer:
+        while chunk := reader.read(_CHUNK):
+            digest.update(chunk)
+            writer.write(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
 
 
 def _read_manifest(revision_path: Path) -> dict[str, str]:
@@ -146,9 +158,9 @@ class ModelRepository:
                 if not dest.resolve().is_relative_to(incoming.resolve()):
                     raise SourceRefused(f"source file {relpath!r} would be written outside the revision")
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dest)  # follows a (confined) symlink: the revision holds real files
-                manifest.append((_sha256_file(src), relpath))
-                size = dest.stat().st_size
+                # Opening follows a (confined) symlink: the revision holds real files.
+                checksum, size = _copy_and_hash(src, dest)
+                manifest.append((checksum, relpath))
                 total += size
                 if on_file:
                     on_file(relpath, size)
