@@ -1,0 +1,360 @@
+"""The HTTP API: the six spec endpoints and the extras, their success, 404 and 400 paths, and auth.
+
+No worker runs here: created tasks stay pending, which is all these tests need.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from django.core.management import call_command
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, TaskStatus
+from tests.control.factories import DeletionTaskFactory, DeploymentTaskFactory, EmbeddingModelFactory
+
+pytestmark = pytest.mark.django_db
+
+RESPONSE_FIELDS = {"task_id", "embedding_model_id", "status", "detail", "metadata", "created_at", "updated_at"}
+
+
+def post(client: APIClient, path: str, body: object):
+    return client.post(path, data=json.dumps(body), content_type="application/json")
+
+
+# -- authentication and permissions ---------------------------------------------------------
+
+
+def test_no_credentials_is_401_with_a_token_challenge(anonymous, packaged_model):
+    for response in (
+        anonymous.get("/deploy-status/minilm"),
+        post(anonymous, "/deploy", {"embedding_model_id": "minilm"}),
+    ):
+        assert response.status_code == 401
+        assert response["WWW-Authenticate"] == "Token"
+        assert "credentials" in response.json()["detail"]
+
+
+def test_a_bad_token_is_401(packaged_model):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Token not-a-token")
+    assert client.get("/deploy").status_code == 401
+
+
+def test_reading_needs_a_login_writing_needs_the_model_permission(reader, packaged_model):
+    task = DeploymentTaskFactory(embedding_model_id="minilm")
+    assert reader.get(f"/deploy/{task.pk}").status_code == 200
+    response = post(reader, "/deploy", {"embedding_model_id": "minilm"})
+    assert response.status_code == 403
+    assert "permission" in response.json()["detail"]
+    assert post(reader, "/delete", {"embedding_model_id": "minilm"}).status_code == 403
+    assert post(reader, f"/deploy/{task.pk}/cancel", {}).status_code == 403
+    assert DeploymentTask.objects.count() == 1
+
+
+def test_drf_create_token_works(operator, packaged_model):
+    call_command("drf_create_token", operator.username)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get(user=operator).key}")
+    assert post(client, "/deploy", {"embedding_model_id": "minilm"}).status_code == 202
+
+
+# -- POST /deploy and POST /delete ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path,task_model", [("/deploy", DeploymentTask), ("/delete", DeletionTask)])
+def test_create_a_task(api, packaged_model, operator, path, task_model):
+    response = post(api, path, {"embedding_model_id": "minilm"})
+    assert response.status_code == 202
+    body = response.json()
+    assert set(body) == RESPONSE_FIELDS
+    task = task_model.objects.get(pk=body["task_id"])
+    assert (body["embedding_model_id"], body["status"], task.requested_by) == ("minilm", "pending", "operator")
+    assert body["metadata"] == {"attempt": 1, "retry_of": None}
+
+
+def test_the_specs_model_id_is_accepted(api, packaged_model):
+    response = post(api, "/deploy", {"model_id": "minilm", "config": {"expected_dimensions": 384}})
+    assert response.status_code == 202
+    assert DeploymentTask.objects.get().config == {"expected_dimensions": 384}
+    assert post(api, "/deploy", {"model_id": "minilm", "embedding_model_id": "minilm"}).status_code == 202
+
+
+def test_the_same_task_id_returns_the_same_task(api, packaged_model):
+    task_id = str(uuid.uuid4())
+    first = post(api, "/deploy", {"embedding_model_id": "minilm", "task_id": task_id})
+    again = post(api, "/deploy", {"embedding_model_id": "minilm", "task_id": task_id})
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert first.json()["task_id"] == again.json()["task_id"] == task_id
+    assert DeploymentTask.objects.count() == 1
+
+
+def test_a_task_id_of_another_request_is_409(api, packaged_model):
+    EmbeddingModelFactory(id="other")
+    task_id = str(uuid.uuid4())
+    assert post(api, "/deploy", {"embedding_model_id": "minilm", "task_id": task_id}).status_code == 202
+    for path, model_id in (("/deploy", "other"), ("/delete", "minilm")):
+        response = post(api, path, {"embedding_model_id": model_id, "task_id": task_id})
+        assert response.status_code == 409
+        assert task_id in response.json()["detail"]
+    assert DeploymentTask.objects.count() == 1 and DeletionTask.objects.count() == 0
+
+
+BAD_BODIES = [
+    ({}, "embedding_model_id"),
+    ({"embedding_model_id": 123}, "embedding_model_id"),
+    ({"embedding_model_id": None}, "embedding_model_id"),
+    ({"embedding_model_id": ""}, "embedding_model_id"),
+    ({"embedding_model_id": "x" * 129}, "embedding_model_id"),
+    ({"embedding_model_id": "a/b"}, "embedding_model_id"),
+    ({"embedding_model_id": ".."}, "embedding_model_id"),
+    ({"embedding_model_id": "a..b"}, "embedding_model_id"),
+    ({"embedding_model_id": "a\x00b"}, "embedding_model_id"),
+    ({"embedding_model_id": " minilm"}, "embedding_model_id"),
+    ({"embedding_model_id": "min lm"}, "embedding_model_id"),
+    ({"embedding_model_id": "minilm\n"}, "embedding_model_id"),
+    ({"embedding_model_id": "mini$lm"}, "embedding_model_id"),
+    ({"model_id": ["minilm"]}, "model_id"),
+    ({"model_id": "minilm", "embedding_model_id": "other"}, "model_id"),
+    ({"embedding_model_id": "not-registered"}, "embedding_model_id"),
+    ({"embedding_model_id": "minilm", "task_id": "not-a-uuid"}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": 12}, "task_id"),
+    ({"embedding_model_id": "minilm", "config": "fast"}, "config"),
+    ({"embedding_model_id": "minilm", "config": None}, "config"),
+    ({"embedding_model_id": "minilm", "config": {"param": "value"}}, "config.param"),
+    ({"embedding_model_id": "minilm", "config": {"expected_dimensions": "384"}}, "config.expected_dimensions"),
+    ({"embedding_model_id": "minilm", "config": {"expected_dimensions": 0}}, "config.expected_dimensions"),
+    ({"embedding_model_id": "minilm", "config": {"expected_dimensions": True}}, "config.expected_dimensions"),
+    ({"embedding_model_id": "minilm", "config": {"ready_timeout": 1e9}}, "config.ready_timeout"),
+    ({"embedding_model_id": "minilm", "priority": 1}, "priority"),
+    (["minilm"], "non_field_errors"),
+    ("minilm", "non_field_errors"),
+]
+
+
+@pytest.mark.parametrize("body,field", BAD_BODIES, ids=[repr(b)[:40] for b, _ in BAD_BODIES])
+def test_bad_input_is_a_400_naming_the_field(api, packaged_model, body, field):
+    response = post(api, "/deploy", body)
+    assert response.status_code == 400, response.content
+    error = response.json()
+    assert field.split(".")[0] in error["errors"]
+    if field != "non_field_errors":
+        assert error["detail"].startswith(field)
+    assert DeploymentTask.objects.count() == 0
+
+
+def test_deletion_takes_no_config_keys(api, packaged_model):
+    response = post(api, "/delete", {"embedding_model_id": "minilm", "config": {"expected_dimensions": 3}})
+    assert response.status_code == 400
+    assert "config.expected_dimensions" in response.json()["detail"]
+    assert post(api, "/delete", {"embedding_model_id": "minilm", "config": {}}).status_code == 202
+
+
+@pytest.mark.parametrize(
+    "raw,content_type",
+    [
+        (b'{"embedding_model_id": "minilm"', "application/json"),
+        (b"", "application/json"),
+        (b"\xff\xfe", "application/json"),
+        (b"NaN", "application/json"),
+        (b"embedding_model_id=minilm", "application/x-www-form-urlencoded"),
+    ],
+)
+def test_malformed_bodies_are_400_json(api, packaged_model, raw, content_type):
+    response = api.post("/deploy", data=raw, content_type=content_type)
+    assert response.status_code in (400, 415)
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["detail"]
+
+
+def test_an_oversized_body_is_400(api, packaged_model, settings):
+    body = json.dumps({"embedding_model_id": "minilm", "config": {"x": "y" * settings.DATA_UPLOAD_MAX_MEMORY_SIZE}})
+    response = api.post("/deploy", data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert "larger than the limit" in response.json()["detail"]
+
+
+# -- GET /deploy/{task_id}, /delete/{task_id} ---------------------------------------------------
+
+
+def test_get_a_task_by_id(api):
+    task = DeploymentTaskFactory(status=TaskStatus.DONE, detail="ok", metadata={"revision": "r1"})
+    body = api.get(f"/deploy/{task.pk}").json()
+    assert body["task_id"] == str(task.pk)
+    assert (body["status"], body["detail"], body["metadata"]) == ("done", "ok", {"revision": "r1"})
+
+
+@pytest.mark.parametrize("kind", ["deploy", "delete"])
+@pytest.mark.parametrize("task_id", [str(uuid.uuid4()), "1234", "not a uuid", "..", "%00"])
+def test_an_unknown_task_is_404_json(api, kind, task_id):
+    response = api.get(f"/{kind}/{task_id}")
+    assert response.status_code == 404
+    assert "task" in response.json()["detail"]
+
+
+def test_delete_task_endpoints_read_deletion_tasks(api):
+    # Regression: the origin's /delete/{task_id} and /delete-status read deployment tasks.
+    deployment = DeploymentTaskFactory()
+    assert api.get(f"/delete/{deployment.pk}").status_code == 404
+    assert api.get(f"/delete-status/{deployment.embedding_model_id}").status_code == 404
+    deletion = DeletionTaskFactory(embedding_model_id=deployment.embedding_model_id)
+    assert api.get(f"/delete/{deletion.pk}").json()["task_id"] == str(deletion.pk)
+    assert api.get(f"/delete-status/{deployment.embedding_model_id}").json()["task_id"] == str(deletion.pk)
+    assert api.get(f"/deploy/{deletion.pk}").status_code == 404
+
+
+# -- GET /deploy-status/{id}, /delete-status/{id} ------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,factory", [("deploy", DeploymentTaskFactory), ("delete", DeletionTaskFactory)])
+def test_status_is_the_latest_task_of_the_model(api, kind, factory):
+    model = EmbeddingModelFactory()
+    factory(embedding_model_id=model.id, status=TaskStatus.DONE)
+    latest = factory(embedding_model_id=model.id, status=TaskStatus.FAILED, detail="fetch: boom")
+    body = api.get(f"/{kind}-status/{model.id}").json()
+    assert (body["task_id"], body["status"], body["detail"]) == (str(latest.pk), "failed", "fetch: boom")
+
+
+@pytest.mark.parametrize("kind", ["deploy", "delete"])
+def test_status_of_a_model_without_tasks_is_404(api, kind):
+    response = api.get(f"/{kind}-status/never-seen")
+    assert response.status_code == 404
+    assert "never-seen" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("model_id", ["a%20b", "a..b", "-a", "x" * 129, "a%00b", "%2e%2e", "a%24"])
+def test_status_with_an_unsafe_id_is_400(api, model_id):
+    response = api.get(f"/deploy-status/{model_id}")
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("embedding_model_id")
+
+
+def test_a_slash_in_an_id_never_reaches_a_lookup(api):
+    response = api.get("/deploy-status/a%2Fb")
+    assert response.status_code == 404
+    assert response.json()["detail"]
+
+
+def test_an_unknown_path_is_404_json(api):
+    response = api.get("/no-such-endpoint")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "no such path: /no-such-endpoint"}
+
+
+# -- listing, cancel, retry, events ---------------------------------------------------------------
+
+
+def test_list_and_filter_tasks(api):
+    model = EmbeddingModelFactory()
+    done = DeploymentTaskFactory(embedding_model_id=model.id, status=TaskStatus.DONE)
+    pending = DeploymentTaskFactory(embedding_model_id=model.id)
+    DeploymentTaskFactory()
+    assert len(api.get("/deploy").json()["results"]) == 3
+    results = api.get(f"/deploy?embedding_model_id={model.id}").json()["results"]
+    assert [r["task_id"] for r in results] == [str(pending.pk), str(done.pk)]
+    results = api.get(f"/deploy?embedding_model_id={model.id}&status=done,failed").json()["results"]
+    assert [r["task_id"] for r in results] == [str(done.pk)]
+    assert api.get("/deploy?status=finished").status_code == 400
+    assert api.get("/delete").json()["results"] == []
+
+
+def test_cancel_a_pending_task(api):
+    task = DeploymentTaskFactory()
+    response = post(api, f"/deploy/{task.pk}/cancel", {})
+    assert response.status_code == 200
+    assert response.json()["status"] == "canceled"
+    assert post(api, f"/deploy/{task.pk}/cancel", {}).status_code == 409
+    assert [e["stage"] for e in api.get(f"/deploy/{task.pk}/events").json()] == ["canceled"]
+
+
+def test_a_processing_task_cannot_be_canceled(api):
+    task = DeletionTaskFactory(status=TaskStatus.PROCESSING)
+    response = post(api, f"/delete/{task.pk}/cancel", {})
+    assert response.status_code == 409
+    assert "processing" in response.json()["detail"]
+
+
+def test_retry_a_finished_task_as_a_new_attempt(api):
+    failed = DeploymentTaskFactory(status=TaskStatus.FAILED, config={"ready_timeout": 5})
+    response = post(api, f"/deploy/{failed.pk}/retry", {})
+    assert response.status_code == 202
+    retry = DeploymentTask.objects.get(pk=response.json()["task_id"])
+    assert (retry.retry_of, retry.attempt, retry.config, retry.status) == (failed, 2, {"ready_timeout": 5}, "pending")
+    assert retry.sequence > failed.sequence
+    assert response.json()["metadata"] == {"attempt": 2, "retry_of": str(failed.pk)}
+    failed.refresh_from_db()
+    assert failed.status == TaskStatus.FAILED  # history is never rewritten
+    assert post(api, f"/deploy/{retry.pk}/retry", {}).status_code == 409
+
+
+# -- the model registry -----------------------------------------------------------------------
+
+
+def test_register_update_and_unregister_a_model(api, minilm_dir):
+    response = post(api, "/models", {"id": "mini", "source": str(minilm_dir), "dimensions": 384})
+    assert response.status_code == 201, response.content
+    assert response.json()["state"] == "not_deployed"
+    assert post(api, "/models", {"id": "mini", "source": str(minilm_dir)}).status_code == 400
+    response = api.patch("/models/mini", data={"name": "MiniLM"}, format="json")
+    assert response.json()["name"] == "MiniLM"
+    assert api.get("/models").json()["results"][0]["id"] == "mini"
+    EmbeddingModel.objects.filter(pk="mini").update(state="deployed", live_revision="r1")
+    assert api.delete("/models/mini").status_code == 409
+    EmbeddingModel.objects.filter(pk="mini").update(state="not_deployed", live_revision="")
+    assert api.delete("/models/mini").status_code == 204
+    assert api.get("/models/mini").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"id": "m", "source": "/etc"}, "source"),
+        ({"id": "m", "source": "relative/path"}, "source"),
+        ({"id": "m", "source": "s3://bucket/model"}, "source"),
+        ({"id": "../m", "source": "/etc"}, "id"),
+        ({"id": "m", "source": "/x", "dimensions": "384"}, "dimensions"),
+        ({"id": "m", "source": "/x", "state": "deployed", "colour": "blue"}, "colour"),
+    ],
+)
+def test_registering_a_bad_model_is_400(api, body, field):
+    response = post(api, "/models", body)
+    assert response.status_code == 400
+    assert field in response.json()["errors"]
+
+
+def test_register_packaged_model_command(db):
+    call_command("register_packaged_model")
+    call_command("register_packaged_model")  # idempotent
+    model = EmbeddingModel.objects.get()
+    assert (model.id, model.dimensions) == ("all-minilm-l6-v2", 384)
+
+
+# -- OpenAPI ---------------------------------------------------------------------------------
+
+
+def test_openapi_schema_documents_the_six_endpoints(anonymous):
+    response = anonymous.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    schema = json.loads(response.content)
+    operations = {op["operationId"]: path for path, item in schema["paths"].items() for op in item.values()}
+    assert {
+        operations["deploy"],
+        operations["get_deploy_task"],
+        operations["get_model_deploy_status"],
+        operations["delete"],
+        operations["get_delete_task"],
+        operations["get_model_delete_status"],
+    } == {
+        "/deploy",
+        "/deploy/{task_id}",
+        "/deploy-status/{embedding_model_id}",
+        "/delete",
+        "/delete/{task_id}",
+        "/delete-status/{embedding_model_id}",
+    }
+    deploy = schema["paths"]["/deploy"]["post"]
+    assert "examples" in deploy["requestBody"]["content"]["application/json"]
+    assert anonymous.get("/api/docs/").status_code == 200
