@@ -144,3 +144,38 @@ class LocalMLServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a local MLServer in the foreground until interrupted: ``python -m deployments.inference.server``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run a local MLServer for the control plane.")
+    parser.add_argument("--repository", required=True, help="model repository root (created if missing)")
+    parser.add_argument("--workdir", help="folder for the server's log (default: <repository>/../mlserver)")
+    parser.add_argument("--port", type=int, default=8080, help="HTTP port on 127.0.0.1")
+    parser.add_argument("--grpc-port", type=int, default=0, help="gRPC port (default: any free port)")
+    args = parser.parse_args(argv)
+
+    repository = Path(args.repository)
+    workdir = Path(args.workdir) if args.workdir else repository.parent / "mlserver"
+    server = LocalMLServer(repository, workdir, http_port=args.port, grpc_port=args.grpc_port or None)
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    server.start()
+    print(f"MLServer ready at {server.url} (repository {server.repository_root}, log {server.log_path})", flush=True)
+    try:
+        while not stopping and server.process is not None and server.process.poll() is None:
+            time.sleep(0.5)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+# The two commands a new user needs: `make run` (the whole stack on its embedded defaults) and
+# `make test` (every test). Both set up the virtual environment from requirements.txt first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: setup run test lint bench clean
+
+$(INSTALLED): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $(INSTALLED)
+
+setup: $(INSTALLED)
+
+run: setup
+	scripts/run-stack.sh
+
+test: setup
+	scripts/test.sh
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python bench/bench_green.py
+	$(BIN)/python bench/bench_api.py
+
+clean:
+	rm -rf var .pytest_cache
