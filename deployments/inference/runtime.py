@@ -14,6 +14,7 @@ its parameters, so a deploy can prove which revision a name serves.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,8 @@ class SentenceTransformerRuntime(MLModel):
 
     async def unload(self) -> bool:
         self._model = None
+        # Collect now: a swap holds two instances, and the old one's weights should go at once.
+        await asyncio.to_thread(gc.collect)
         self._remove_marker()
         return True
 
