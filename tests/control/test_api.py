@@ -358,3 +358,29 @@ def test_openapi_schema_documents_the_six_endpoints(anonymous):
     deploy = schema["paths"]["/deploy"]["post"]
     assert "examples" in deploy["requestBody"]["content"]["application/json"]
     assert anonymous.get("/api/docs/").status_code == 200
+
+
+# -- hand-off to the queue (real commits) -------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_created_task_is_handed_to_the_queue_on_commit(api, packaged_model):
+    response = post(api, "/deploy", {"embedding_model_id": "minilm"})
+    assert response.status_code == 202
+    assert DeploymentTask.objects.get(pk=response.json()["task_id"]).dispatched_at is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_hand_off_is_a_500_json_and_leaves_nothing_behind(api, packaged_model, monkeypatch):
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr("deployments.services.tasks.async_task", broker_down)
+    task_id = str(uuid.uuid4())
+    response = post(api, "/deploy", {"embedding_model_id": "minilm", "task_id": task_id})
+    assert response.status_code == 500
+    assert "could not be handed to the task queue" in response.json()["detail"]
+    assert not DeploymentTask.objects.exists()
+
+    monkeypatch.undo()  # the broker is back: the same task_id now creates the task
+    assert post(api, "/deploy", {"embedding_model_id": "minilm", "task_id": task_id}).status_code == 202

@@ -1,0 +1,274 @@
+"""The task engine and the jobs, through the real GreenDeployer and the session's real MLServer.
+
+Fakes appear only to inject faults (a deployer that raises); every pipeline that can run for
+real does.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from deployments import jobs, services
+from deployments.inference import V2Client
+from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, ModelLease, TaskEvent, TaskStatus
+from deployments.services.leases import claim_lease
+from deployments.services.pipelines import reserve_capacity
+from tests.control.factories import DeletionTaskFactory, DeploymentTaskFactory, EmbeddingModelFactory
+
+pytestmark = pytest.mark.django_db
+
+PROBE = "tests.control.probes.build_probe_deployer"
+EXPLODING = "tests.control.probes.build_exploding_deployer"
+
+
+@pytest.fixture
+def engine_settings(inference_settings):
+    # The tests' transaction holds the lease row; keep the heartbeat thread from waiting on it.
+    inference_settings.TASK_LEASE_SECONDS = 600
+    return inference_settings
+
+
+def submit_deploy(model_id: str, **config: object) -> DeploymentTask:
+    return services.submit_deployment(model_id, config=config).task
+
+
+def stages(task) -> list[tuple[str, str]]:
+    return [(e.stage, e.state) for e in TaskEvent.objects.filter(**{f"{task.KIND}_task": task}).order_by("id")]
+
+
+@pytest.mark.mlserver
+def test_the_deploy_job_deploys_for_real_and_the_delete_job_removes(engine_settings, mlserver):
+    # Regression: the origin's deploy handler was a nested function nobody called.
+    model = EmbeddingModelFactory(id="cp-jobs")
+    task = submit_deploy(model.id, expected_dimensions=384)
+
+    assert jobs.run_deployment_task(str(task.pk)) == TaskStatus.DONE
+
+    task.refresh_from_db()
+    assert task.status == TaskStatus.DONE, task.detail
+    assert task.started_at and task.finished_at and task.lease_owner
+    assert task.metadata["dimensions"] == 384
+    assert task.metadata["endpoint"] == f"{mlserver.url}/v2/models/cp-jobs/infer"
+    assert set(task.metadata["timings"]) >= {"validate", "fetch", "stage_green", "smoke_test", "promote", "total"}
+    assert task.metadata["stages"]["promote"]["state"] == "done"
+    assert [s for s, state in stages(task) if state == "done"] == [
+        "validate",
+        "fetch",
+        "stage_green",
+        "smoke_test",
+        "retire_green",
+        "promote",
+        "done",
+    ]
+    model.refresh_from_db()
+    assert (model.state, model.live_revision, model.dimensions) == ("deployed", task.metadata["revision"], 384)
+    with V2Client(mlserver.url) as client:
+        assert client.infer("cp-jobs", ["hello world"]).embeddings.shape == (1, 384)
+    assert ModelLease.objects.get(pk=model.id).owner == ""  # released
+
+    deletion = services.submit_deletion(model.id).task
+    assert jobs.run_deletion_task(str(deletion.pk)) == TaskStatus.DONE
+    deletion.refresh_from_db()
+    assert "cp-jobs" in deletion.detail and deletion.metadata["was_deployed"] is True
+    model.refresh_from_db()
+    assert (model.state, model.live_revision, model.endpoint) == ("not_deployed", "", "")
+    with V2Client(mlserver.url) as client:
+        assert not client.model_ready("cp-jobs")
+
+
+@pytest.mark.mlserver
+def test_a_failed_smoke_test_fails_the_task_and_blue_keeps_serving(engine_settings, mlserver):
+    model = EmbeddingModelFactory(id="cp-blue")
+    blue = submit_deploy(model.id)
+    services.run_task(DeploymentTask, blue.pk)
+    blue.refresh_from_db()
+    assert blue.status == TaskStatus.DONE, blue.detail
+
+    green = submit_deploy(model.id, expected_dimensions=100)
+    assert services.run_task(DeploymentTask, green.pk) == TaskStatus.FAILED
+
+    green.refresh_from_db()
+    assert green.detail == "smoke_test: expected 100 dimensions, the model returned 384"
+    assert (green.metadata["failed_stage"], green.metadata["stages"]["smoke_test"]["state"]) == ("smoke_test", "failed")
+    model.refresh_from_db()
+    assert (model.state, model.live_revision) == ("deployed", blue.metadata["revision"])
+    with V2Client(mlserver.url) as client:
+        assert client.infer("cp-blue", ["still here"]).embeddings.shape == (1, 384)
+        assert not client.model_ready("cp-blue~green")
+
+
+@pytest.mark.mlserver
+def test_a_source_outside_the_allowed_roots_is_refused(engine_settings, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    model = EmbeddingModelFactory(id="cp-refused", source=str(outside))
+    task = submit_deploy(model.id)
+    assert services.run_task(DeploymentTask, task.pk) == TaskStatus.REFUSED
+    task.refresh_from_db()
+    assert task.detail.startswith("validate: source") and "outside the allowed roots" in task.detail
+    model.refresh_from_db()
+    assert model.state == "not_deployed"
+
+
+def test_the_limit_on_deployed_models_is_not_off_by_one(settings):
+    # Regression: the origin let MAX_DEPLOYED_MODELS + 1 models through.
+    settings.MAX_DEPLOYED_MODELS = 2
+    EmbeddingModelFactory(id="live-1", state="deployed", live_revision="r")
+    second = EmbeddingModelFactory(id="second")
+    assert reserve_capacity(second) is None  # 1 deployed, limit 2: allowed
+    second.refresh_from_db()
+    assert second.state == "deploying"
+
+    third = EmbeddingModelFactory(id="third")
+    assert "at most 2" in reserve_capacity(third)
+    assert reserve_capacity(second) is None  # a model that holds a slot keeps it (redeploy)
+
+
+def test_a_deploy_over_the_limit_ends_refused(settings):
+    settings.MAX_DEPLOYED_MODELS = 1
+    settings.INFERENCE_DEPLOYER_FACTORY = PROBE
+    EmbeddingModelFactory(id="live-1", state="deployed", live_revision="r")
+    task = submit_deploy(EmbeddingModelFactory(id="one-too-many").id)
+    assert services.run_task(DeploymentTask, task.pk) == TaskStatus.REFUSED
+    task.refresh_from_db()
+    assert task.detail == "validate: 1 models are deployed or being deployed; at most 1 may be deployed at once"
+    assert stages(task) == [("validate", "failed")]
+
+
+def test_a_failed_recheck_ends_the_task_instead_of_leaving_it_processing(settings):
+    # Regression: the origin left a task in `processing` when a check inside the worker failed.
+    settings.INFERENCE_DEPLOYER_FACTORY = PROBE
+    model = EmbeddingModelFactory()
+    task = submit_deploy(model.id)
+    EmbeddingModel.objects.filter(pk=model.id).delete()  # unregistered between submit and run
+
+    assert services.run_task(DeploymentTask, task.pk) == TaskStatus.REFUSED
+    task.refresh_from_db()
+    assert task.status == TaskStatus.REFUSED and "not registered" in task.detail
+    assert ModelLease.objects.get(pk=model.id).owner == ""
+
+
+def test_an_unexpected_error_fails_the_task_and_frees_the_model(settings):
+    settings.INFERENCE_DEPLOYER_FACTORY = EXPLODING
+    model = EmbeddingModelFactory()
+    task = submit_deploy(model.id)
+    following = submit_deploy(model.id)
+
+    assert services.run_task(DeploymentTask, task.pk) == TaskStatus.FAILED
+
+    task.refresh_from_db()
+    assert task.detail == "validate: unexpected error: deployer crashed"
+    assert stages(task)[-1] == ("validate", "failed")
+    assert ModelLease.objects.get(pk=model.id).owner == ""
+    following.refresh_from_db()
+    assert following.dispatched_at is not None  # the next task was handed over
+
+
+def test_a_task_waits_for_the_earlier_tasks_of_its_model(settings):
+    settings.INFERENCE_DEPLOYER_FACTORY = PROBE
+    model = EmbeddingModelFactory()
+    first, second = submit_deploy(model.id), services.submit_deletion(model.id).task
+    other_model_task = submit_deploy(EmbeddingModelFactory().id)
+
+    assert services.run_task(DeletionTask, second.pk).startswith("waiting")
+    assert services.run_task(DeploymentTask, other_model_task.pk) == TaskStatus.DONE  # models run independently
+    second.refresh_from_db()
+    assert (second.status, second.dispatched_at) == (TaskStatus.PENDING, None)
+
+    assert services.run_task(DeploymentTask, first.pk) == TaskStatus.DONE
+    second.refresh_from_db()
+    assert second.dispatched_at is not None  # woken by the task ahead of it
+    assert services.run_task(DeletionTask, second.pk) == TaskStatus.DONE
+    assert services.run_task(DeletionTask, second.pk) == "already done"
+
+
+def test_a_task_does_not_run_while_another_worker_holds_the_lease(settings):
+    settings.INFERENCE_DEPLOYER_FACTORY = PROBE
+    task = submit_deploy(EmbeddingModelFactory().id)
+    holder = DeletionTaskFactory(embedding_model_id=task.embedding_model_id, status=TaskStatus.DONE)
+    assert claim_lease(holder, "other-machine:42")
+    assert services.run_task(DeploymentTask, task.pk) == "waiting: another worker holds the model's lease"
+    task.refresh_from_db()
+    assert task.status == TaskStatus.PENDING
+
+
+def test_canceling_the_head_task_hands_over_the_next(settings, django_capture_on_commit_callbacks):
+    model = EmbeddingModelFactory()
+    first, second = submit_deploy(model.id), submit_deploy(model.id)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.cancel_task(first)
+    second.refresh_from_db()
+    assert second.dispatched_at is not None
+
+
+def lose_worker(task: DeploymentTask, owner: str = "dead-host:1:abc") -> None:
+    """What a worker killed mid-task leaves behind: a processing task and a lease nobody renews."""
+    assert claim_lease(task, owner)
+    DeploymentTask.objects.filter(pk=task.pk).update(status=TaskStatus.PROCESSING, lease_owner=owner)
+    ModelLease.objects.filter(pk=task.embedding_model_id).update(expires_at=timezone.now() - timedelta(seconds=1))
+
+
+def test_the_sweeper_retries_a_dead_workers_task_as_a_new_attempt(settings, django_capture_on_commit_callbacks):
+    settings.TASK_MAX_ATTEMPTS = 2
+    model = EmbeddingModelFactory()
+    task = submit_deploy(model.id, ready_timeout=30)
+    later = submit_deploy(model.id)
+    lose_worker(task)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        report = services.sweep_tasks()
+
+    task.refresh_from_db()
+    retry = DeploymentTask.objects.get(retry_of=task)
+    assert report.failed == [str(task.pk)] and report.retried == [str(retry.pk)]
+    assert task.status == TaskStatus.FAILED
+    assert task.detail.startswith("worker dead-host:1:abc stopped renewing its lease")
+    assert f"retried as attempt 2 (task {retry.pk})" in task.detail
+    # The retry keeps the lost attempt's place: it runs before tasks submitted after it.
+    assert (retry.attempt, retry.sequence, retry.status) == (2, task.sequence, "pending")
+    assert retry.config == {"ready_timeout": 30}
+    assert retry.dispatched_at is not None
+    assert ModelLease.objects.get(pk=model.id).owner == ""
+    assert services.run_task(DeploymentTask, later.pk).startswith("waiting")
+
+    lose_worker(retry)
+    services.sweep_tasks()
+    retry.refresh_from_db()
+    assert retry.status == TaskStatus.FAILED and retry.detail.endswith("gave up after 2 attempt(s)")
+    assert not DeploymentTask.objects.filter(retry_of=retry).exists()
+
+
+def test_the_sweeper_leaves_a_live_worker_alone():
+    task = submit_deploy(EmbeddingModelFactory().id)
+    assert claim_lease(task, "alive:1")
+    DeploymentTask.objects.filter(pk=task.pk).update(status=TaskStatus.PROCESSING, lease_owner="alive:1")
+    report = services.sweep_tasks()
+    assert report.failed == report.resent == []
+    task.refresh_from_db()
+    assert task.status == TaskStatus.PROCESSING
+
+
+def test_the_sweeper_resends_a_lost_hand_off(settings):
+    settings.TASK_HANDOFF_GRACE_SECONDS = 30
+    model = EmbeddingModelFactory()
+    lost = DeploymentTaskFactory(embedding_model_id=model.id)  # never handed over
+    behind = DeploymentTaskFactory(embedding_model_id=model.id)
+    other_model = DeletionTaskFactory()
+
+    assert services.sweep_tasks().resent == []  # within the grace period
+    report = services.sweep_tasks(now=timezone.now() + timedelta(seconds=31))
+    # Only the head of each model's queue needs a message; the rest follow it.
+    assert sorted(report.resent) == sorted([str(lost.pk), str(other_model.pk)])
+    behind.refresh_from_db()
+    assert behind.dispatched_at is None
+    assert services.sweep_tasks().resent == []  # just re-sent: not again until the grace period passes
+
+
+def test_reap_tasks_command(capsys):
+    from django.core.management import call_command
+
+    call_command("reap_tasks")
+    assert "0 lost attempt(s) resolved" in capsys.readouterr().out
