@@ -145,7 +145,7 @@ class QCluster:
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
-                self.process.wait(20)
+                self.process.wait(2)
             except subprocess.TimeoutExpired:
                 self.kill()
 

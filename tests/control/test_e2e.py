@@ -1,0 +1,95 @@
+"""End to end: HTTP request -> task row -> django-q2 broker -> real `manage.py qcluster` -> real
+GreenDeployer -> real MLServer -> real embeddings. And a worker killed mid-deploy, for real."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from deployments import services
+from deployments.inference import V2Client
+from deployments.models import TERMINAL_STATUSES, DeletionTask, DeploymentTask, EmbeddingModel, TaskStatus
+from tests.control.conftest import wait_for, wait_for_status
+from tests.control.factories import EmbeddingModelFactory
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.mlserver]
+
+
+def post(client, path: str, body: object):
+    return client.post(path, data=json.dumps(body), content_type="application/json")
+
+
+def test_post_deploy_to_real_embeddings_and_delete_again(api, inference_settings, qcluster, mlserver):
+    EmbeddingModelFactory(id="cp-e2e")
+    cluster = qcluster()
+
+    response = post(api, "/deploy", {"model_id": "cp-e2e", "config": {"expected_dimensions": 384}})
+    assert response.status_code == 202
+    task = DeploymentTask.objects.get(pk=response.json()["task_id"])
+    wait_for_status(task, set(TERMINAL_STATUSES), timeout=180, cluster=cluster)
+    assert task.status == TaskStatus.DONE, f"{task.detail}\n{cluster.log_tail()}"
+
+    status = api.get("/deploy-status/cp-e2e").json()
+    assert (status["task_id"], status["status"]) == (str(task.pk), "done")
+    assert status["metadata"]["endpoint"] == f"{mlserver.url}/v2/models/cp-e2e/infer"
+    assert [e["stage"] for e in api.get(f"/deploy/{task.pk}/events").json()][-1] == "done"
+    with V2Client(mlserver.url) as client:
+        result = client.infer("cp-e2e", ["a cat sat on the mat", "a kitten sat on the rug", "stock markets fell"])
+    vectors = result.embeddings
+    assert vectors.shape == (3, 384) and np.isfinite(vectors).all()
+    assert result.parameters["revision"] == status["metadata"]["revision"]
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert unit[0] @ unit[1] > unit[0] @ unit[2]  # real semantics, not just numbers
+
+    response = post(api, "/delete", {"embedding_model_id": "cp-e2e"})
+    deletion = DeletionTask.objects.get(pk=response.json()["task_id"])
+    wait_for_status(deletion, set(TERMINAL_STATUSES), timeout=60, cluster=cluster)
+    assert deletion.status == TaskStatus.DONE, deletion.detail
+    assert api.get("/delete-status/cp-e2e").json()["status"] == "done"
+    assert EmbeddingModel.objects.get(pk="cp-e2e").state == "not_deployed"
+    with V2Client(mlserver.url) as client:
+        assert not client.model_ready("cp-e2e")
+
+
+def test_a_worker_killed_mid_deploy_is_detected_and_its_task_retried_while_blue_serves(
+    api, inference_settings, qcluster, mlserver
+):
+    inference_settings.TASK_LEASE_SECONDS = 2
+    model = EmbeddingModelFactory(id="cp-killed")
+    blue = services.submit_deployment(model.id).task
+    assert services.run_task(DeploymentTask, blue.pk) == TaskStatus.DONE
+    blue.refresh_from_db()
+
+    # A real worker that freezes once green is loaded, and is then killed with SIGKILL.
+    doomed = qcluster(INFERENCE_DEPLOYER_FACTORY="tests.control.probes.build_hanging_green_deployer")
+    green = DeploymentTask.objects.get(pk=post(api, "/deploy", {"embedding_model_id": model.id}).json()["task_id"])
+
+    def green_is_loaded() -> bool:
+        green.refresh_from_db()
+        return green.metadata.get("stages", {}).get("stage_green", {}).get("state") == "done"
+
+    wait_for(green_is_loaded, 120, "green to be loaded by the doomed worker", doomed.log_tail)
+    doomed.kill()
+    assert green.status == TaskStatus.PROCESSING
+
+    with V2Client(mlserver.url) as client:  # blue keeps serving while the dead worker's task waits
+        assert client.infer(model.id, ["still serving"]).parameters["revision"] == blue.metadata["revision"]
+
+    time.sleep(2.5)  # let the lease run out: nobody renews it any more
+    report = services.sweep_tasks()
+    green.refresh_from_db()
+    assert report.failed == [str(green.pk)]
+    assert green.status == TaskStatus.FAILED and "stopped renewing its lease" in green.detail
+    retry = DeploymentTask.objects.get(retry_of=green)
+    assert (retry.attempt, retry.metadata["retry_of"]) == (2, str(green.pk))
+
+    healthy = qcluster()  # a healthy worker picks up the retry the sweeper handed over
+    wait_for_status(retry, set(TERMINAL_STATUSES), timeout=120, cluster=healthy)
+    assert retry.status == TaskStatus.DONE, retry.detail
+    assert api.get(f"/deploy-status/{model.id}").json()["task_id"] == str(retry.pk)
+    with V2Client(mlserver.url) as client:
+        assert client.infer(model.id, ["after the retry"]).embeddings.shape == (1, 384)
+        assert not client.model_ready(f"{model.id}~green")  # the dead worker's green was cleaned up
