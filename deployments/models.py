@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
-from deployments.inference import MAX_MODEL_ID_LENGTH, InvalidModelId, validate_model_id
+from deployments.inference import MAX_MODEL_ID_LENGTH, InvalidModelId, SourceRefused, open_source, validate_model_id
 
 
 def validate_embedding_model_id(value: str) -> None:
@@ -59,6 +60,13 @@ class EmbeddingModel(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+    def clean(self) -> None:
+        # The admin and the API both validate through here: a source must be one the serving layer accepts.
+        try:
+            open_source(self.source, settings.ALLOWED_SOURCE_ROOTS)
+        except SourceRefused as exc:
+            raise ValidationError({"source": str(exc)}) from exc
 
 
 class TaskStatus(models.TextChoices):

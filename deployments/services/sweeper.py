@@ -110,6 +110,21 @@ def _resolve_lost_attempt(task: Task, reason: str, report: SweepReport) -> None:
     if retry_id:
         retry_lost_attempt(task, retry_id)
         report.retried.append(str(retry_id))
+    else:
+        _sync_model_after_giving_up(task.embedding_model_id)
+
+
+def _sync_model_after_giving_up(embedding_model_id: str) -> None:
+    """No attempt is left to finish the job: set the registry from what the repository says is live,
+    so the model does not hold a `deploying` slot forever."""
+    from deployments.services.deployer import deployer_session
+    from deployments.services.pipelines import sync_model_state
+
+    try:
+        with deployer_session() as deployer:
+            sync_model_state(embedding_model_id, deployer)
+    except Exception:
+        logger.exception("could not resynchronize %s after its last attempt was lost", embedding_model_id)
 
 
 def resend_lost_handoffs(now: datetime, report: SweepReport) -> None:

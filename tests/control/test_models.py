@@ -77,11 +77,17 @@ def test_allocate_sequence_counts_per_model():
     assert [allocate_sequence("a"), allocate_sequence("a"), allocate_sequence("b")] == [1, 2, 1]
 
 
-def test_embedding_model_id_uses_the_serving_layers_rule():
+def test_embedding_model_id_uses_the_serving_layers_rule(minilm_dir):
     for bad in ["", "a/b", "..", "a..b", "a b", "-a", "a\x00b", "x" * 129, "é"]:
         with pytest.raises(ValidationError):
-            EmbeddingModel(id=bad, source="/x").full_clean(exclude=["source"])
-    EmbeddingModel(id="x" * 128, source="/x").full_clean()
+            EmbeddingModel(id=bad, source=str(minilm_dir)).full_clean()
+    EmbeddingModel(id="x" * 128, source=str(minilm_dir)).full_clean()
+
+
+def test_a_source_outside_the_allowed_roots_does_not_validate(tmp_path, minilm_dir):
+    with pytest.raises(ValidationError) as error:
+        EmbeddingModel(id="m", source=str(tmp_path)).full_clean()
+    assert "outside the allowed roots" in str(error.value.message_dict["source"])
 
 
 def test_an_event_belongs_to_exactly_one_task():

@@ -211,8 +211,18 @@ def lose_worker(task: DeploymentTask, owner: str = "dead-host:1:abc") -> None:
     ModelLease.objects.filter(pk=task.embedding_model_id).update(expires_at=timezone.now() - timedelta(seconds=1))
 
 
-def test_the_sweeper_retries_a_dead_workers_task_as_a_new_attempt(settings, django_capture_on_commit_callbacks):
+def test_the_sweeper_runs_on_a_django_q_schedule():
+    from django_q.models import Schedule
+
+    schedule = Schedule.objects.get(name="deployments: sweep tasks")  # created by post_migrate
+    assert (schedule.func, schedule.schedule_type, schedule.repeats) == ("deployments.jobs.sweep_tasks", "I", -1)
+
+
+def test_the_sweeper_retries_a_dead_workers_task_as_a_new_attempt(
+    settings, tmp_path, django_capture_on_commit_callbacks
+):
     settings.TASK_MAX_ATTEMPTS = 2
+    settings.MODEL_REPOSITORY_ROOT = tmp_path / "repository"
     model = EmbeddingModelFactory()
     task = submit_deploy(model.id, ready_timeout=30)
     later = submit_deploy(model.id)
@@ -234,11 +244,14 @@ def test_the_sweeper_retries_a_dead_workers_task_as_a_new_attempt(settings, djan
     assert ModelLease.objects.get(pk=model.id).owner == ""
     assert services.run_task(DeploymentTask, later.pk).startswith("waiting")
 
+    EmbeddingModel.objects.filter(pk=model.id).update(state="deploying")  # as the lost attempt left it
     lose_worker(retry)
     services.sweep_tasks()
     retry.refresh_from_db()
     assert retry.status == TaskStatus.FAILED and retry.detail.endswith("gave up after 2 attempt(s)")
     assert not DeploymentTask.objects.filter(retry_of=retry).exists()
+    model.refresh_from_db()
+    assert model.state == "not_deployed"  # nothing is live in the repository: the slot is given back
 
 
 def test_the_sweeper_leaves_a_live_worker_alone():
