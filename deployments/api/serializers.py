@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.conf import settings
 from rest_framework import serializers
 
 from deployments.inference import InvalidModelId, SourceRefused, validate_model_id
@@ -78,6 +79,13 @@ class DeploymentConfigSerializer(NoUnknownKeysMixin, serializers.Serializer):
         required=False,
         help_text="Seconds to wait for green to load and become ready (default INFERENCE_READY_TIMEOUT).",
     )
+
+    def validate_ready_timeout(self, value: float) -> float:
+        # Past TASK_TIMEOUT django-q2 kills the worker; the deploy must give up on its own first.
+        if value >= settings.TASK_TIMEOUT:
+            limit = settings.TASK_TIMEOUT
+            raise serializers.ValidationError(f"must be below the worker timeout (TASK_TIMEOUT={limit}s).")
+        return value
 
 
 class DeletionConfigSerializer(NoUnknownKeysMixin, serializers.Serializer):

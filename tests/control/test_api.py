@@ -129,6 +129,7 @@ BAD_BODIES = [
     ({"embedding_model_id": "minilm", "config": {"expected_dimensions": 0}}, "config.expected_dimensions"),
     ({"embedding_model_id": "minilm", "config": {"expected_dimensions": True}}, "config.expected_dimensions"),
     ({"embedding_model_id": "minilm", "config": {"ready_timeout": 1e9}}, "config.ready_timeout"),
+    ({"embedding_model_id": "minilm", "config": {"ready_timeout": 3000}}, "config.ready_timeout"),
     ({"embedding_model_id": "minilm", "priority": 1}, "priority"),
     (["minilm"], "non_field_errors"),
     ("minilm", "non_field_errors"),
