@@ -121,7 +121,8 @@ MAX_DEPLOYED_MODELS = int(os.environ.get("MAX_DEPLOYED_MODELS", "20"))
 # django-q2: the ORM broker on the same database by default; Redis when REDIS_URL is set.
 TASK_TIMEOUT = int(os.environ.get("TASK_TIMEOUT", "900"))
 Q_CLUSTER = {
-    "name": "controlplane",
+    # Tests set their own name, so their queue never mixes with a cluster an operator runs on the same Redis.
+    "name": os.environ.get("Q_CLUSTER_NAME", "controlplane"),
     "workers": int(os.environ.get("Q_WORKERS", "2")),
     "timeout": TASK_TIMEOUT,
     "retry": TASK_TIMEOUT + 60,

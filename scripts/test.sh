@@ -18,7 +18,7 @@ env -u DATABASE_URL -u REDIS_URL $BIN/pytest "$@"
 
 if $BIN/python scripts/services_answer.py "$PG_URL" "$REDIS"; then
   echo "== tests on PostgreSQL with the Redis broker"
-  DATABASE_URL=$PG_URL REDIS_URL=$REDIS $BIN/pytest "$@"
+  DATABASE_URL=$PG_URL REDIS_URL=$REDIS Q_CLUSTER_NAME=controlplane-test $BIN/pytest "$@"
 elif [ "${CI:-}" = "true" ]; then
   echo "PostgreSQL ($PG_URL) or Redis ($REDIS) does not answer; CI needs both." >&2
   exit 1
