@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
 from django.conf import settings
 from django.db import transaction
 
-from deployments.inference import open_source, validate_model_id
+from deployments.inference import MAX_MODEL_ID_LENGTH, open_source, validate_model_id
 from deployments.inference.packaged import PACKAGED_MODEL_DIMENSIONS, PACKAGED_MODEL_ID, packaged_model_dir
 from deployments.models import ACTIVE_STATUSES, DeletionTask, DeploymentTask, EmbeddingModel
 from deployments.services.tasks import TaskConflict, TaskError
@@ -72,3 +78,63 @@ def register_packaged_model() -> tuple[EmbeddingModel, bool]:
         model.source = source
         model.save(update_fields=["source", "updated_at"])
     return model, created
+
+
+# -- Registering many models at once (manage.py register_models) -------------------------------
+
+# Files that mark a folder as a sentence-transformers model (written by SentenceTransformer.save).
+SENTENCE_TRANSFORMERS_MARKERS = ("modules.json", "config_sentence_transformers.json")
+
+
+@dataclass(frozen=True)
+class FoundModel:
+    embedding_model_id: str
+    path: Path
+    dimensions: int | None
+
+
+def find_sentence_transformers_models(root: Path, max_depth: int = 4) -> list[FoundModel]:
+    """Every sentence-transformers folder under ``root`` (root itself included), not looking inside one.
+
+    The id is the folder's name, lower-cased, with anything an id may not hold turned into '-';
+    the dimensions come from the model's own module configs when they say (Dense, else Pooling).
+    """
+    found: list[FoundModel] = []
+
+    def visit(folder: Path, depth: int) -> None:
+        if any((folder / marker).is_file() for marker in SENTENCE_TRANSFORMERS_MARKERS):
+            found.append(FoundModel(model_id_for_folder(folder.name), folder, _embedding_dimensions(folder)))
+            return
+        if depth < max_depth:
+            for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                visit(child, depth + 1)
+
+    visit(root, 0)
+    return found
+
+
+def model_id_for_folder(folder_name: str) -> str:
+    candidate = re.sub(r"[^a-z0-9._-]+", "-", folder_name.lower()).strip("-.")
+    return candidate[:MAX_MODEL_ID_LENGTH] or "model"
+
+
+def _embedding_dimensions(folder: Path) -> int | None:
+    try:
+        modules = json.loads((folder / "modules.json").read_text())
+        by_type = {str(module.get("type", "")).rsplit(".", 1)[-1]: module.get("path", "") for module in modules}
+        if "Dense" in by_type:
+            return int(json.loads((folder / by_type["Dense"] / "config.json").read_text())["out_features"])
+        if "Pooling" in by_type:
+            config = json.loads((folder / by_type["Pooling"] / "config.json").read_text())
+            return int(config["word_embedding_dimension"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # unknown: the first deploy's smoke test measures it
+    return None
+
+
+def register_many(found: Sequence[FoundModel]) -> list[EmbeddingModel]:
+    """Register each model through ``register_model``, all in one transaction: all or none."""
+    with transaction.atomic():
+        return [
+            register_model(model.embedding_model_id, str(model.path), dimensions=model.dimensions) for model in found
+        ]
