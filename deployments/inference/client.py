@@ -11,6 +11,7 @@ import numpy as np
 from .errors import InferenceFailed, LoadFailed, ModelNotFound, ServerUnavailable
 
 DEFAULT_TIMEOUT = 10.0
+_CONNECTION_DROPPED = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 # Loading a model can legitimately take a while (weights from disk, framework imports).
 DEFAULT_LOAD_TIMEOUT = 300.0
 
@@ -51,7 +52,12 @@ class V2Client:
 
     def _request(self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any) -> httpx.Response:
         try:
-            return self._http.request(method, path, timeout=timeout or self.timeout, **kwargs)
+            try:
+                return self._http.request(method, path, timeout=timeout or self.timeout, **kwargs)
+            except _CONNECTION_DROPPED:
+                # A pooled keep-alive connection the server had closed (uvicorn closes one after an
+                # error response). Every call here is idempotent, so one retry on a fresh connection is safe.
+                return self._http.request(method, path, timeout=timeout or self.timeout, **kwargs)
         except httpx.TimeoutException as exc:
             raise ServerUnavailable(
                 f"inference server at {self.base_url} did not answer {method} {path} within "

@@ -33,13 +33,30 @@ class BadInput(MLServerError):
         super().__init__(message, status_code=400)
 
 
+class ModelLoadError(MLServerError):
+    """Carries the framework's reason to the caller of ``load`` (an unhandled error would be a bare 500)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, status_code=400)
+
+
+# How long unload() waits for requests already running on this instance before freeing it.
+DRAIN_TIMEOUT_S = 30.0
+
+
 class SentenceTransformerRuntime(MLModel):
     async def load(self) -> bool:
         extra: dict[str, Any] = dict(self.settings.parameters.extra or {}) if self.settings.parameters else {}
         self._revision = str(extra.get("revision", ""))
         self._force_normalize = bool(extra.get("normalize", False))
+        self._in_flight = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
         uri = await get_model_uri(self.settings)
-        self._model = await asyncio.to_thread(self._load_model, uri)
+        try:
+            self._model = await asyncio.to_thread(self._load_model, uri)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load a sentence-transformers model from {uri}: {exc}") from exc
         get_dimension = getattr(self._model, "get_embedding_dimension", None) or (
             self._model.get_sentence_embedding_dimension  # sentence-transformers < 5.2
         )
@@ -65,7 +82,17 @@ class SentenceTransformerRuntime(MLModel):
         texts = StringCodec.decode_input(request_input)
         if not texts:
             raise BadInput("input holds no texts")
-        embeddings = await asyncio.to_thread(self._encode, texts)
+        # Take the model before the first await: during an atomic swap the server unloads this
+        # instance while requests it already routed here are still running, and they must finish.
+        model = self._model
+        self._in_flight += 1
+        self._drained.clear()
+        try:
+            embeddings = await asyncio.to_thread(self._encode, model, texts)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._drained.set()
         return InferenceResponse(
             model_name=self.name,
             id=payload.id,
@@ -73,10 +100,10 @@ class SentenceTransformerRuntime(MLModel):
             outputs=[NumpyCodec.encode_output("embedding", embeddings)],
         )
 
-    def _encode(self, texts: list[str]) -> Any:
+    def _encode(self, model: Any, texts: list[str]) -> Any:
         import numpy as np
 
-        vectors = self._model.encode(
+        vectors = model.encode(
             texts,
             batch_size=32,
             convert_to_numpy=True,
@@ -86,6 +113,10 @@ class SentenceTransformerRuntime(MLModel):
         return np.asarray(vectors, dtype=np.float32)
 
     async def unload(self) -> bool:
+        try:
+            await asyncio.wait_for(self._drained.wait(), DRAIN_TIMEOUT_S)
+        except TimeoutError:
+            pass  # the requests still running hold their own reference to the model
         self._model = None
         # Collect now: a swap holds two instances, and the old one's weights should go at once.
         await asyncio.to_thread(gc.collect)

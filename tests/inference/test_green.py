@@ -127,16 +127,16 @@ def _break_config(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("breakage", "expected_dimensions", "stage"),
+    ("breakage", "expected_dimensions", "stage", "reason"),
     [
-        (_corrupt_weights, None, "stage_green"),
-        (_break_config, None, "stage_green"),
-        (None, 512, "smoke_test"),
+        (_corrupt_weights, None, "stage_green", "cannot load a sentence-transformers model"),
+        (_break_config, None, "stage_green", "cannot load a sentence-transformers model"),
+        (None, 512, "smoke_test", "expected 512 dimensions, the model returned 384"),
     ],
     ids=["corrupt-weights", "load-raises", "wrong-dimensions"],
 )
 def test_a_failing_green_leaves_blue_serving_and_no_green_behind(
-    deployer, v2_client, minilm_dir, sources, breakage, expected_dimensions, stage, instance_markers
+    deployer, v2_client, minilm_dir, sources, breakage, expected_dimensions, stage, reason, instance_markers
 ):
     blue = deployer.deploy("minilm-guarded", str(minilm_dir))
     broken = copy_model(minilm_dir, sources, "broken", note="broken")
@@ -148,6 +148,7 @@ def test_a_failing_green_leaves_blue_serving_and_no_green_behind(
         deployer.deploy("minilm-guarded", str(broken), expected_dimensions=expected_dimensions, progress=events.append)
 
     assert failure.value.stage == stage and not failure.value.refused
+    assert reason in failure.value.reason
     assert events[-1] == StageEvent(stage, "failed", failure.value.reason, events[-1].duration_s)
     assert deployer.live_revision("minilm-guarded") == blue.revision
     answer = v2_client.infer("minilm-guarded", ["still here"])

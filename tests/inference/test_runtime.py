@@ -1,0 +1,66 @@
+"""The runtime in-process, without a server: what MLServer's swap relies on."""
+
+import asyncio
+
+import numpy as np
+import pytest
+from mlserver.codecs import StringCodec
+from mlserver.errors import MLServerError
+from mlserver.settings import ModelParameters, ModelSettings
+from mlserver.types import InferenceRequest
+
+from deployments.inference.runtime import SentenceTransformerRuntime
+
+
+def make_runtime(uri: str, revision: str = "r1") -> SentenceTransformerRuntime:
+    settings = ModelSettings(
+        name="runtime-test",
+        implementation=SentenceTransformerRuntime,
+        parameters=ModelParameters(uri=uri, extra={"revision": revision}),
+    )
+    return SentenceTransformerRuntime(settings)
+
+
+def request(texts: list[str]) -> InferenceRequest:
+    return InferenceRequest(inputs=[StringCodec.encode_input("text", texts, use_bytes=True)])
+
+
+def test_requests_already_running_finish_when_the_instance_is_unloaded(minilm_dir):
+    async def scenario():
+        runtime = make_runtime(str(minilm_dir))
+        await runtime.load()
+        running = asyncio.create_task(runtime.predict(request(["a long batch of text"] * 512)))
+        await asyncio.sleep(0.01)  # the batch is now encoding in its thread
+        assert not running.done()
+        await runtime.unload()  # what the server does to the old instance after a swap
+        assert running.done(), "unload must wait for the requests it already had"
+        return running.result()
+
+    response = asyncio.run(scenario())
+    output = response.outputs[0]
+    assert output.shape == [512, 384]
+    assert np.isfinite(np.asarray(output.data, dtype=np.float32)).all()
+    assert response.parameters.revision == "r1"
+
+
+def test_a_model_that_cannot_load_says_why(tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{ not json")
+
+    with pytest.raises(MLServerError, match="cannot load a sentence-transformers model") as failure:
+        asyncio.run(make_runtime(str(broken)).load())
+    assert failure.value.status_code == 400
+
+
+def test_bad_input_is_a_400_naming_the_problem(minilm_dir):
+    async def scenario():
+        runtime = make_runtime(str(minilm_dir))
+        await runtime.load()
+        numbers = InferenceRequest(inputs=[{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}])
+        with pytest.raises(MLServerError, match="must be BYTES") as failure:
+            await runtime.predict(numbers)
+        await runtime.unload()
+        return failure.value
+
+    assert asyncio.run(scenario()).status_code == 400
