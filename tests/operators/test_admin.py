@@ -1,0 +1,346 @@
+"""The admin as a control room, through Django's test client: models, history, actions, timeline, dashboard."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from deployments.admin import CappedCountPaginator
+from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, TaskStatus
+from tests.control.factories import DeletionTaskFactory, DeploymentTaskFactory, EmbeddingModelFactory
+from tests.operators.factories import (
+    FailedDeploymentFactory,
+    FinishedDeletionFactory,
+    FinishedDeploymentFactory,
+    RunningDeploymentFactory,
+)
+
+pytestmark = pytest.mark.django_db
+
+MODELS_URL = "/admin/deployments/embeddingmodel/"
+DEPLOYS_URL = "/admin/deployments/deploymenttask/"
+DELETES_URL = "/admin/deployments/deletiontask/"
+
+
+def messages_of(response) -> list[str]:
+    return [str(message) for message in response.context["messages"]]
+
+
+def run_action(client, url: str, action: str, objects, **extra):
+    data = {"action": action, ACTION_CHECKBOX_NAME: [str(obj.pk) for obj in objects], **extra}
+    return client.post(url, data, follow=True)
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+
+def test_models_list_state_revision_endpoint_dimensions_and_the_latest_tasks(admin_client):
+    model = EmbeddingModelFactory(
+        id="m-live", state="deployed", live_revision="abcdef0123456789", endpoint="http://s/v2/models/m-live/infer"
+    )
+    FailedDeploymentFactory(embedding_model_id=model.id)
+    latest = FinishedDeploymentFactory(embedding_model_id=model.id)
+    deletion = FinishedDeletionFactory(embedding_model_id=model.id)
+
+    page = admin_client.get(MODELS_URL).content.decode()
+
+    assert "Deployed" in page and "abcdef012345" in page and "http://s/v2/models/m-live/infer" in page
+    assert f"/admin/deployments/deploymenttask/{latest.pk}/change/" in page  # the latest, not the first
+    assert f"/admin/deployments/deletiontask/{deletion.pk}/change/" in page
+    assert 'value="deploy_selected"' in page and 'value="delete_selected_deployments"' in page
+    assert 'value="delete_selected"' not in page  # unregistering is not a bulk action here
+
+
+def test_models_list_fetches_the_latest_tasks_with_the_page_not_per_row(admin_client):
+    def queries_for_page() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert admin_client.get(MODELS_URL).status_code == 200
+        return len(queries)
+
+    for _ in range(2):
+        FinishedDeploymentFactory(embedding_model_id=EmbeddingModelFactory().id)
+    few = queries_for_page()
+    for _ in range(10):
+        FinishedDeploymentFactory(embedding_model_id=EmbeddingModelFactory().id)
+    assert queries_for_page() == few
+
+
+def test_deploy_selected_asks_first_then_creates_tasks_as_the_api_does(
+    admin_client, django_capture_on_commit_callbacks
+):
+    first, second = EmbeddingModelFactory(id="dep-a"), EmbeddingModelFactory(id="dep-b")
+
+    confirm = run_action(admin_client, MODELS_URL, "deploy_selected", [first, second])
+    assert confirm.status_code == 200
+    assert b"Yes, deploy 2 models" in confirm.content and b"dep-a" in confirm.content
+    assert not DeploymentTask.objects.exists()  # nothing happens before the operator confirms
+
+    with django_capture_on_commit_callbacks(execute=True):
+        done = run_action(admin_client, MODELS_URL, "deploy_selected", [first, second], post="yes")
+
+    tasks = DeploymentTask.objects.order_by("embedding_model_id")
+    assert [t.embedding_model_id for t in tasks] == ["dep-a", "dep-b"]
+    assert all(t.status == "pending" and t.requested_by == "root" and t.dispatched_at for t in tasks)
+    assert all(t.metadata == {"attempt": 1, "retry_of": None} and t.config == {} for t in tasks)
+    assert messages_of(done)[0].startswith("Created 2 deployment task(s): dep-a (task ")
+
+
+def test_delete_selected_asks_first_then_creates_deletion_tasks(admin_client, django_capture_on_commit_callbacks):
+    model = EmbeddingModelFactory(id="del-a", state="deployed", live_revision="r1")
+
+    confirm = run_action(admin_client, MODELS_URL, "delete_selected_deployments", [model])
+    assert b"clients calling it will get errors" in confirm.content
+    assert not DeletionTask.objects.exists()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        done = run_action(admin_client, MODELS_URL, "delete_selected_deployments", [model], post="yes")
+
+    task = DeletionTask.objects.get()
+    assert (task.embedding_model_id, task.status, task.requested_by) == ("del-a", "pending", "root")
+    assert "Created 1 deletion task(s): del-a" in messages_of(done)[0]
+    assert EmbeddingModel.objects.filter(pk="del-a").exists()  # still registered
+
+
+def test_staff_without_task_permissions_sees_no_deploy_or_delete_action(viewer_client):
+    EmbeddingModelFactory()
+    page = viewer_client.get(MODELS_URL).content.decode()
+    assert "deploy_selected" not in page and "delete_selected_deployments" not in page
+
+
+def test_a_deployed_model_cannot_be_unregistered_from_its_page(admin_client):
+    model = EmbeddingModelFactory(state="deployed", live_revision="r1")
+    assert admin_client.get(f"{MODELS_URL}{model.pk}/delete/").status_code == 403
+
+
+def test_registering_a_model_in_the_admin_goes_through_the_registry(admin_client, minilm_dir):
+    response = admin_client.post(
+        f"{MODELS_URL}add/", {"id": "from-admin", "name": "", "source": str(minilm_dir), "dimensions": 384}
+    )
+    assert response.status_code == 302
+    model = EmbeddingModel.objects.get(pk="from-admin")
+    assert model.name == "from-admin"  # register_model names it after its id
+
+    refused = admin_client.post(f"{MODELS_URL}add/", {"id": "elsewhere", "source": "/etc", "dimensions": ""})
+    assert refused.status_code == 200 and b"outside the allowed roots" in refused.content
+
+
+# -- task history ---------------------------------------------------------------------------------
+
+
+def test_history_shows_coloured_status_model_created_duration_and_attempts(admin_client):
+    task = FailedDeploymentFactory(embedding_model_id=EmbeddingModelFactory(id="hist").id)
+    page = admin_client.get(DEPLOYS_URL).content.decode()
+    assert str(task.pk)[:8] in page
+    assert 'class="cr-badge" style="background:#b91c1c">Failed<' in page
+    assert '<a href="/admin/deployments/embeddingmodel/hist/change/">hist</a>' in page
+    assert "2.0 s" in page  # duration from started to finished
+    assert "expected 384" in page
+
+
+def test_history_is_read_only_but_keeps_its_actions(admin_client):
+    task = FinishedDeploymentFactory()
+    listing = admin_client.get(DEPLOYS_URL).content.decode()
+    assert f"{DEPLOYS_URL}add/" not in listing
+    assert 'value="retry_selected"' in listing and 'value="cancel_selected"' in listing
+    detail = admin_client.get(f"{DEPLOYS_URL}{task.pk}/change/").content.decode()
+    assert 'name="_save"' not in detail and "deletelink" not in detail
+    assert admin_client.post(f"{DEPLOYS_URL}{task.pk}/change/", {"status": "failed"}).status_code == 403
+    assert admin_client.get(f"{DEPLOYS_URL}{task.pk}/delete/").status_code == 403
+
+
+def test_viewers_see_the_history_without_retry_or_cancel(viewer_client):
+    FinishedDeploymentFactory()
+    page = viewer_client.get(DEPLOYS_URL).content.decode()
+    assert viewer_client.get(DEPLOYS_URL).status_code == 200
+    assert "retry_selected" not in page and "cancel_selected" not in page
+
+
+def test_filters_by_status_model_and_date_and_search_by_task_and_model_id(admin_client):
+    alpha, beta = EmbeddingModelFactory(id="alpha"), EmbeddingModelFactory(id="beta")
+    failed = FailedDeploymentFactory(embedding_model_id=alpha.id)
+    done = FinishedDeploymentFactory(embedding_model_id=beta.id)
+    old = FinishedDeploymentFactory(embedding_model_id=alpha.id)
+    DeploymentTask.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=40))
+
+    def listed(query: str) -> set:
+        response = admin_client.get(f"{DEPLOYS_URL}?{query}")
+        assert response.status_code == 200, response.content[:500]
+        return {task.pk for task in response.context["cl"].result_list}
+
+    assert listed("status__exact=failed") == {failed.pk}
+    assert listed("model=beta") == {done.pk}
+    assert listed("created=24h") == {failed.pk, done.pk}
+    assert listed("created=older") == {old.pk}
+    assert listed(f"q={failed.pk}") == {failed.pk}
+    assert listed("q=beta") == {done.pk}
+    assert listed("q=bet") == set()  # exact ids only: each search is an index seek
+    assert listed(f"q={uuid.uuid4()}") == set()
+
+
+def test_the_kind_filter_switches_history_and_keeps_the_other_filters(admin_client):
+    FinishedDeploymentFactory(embedding_model_id=EmbeddingModelFactory(id="kinds").id)
+    page = admin_client.get(f"{DEPLOYS_URL}?status__exact=done&model=kinds").content.decode()
+    assert f'href="{DELETES_URL}?status__exact=done&amp;model=kinds"' in page
+    assert admin_client.get(f"{DELETES_URL}?status__exact=done&model=kinds").status_code == 200
+
+
+def test_large_lists_never_count_the_whole_table(admin_client, monkeypatch):
+    monkeypatch.setattr(CappedCountPaginator, "cap", 5)
+    for _ in range(8):
+        FinishedDeploymentFactory()
+    with CaptureQueriesContext(connection) as queries:
+        page = admin_client.get(DEPLOYS_URL).content.decode()
+    assert "more than 5 deployment tasks" in page
+    counts = [
+        q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper() and "deploymenttask" in q["sql"]
+    ]
+    assert counts and all("LIMIT" in sql.upper() for sql in counts), counts
+
+
+def test_task_detail_shows_the_stage_timeline_and_readable_metadata(admin_client):
+    task = FinishedDeploymentFactory(embedding_model_id=EmbeddingModelFactory(id="timeline").id)
+    retry = DeploymentTaskFactory(embedding_model_id="timeline", retry_of=task, attempt=2)
+
+    page = admin_client.get(f"{DEPLOYS_URL}{task.pk}/change/").content.decode()
+
+    stages = ["validate", "fetch", "stage_green", "smoke_test", "promote"]
+    positions = [page.index(f"<strong>{stage}</strong>") for stage in stages]
+    assert positions == sorted(positions)  # in the order they ran
+    assert "stage_green ok" in page and "1.2 s" in page  # each stage's message and duration
+    assert "<dt>revision</dt><dd>rev-1</dd>" in page and "<dt>dimensions</dt><dd>384</dd>" in page
+    assert f"/admin/deployments/deploymenttask/{retry.pk}/change/" in page  # "retried as"
+
+
+def test_a_pending_task_says_it_waits_for_a_worker(admin_client):
+    task = DeploymentTaskFactory()
+    assert b"the task waits for a worker" in admin_client.get(f"{DEPLOYS_URL}{task.pk}/change/").content
+
+
+# -- retry and cancel -----------------------------------------------------------------------------
+
+
+def test_retry_creates_linked_attempts_and_says_why_others_were_not_retried(
+    admin_client, django_capture_on_commit_callbacks
+):
+    model = EmbeddingModelFactory(id="retry-me")
+    failed = FailedDeploymentFactory(embedding_model_id=model.id)
+    refused = DeploymentTaskFactory(embedding_model_id=model.id, status=TaskStatus.REFUSED)
+    canceled = DeploymentTaskFactory(embedding_model_id=model.id, status=TaskStatus.CANCELED)
+    done = FinishedDeploymentFactory(embedding_model_id=model.id)
+    pending = DeploymentTaskFactory(embedding_model_id=model.id)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = run_action(admin_client, DEPLOYS_URL, "retry_selected", [failed, refused, canceled, done, pending])
+
+    retried, skipped = messages_of(response)
+    assert retried.startswith("Retried 3 task(s): ")
+    for task in (failed, refused, canceled):
+        attempt = DeploymentTask.objects.get(retry_of=task)
+        assert (attempt.attempt, attempt.status, attempt.requested_by) == (2, "pending", "root")
+        assert attempt.metadata["retry_of"] == str(task.pk) and attempt.dispatched_at
+        assert f"{str(task.pk)[:8]} → {str(attempt.pk)[:8]}" in retried
+    assert skipped.startswith("Not retried 2 task(s): ")
+    assert f"{str(done.pk)[:8]} (it is done: deploy the model again instead)" in skipped
+    assert f"{str(pending.pk)[:8]} (it is pending: it has not finished yet)" in skipped
+
+    again = run_action(admin_client, DEPLOYS_URL, "retry_selected", [failed])
+    assert "it was already retried as" in messages_of(again)[0]
+    assert DeploymentTask.objects.filter(retry_of=failed).count() == 1
+
+
+def test_retrying_a_task_of_an_unregistered_model_says_so(admin_client):
+    orphan = DeletionTaskFactory(embedding_model_id=EmbeddingModelFactory().id, status=TaskStatus.FAILED)
+    EmbeddingModel.objects.filter(pk=orphan.embedding_model_id).delete()
+    response = run_action(admin_client, DELETES_URL, "retry_selected", [orphan])
+    assert "is not registered" in messages_of(response)[0]
+
+
+def test_cancel_finishes_pending_tasks_and_says_why_others_were_not_canceled(
+    admin_client, django_capture_on_commit_callbacks
+):
+    model = EmbeddingModelFactory(id="cancel-me")
+    running = RunningDeploymentFactory(embedding_model_id=model.id)
+    waiting = DeploymentTaskFactory(embedding_model_id=model.id)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = run_action(admin_client, DEPLOYS_URL, "cancel_selected", [running, waiting])
+
+    canceled, skipped = messages_of(response)
+    waiting.refresh_from_db()
+    running.refresh_from_db()
+    assert waiting.status == "canceled" and running.status == "processing"
+    assert canceled == f"Canceled 1 task(s): cancel-me {str(waiting.pk)[:8]}"
+    assert skipped == (
+        f"Not canceled 1 task(s): cancel-me {str(running.pk)[:8]} "
+        "(only a pending task can be canceled; this one is processing)"
+    )
+
+
+def test_an_action_over_too_many_tasks_does_nothing(admin_client, monkeypatch):
+    monkeypatch.setattr("deployments.admin.MAX_ACTION_TASKS", 2)
+    tasks = [DeploymentTaskFactory() for _ in range(3)]
+    response = run_action(admin_client, DEPLOYS_URL, "cancel_selected", tasks)
+    assert "Nothing was done: more than 2 tasks are selected" in messages_of(response)[0]
+    assert not DeploymentTask.objects.filter(status="canceled").exists()
+
+
+# -- dashboard ------------------------------------------------------------------------------------
+
+
+def test_dashboard_shows_in_flight_outcomes_failures_and_deployed_models(admin_client):
+    live = EmbeddingModelFactory(id="dash-live", state="deployed", live_revision="0123456789abcdef", dimensions=384)
+    RunningDeploymentFactory(embedding_model_id=live.id, metadata={"stages": {"validate": {}, "fetch": {}}})
+    DeploymentTaskFactory(embedding_model_id=live.id)
+    DeletionTaskFactory()
+    FinishedDeploymentFactory()
+    failed = FailedDeploymentFactory(embedding_model_id=EmbeddingModelFactory(id="dash-broken").id)
+    refused = DeploymentTaskFactory(status=TaskStatus.REFUSED, detail="validate: 20 models are deployed")
+    old_failure = FailedDeploymentFactory()
+    DeploymentTask.objects.filter(pk=old_failure.pk).update(created_at=timezone.now() - timedelta(days=2))
+
+    response = admin_client.get("/admin/")
+    page = response.content.decode()
+
+    assert response.status_code == 200
+    assert 'href="/admin/deployments/deploymenttask/?status__exact=pending">1<' in page
+    assert 'href="/admin/deployments/deploymenttask/?status__exact=processing">1<' in page
+    assert 'href="/admin/deployments/deletiontask/?status__exact=pending">1<' in page
+    # outcomes of the last 24 hours: the two-day-old failure is not among them
+    assert "?created=24h&amp;status__exact=failed" in page
+    assert '<span class="cr-badge" style="background:#b91c1c">1</span>' in page
+    assert "fetch" in page  # the stage the running task is in
+    for task in (failed, refused):
+        assert str(task.pk)[:8] in page and task.detail in page
+    assert "Models deployed: 1" in page and "dash-live" in page and "0123456789ab" in page
+
+
+def test_dashboard_costs_a_fixed_number_of_queries(admin_client):
+    def queries_for_index() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            admin_client.get("/admin/")
+        return len(queries)
+
+    FailedDeploymentFactory()
+    few = queries_for_index()
+    for _ in range(5):
+        FailedDeploymentFactory()
+        RunningDeploymentFactory()
+        EmbeddingModelFactory(state="deployed")
+    assert queries_for_index() == few
+
+
+def test_staff_without_task_permissions_get_no_dashboard(viewer_client, db):
+    from django.contrib.auth.models import Permission
+
+    from tests.control.factories import UserFactory
+
+    user = UserFactory(username="models-only", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_embeddingmodel"))
+    viewer_client.force_login(user)
+    assert b"Latest failures" not in viewer_client.get("/admin/").content
