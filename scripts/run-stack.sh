@@ -20,6 +20,7 @@ stop_all() {
 trap stop_all EXIT INT TERM
 
 $BIN/python manage.py migrate --noinput
+$BIN/python manage.py collectstatic --noinput >/dev/null
 
 # An operator account for the admin and the API: password kept in var/ (never in the code).
 password_file=$CONTROLPLANE_VAR_DIR/admin_password
