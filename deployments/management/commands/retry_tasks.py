@@ -1,0 +1,72 @@
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+from django.utils import timezone
+
+from deployments import selectors
+from deployments.management.commands._operators import (
+    bad_arguments,
+    check_choices,
+    cli_user,
+    comma_separated,
+    format_table,
+    parse_duration,
+    task_models_for,
+)
+from deployments.services.bulk import RETRYABLE_STATUSES, retry_many
+
+
+class Command(BaseCommand):
+    help = (
+        "Retry failed, refused or canceled tasks as new attempts linked to them (like POST .../retry), "
+        "chosen by status, kind, model and age. Tasks already retried are left alone. "
+        "Example: manage.py retry_tasks --status failed --kind deployment --newer-than 24h"
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--status",
+            action="append",
+            help=f"Statuses to retry, comma-separated or repeated: {', '.join(RETRYABLE_STATUSES)} (default failed).",
+        )
+        parser.add_argument("--kind", action="append", help="deployment or deletion (default both).")
+        parser.add_argument("--model", help="Only this embedding model's tasks.")
+        parser.add_argument("--newer-than", help="Only tasks created within this long, e.g. 24h.")
+        parser.add_argument("--older-than", help="Only tasks created at least this long ago, e.g. 30m.")
+        parser.add_argument("--limit", type=int, default=1000, help="Refuse (exit 2) if more tasks match (1000).")
+        parser.add_argument("--dry-run", action="store_true", help="List what would be retried; retry nothing.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        statuses = check_choices(comma_separated(options["status"]) or ["failed"], RETRYABLE_STATUSES, "--status")
+        task_models = task_models_for(comma_separated(options["kind"]))
+        now = timezone.now()
+        newer = parse_duration(options["newer_than"], "--newer-than") if options["newer_than"] else None
+        older = parse_duration(options["older_than"], "--older-than") if options["older_than"] else None
+        tasks = []
+        for task_model in task_models:
+            matching = selectors.filter_tasks(
+                task_model,
+                statuses=statuses,
+                embedding_model_id=options["model"],
+                created_after=now - newer if newer else None,
+                created_before=now - older if older else None,
+            )
+            tasks += list(selectors.latest_attempts(matching).order_by("created_at")[: options["limit"] + 1])
+        if len(tasks) > options["limit"]:
+            limit = options["limit"]
+            raise bad_arguments(f"more than --limit {limit} tasks match; narrow the filters or raise --limit")
+        if not tasks:
+            self.stdout.write("No task matches; nothing to retry.")
+            return
+        if options["dry_run"]:
+            rows = [(t.KIND, t.pk, t.embedding_model_id, t.status, t.created_at, t.detail) for t in tasks]
+            self.stdout.write(format_table(["kind", "task", "model", "status", "created", "detail"], rows))
+            self.stdout.write(f"Dry run: would retry {len(tasks)} task(s).")
+            return
+        outcome = retry_many(tasks, requested_by=cli_user())
+        rows = [
+            (v.task.KIND, v.task.pk, v.task.embedding_model_id, v.task.status, v.result and v.result.pk, v.reason)
+            for v in outcome.verdicts
+        ]
+        self.stdout.write(format_table(["kind", "task", "model", "was", "retried as", "not retried because"], rows))
+        self.stdout.write(f"Retried {len(outcome.acted)} task(s); {len(outcome.skipped)} not retried.")

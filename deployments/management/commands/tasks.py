@@ -1,0 +1,58 @@
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+from django.utils import timezone
+
+from deployments import selectors
+from deployments.management.commands._operators import (
+    check_choices,
+    comma_separated,
+    format_table,
+    parse_duration,
+    task_models_for,
+    took,
+)
+from deployments.models import TaskStatus
+
+
+class Command(BaseCommand):
+    help = (
+        "A table of recent tasks, newest first, for a terminal. "
+        "Example: manage.py tasks --status failed,refused --since 24h --limit 50"
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--kind", action="append", help="deployment or deletion (default both).")
+        parser.add_argument("--status", action="append", help="Statuses, comma-separated or repeated.")
+        parser.add_argument("--model", help="Only this embedding model's tasks.")
+        parser.add_argument("--since", help="Only tasks created within this long, e.g. 2h.")
+        parser.add_argument("--limit", type=int, default=20, help="How many rows (default 20).")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        statuses = check_choices(comma_separated(options["status"]), TaskStatus.values, "--status")
+        since = parse_duration(options["since"], "--since") if options["since"] else None
+        tasks = selectors.recent_tasks(
+            task_models_for(comma_separated(options["kind"])),
+            limit=max(1, options["limit"]),
+            statuses=statuses,
+            embedding_model_id=options["model"],
+            created_after=timezone.now() - since if since else None,
+        )
+        if not tasks:
+            self.stdout.write("No task matches.")
+            return
+        rows = [
+            (
+                task.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                task.KIND,
+                task.pk,
+                task.embedding_model_id,
+                task.status,
+                task.attempt,
+                took(task),
+                task.detail,
+            )
+            for task in tasks
+        ]
+        headers = ["created (UTC)", "kind", "task", "model", "status", "try", "took", "detail"]
+        self.stdout.write(format_table(headers, rows, max_width=60))

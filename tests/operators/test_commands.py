@@ -1,0 +1,378 @@
+"""The bulk management commands: selection, checks before anything is written, exit codes, output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, TaskEvent, TaskStatus
+from tests.control.conftest import PROJECT_ROOT, worker_env
+from tests.control.factories import DeletionTaskFactory, DeploymentTaskFactory, EmbeddingModelFactory
+from tests.operators.factories import FailedDeploymentFactory, FinishedDeploymentFactory
+
+
+def run(*args: str) -> tuple[str, str]:
+    out, err = StringIO(), StringIO()
+    call_command(*args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def bad(*args: str) -> str:
+    """Run a command that must refuse its arguments: exit 2, one line."""
+    with pytest.raises(CommandError) as refused:
+        run(*args)
+    assert refused.value.returncode == 2, refused.value
+    assert "\n" not in str(refused.value)
+    return str(refused.value)
+
+
+# -- deploy_models / delete_models ----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_deploy_models_by_id_creates_and_hands_over_one_task_each(django_capture_on_commit_callbacks):
+    EmbeddingModelFactory(id="cmd-a"), EmbeddingModelFactory(id="cmd-b")
+    DeploymentTaskFactory(embedding_model_id="cmd-a", status=TaskStatus.DONE)  # the queue goes on from here
+
+    with django_capture_on_commit_callbacks(execute=True):
+        out, _ = run("deploy_models", "cmd-a", "cmd-b", "cmd-a")
+
+    tasks = {t.embedding_model_id: t for t in DeploymentTask.objects.filter(status="pending")}
+    assert set(tasks) == {"cmd-a", "cmd-b"}  # a model named twice gets one task
+    assert (tasks["cmd-a"].sequence, tasks["cmd-b"].sequence) == (2, 1)
+    for task in tasks.values():
+        assert task.dispatched_at and task.requested_by.startswith("cli")
+        assert task.metadata == {"attempt": 1, "retry_of": None} and task.config == {}
+        assert str(task.pk) in out
+    assert out.startswith("Created 2 deployment task(s) in ")
+
+
+@pytest.mark.django_db
+def test_deploy_models_from_a_file_with_config(tmp_path: Path, django_capture_on_commit_callbacks):
+    for model_id in ("f-1", "f-2", "f-3"):
+        EmbeddingModelFactory(id=model_id)
+    id_file = tmp_path / "ids.txt"
+    id_file.write_text("# models to roll\nf-1\n\nf-2   # the big one\n")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        run("deploy_models", "f-3", "--file", str(id_file), "--config", '{"expected_dimensions": 384}')
+
+    tasks = DeploymentTask.objects.all()
+    assert sorted(t.embedding_model_id for t in tasks) == ["f-1", "f-2", "f-3"]
+    assert all(t.config == {"expected_dimensions": 384} for t in tasks)
+
+
+@pytest.mark.django_db
+def test_filters_all_and_state(django_capture_on_commit_callbacks):
+    EmbeddingModelFactory(id="s-live", state="deployed", live_revision="r")
+    EmbeddingModelFactory(id="s-idle")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        run("delete_models", "--state", "deployed")
+        run("deploy_models", "--all")
+    assert list(DeletionTask.objects.values_list("embedding_model_id", flat=True)) == ["s-live"]
+    assert sorted(DeploymentTask.objects.values_list("embedding_model_id", flat=True)) == ["s-idle", "s-live"]
+
+    out, _ = run("delete_models", "--state", "deleting")
+    assert out.strip() == "No registered model matches; nothing to do."
+
+
+@pytest.mark.django_db
+def test_dry_run_creates_nothing():
+    EmbeddingModelFactory(id="dry")
+    out, _ = run("deploy_models", "--all", "--dry-run", "--config", '{"ready_timeout": 60}')
+    assert out.strip() == 'Dry run: would create 1 deployment task(s), config {"ready_timeout": 60.0}: dry'
+    assert not DeploymentTask.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["known", "ghost-1", "ghost-2"], "2 embedding models are not registered: 'ghost-1', 'ghost-2'"),
+        (["ghost"], "embedding model 'ghost' is not registered"),
+        (["../etc"], "'../etc' is not a model id"),
+        (["known", "--config", "{not json"], "--config is not valid JSON"),
+        (["known", "--config", "[1]"], "--config must be a JSON object"),
+        (["known", "--config", '{"replicas": 2}'], "--config: replicas: unknown key"),
+        (["known", "--config", '{"expected_dimensions": "384"}'], "--config: expected_dimensions: A valid integer"),
+        (["--file", "/no/such/file"], "--file: cannot read /no/such/file: No such file or directory"),
+        (["known", "--all"], "name models (MODEL_ID, --file) or filter them (--all, --state), not both"),
+        (["--state", "sleeping"], "--state: unknown sleeping"),
+        ([], "which models?"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line_and_create_nothing(args, message):
+    EmbeddingModelFactory(id="known")
+    assert message in bad("deploy_models", *args)
+    assert not DeploymentTask.objects.exists()
+
+
+@pytest.mark.django_db
+def test_an_empty_id_file_is_a_bad_argument(tmp_path: Path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing yet\n\n")
+    assert bad("delete_models", "--file", str(empty)) == f"--file: {empty} names no model id"
+
+
+@pytest.mark.django_db
+def test_a_batch_takes_a_fixed_number_of_statements_besides_the_queue_messages(django_capture_on_commit_callbacks):
+    EmbeddingModel.objects.bulk_create([EmbeddingModel(id=f"batch-{i:03d}", source="/x", name="") for i in range(300)])
+    with CaptureQueriesContext(connection) as queries, django_capture_on_commit_callbacks(execute=True):
+        started = time.monotonic()
+        run("deploy_models", "--all")
+        elapsed = time.monotonic() - started
+    ours = [q["sql"] for q in queries.captured_queries if "django_q" not in q["sql"]]
+    assert DeploymentTask.objects.filter(dispatched_at__isnull=False).count() == 300
+    assert len(ours) < 40, len(ours)
+    assert elapsed < 10
+
+
+@pytest.mark.django_db(transaction=True)
+def test_exit_code_2_and_one_line_from_a_real_process():
+    result = subprocess.run(
+        [sys.executable, "manage.py", "deploy_models", "no-such-model"],
+        cwd=PROJECT_ROOT,
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "CommandError: embedding model 'no-such-model' is not registered"
+    assert result.stdout == ""
+
+
+# -- --wait against a running cluster --------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_wait_follows_a_batch_to_the_end_with_a_progress_bar_and_a_summary(settings, qcluster):
+    settings.INFERENCE_DEPLOYER_FACTORY = "tests.control.probes.build_probe_deployer"
+    for i in range(6):
+        EmbeddingModelFactory(id=f"wait-{i}")
+    qcluster(Q_WORKERS="4")
+
+    out, err = run("deploy_models", "--all", "--wait", "--poll", "0.2", "--timeout", "120")
+
+    assert DeploymentTask.objects.filter(status="done").count() == 6
+    assert "deployments: 100%" in err and "6/6" in err  # tqdm on stderr
+    lines = out.splitlines()
+    assert lines[1].split() == ["task", "model", "status", "took", "detail"]
+    assert sum(" wait-" in line and " done " in line for line in lines) == 6
+    assert lines[-1].startswith("6 task(s) in ") and lines[-1].endswith(": done 6")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_wait_exits_1_when_a_task_fails(settings, qcluster):
+    settings.INFERENCE_DEPLOYER_FACTORY = "tests.control.probes.build_exploding_deployer"
+    EmbeddingModelFactory(id="doomed")
+    qcluster()
+
+    out, err = StringIO(), StringIO()
+    with pytest.raises(CommandError) as failed:
+        call_command("deploy_models", "doomed", "--wait", "--poll", "0.2", "--timeout", "120", stdout=out, stderr=err)
+
+    assert failed.value.returncode == 1
+    assert str(failed.value) == "1 of 1 task(s) did not end done"
+    assert "failed" in out.getvalue() and "deployer crashed" in out.getvalue()
+
+
+@pytest.mark.mlserver
+@pytest.mark.django_db(transaction=True)
+def test_wait_through_the_real_green_deployer_and_mlserver(inference_settings, qcluster, mlserver):
+    EmbeddingModelFactory(id="ops-real")
+    cluster = qcluster()
+
+    out, _ = run("deploy_models", "ops-real", "--config", '{"expected_dimensions": 384}', "--wait", "--poll", "0.2")
+    task = DeploymentTask.objects.get(embedding_model_id="ops-real")
+    assert task.status == TaskStatus.DONE, f"{task.detail}\n{cluster.log_tail()}"
+    assert out.splitlines()[-1].endswith(": done 1") and task.metadata["revision"] in out
+    model = EmbeddingModel.objects.get(pk="ops-real")
+    assert model.state == "deployed" and model.endpoint == f"{mlserver.url}/v2/models/ops-real/infer"
+
+    out, _ = run("delete_models", "ops-real", "--wait", "--poll", "0.2")
+    assert DeletionTask.objects.get(embedding_model_id="ops-real").status == TaskStatus.DONE
+    assert EmbeddingModel.objects.get(pk="ops-real").state == "not_deployed"
+
+
+# -- register_models ------------------------------------------------------------------------------
+
+
+def fake_sentence_transformer(folder: Path, dimensions: int) -> Path:
+    folder.mkdir(parents=True)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": dimensions}))
+    (folder / "model.safetensors").write_bytes(b"weights")
+    return folder
+
+
+@pytest.fixture
+def model_folders(settings, tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    fake_sentence_transformer(root / "MiniLM_L6", 384)
+    fake_sentence_transformer(root / "team" / "e5-large", 1024)
+    (root / "notes").mkdir()
+    (root / "notes" / "readme.txt").write_text("not a model")
+    settings.ALLOWED_SOURCE_ROOTS = [tmp_path]
+    return root
+
+
+@pytest.mark.django_db
+def test_register_models_scans_a_directory_and_registers_each(model_folders: Path):
+    out, _ = run("register_models", str(model_folders))
+    assert {m.id: (m.dimensions, m.source) for m in EmbeddingModel.objects.all()} == {
+        "minilm_l6": (384, str(model_folders / "MiniLM_L6")),
+        "e5-large": (1024, str(model_folders / "team" / "e5-large")),
+    }
+    assert out.splitlines()[-1] == "Registered 2 model(s); 0 already registered."
+
+    out, _ = run("register_models", str(model_folders))
+    assert out.splitlines()[-1] == "Registered 0 model(s); 2 already registered."
+
+
+@pytest.mark.django_db
+def test_register_models_checks_everything_before_registering_anything(model_folders: Path, tmp_path: Path):
+    fake_sentence_transformer(model_folders / "other" / "MiniLM_L6", 384)  # same id as another folder
+    assert "would both be 'minilm_l6'" in bad("register_models", str(model_folders))
+    assert not EmbeddingModel.objects.exists()
+
+    assert bad("register_models", str(model_folders / "notes")).startswith("no sentence-transformers model")
+    assert bad("register_models", str(tmp_path / "missing")).endswith("is not a directory")
+    assert "outside the allowed roots" in bad("register_models", "/usr")
+
+
+@pytest.mark.django_db
+def test_register_models_dry_run(model_folders: Path):
+    out, _ = run("register_models", str(model_folders), "--dry-run")
+    assert out.splitlines()[-1] == "Dry run: would register 2 model(s)."
+    assert not EmbeddingModel.objects.exists()
+
+
+# -- retry_tasks ----------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_retry_tasks_by_status_kind_and_age(django_capture_on_commit_callbacks):
+    model = EmbeddingModelFactory(id="rt")
+    recent_failure = FailedDeploymentFactory(embedding_model_id=model.id)
+    old_failure = FailedDeploymentFactory(embedding_model_id=model.id)
+    DeploymentTask.objects.filter(pk=old_failure.pk).update(created_at=timezone.now() - timedelta(days=3))
+    refused_deletion = DeletionTaskFactory(embedding_model_id=model.id, status=TaskStatus.REFUSED)
+    FinishedDeploymentFactory(embedding_model_id=model.id)
+
+    out, _ = run("retry_tasks", "--newer-than", "1d", "--dry-run")
+    assert str(recent_failure.pk) in out and str(old_failure.pk) not in out
+    assert out.splitlines()[-1] == "Dry run: would retry 1 task(s)."
+    assert DeploymentTask.objects.count() == 3
+
+    with django_capture_on_commit_callbacks(execute=True):
+        out, _ = run("retry_tasks", "--newer-than", "1d")
+    retry = DeploymentTask.objects.get(retry_of=recent_failure)
+    assert (retry.attempt, retry.status) == (2, "pending") and retry.dispatched_at
+    assert str(retry.pk) in out and out.splitlines()[-1] == "Retried 1 task(s); 0 not retried."
+
+    out, _ = run("retry_tasks", "--newer-than", "1d")  # the failure was retried already: nothing left
+    assert out.strip() == "No task matches; nothing to retry."
+
+    with django_capture_on_commit_callbacks(execute=True):
+        run("retry_tasks", "--kind", "deletion", "--status", "refused,canceled")
+    assert DeletionTask.objects.get(retry_of=refused_deletion).attempt == 2
+
+    with django_capture_on_commit_callbacks(execute=True):
+        run("retry_tasks", "--older-than", "2d")
+    assert DeploymentTask.objects.filter(retry_of=old_failure).exists()
+
+
+@pytest.mark.django_db
+def test_retry_tasks_refuses_bad_arguments_and_too_many_matches():
+    FailedDeploymentFactory(), FailedDeploymentFactory()
+    assert bad("retry_tasks", "--status", "done").startswith("--status: unknown done")
+    assert bad("retry_tasks", "--kind", "upgrade").startswith("--kind: unknown upgrade")
+    assert "not a duration" in bad("retry_tasks", "--newer-than", "yesterday")
+    assert bad("retry_tasks", "--limit", "1").startswith("more than --limit 1 tasks match")
+    assert DeploymentTask.objects.count() == 2
+
+
+# -- prune_tasks ----------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_prune_tasks_keeps_the_latest_per_model_and_anything_unfinished():
+    long_ago = timezone.now() - timedelta(days=100)
+    busy = EmbeddingModelFactory(id="busy")
+    old_done = [FinishedDeploymentFactory(embedding_model_id=busy.id) for _ in range(4)]
+    old_pending = DeploymentTaskFactory(embedding_model_id=busy.id)
+    newest = FinishedDeploymentFactory(embedding_model_id=busy.id)
+    lonely = FailedDeploymentFactory(embedding_model_id=EmbeddingModelFactory(id="lonely").id)
+    DeploymentTask.objects.exclude(pk=newest.pk).update(created_at=long_ago)
+    DeploymentTask.objects.filter(pk=newest.pk).update(created_at=long_ago + timedelta(days=1))
+
+    out, _ = run("prune_tasks", "--older-than", "30d", "--dry-run")
+    assert out.strip() == "Would delete 4 deployment task(s) and 0 deletion task(s) (with their timelines)."
+    out, _ = run("prune_tasks", "--older-than", "30d")
+    assert out.strip() == "Deleted 4 deployment task(s) and 0 deletion task(s) (with their timelines)."
+
+    left = set(DeploymentTask.objects.values_list("pk", flat=True))
+    assert left == {old_pending.pk, newest.pk, lonely.pk}
+    assert not TaskEvent.objects.filter(deployment_task_id__in=[t.pk for t in old_done]).exists()
+
+
+@pytest.mark.django_db
+def test_prune_tasks_keep_latest_n():
+    model = EmbeddingModelFactory(id="keep")
+    tasks = [FinishedDeploymentFactory(embedding_model_id=model.id) for _ in range(5)]
+    run("prune_tasks", "--keep-latest", "2", "--kind", "deployment")
+    assert set(DeploymentTask.objects.values_list("pk", flat=True)) == {tasks[3].pk, tasks[4].pk}
+
+
+@pytest.mark.django_db
+def test_prune_tasks_needs_to_be_told_what_to_prune():
+    FinishedDeploymentFactory()
+    assert bad("prune_tasks").startswith("say what to prune")
+    assert bad("prune_tasks", "--keep-latest", "0").startswith("--keep-latest must be at least 1")
+    assert DeploymentTask.objects.count() == 1
+
+
+# -- tasks ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_tasks_prints_recent_tasks_newest_first_with_filters():
+    model = EmbeddingModelFactory(id="tbl")
+    failed = FailedDeploymentFactory(embedding_model_id=model.id)
+    done = FinishedDeploymentFactory(embedding_model_id=model.id)
+    deletion = DeletionTaskFactory(embedding_model_id=model.id)
+    other = FinishedDeploymentFactory()
+
+    out, _ = run("tasks")
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["created", "(UTC)", "kind", "task"]
+    order = [next(i for i, line in enumerate(lines) if str(t.pk) in line) for t in (other, deletion, done, failed)]
+    assert order == sorted(order)  # newest first, both kinds merged
+
+    out, _ = run("tasks", "--status", "failed")
+    assert str(failed.pk) in out and str(done.pk) not in out and "expected 384" in out
+    out, _ = run("tasks", "--kind", "deletion")
+    assert str(deletion.pk) in out and str(done.pk) not in out
+    out, _ = run("tasks", "--model", "tbl", "--limit", "2")
+    assert len(out.splitlines()) == 4 and str(other.pk) not in out
+    out, _ = run("tasks", "--since", "1h", "--status", "canceled")
+    assert out.strip() == "No task matches."
+    assert bad("tasks", "--status", "lost").startswith("--status: unknown lost")
