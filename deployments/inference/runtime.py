@@ -14,7 +14,6 @@ its parameters, so a deploy can prove which revision a name serves.
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 from pathlib import Path
 from typing import Any
@@ -117,9 +116,7 @@ class SentenceTransformerRuntime(MLModel):
             await asyncio.wait_for(self._drained.wait(), DRAIN_TIMEOUT_S)
         except TimeoutError:
             pass  # the requests still running hold their own reference to the model
-        self._model = None
-        # Collect now: a swap holds two instances, and the old one's weights should go at once.
-        await asyncio.to_thread(gc.collect)
+        self._model = None  # the weights go with the last reference (requests hold their own)
         self._remove_marker()
         return True
 
