@@ -110,6 +110,9 @@ STORAGES = {
     # Compressed copies at collectstatic; no manifest, so pages render even before collectstatic has run.
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
+# WhiteNoise warns on every start when STATIC_ROOT is missing (before the first collectstatic: tests,
+# a fresh checkout); an empty folder is the honest state of "nothing collected yet".
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
 # Request bodies larger than this are refused with a 400 before they are parsed.
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("MAX_REQUEST_BYTES", 64 * 1024))

@@ -35,6 +35,9 @@ from deployments import selectors, services
 from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, ModelLease, Task, TaskStatus
 from deployments.services.bulk import BulkOutcome, TaskVerdict, cancel_many, retry_many
 
+# The history's columns need the page's width more than a second copy of the index's app list does.
+admin.site.enable_nav_sidebar = False
+
 # A bulk action over more tasks than this is refused whole: narrow the filter first.
 MAX_ACTION_TASKS = 1000
 # Messages name at most this many tasks, then say how many more.
@@ -161,13 +164,19 @@ class KindFilter(admin.ListFilter):
 
 
 class ModelFilter(admin.SimpleListFilter):
-    """The registered models (a small table), not DISTINCT over a million task rows."""
+    """The registered models (a small table), not DISTINCT over a million task rows.
+
+    Listed while there are few; past ``max_listed`` the sidebar would be a wall of links, so the
+    list is hidden and the search box (exact model id) does the job. ``?model=`` works either way.
+    """
 
     title = "model"
     parameter_name = "model"
+    max_listed = 40
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(model_id, model_id) for model_id in selectors.embedding_model_ids()]
+        model_ids = selectors.embedding_model_ids(limit=self.max_listed + 1)
+        return [] if len(model_ids) > self.max_listed else [(model_id, model_id) for model_id in model_ids]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         return queryset.filter(embedding_model_id=self.value()) if self.value() else queryset
@@ -204,7 +213,7 @@ class TaskAdmin(admin.ModelAdmin):
     """Read-only history of one kind of task. Retry and cancel are actions: they create or finish
     tasks through the services, history itself is never edited."""
 
-    list_display = ("short_id", "coloured_status", "model_id_link", "created_at", "duration", "attempt", "short_detail")
+    list_display = ("short_id", "coloured_status", "model_id_link", "created", "duration", "attempt", "short_detail")
     list_display_links = ("short_id",)
     list_filter = (KindFilter, "status", ModelFilter, CreatedFilter)
     search_fields = ("id", "embedding_model_id")  # matched exactly in get_search_results
@@ -287,6 +296,10 @@ class TaskAdmin(admin.ModelAdmin):
     def model_id_link(self, task: Task) -> SafeString:
         return model_link(task.embedding_model_id)
 
+    @admin.display(description="created (UTC)", ordering="created_at")
+    def created(self, task: Task) -> str:
+        return timezone.localtime(task.created_at).strftime("%Y-%m-%d %H:%M:%S")
+
     @admin.display(description="duration")
     def duration(self, task: Task) -> str:
         return task_duration(task)
@@ -318,18 +331,7 @@ class TaskAdmin(admin.ModelAdmin):
 
     @admin.display(description="stages")
     def timeline(self, task: Task) -> str:
-        events = list(selectors.task_events(task))
-        start = task.started_at or task.created_at
-        rows = [
-            {
-                "event": event,
-                "offset": human_duration(max(0.0, (event.created_at - start).total_seconds())),
-                "duration": human_duration(event.duration_s),
-                "colour": {"done": "#15803d", "failed": "#b91c1c", "started": "#2563eb"}.get(event.state, "#6b7280"),
-            }
-            for event in events
-        ]
-        return render_to_string("admin/deployments/task_timeline.html", {"rows": rows, "task": task})
+        return render_to_string("admin/deployments/task_timeline.html", {"rows": timeline_rows(task), "task": task})
 
     @admin.display(description="metadata")
     def outcome(self, task: Task) -> str:
@@ -375,6 +377,31 @@ class TaskAdmin(admin.ModelAdmin):
         if outcome.skipped:
             items = [f"{short(verdict.task)} ({verdict.reason})" for verdict in outcome.skipped]
             self.message_user(request, summarize(f"{did_not} {len(items)} task(s)", items), messages.WARNING)
+
+
+EVENT_STATE_COLOURS = {"done": "#15803d", "failed": "#b91c1c", "started": "#2563eb"}
+
+
+def timeline_rows(task: Task) -> list[dict[str, Any]]:
+    """One row per stage: when it started, how it ended, how long it took, and what it said.
+
+    The engine records a stage's start and its end as two events; an operator reads them as one
+    step, so they are folded together (a stage that never ended shows as still started).
+    """
+    start = task.started_at or task.created_at
+    rows: list[dict[str, Any]] = []
+    for event in selectors.task_events(task):
+        row = rows[-1] if rows and rows[-1]["stage"] == event.stage and rows[-1]["state"] == "started" else None
+        if row is None:
+            row = {"stage": event.stage, "at": event.created_at, "messages": []}
+            row["offset"] = human_duration(max(0.0, (event.created_at - start).total_seconds()))
+            rows.append(row)
+        row["state"] = event.state
+        row["colour"] = EVENT_STATE_COLOURS.get(event.state, "#6b7280")
+        row["took"] = human_duration(event.duration_s) if event.duration_s is not None else ""
+        if event.message and event.message not in row["messages"]:
+            row["messages"].append(event.message)
+    return rows
 
 
 def short(task: Task) -> str:
@@ -527,7 +554,8 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
         if request.POST.get("post") != "yes":
             context = {
                 **self.admin_site.each_context(request),
-                "title": f"{verb.capitalize()} {len(models)} model(s)?",
+                "title": f"{verb.capitalize()} {len(models)} model(s)"
+                + (" from the inference server?" if verb == "delete" else "?"),
                 "opts": self.opts,
                 "models": models,
                 "verb": verb,
@@ -556,5 +584,16 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
 
 @admin.register(ModelLease)
 class ModelLeaseAdmin(admin.ModelAdmin):
+    """The engine's per-model leases, to look at: editing one by hand would break its guarantees."""
+
     list_display = ("embedding_model_id", "owner", "task_kind", "task_id", "expires_at", "next_sequence")
     readonly_fields = list_display
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: ModelLease | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: ModelLease | None = None) -> bool:
+        return False

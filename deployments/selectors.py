@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Exists, OuterRef, QuerySet, Subquery
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from deployments.models import (
@@ -129,12 +129,12 @@ def with_latest_tasks(models: QuerySet[EmbeddingModel]) -> QuerySet[EmbeddingMod
     )
 
 
-def embedding_model_ids(*, states: Sequence[str] | None = None) -> list[str]:
-    """Registered model ids, optionally only those in the given states."""
+def embedding_model_ids(*, states: Sequence[str] | None = None, limit: int | None = None) -> list[str]:
+    """Registered model ids in id order, optionally only those in the given states, at most ``limit``."""
     models = EmbeddingModel.objects.all()
     if states:
         models = models.filter(state__in=states)
-    return list(models.order_by("pk").values_list("pk", flat=True))
+    return list(models.order_by("pk").values_list("pk", flat=True)[:limit])
 
 
 def tasks_by_ids(task_model: type[Task], task_ids: Sequence[uuid.UUID]) -> list[Task]:
@@ -205,8 +205,11 @@ def dashboard(now: datetime | None = None, *, failures: int = 8) -> Dashboard:
             task_model.objects.filter(status__in=ACTIVE_STATUSES).values("status").annotate(n=Count("pk")).order_by()
         )
         in_flight[kind] = {status: 0 for status in ACTIVE_STATUSES} | {row["status"]: row["n"] for row in active}
-        recent = task_model.objects.filter(created_at__gte=since).values("status").annotate(n=Count("pk")).order_by()
-        outcomes[kind] = {status: 0 for status in TaskStatus.values} | {row["status"]: row["n"] for row in recent}
+        # One conditional count per status over the created_at range, not GROUP BY status: grouping
+        # tempts SQLite into walking the whole (status, created_at) index instead of the last day.
+        outcomes[kind] = task_model.objects.filter(created_at__gte=since).aggregate(
+            **{status: Count("pk", filter=Q(status=status)) for status in TaskStatus.values}
+        )
         running.extend(task_model.objects.filter(status=TaskStatus.PROCESSING).order_by("started_at")[:20])
         failed.extend(
             task_model.objects.filter(status__in=[TaskStatus.FAILED, TaskStatus.REFUSED]).order_by("-created_at")[

@@ -47,8 +47,16 @@ def control_room_dashboard() -> dict[str, Any]:
             "task": task,
             "kind": task.KIND,
             "url": task_admin_url(type(task), task.pk),
-            # The stage the worker is in now: the last stage its metadata records as started.
-            "stage": next(reversed(list(task.metadata.get("stages") or {})), ""),
+            "short_id": str(task.pk)[:8],
+            # The stage the worker is in now: the one its metadata records as started and not yet ended.
+            "stage": next(
+                (
+                    stage
+                    for stage, info in (task.metadata.get("stages") or {}).items()
+                    if info.get("state") == "started"
+                ),
+                "",
+            ),
             "duration": human_duration((now - (task.started_at or task.created_at)).total_seconds()),
         }
         for task in dash.running

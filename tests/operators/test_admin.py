@@ -295,7 +295,9 @@ def test_an_action_over_too_many_tasks_does_nothing(admin_client, monkeypatch):
 
 def test_dashboard_shows_in_flight_outcomes_failures_and_deployed_models(admin_client):
     live = EmbeddingModelFactory(id="dash-live", state="deployed", live_revision="0123456789abcdef", dimensions=384)
-    RunningDeploymentFactory(embedding_model_id=live.id, metadata={"stages": {"validate": {}, "fetch": {}}})
+    RunningDeploymentFactory(
+        embedding_model_id=live.id, metadata={"stages": {"validate": {"state": "done"}, "fetch": {"state": "started"}}}
+    )
     DeploymentTaskFactory(embedding_model_id=live.id)
     DeletionTaskFactory()
     FinishedDeploymentFactory()
@@ -314,7 +316,7 @@ def test_dashboard_shows_in_flight_outcomes_failures_and_deployed_models(admin_c
     # outcomes of the last 24 hours: the two-day-old failure is not among them
     assert "?created=24h&amp;status__exact=failed" in page
     assert '<span class="cr-badge" style="background:#b91c1c">1</span>' in page
-    assert "fetch" in page  # the stage the running task is in
+    assert "<td>fetch</td>" in page  # the stage the running task is in
     for task in (failed, refused):
         assert str(task.pk)[:8] in page and task.detail in page
     assert "Models deployed: 1" in page and "dash-live" in page and "0123456789ab" in page
@@ -344,3 +346,20 @@ def test_staff_without_task_permissions_get_no_dashboard(viewer_client, db):
     user.user_permissions.add(Permission.objects.get(codename="view_embeddingmodel"))
     viewer_client.force_login(user)
     assert b"Latest failures" not in viewer_client.get("/admin/").content
+
+
+def test_the_model_filter_lists_few_models_and_leaves_many_to_the_search_box(admin_client, monkeypatch):
+    first = FinishedDeploymentFactory(embedding_model_id=EmbeddingModelFactory(id="few-1").id)
+    assert 'href="?model=few-1">few-1</a>' in admin_client.get(DEPLOYS_URL).content.decode()
+
+    monkeypatch.setattr("deployments.admin.ModelFilter.max_listed", 1)
+    EmbeddingModelFactory(id="few-2")
+    response = admin_client.get(f"{DEPLOYS_URL}?model=few-1")
+    assert "By model" not in response.content.decode()
+    assert [task.pk for task in response.context["cl"].result_list] == [first.pk]  # ?model= still works
+
+
+def test_leases_are_shown_but_not_editable(admin_client):
+    DeploymentTaskFactory()
+    response = admin_client.get("/admin/deployments/modellease/")
+    assert response.status_code == 200 and b"/admin/deployments/modellease/add/" not in response.content
