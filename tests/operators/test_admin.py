@@ -197,6 +197,7 @@ def test_large_lists_never_count_the_whole_table(admin_client, monkeypatch):
     with CaptureQueriesContext(connection) as queries:
         page = admin_client.get(DEPLOYS_URL).content.decode()
     assert "more than 5 deployment tasks" in page
+    assert "Select all matching deployment tasks (more than 5)" in page
     counts = [
         q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper() and "deploymenttask" in q["sql"]
     ]
