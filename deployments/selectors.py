@@ -46,17 +46,6 @@ def latest_task_for_model(task_model: type[Task], embedding_model_id: str) -> Ta
     return task_model.objects.filter(embedding_model_id=embedding_model_id).order_by("-sequence", "-attempt").first()
 
 
-def list_tasks(
-    task_model: type[Task], *, embedding_model_id: str | None = None, statuses: list[str] | None = None
-) -> QuerySet[Task]:
-    tasks = task_model.objects.all()
-    if embedding_model_id:
-        tasks = tasks.filter(embedding_model_id=embedding_model_id)
-    if statuses:
-        tasks = tasks.filter(status__in=statuses)
-    return tasks.order_by("-created_at", "-sequence")
-
-
 def task_events(task: Task) -> QuerySet:
     return task.events.order_by("id")
 

@@ -101,7 +101,7 @@ class TaskViewSet(viewsets.GenericViewSet):
             raise ValidationError(
                 {"status": [f"unknown status {', '.join(unknown)}; one of {', '.join(TaskStatus.values)}"]}
             )
-        tasks = selectors.list_tasks(self.task_model, embedding_model_id=model_id, statuses=statuses)
+        tasks = selectors.filter_tasks(self.task_model, embedding_model_id=model_id, statuses=statuses)
         page = self.paginate_queryset(tasks)
         return self.get_paginated_response(TaskSerializer(page, many=True).data)
 

@@ -8,6 +8,8 @@ what the model repository says, whatever the outcome.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from django.conf import settings
 from django.db import transaction
@@ -32,13 +34,12 @@ def run_deployment(task: Task, recorder: TaskRecorder) -> Outcome:
     expected_dimensions = config.get("expected_dimensions", model.dimensions)
     with deployer_session(ready_timeout=config.get("ready_timeout")) as deployer:
         try:
-            result = deployer.deploy(model.id, model.source, expected_dimensions=expected_dimensions, progress=recorder)
+            with _registry_follows_repository_on_failure(model.id, deployer):
+                result = deployer.deploy(
+                    model.id, model.source, expected_dimensions=expected_dimensions, progress=recorder
+                )
         except DeployFailed as exc:
-            sync_model_state(model.id, deployer)
             return _failure(exc)
-        except Exception:
-            sync_model_state(model.id, deployer)
-            raise
     EmbeddingModel.objects.filter(pk=model.id).update(
         state=EmbeddingModel.State.DEPLOYED,
         live_revision=result.revision,
@@ -56,13 +57,10 @@ def run_deletion(task: Task, recorder: TaskRecorder) -> Outcome:
     )
     with deployer_session() as deployer:
         try:
-            result = deployer.delete(task.embedding_model_id, progress=recorder)
+            with _registry_follows_repository_on_failure(task.embedding_model_id, deployer):
+                result = deployer.delete(task.embedding_model_id, progress=recorder)
         except DeployFailed as exc:
-            sync_model_state(task.embedding_model_id, deployer)
             return _failure(exc)
-        except Exception:
-            sync_model_state(task.embedding_model_id, deployer)
-            raise
     EmbeddingModel.objects.filter(pk=task.embedding_model_id).update(
         state=EmbeddingModel.State.NOT_DEPLOYED, live_revision="", endpoint="", updated_at=timezone.now()
     )
@@ -93,6 +91,16 @@ def reserve_capacity(model: EmbeddingModel) -> str | None:
         model.state = EmbeddingModel.State.DEPLOYING
         model.save(update_fields=["state", "updated_at"])
     return None
+
+
+@contextmanager
+def _registry_follows_repository_on_failure(embedding_model_id: str, deployer: GreenDeployer) -> Iterator[None]:
+    """Whatever stops a procedure, the registry then says what the repository says is live."""
+    try:
+        yield
+    except Exception:
+        sync_model_state(embedding_model_id, deployer)
+        raise
 
 
 def sync_model_state(embedding_model_id: str, deployer: GreenDeployer) -> None:
