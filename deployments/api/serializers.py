@@ -5,12 +5,17 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from django.conf import settings
 from rest_framework import serializers
 
 from deployments.inference import InvalidModelId, SourceRefused, validate_model_id
 from deployments.models import EmbeddingModel, TaskEvent, TaskStatus
 from deployments.services.registry import check_source
+from deployments.task_config import (
+    DeletionConfigSerializer,
+    DeploymentConfigSerializer,
+    NoUnknownKeysMixin,
+    StrictIntegerField,
+)
 
 
 class ModelIdField(serializers.CharField):
@@ -36,60 +41,6 @@ class StrictUUIDField(serializers.UUIDField):
         if not isinstance(data, str):
             self.fail("invalid", value=data)
         return super().to_internal_value(data)
-
-
-class StrictIntegerField(serializers.IntegerField):
-    """An integer given as a JSON number: "384" and 384.5 and true are mistakes, not 384."""
-
-    def to_internal_value(self, data: Any) -> int:
-        if isinstance(data, bool) or not isinstance(data, int):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class StrictNumberField(serializers.FloatField):
-    def to_internal_value(self, data: Any) -> float:
-        if isinstance(data, bool) or not isinstance(data, int | float):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class NoUnknownKeysMixin:
-    """Reject keys the serializer does not know, naming them (a typo must not be silently ignored)."""
-
-    def to_internal_value(self, data: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                allowed = ", ".join(sorted(self.fields)) or "none"
-                raise serializers.ValidationError({key: [f"unknown key; allowed keys: {allowed}."] for key in unknown})
-        return super().to_internal_value(data)
-
-
-class DeploymentConfigSerializer(NoUnknownKeysMixin, serializers.Serializer):
-    expected_dimensions = StrictIntegerField(
-        min_value=1,
-        max_value=65536,
-        required=False,
-        help_text="Refuse the new revision unless its embeddings have exactly this many dimensions.",
-    )
-    ready_timeout = StrictNumberField(
-        min_value=1,
-        max_value=3600,
-        required=False,
-        help_text="Seconds to wait for green to load and become ready (default INFERENCE_READY_TIMEOUT).",
-    )
-
-    def validate_ready_timeout(self, value: float) -> float:
-        # Past TASK_TIMEOUT django-q2 kills the worker; the deploy must give up on its own first.
-        if value >= settings.TASK_TIMEOUT:
-            limit = settings.TASK_TIMEOUT
-            raise serializers.ValidationError(f"must be below the worker timeout (TASK_TIMEOUT={limit}s).")
-        return value
-
-
-class DeletionConfigSerializer(NoUnknownKeysMixin, serializers.Serializer):
-    """Deletions take no options today; the key exists so the request shape is the same."""
 
 
 class TaskRequestSerializer(NoUnknownKeysMixin, serializers.Serializer):

@@ -20,12 +20,12 @@ from django.utils import timezone
 from tqdm import tqdm
 
 from deployments import selectors
-from deployments.api.serializers import DeletionConfigSerializer, DeploymentConfigSerializer
 from deployments.inference import InvalidModelId, validate_model_id
 from deployments.models import TERMINAL_STATUSES, EmbeddingModel, Task, TaskStatus
 from deployments.services import ModelNotRegistered, TaskHandOffFailed
 from deployments.services.bulk import submit_many
 from deployments.services.tasks import ensure_registered
+from deployments.task_config import InvalidTaskConfig, validate_config
 
 BAD_ARGUMENTS = 2
 TASKS_NOT_DONE = 1
@@ -180,12 +180,10 @@ class TaskSubmissionCommand(BaseCommand):
         if not isinstance(config, dict):
             raise bad_arguments("--config must be a JSON object, e.g. '{\"expected_dimensions\": 384}'")
         # The API's own rules for a task's config (known keys, types, limits): one set of rules everywhere.
-        serializer_class = DeploymentConfigSerializer if self.verb == "deploy" else DeletionConfigSerializer
-        serializer = serializer_class(data=config)
-        if not serializer.is_valid():
-            problems = "; ".join(f"{key}: {' '.join(map(str, errors))}" for key, errors in serializer.errors.items())
-            raise bad_arguments(f"--config: {problems}")
-        return dict(serializer.validated_data)
+        try:
+            return validate_config(self.task_model.KIND, config)
+        except InvalidTaskConfig as exc:
+            raise bad_arguments(f"--config: {exc}") from exc
 
 
 @contextmanager
