@@ -28,6 +28,7 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/bench_green.py
 	$(BIN)/python bench/bench_api.py
+	$(BIN)/python bench/bench_operators.py
 
 clean:
 	rm -rf var .pytest_cache
