@@ -22,7 +22,7 @@ import shutil
 import stat
 import tempfile
 import uuid
-from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ MANIFEST_NAME = "MANIFEST.sha256"
 SETTINGS_NAME = "model-settings.json"
 DEFAULT_RUNTIME = "deployments.inference.runtime.SentenceTransformerRuntime"
 DEFAULT_KEEP_REVISIONS = 3
-_CHUNK = 4 << 20
+_CHUNK = 1 << 20
 
 STABLE = "stable"
 STAGING = "staging"
@@ -56,18 +56,6 @@ def _sha256_file(path: Path) -> str:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _copy_and_hash(src: Path, dest: Path) -> tuple[str, int]:
-    """Copy a file and hash the bytes read, in one pass over the source."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(src, "rb") as reader, open(dest, "wb") as writer:
-        while chunk := reader.read(_CHUNK):
-            digest.update(chunk)
-            writer.write(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def _read_manifest(revision_path: Path) -> dict[str, str]:
@@ -133,17 +121,14 @@ class ModelRepository:
 
     # -- revisions ---------------------------------------------------------------------------
 
-    def create_revision(
-        self,
-        model_id: str,
-        source: ModelSource,
-        on_file: Callable[[str, int], None] | None = None,
-    ) -> Revision:
-        """Copy ``source`` into a new immutable revision, verify it against its manifest, and return it.
+    def create_revision(self, model_id: str, source: ModelSource) -> Revision:
+        """Copy ``source`` into a new immutable revision, verify the copy, and return it.
 
-        Copies into a hidden folder first and renames it into place, so a crash never leaves a
-        half-copied revision under ``revisions/``. If the same artifacts are already there and
-        verify, that revision is reused.
+        Each file is copied by the kernel (sendfile) while a second thread hashes the source; the
+        copy is hashed once written, and every pair must match before the manifest is written.
+        Copies go into a hidden folder renamed into place, so a crash never leaves a half-copied
+        revision under ``revisions/``. If the same artifacts are already there and verify, that
+        revision is reused.
         """
         revisions = self.revisions_dir(model_id)
         revisions.mkdir(parents=True, exist_ok=True)
@@ -151,38 +136,37 @@ class ModelRepository:
         incoming = self.model_dir(model_id) / f".incoming-{uuid.uuid4().hex}"
         incoming.mkdir()
         try:
-            manifest: list[tuple[str, str]] = []
-            total = 0
-            for src, relpath in source.files():
-                dest = incoming / relpath
-                if not dest.resolve().is_relative_to(incoming.resolve()):
-                    raise SourceRefused(f"source file {relpath!r} would be written outside the revision")
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                # Opening follows a (confined) symlink: the revision holds real files.
-                checksum, size = _copy_and_hash(src, dest)
-                manifest.append((checksum, relpath))
-                total += size
-                if on_file:
-                    on_file(relpath, size)
-            if not manifest:
+            copies: list[tuple[str, Future[str], Future[str], int]] = []
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="checksum") as hashing:
+                for src, relpath in source.files():
+                    dest = incoming / relpath
+                    if not dest.resolve().is_relative_to(incoming.resolve()):
+                        raise SourceRefused(f"source file {relpath!r} would be written outside the revision")
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    source_checksum = hashing.submit(_sha256_file, src)
+                    shutil.copyfile(src, dest)  # follows a (confined) symlink: the revision holds real files
+                    copies.append((relpath, source_checksum, hashing.submit(_sha256_file, dest), dest.stat().st_size))
+            if not copies:
                 raise SourceRefused(f"source {source.uri} has no files")
-            manifest.sort(key=lambda entry: entry[1])
-            manifest_text = "".join(f"{checksum}  {relpath}\n" for checksum, relpath in manifest)
+            for relpath, source_checksum, copy_checksum, _ in copies:
+                if source_checksum.result() != copy_checksum.result():
+                    raise ChecksumMismatch(f"{relpath} differs from its source after copying (changed while copied?)")
+            manifest = sorted((relpath, source_checksum.result()) for relpath, source_checksum, _, _ in copies)
+            manifest_text = "".join(f"{checksum}  {relpath}\n" for relpath, checksum in manifest)
             (incoming / MANIFEST_NAME).write_text(manifest_text)
-            self.verify(incoming)
             revision_id = hashlib.sha256(manifest_text.encode()).hexdigest()[:16]
             final = revisions / revision_id
             if final.exists():
                 try:
                     self.verify(final)
-                    shutil.rmtree(incoming)
                     os.utime(final)  # most recently deployed: last to be pruned
                 except ChecksumMismatch:
                     self._rmtree(final)
             if not final.exists():
                 _make_read_only(incoming)
                 os.rename(incoming, final)
-            return Revision(model_id, revision_id, final, len(manifest), total)
+            total = sum(size for *_, size in copies)
+            return Revision(model_id, revision_id, final, len(copies), total)
         finally:
             if incoming.exists():
                 self._rmtree(incoming)

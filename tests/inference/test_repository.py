@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import stat
 
 import pytest
@@ -128,3 +129,21 @@ def test_remove_model_deletes_everything_of_that_model_only(repo, source_dir):
 def test_unsafe_ids_never_become_paths(repo, bad_id):
     with pytest.raises(InvalidModelId):
         repo.model_dir(bad_id)
+
+
+def test_a_copy_that_differs_from_its_source_is_refused_and_left_nowhere(repo, source_dir, monkeypatch):
+    # Fault injection: a disk that corrupts what it writes cannot be had on demand.
+    real_copyfile = shutil.copyfile
+
+    def corrupting_copyfile(src, dst, **kwargs):
+        real_copyfile(src, dst, **kwargs)
+        with open(dst, "r+b") as handle:
+            first = handle.read(1)
+            handle.seek(0)
+            handle.write(bytes([first[0] ^ 0xFF]))
+
+    monkeypatch.setattr("deployments.inference.repository.shutil.copyfile", corrupting_copyfile)
+    with pytest.raises(ChecksumMismatch, match="differs from its source"):
+        repo.create_revision("m1", source(source_dir))
+    assert repo.list_revisions("m1") == []
+    assert not list(repo.model_dir("m1").glob(".incoming-*"))
