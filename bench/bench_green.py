@@ -13,6 +13,7 @@ Prints, from one run on one server:
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -81,6 +82,7 @@ def make_variant(model_dir: Path, root: Path, n: int) -> Path:
 def bare_load(client: V2Client, repository: ModelRepository, variant: Path) -> tuple[float, float]:
     """What the server alone needs to serve a new model: a plain copy into the repository, then
     settings, load and first infer. Returns (copy seconds, load + first infer seconds)."""
+    os.sync()  # start from a clean page cache: the previous round's writeback must not land on this one
     started = time.perf_counter()
     target = repository.revisions_dir("bench-bare") / "plain"
     shutil.copytree(variant, target)
@@ -153,6 +155,7 @@ def main() -> None:
             bare_copy.append(copy_seconds)
             bare.append(load_seconds)
             variant = make_variant(model_dir, sources, 200 + n)  # made before the clock starts
+            os.sync()
             started = time.perf_counter()
             result = deployer.deploy("bench-ratio", str(variant))
             ours.append(time.perf_counter() - started)
