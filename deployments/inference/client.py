@@ -116,6 +116,15 @@ class V2Client:
         response = self._request("GET", f"/v2/models/{name}/ready")
         return response.status_code == 200
 
+    def model_metadata(self, name: str) -> dict[str, Any] | None:
+        """The V2 metadata of a loaded model, or None when the server does not serve ``name``."""
+        response = self._request("GET", f"/v2/models/{name}")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise InferenceFailed(f"metadata of {name!r} failed: {self._error_text(response)}")
+        return response.json()
+
     # -- inference ---------------------------------------------------------------------------
 
     def infer(self, name: str, texts: list[str]) -> InferenceResult:

@@ -137,7 +137,33 @@ class GreenDeployer:
         return f"{self.client.base_url}/v2/models/{model_id}/infer"
 
     def live_revision(self, model_id: str) -> str | None:
+        """The revision the stable name is configured to serve (the model repository's word)."""
         return self.repository.settings_revision(model_id, STABLE)
+
+    def served_revision(self, model_id: str) -> str | None:
+        """The revision the server's stable name actually serves now (the server's word), or None."""
+        metadata = self.client.model_metadata(validate_model_id(model_id))
+        return (metadata or {}).get("parameters", {}).get("revision") if metadata else None
+
+    def restore(self, model_id: str) -> str | None:
+        """Make the server serve the live revision again if it does not (e.g. after it restarted).
+
+        Loads only the stable name, from the settings already on disk, after re-verifying the
+        revision's checksums. Returns the revision served, or None when the model has no live
+        revision. Idempotent: a model already served is left alone.
+        """
+        revision = self.live_revision(model_id)
+        if revision is None or self.served_revision(model_id) == revision:
+            return revision
+        try:
+            self.repository.verify(self.repository.revision_path(model_id, revision))
+            self.client.load(model_id)
+        except InferenceError as exc:
+            raise DeployFailed("restore", str(exc)) from exc
+        served = self.served_revision(model_id)
+        if served != revision:
+            raise DeployFailed("restore", f"{model_id} answers from revision {served!r}, not {revision!r}")
+        return revision
 
     # -- deploy ------------------------------------------------------------------------------
 
@@ -176,7 +202,8 @@ class GreenDeployer:
                 f"revision {revision.revision}: {revision.files} files, {revision.size_bytes} bytes, verified"
             )
 
-        previous = self.live_revision(model_id)
+        # What the server serves, not what the disk says: they differ after a crash mid-promote.
+        previous = self.served_revision(model_id) or self.live_revision(model_id)
         green = staging_name(model_id)
         try:
             with timeline.stage("stage_green", f"loading revision {revision.revision} as {green}") as closing:

@@ -21,7 +21,7 @@ from typing import Any
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec, StringCodec
 from mlserver.errors import MLServerError
-from mlserver.types import InferenceRequest, InferenceResponse, Parameters
+from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse, MetadataTensor, Parameters
 from mlserver.utils import get_model_uri
 
 from .runtime_markers import INSTANCE_MARKER_DIR_ENV
@@ -71,6 +71,14 @@ class SentenceTransformerRuntime(MLModel):
         from sentence_transformers import SentenceTransformer
 
         return SentenceTransformer(uri, device="cpu", local_files_only=True)
+
+    async def metadata(self) -> MetadataModelResponse:
+        """The V2 metadata, with the tensors and the revision this instance serves (what is live)."""
+        metadata = await super().metadata()
+        metadata.inputs = [MetadataTensor(name="text", datatype="BYTES", shape=[-1])]
+        metadata.outputs = [MetadataTensor(name="embedding", datatype="FP32", shape=[-1, self._dimensions])]
+        metadata.parameters = Parameters(revision=self._revision, dimensions=self._dimensions)
+        return metadata
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         if len(payload.inputs) != 1:

@@ -20,7 +20,7 @@ from deployments.inference import (
     open_source,
 )
 from deployments.inference.green import DEPLOY_STAGES
-from deployments.inference.repository import STAGING
+from deployments.inference.repository import STABLE, STAGING
 from deployments.inference.runtime_markers import count_instances
 from deployments.inference.server import free_port
 
@@ -249,3 +249,50 @@ def test_a_server_that_is_down_fails_the_deploy_with_a_clear_reason(model_reposi
         with pytest.raises(DeployFailed, match="not ready") as failure:
             deployer.deploy("unreachable", str(minilm_dir))
     assert failure.value.stage == "validate" and not failure.value.refused
+
+
+def test_the_server_says_which_revision_it_serves(deployer, v2_client, minilm_dir):
+    result = deployer.deploy("minilm-meta", str(minilm_dir))
+    metadata = v2_client.model_metadata("minilm-meta")
+    assert metadata["parameters"]["revision"] == result.revision
+    assert metadata["outputs"][0]["shape"] == [-1, 384]
+    assert deployer.served_revision("minilm-meta") == result.revision
+    assert deployer.served_revision("never-deployed") is None
+
+
+def test_restore_serves_the_live_revision_again_after_a_server_restart(deployer, v2_client, minilm_dir):
+    result = deployer.deploy("minilm-restore", str(minilm_dir))
+    v2_client.unload("minilm-restore")  # what a restarted server looks like: nothing loaded
+    assert deployer.served_revision("minilm-restore") is None
+    assert deployer.live_revision("minilm-restore") == result.revision
+
+    assert deployer.restore("minilm-restore") == result.revision
+    assert v2_client.infer("minilm-restore", ["back"]).parameters["revision"] == result.revision
+    assert deployer.restore("minilm-restore") == result.revision  # already served: nothing to do
+    assert deployer.restore("never-deployed") is None
+
+
+def test_restore_refuses_a_revision_that_no_longer_matches_its_checksums(deployer, v2_client, minilm_dir):
+    result = deployer.deploy("minilm-tampered", str(minilm_dir))
+    v2_client.unload("minilm-tampered")
+    tokenizer = deployer.repository.revision_path("minilm-tampered", result.revision) / "tokenizer.json"
+    tokenizer.chmod(0o644)
+    tokenizer.write_text("{}")
+    with pytest.raises(DeployFailed, match="does not match its checksum") as failure:
+        deployer.restore("minilm-tampered")
+    assert failure.value.stage == "restore"
+    assert deployer.served_revision("minilm-tampered") is None
+
+
+def test_after_a_crash_mid_promote_the_previous_revision_is_what_was_served(deployer, minilm_dir, sources):
+    blue = deployer.deploy("minilm-midpromote", str(minilm_dir))
+    green_source = copy_model(minilm_dir, sources, "mid-v2", note="mid promote")
+    revision = deployer.repository.create_revision("minilm-midpromote", open_source(str(green_source), [sources]))
+    # The worker died after pointing the stable settings at green, before reloading the stable name.
+    deployer.repository.write_settings("minilm-midpromote", STABLE, revision.revision)
+
+    result = deployer.deploy("minilm-midpromote", str(green_source))
+
+    assert result.revision == revision.revision
+    assert result.previous_revision == blue.revision
+    assert deployer.served_revision("minilm-midpromote") == revision.revision
