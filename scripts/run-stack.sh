@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole stack on its embedded defaults: migrate, an operator account with an API token,
-# MLServer on 127.0.0.1:8080, a django-q2 cluster, the packaged MiniLM registered, and the web
-# server on 127.0.0.1:8000. Ctrl-C stops everything it started.
+# MLServer on 127.0.0.1:8080 (serving again the models that were live when it last stopped), a
+# django-q2 cluster, the packaged MiniLM registered, and the web server on 127.0.0.1:8000.
+# Ctrl-C stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -35,6 +36,8 @@ token=$($BIN/python manage.py drf_create_token admin | awk '{print $3}')
 mlserver_port=${INFERENCE_SERVER_URL##*:}
 $BIN/python -m deployments.inference.server --repository "$MODEL_REPOSITORY_ROOT" --port "${mlserver_port%%/*}" &
 pids+=($!)
+# A fresh server loads nothing: serve again what the registry says is live, before workers start.
+$BIN/python manage.py restore_models --wait-for-server 120 || echo "some models could not be restored (see above)"
 $BIN/python manage.py qcluster &
 pids+=($!)
 $BIN/python manage.py register_packaged_model

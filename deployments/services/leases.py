@@ -78,12 +78,19 @@ def allocate_sequences(embedding_model_ids: Sequence[str]) -> dict[str, int]:
 
 def claim_lease(task: Task, owner: str) -> bool:
     """Take the model's lease for ``task`` if it is free or its holder stopped renewing it."""
-    ensure_lease_row(task.embedding_model_id)
+    return claim_model_lease(task.embedding_model_id, owner, task_kind=task.KIND, task_id=task.pk)
+
+
+def claim_model_lease(
+    embedding_model_id: str, owner: str, task_kind: str = "", task_id: uuid.UUID | None = None
+) -> bool:
+    """Take a model's lease if it is free or expired; without a task for work that is not one (restore)."""
+    ensure_lease_row(embedding_model_id)
     now = timezone.now()
     claimed = (
-        ModelLease.objects.filter(pk=task.embedding_model_id)
+        ModelLease.objects.filter(pk=embedding_model_id)
         .filter(Q(owner="") | Q(expires_at__lt=now))
-        .update(owner=owner, task_kind=task.KIND, task_id=task.pk, expires_at=now + lease_duration())
+        .update(owner=owner, task_kind=task_kind, task_id=task_id, expires_at=now + lease_duration())
     )
     return claimed == 1
 

@@ -1,0 +1,63 @@
+"""After the inference server restarts it serves nothing: restore_models puts back what is live."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from deployments import jobs
+from deployments.inference import V2Client
+from deployments.inference.server import free_port
+from deployments.models import EmbeddingModel, TaskStatus
+from deployments.services import submit_deployment
+from deployments.services.leases import claim_model_lease, release_lease
+from deployments.services.restore import restore_live_models
+from tests.control.factories import EmbeddingModelFactory
+
+pytestmark = [pytest.mark.mlserver, pytest.mark.django_db]
+
+
+def deploy(model_id: str) -> str:
+    task = submit_deployment(model_id, config={"expected_dimensions": 384}).task
+    assert jobs.run_deployment_task(str(task.pk)) == TaskStatus.DONE
+    return EmbeddingModel.objects.get(pk=model_id).live_revision
+
+
+def test_a_restarted_server_serves_the_live_revisions_again(inference_settings, mlserver, capsys):
+    EmbeddingModelFactory(id="cp-restore")
+    revision = deploy("cp-restore")
+    with V2Client(mlserver.url) as client:
+        client.unload("cp-restore")  # a restarted server: nothing loaded, the registry still says deployed
+
+        call_command("restore_models")
+
+        assert client.infer("cp-restore", ["back again"]).parameters["revision"] == revision
+    assert "restored: cp-restore" in capsys.readouterr().out
+    assert restore_live_models().already_served == ["cp-restore"]
+
+
+def test_a_model_the_repository_does_not_hold_is_marked_not_deployed(inference_settings):
+    EmbeddingModelFactory(id="cp-phantom", state=EmbeddingModel.State.DEPLOYED, live_revision="feedface")
+
+    report = restore_live_models()
+
+    assert report.not_live == ["cp-phantom"]
+    model = EmbeddingModel.objects.get(pk="cp-phantom")
+    assert model.state == EmbeddingModel.State.NOT_DEPLOYED and model.live_revision == ""
+
+
+def test_a_model_whose_lease_is_held_is_left_to_its_task(inference_settings):
+    EmbeddingModelFactory(id="cp-busy", state=EmbeddingModel.State.DEPLOYED, live_revision="feedface")
+    assert claim_model_lease("cp-busy", "some-worker")
+    try:
+        assert restore_live_models().busy == ["cp-busy"]
+    finally:
+        release_lease("cp-busy", "some-worker")
+    assert EmbeddingModel.objects.get(pk="cp-busy").state == EmbeddingModel.State.DEPLOYED
+
+
+def test_a_server_that_is_down_is_a_clear_one_line_error(inference_settings):
+
+    inference_settings.INFERENCE_SERVER_URL = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(CommandError, match="is not ready"):
+        call_command("restore_models", "--wait-for-server", "0.5")
