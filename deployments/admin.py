@@ -209,7 +209,20 @@ class CreatedFilter(admin.SimpleListFilter):
 # -- Task history -----------------------------------------------------------------------------
 
 
-class TaskAdmin(admin.ModelAdmin):
+class ReadOnlyAdminMixin:
+    """Rows written only by the task engine: operators may look, never add, edit or delete."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Read-only history of one kind of task. Retry and cancel are actions: they create or finish
     tasks through the services, history itself is never edited."""
 
@@ -255,17 +268,8 @@ class TaskAdmin(admin.ModelAdmin):
         "updated_at",
     )
 
-    # History is read-only; the actions below have their own permissions, as in the API:
-    # retry creates a task (add), cancel changes one (change).
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Task | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Task | None = None) -> bool:
-        return False
-
+    # History is read-only (ReadOnlyAdminMixin); the actions below have their own permissions, as in
+    # the API: retry creates a task (add), cancel changes one (change).
     def has_retry_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(f"deployments.add_{self.opts.model_name}")
 
@@ -583,17 +587,8 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
 
 
 @admin.register(ModelLease)
-class ModelLeaseAdmin(admin.ModelAdmin):
+class ModelLeaseAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """The engine's per-model leases, to look at: editing one by hand would break its guarantees."""
 
     list_display = ("embedding_model_id", "owner", "task_kind", "task_id", "expires_at", "next_sequence")
     readonly_fields = list_display
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: ModelLease | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: ModelLease | None = None) -> bool:
-        return False
