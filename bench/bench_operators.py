@@ -231,7 +231,7 @@ def main() -> None:
         from django.test import Client
 
         from deployments.models import DeploymentTask
-        from tests.control.factories import UserFactory
+        from tests.support.factories import UserFactory
 
         print(f"database: {connection.vendor}; {MODELS} models; tasks spread over {DAYS} days")
         seed_models()

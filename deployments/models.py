@@ -7,6 +7,7 @@ per-model ``ModelLease`` row serializes work on a model across every worker on e
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -82,12 +83,22 @@ ACTIVE_STATUSES = (TaskStatus.PENDING, TaskStatus.PROCESSING)
 TERMINAL_STATUSES = (TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.REFUSED, TaskStatus.CANCELED)
 
 
-class Task(models.Model):
-    """What deployment and deletion tasks share. ``sequence`` orders the tasks of one model."""
+class TaskKind(models.TextChoices):
+    DEPLOYMENT = "deployment", "Deployment"
+    DELETION = "deletion", "Deletion"
 
-    KIND: str = ""
+
+class Task(models.Model):
+    """A deployment or a deletion: one table for both kinds, as pulpcore keeps its tasks.
+
+    ``sequence`` orders all the tasks of one model, whatever their kind. The status only changes
+    through ``deployments.services.transitions.transition``, which also writes the timeline.
+    """
+
+    KIND: str = ""  # set by the proxies below; a Task loaded from the table carries its ``kind``
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=16, choices=TaskKind.choices)
     embedding_model_id = models.CharField(max_length=MAX_MODEL_ID_LENGTH)
     status = models.CharField(max_length=16, choices=TaskStatus.choices, default=TaskStatus.PENDING)
     detail = models.TextField(blank=True)
@@ -107,79 +118,96 @@ class Task(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        abstract = True
         ordering = ["-created_at"]
+        indexes = [
+            # The latest task of a kind for a model (/deploy-status): one index seek, however long its history.
+            models.Index(fields=["embedding_model_id", "kind", "sequence", "attempt"], name="task_model_kind_seq"),
+            # A model's queue: its pending and processing tasks in submission order (two short range seeks).
+            # Not a partial index: SQLite cannot match a partial index's condition to a parameterized IN.
+            models.Index(fields=["embedding_model_id", "status", "sequence", "attempt"], name="task_model_queue"),
+            # The history of one kind, newest first (the admin's two lists, the API's listings).
+            models.Index(fields=["kind", "-created_at"], name="task_kind_created"),
+            models.Index(fields=["-created_at"], name="task_created"),
+            # Filtered by status (e.g. canceled, 1% of rows), the dashboard's latest failures and the sweeper's
+            # scans of pending and processing tasks: a seek per status, not a walk past a million rows.
+            models.Index(fields=["status", "-created_at"], name="task_status_created"),
+        ]
+        constraints = [models.CheckConstraint(condition=Q(kind__in=TaskKind.values), name="task_kind_known")]
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        # A proxy built by keyword (code, factories) gets its kind; rows loaded from the table pass
+        # every column positionally and keep the kind they have.
+        if self.KIND and not args:
+            kwargs.setdefault("kind", self.KIND)
+        super().__init__(*args, **kwargs)
 
     def __str__(self) -> str:
-        return f"{self.KIND} {self.embedding_model_id} #{self.sequence} ({self.status})"
+        return f"{self.kind} {self.embedding_model_id} #{self.sequence} ({self.status})"
 
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
 
-def _task_indexes(prefix: str) -> list[models.Index]:
-    return [
-        # "latest task of a model" and "earlier unfinished task of a model": one index seek each.
-        models.Index(fields=["embedding_model_id", "sequence", "attempt"], name=f"{prefix}_model_seq"),
-        # The sweeper and listings filter on status; the partial index stays tiny with millions of done rows.
-        models.Index(
-            fields=["status", "created_at"],
-            name=f"{prefix}_active",
-            condition=Q(status__in=["pending", "processing"]),
-        ),
-        models.Index(fields=["-created_at"], name=f"{prefix}_created"),
-        # The admin's history filtered by status (e.g. canceled, 1% of rows) and the dashboard's latest
-        # failures: a seek per status instead of walking the created_at index past a million rows.
-        models.Index(fields=["status", "-created_at"], name=f"{prefix}_status_created"),
-    ]
+class TaskKindManager(models.Manager):
+    """The tasks of one kind: what the proxies' ``objects`` see."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def get_queryset(self) -> models.QuerySet:
+        return super().get_queryset().filter(kind=self.kind)
+
+    def deconstruct(self) -> tuple:
+        # Managers are not used in migrations (use_in_migrations is False); this keeps them serializable.
+        return (False, f"{__name__}.{type(self).__name__}", None, (self.kind,), {})
 
 
 class DeploymentTask(Task):
-    KIND = "deployment"
+    KIND = TaskKind.DEPLOYMENT
 
-    class Meta(Task.Meta):
-        indexes = _task_indexes("deploytask")
+    objects = TaskKindManager(TaskKind.DEPLOYMENT)
+
+    class Meta:
+        proxy = True
 
 
 class DeletionTask(Task):
-    KIND = "deletion"
+    KIND = TaskKind.DELETION
 
-    class Meta(Task.Meta):
-        indexes = _task_indexes("deletetask")
+    objects = TaskKindManager(TaskKind.DELETION)
+
+    class Meta:
+        proxy = True
+
+
+# The proxy of each kind: admin URLs, per-kind permissions and the API's viewsets are named after them.
+TASK_PROXIES: dict[str, type[Task]] = {TaskKind.DEPLOYMENT: DeploymentTask, TaskKind.DELETION: DeletionTask}
 
 
 class TaskEvent(models.Model):
-    """One step of a task's timeline, as the serving layer (or the engine) reported it."""
+    """One step of a task's timeline: a stage the serving layer reported, or a change of status."""
 
-    deployment_task = models.ForeignKey(
-        DeploymentTask, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
-    )
-    deletion_task = models.ForeignKey(
-        DeletionTask, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
-    )
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="events")
     stage = models.CharField(max_length=32)
     state = models.CharField(max_length=16)
     message = models.TextField(blank=True)
     duration_s = models.FloatField(null=True, blank=True)
+    actor = models.CharField(
+        max_length=200, blank=True, help_text="Who made the change: a user, a worker, the sweeper."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["id"]
-        constraints = [
-            models.CheckConstraint(
-                condition=Q(deployment_task__isnull=False, deletion_task__isnull=True)
-                | Q(deployment_task__isnull=True, deletion_task__isnull=False),
-                name="taskevent_exactly_one_task",
-            )
-        ]
 
     def __str__(self) -> str:
         return f"{self.stage} {self.state}"
 
 
 class ModelLease(models.Model):
-    """One row per model: its task counter and the lease that lets one worker at a time act on it.
+    """One row per model: its queue counter and the lease that lets one worker at a time act on it.
 
     A worker takes the lease with an atomic ``UPDATE ... WHERE owner = '' OR expires_at < now``
     and keeps it alive with a heartbeat; a lease whose heartbeat stopped expires, and the
@@ -189,8 +217,7 @@ class ModelLease(models.Model):
     embedding_model_id = models.CharField(primary_key=True, max_length=MAX_MODEL_ID_LENGTH)
     next_sequence = models.BigIntegerField(default=0)
     owner = models.CharField(max_length=200, blank=True)
-    task_kind = models.CharField(max_length=16, blank=True)
-    task_id = models.UUIDField(null=True, blank=True)
+    task_id = models.UUIDField(null=True, blank=True, help_text="The task the holder runs; empty for other work.")
     expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -198,3 +225,19 @@ class ModelLease(models.Model):
 
     def __str__(self) -> str:
         return f"{self.embedding_model_id}: {self.owner or 'free'}"
+
+
+class CapacityLock(models.Model):
+    """A single row that serializes "how many models hold a server slot" checks across models.
+
+    Reserving a slot reads the count and marks the model under ``SELECT ... FOR UPDATE`` of this
+    row, so two models cannot both take the last slot (MAX_DEPLOYED_MODELS).
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(id=1), name="capacity_lock_single_row")]
+
+    def __str__(self) -> str:
+        return "capacity lock"

@@ -1,16 +1,32 @@
-"""Fixtures shared by every layer's tests: one real MLServer per test session, and the packaged model."""
+"""Fixtures shared by every layer's tests: one real MLServer per test session, the packaged model,
+users and API clients, the MLServer as the configured server, and real qcluster workers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from django.contrib.auth.models import Permission
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
 from deployments.inference import ModelRepository, V2Client
-from deployments.inference.packaged import packaged_model_dir
+from deployments.inference.packaged import packaged_model_dir, packaged_model_root
 from deployments.inference.runtime_markers import INSTANCE_MARKER_DIR_ENV
 from deployments.inference.server import LocalMLServer
+from tests.support.factories import EmbeddingModelFactory, UserFactory
+from tests.support.processes import QCluster, worker_env
+
+WRITE_PERMISSIONS = [
+    "add_deploymenttask",
+    "change_deploymenttask",
+    "add_deletiontask",
+    "change_deletiontask",
+    "add_embeddingmodel",
+    "change_embeddingmodel",
+    "delete_embeddingmodel",
+]
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +69,69 @@ def model_repository(mlserver: LocalMLServer) -> ModelRepository:
 def instance_markers(mlserver: LocalMLServer) -> Path:
     """The folder where the runtime keeps one marker file per loaded model instance."""
     return Path(mlserver.extra_env[INSTANCE_MARKER_DIR_ENV])
+
+
+@pytest.fixture
+def operator(db):
+    user = UserFactory(username="operator")
+    user.user_permissions.add(*Permission.objects.filter(codename__in=WRITE_PERMISSIONS))
+    return user
+
+
+@pytest.fixture
+def api(operator) -> APIClient:
+    """A client authenticated with the operator's token, as scripts do."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=operator).key}")
+    return client
+
+
+@pytest.fixture
+def reader(db) -> APIClient:
+    """Logged in, no model permissions: may read, may not write."""
+    client = APIClient()
+    client.force_authenticate(UserFactory(username="reader"))
+    return client
+
+
+@pytest.fixture
+def anonymous() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def packaged_model(db):
+    return EmbeddingModelFactory(id="minilm")
+
+
+@pytest.fixture
+def sources_root(tmp_path: Path) -> Path:
+    root = tmp_path / "sources"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def inference_settings(settings, mlserver: LocalMLServer, sources_root: Path):
+    """Point the control plane at the session's real MLServer and its model repository."""
+    settings.INFERENCE_SERVER_URL = mlserver.url
+    settings.MODEL_REPOSITORY_ROOT = mlserver.repository_root
+    settings.ALLOWED_SOURCE_ROOTS = [packaged_model_root(), sources_root]
+    settings.INFERENCE_READY_TIMEOUT = 120
+    settings.INFERENCE_DEPLOYER_FACTORY = "deployments.services.deployer.build_green_deployer"
+    return settings
+
+
+@pytest.fixture
+def qcluster(tmp_path: Path) -> Iterator[Callable[..., QCluster]]:
+    """Start real qcluster subprocesses on the test database; all are stopped at the end."""
+    started: list[QCluster] = []
+
+    def start(**env_overrides: str) -> QCluster:
+        cluster = QCluster(tmp_path / f"qcluster-{len(started)}.log", worker_env(**env_overrides)).start()
+        started.append(cluster)
+        return cluster
+
+    yield start
+    for cluster in started:
+        cluster.stop()

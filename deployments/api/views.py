@@ -59,7 +59,7 @@ class TaskViewSet(viewsets.GenericViewSet):
             parsed = uuid.UUID(task_id)
         except ValueError:
             raise NotFound(f"no {self.task_model.KIND} task with id {task_id!r}: task ids are UUIDs") from None
-        task = selectors.get_task(self.task_model, parsed)
+        task = selectors.find_task(parsed, kind=self.task_model.KIND)
         if task is None:
             raise NotFound(f"no {self.task_model.KIND} task with id {task_id!r}")
         return task
@@ -86,7 +86,7 @@ class TaskViewSet(viewsets.GenericViewSet):
     @action(detail=False, methods=["get"])
     def latest(self, request: Request, embedding_model_id: str) -> Response:
         model_id = _model_id_from_path(embedding_model_id)
-        task = selectors.latest_task_for_model(self.task_model, model_id)
+        task = selectors.latest_task_for_model(self.task_model.KIND, model_id)
         if task is None:
             raise NotFound(f"no {self.task_model.KIND} task for embedding model {model_id!r}")
         return Response(TaskSerializer(task).data)
@@ -101,13 +101,13 @@ class TaskViewSet(viewsets.GenericViewSet):
             raise ValidationError(
                 {"status": [f"unknown status {', '.join(unknown)}; one of {', '.join(TaskStatus.values)}"]}
             )
-        tasks = selectors.filter_tasks(self.task_model, embedding_model_id=model_id, statuses=statuses)
+        tasks = selectors.filter_tasks(kinds=[self.task_model.KIND], embedding_model_id=model_id, statuses=statuses)
         page = self.paginate_queryset(tasks)
         return self.get_paginated_response(TaskSerializer(page, many=True).data)
 
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, task_id: str) -> Response:
-        task = services.cancel_task(self._get_task(task_id))
+        task = services.cancel_task(self._get_task(task_id), by=request.user.get_username())
         return Response(TaskSerializer(task).data)
 
     @action(detail=True, methods=["post"])

@@ -2,8 +2,8 @@
 per task, and pruning old history. The admin's actions and the management commands call these.
 
 Every path shares the single-task code in ``tasks.py``: the same registration check
-(``ensure_registered``), the same row (``new_task``), the same hand-off on commit
-(``hand_over_new_tasks``), and ``retry_task`` / ``cancel_task`` themselves for each task.
+(``ensure_registered``), the same row (``new_task``), the same dispatch on commit
+(``dispatch_or_withdraw``), and ``retry_task`` / ``cancel_task`` themselves for each task.
 """
 
 from __future__ import annotations
@@ -16,17 +16,17 @@ from functools import partial
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, Window
+from django.db.models import Count, F, Window
 from django.db.models.functions import RowNumber
 
 from deployments.models import TERMINAL_STATUSES, Task, TaskStatus
+from deployments.services.errors import TaskError
 from deployments.services.leases import allocate_sequences
 from deployments.services.tasks import (
     ID_CHUNK,
-    TaskError,
     cancel_task,
+    dispatch_or_withdraw,
     ensure_registered,
-    hand_over_new_tasks,
     new_task,
     retry_task,
 )
@@ -37,7 +37,7 @@ RETRYABLE_STATUSES = (TaskStatus.FAILED, TaskStatus.REFUSED, TaskStatus.CANCELED
 
 
 def submit_many(
-    task_model: type[Task],
+    kind: str,
     embedding_model_ids: Iterable[str],
     config: dict[str, Any] | None = None,
     requested_by: str = "",
@@ -54,11 +54,11 @@ def submit_many(
     with transaction.atomic():
         positions = allocate_sequences(model_ids)
         tasks = [
-            new_task(task_model, model_id, dict(config or {}), positions[model_id], requested_by=requested_by)
+            new_task(kind, model_id, dict(config or {}), positions[model_id], requested_by=requested_by)
             for model_id in model_ids
         ]
-        task_model.objects.bulk_create(tasks, batch_size=ID_CHUNK)
-        transaction.on_commit(partial(hand_over_new_tasks, task_model, [task.pk for task in tasks]))
+        Task.objects.bulk_create(tasks, batch_size=ID_CHUNK)
+        transaction.on_commit(partial(dispatch_or_withdraw, tasks))
     return tasks
 
 
@@ -114,31 +114,28 @@ def retry_many(tasks: Sequence[Task], requested_by: str = "") -> BulkOutcome:
     return outcome
 
 
-def cancel_many(tasks: Sequence[Task]) -> BulkOutcome:
+def cancel_many(tasks: Sequence[Task], by: str = "") -> BulkOutcome:
     """Cancel each pending task (``cancel_task``); say why for the others."""
     outcome = BulkOutcome()
     for task in tasks:
         try:
-            outcome.verdicts.append(TaskVerdict(task, result=cancel_task(task)))
+            outcome.verdicts.append(TaskVerdict(task, result=cancel_task(task, by=by)))
         except TaskError as exc:
             outcome.verdicts.append(TaskVerdict(task, reason=str(exc)))
     return outcome
 
 
 def _existing_retries(tasks: Sequence[Task]) -> dict[uuid.UUID, uuid.UUID]:
-    """For each task that already has a newer attempt: that attempt's id (one query per kind and 500 tasks)."""
+    """For each task that already has a newer attempt: that attempt's id (one query per 500 tasks)."""
     retried_as: dict[uuid.UUID, uuid.UUID] = {}
-    by_kind: dict[type[Task], list[uuid.UUID]] = {}
-    for task in tasks:
-        by_kind.setdefault(type(task), []).append(task.pk)
-    for task_model, ids in by_kind.items():
-        for start in range(0, len(ids), ID_CHUNK):
-            rows = (
-                task_model.objects.filter(retry_of__in=ids[start : start + ID_CHUNK])
-                .order_by("attempt")
-                .values_list("retry_of_id", "pk")
-            )
-            retried_as.update(rows)
+    ids = [task.pk for task in tasks]
+    for start in range(0, len(ids), ID_CHUNK):
+        rows = (
+            Task.objects.filter(retry_of__in=ids[start : start + ID_CHUNK])
+            .order_by("attempt")
+            .values_list("retry_of_id", "pk")
+        )
+        retried_as.update(rows)
     return retried_as
 
 
@@ -153,7 +150,7 @@ class PruneReport:
 
 
 def prune_tasks(
-    task_models: Sequence[type[Task]],
+    kinds: Sequence[str],
     *,
     older_than: datetime | None = None,
     keep_latest: int = 1,
@@ -167,26 +164,27 @@ def prune_tasks(
     """
     keep_latest = max(1, keep_latest)
     report = PruneReport(dry_run=dry_run)
-    for task_model in task_models:
-        ranked = task_model.objects.annotate(
-            rank=Window(
-                RowNumber(),
-                partition_by=[F("embedding_model_id")],
-                order_by=[F("sequence").desc(), F("attempt").desc()],
-            )
+    ranked = Task.objects.annotate(
+        rank=Window(
+            RowNumber(),
+            partition_by=[F("embedding_model_id"), F("kind")],
+            order_by=[F("sequence").desc(), F("attempt").desc()],
         )
-        # Ranked over all of the kind's tasks (no other filter inside the window), then narrowed.
-        beyond_latest = ranked.filter(rank__gt=keep_latest).values("pk")
-        candidates = task_model.objects.filter(pk__in=beyond_latest, status__in=TERMINAL_STATUSES)
-        if older_than is not None:
-            candidates = candidates.filter(created_at__lt=older_than)
-        if dry_run:
-            report.deleted[task_model.KIND] = candidates.count()
-            continue
-        # The ranking runs once; then deletes go 500 rows (with their timelines) per transaction.
-        ids = list(candidates.values_list("pk", flat=True))
-        for start in range(0, len(ids), ID_CHUNK):
-            with transaction.atomic():
-                task_model.objects.filter(pk__in=ids[start : start + ID_CHUNK]).delete()
-        report.deleted[task_model.KIND] = len(ids)
+    )
+    # Ranked over all tasks (no other filter inside the window), then narrowed.
+    beyond_latest = ranked.filter(rank__gt=keep_latest).values("pk")
+    candidates = Task.objects.filter(pk__in=beyond_latest, kind__in=kinds, status__in=TERMINAL_STATUSES)
+    if older_than is not None:
+        candidates = candidates.filter(created_at__lt=older_than)
+    if dry_run:
+        counts = candidates.values("kind").annotate(n=Count("pk")).order_by()
+        report.deleted = dict.fromkeys(kinds, 0) | {row["kind"]: row["n"] for row in counts}
+        return report
+    # The ranking runs once; then deletes go 500 rows (with their timelines) per transaction.
+    rows = list(candidates.values_list("pk", "kind"))
+    ids = [pk for pk, _ in rows]
+    for start in range(0, len(ids), ID_CHUNK):
+        with transaction.atomic():
+            Task.objects.filter(pk__in=ids[start : start + ID_CHUNK]).delete()
+    report.deleted = {kind: sum(1 for _, row_kind in rows if row_kind == kind) for kind in kinds}
     return report

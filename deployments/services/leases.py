@@ -4,6 +4,9 @@ A lease is a ModelLease row's (owner, expires_at). It is taken with one conditio
 workers racing for it cannot both win (PostgreSQL re-checks the WHERE clause after the row lock;
 SQLite serializes writers). A heartbeat thread pushes expires_at forward while the task runs; if
 the worker dies, the lease simply runs out and the sweeper takes over.
+
+The same row counts the model's queue positions (``allocate_sequence``). The capacity lock, which
+is about all models at once, has a table of its own (``CapacityLock``).
 """
 
 from __future__ import annotations
@@ -14,19 +17,16 @@ import socket
 import threading
 import uuid
 from collections.abc import Collection, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import close_old_connections, connection
 from django.db.models import F, Q
 from django.utils import timezone
 
-from deployments.models import ModelLease, Task
+from deployments.models import CapacityLock, ModelLease, Task
 
 logger = logging.getLogger(__name__)
-
-# Serializes the "how many models are deployed" check across models. '~' cannot occur in a model id.
-CAPACITY_LOCK_KEY = "~capacity"
 
 
 def new_lease_owner() -> str:
@@ -36,10 +36,6 @@ def new_lease_owner() -> str:
 
 def lease_duration() -> timedelta:
     return timedelta(seconds=settings.TASK_LEASE_SECONDS)
-
-
-def ensure_lease_row(embedding_model_id: str) -> None:
-    ensure_lease_rows([embedding_model_id])
 
 
 def ensure_lease_rows(embedding_model_ids: Collection[str]) -> None:
@@ -54,23 +50,22 @@ def ensure_lease_rows(embedding_model_ids: Collection[str]) -> None:
 def allocate_sequence(embedding_model_id: str) -> int:
     """The next queue position for the model. Call inside a transaction: the row stays locked
     until commit, so positions are handed out in commit order."""
-    ensure_lease_row(embedding_model_id)
-    ModelLease.objects.filter(pk=embedding_model_id).update(next_sequence=F("next_sequence") + 1)
-    return ModelLease.objects.filter(pk=embedding_model_id).values_list("next_sequence", flat=True).get()
+    return allocate_sequences([embedding_model_id])[embedding_model_id]
 
 
 def allocate_sequences(embedding_model_ids: Sequence[str]) -> dict[str, int]:
     """The next queue position of each of many (distinct) models, in a few statements per 500 models.
 
     Call inside a transaction. The rows are locked in id order first, so two batches that share
-    models cannot deadlock each other (a single submit locks one row only).
+    models cannot deadlock each other.
     """
     ensure_lease_rows(embedding_model_ids)
     positions: dict[str, int] = {}
     ordered = sorted(set(embedding_model_ids))
     for start in range(0, len(ordered), 500):
         chunk = ordered[start : start + 500]
-        list(ModelLease.objects.select_for_update().filter(pk__in=chunk).order_by("pk").values_list("pk"))
+        if len(chunk) > 1:
+            list(ModelLease.objects.select_for_update().filter(pk__in=chunk).order_by("pk").values_list("pk"))
         ModelLease.objects.filter(pk__in=chunk).update(next_sequence=F("next_sequence") + 1)
         positions.update(ModelLease.objects.filter(pk__in=chunk).values_list("pk", "next_sequence"))
     return positions
@@ -78,21 +73,25 @@ def allocate_sequences(embedding_model_ids: Sequence[str]) -> dict[str, int]:
 
 def claim_lease(task: Task, owner: str) -> bool:
     """Take the model's lease for ``task`` if it is free or its holder stopped renewing it."""
-    return claim_model_lease(task.embedding_model_id, owner, task_kind=task.KIND, task_id=task.pk)
+    return claim_model_lease(task.embedding_model_id, owner, task_id=task.pk)
 
 
-def claim_model_lease(
-    embedding_model_id: str, owner: str, task_kind: str = "", task_id: uuid.UUID | None = None
-) -> bool:
+def claim_model_lease(embedding_model_id: str, owner: str, task_id: uuid.UUID | None = None) -> bool:
     """Take a model's lease if it is free or expired; without a task for work that is not one (restore)."""
-    ensure_lease_row(embedding_model_id)
+    ensure_lease_rows([embedding_model_id])
     now = timezone.now()
     claimed = (
         ModelLease.objects.filter(pk=embedding_model_id)
         .filter(Q(owner="") | Q(expires_at__lt=now))
-        .update(owner=owner, task_kind=task_kind, task_id=task_id, expires_at=now + lease_duration())
+        .update(owner=owner, task_id=task_id, expires_at=now + lease_duration())
     )
     return claimed == 1
+
+
+def lease_is_held(embedding_model_id: str, now: datetime | None = None) -> bool:
+    """True while someone holds the model's lease and keeps renewing it."""
+    now = now or timezone.now()
+    return ModelLease.objects.filter(pk=embedding_model_id, expires_at__gt=now).exclude(owner="").exists()
 
 
 def renew_lease(embedding_model_id: str, owner: str) -> bool:
@@ -104,15 +103,15 @@ def renew_lease(embedding_model_id: str, owner: str) -> bool:
 
 def release_lease(embedding_model_id: str, owner: str) -> bool:
     released = ModelLease.objects.filter(pk=embedding_model_id, owner=owner).update(
-        owner="", task_kind="", task_id=None, expires_at=None
+        owner="", task_id=None, expires_at=None
     )
     return released == 1
 
 
 def lock_capacity() -> None:
-    """Inside a transaction: wait for and hold the global capacity lock row until commit."""
-    ensure_lease_row(CAPACITY_LOCK_KEY)
-    ModelLease.objects.select_for_update().filter(pk=CAPACITY_LOCK_KEY).get()
+    """Inside a transaction: wait for and hold the global capacity lock until commit."""
+    CapacityLock.objects.get_or_create(pk=1)
+    CapacityLock.objects.select_for_update().get(pk=1)
 
 
 class LeaseHeartbeat:

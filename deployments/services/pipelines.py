@@ -18,8 +18,8 @@ from django.utils import timezone
 from deployments.inference import DeployFailed, GreenDeployer, StageEvent
 from deployments.models import EmbeddingModel, Task, TaskStatus
 from deployments.services.deployer import deployer_session
-from deployments.services.engine import Outcome, TaskRecorder
 from deployments.services.leases import lock_capacity
+from deployments.services.recording import Outcome, TaskRecorder
 
 logger = logging.getLogger(__name__)
 

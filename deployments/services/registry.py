@@ -13,8 +13,8 @@ from django.db import transaction
 
 from deployments.inference import MAX_MODEL_ID_LENGTH, open_source, validate_model_id
 from deployments.inference.packaged import PACKAGED_MODEL_DIMENSIONS, PACKAGED_MODEL_ID, packaged_model_dir
-from deployments.models import ACTIVE_STATUSES, DeletionTask, DeploymentTask, EmbeddingModel
-from deployments.services.tasks import TaskConflict, TaskError
+from deployments.models import ACTIVE_STATUSES, EmbeddingModel, Task
+from deployments.services.errors import TaskConflict, TaskError
 
 
 class RegistryError(TaskError):
@@ -57,9 +57,9 @@ def unregister_model(model: EmbeddingModel) -> None:
     """Remove a model from the registry; only once it is not deployed and no task of it is unfinished."""
     if model.state != EmbeddingModel.State.NOT_DEPLOYED or model.live_revision:
         raise TaskConflict(f"embedding model {model.id!r} is {model.state}: delete its deployment first")
-    for task_model in (DeploymentTask, DeletionTask):
-        if task_model.objects.filter(embedding_model_id=model.id, status__in=ACTIVE_STATUSES).exists():
-            raise TaskConflict(f"embedding model {model.id!r} has unfinished {task_model.KIND} tasks")
+    unfinished = Task.objects.filter(embedding_model_id=model.id, status__in=ACTIVE_STATUSES)
+    if kind := unfinished.values_list("kind", flat=True).first():
+        raise TaskConflict(f"embedding model {model.id!r} has unfinished {kind} tasks")
     model.delete()
 
 

@@ -17,7 +17,7 @@ from deployments.models import EmbeddingModel
 from deployments.services.deployer import deployer_session
 from deployments.services.leases import claim_model_lease, new_lease_owner, release_lease
 from deployments.services.pipelines import sync_model_state
-from deployments.services.tasks import wake_model
+from deployments.services.tasks import dispatch_next_task
 
 
 @dataclass
@@ -67,5 +67,5 @@ def restore_live_models(wait_for_server: float = 0.0) -> RestoreReport:
                 report.failed[model_id] = str(exc)
             finally:
                 release_lease(model_id, owner)
-                wake_model(model_id)
+                dispatch_next_task(model_id)
     return report

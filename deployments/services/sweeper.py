@@ -19,15 +19,22 @@ from functools import partial
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django_q.models import Schedule
 
 from deployments import selectors
 from deployments.models import ModelLease, Task, TaskStatus
-from deployments.services.leases import CAPACITY_LOCK_KEY, lease_duration, new_lease_owner, release_lease
-from deployments.services.tasks import hand_over, record_event, retry_lost_attempt, wake_model
+from deployments.services.deployer import deployer_session
+from deployments.services.leases import lease_duration, lease_is_held, new_lease_owner, release_lease
+from deployments.services.pipelines import sync_model_state
+from deployments.services.recording import record_event
+from deployments.services.tasks import dispatch, dispatch_next_task, retry_lost_attempt
+from deployments.services.transitions import transition
 
 logger = logging.getLogger(__name__)
 
 SWEEP_SCHEDULE_NAME = "deployments: sweep tasks"
+# How the sweeper signs what it changes on a task's timeline.
+SWEEPER = "sweeper"
 
 
 @dataclass
@@ -52,7 +59,7 @@ def sweep_tasks(now: datetime | None = None) -> SweepReport:
 
 
 def resolve_expired_leases(now: datetime, report: SweepReport) -> None:
-    expired = ModelLease.objects.exclude(owner="").exclude(pk=CAPACITY_LOCK_KEY).filter(expires_at__lt=now)
+    expired = ModelLease.objects.exclude(owner="").filter(expires_at__lt=now)
     for lease in expired:
         sweeper = new_lease_owner()
         with transaction.atomic():
@@ -62,8 +69,7 @@ def resolve_expired_leases(now: datetime, report: SweepReport) -> None:
             )
             if not took:
                 continue
-            task_model = selectors.TASK_MODELS.get(lease.task_kind)
-            task = selectors.get_task(task_model, lease.task_id) if task_model and lease.task_id else None
+            task = selectors.find_task(lease.task_id) if lease.task_id else None
             if task is not None and task.status == TaskStatus.PROCESSING and task.lease_owner == lease.owner:
                 reason = (
                     f"worker {lease.owner} stopped renewing its lease on {lease.pk} "
@@ -71,7 +77,7 @@ def resolve_expired_leases(now: datetime, report: SweepReport) -> None:
                 )
                 _resolve_lost_attempt(task, reason, report)
             release_lease(lease.pk, sweeper)
-            transaction.on_commit(partial(wake_model, lease.pk))
+            transaction.on_commit(partial(dispatch_next_task, lease.pk))
 
 
 def resolve_orphaned_processing(now: datetime, report: SweepReport) -> None:
@@ -85,7 +91,7 @@ def resolve_orphaned_processing(now: datetime, report: SweepReport) -> None:
             continue
         with transaction.atomic():
             _resolve_lost_attempt(task, f"worker {task.lease_owner or '?'} no longer holds the model's lease", report)
-            transaction.on_commit(partial(wake_model, task.embedding_model_id))
+            transaction.on_commit(partial(dispatch_next_task, task.embedding_model_id))
 
 
 def _resolve_lost_attempt(task: Task, reason: str, report: SweepReport) -> None:
@@ -94,18 +100,12 @@ def _resolve_lost_attempt(task: Task, reason: str, report: SweepReport) -> None:
         detail = f"{reason}; retried as attempt {task.attempt + 1} (task {retry_id})"
     else:
         detail = f"{reason}; gave up after {task.attempt} attempt(s)"
-    now = timezone.now()
     metadata = {**task.metadata, "lost": True, "retried_as": str(retry_id) if retry_id else None}
     # Conditional: if the worker finished after all, its outcome stands and nothing is retried.
-    failed = (
-        type(task)
-        .objects.filter(pk=task.pk, status=TaskStatus.PROCESSING, lease_owner=task.lease_owner)
-        .update(status=TaskStatus.FAILED, detail=detail, metadata=metadata, finished_at=now, updated_at=now)
-    )
-    if not failed:
+    if not transition(task, TaskStatus.FAILED, detail=detail, metadata=metadata, by=SWEEPER):
         return
     stages = list(task.metadata.get("stages", {}))
-    record_event(task, stages[-1] if stages else "worker", "failed", detail)
+    record_event(task, stages[-1] if stages else "worker", "failed", detail, actor=SWEEPER)
     report.failed.append(str(task.pk))
     if retry_id:
         retry_lost_attempt(task, retry_id)
@@ -117,9 +117,6 @@ def _resolve_lost_attempt(task: Task, reason: str, report: SweepReport) -> None:
 def _sync_model_after_giving_up(embedding_model_id: str) -> None:
     """No attempt is left to finish the job: set the registry from what the repository says is live,
     so the model does not hold a `deploying` slot forever."""
-    from deployments.services.deployer import deployer_session
-    from deployments.services.pipelines import sync_model_state
-
     try:
         with deployer_session() as deployer:
             sync_model_state(embedding_model_id, deployer)
@@ -137,20 +134,17 @@ def resend_lost_handoffs(now: datetime, report: SweepReport) -> None:
         last_handoff = head.dispatched_at or head.created_at
         if last_handoff > now - grace:
             continue
-        lease = selectors.get_lease(embedding_model_id)
-        if lease is not None and lease.owner and lease.expires_at and lease.expires_at > now:
+        if lease_is_held(embedding_model_id, now):
             continue
         try:
-            hand_over(type(head), head.pk)
+            dispatch([head])
             report.resent.append(str(head.pk))
         except Exception:
-            logger.exception("re-sending %s task %s failed", head.KIND, head.pk)
+            logger.exception("re-sending %s task %s failed", head.kind, head.pk)
 
 
 def ensure_sweep_schedule() -> None:
     """Create (or update) the django-q2 schedule that runs the sweeper."""
-    from django_q.models import Schedule
-
     Schedule.objects.update_or_create(
         name=SWEEP_SCHEDULE_NAME,
         defaults={

@@ -1,6 +1,6 @@
-"""Write side of the task lifecycle as callers see it: submit, cancel, retry, and hand-off to the queue.
+"""Write side of the task lifecycle as callers see it: submit, cancel, retry, and dispatch to the queue.
 
-A task row is created in a transaction and handed to django-q2 only once that transaction has
+A task row is created in a transaction and dispatched to django-q2 only once that transaction has
 committed (so a worker never looks for a row that is not there yet). The queue message carries
 nothing but the task id: the row is the single source of truth.
 """
@@ -19,34 +19,18 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from deployments import selectors
-from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, Task, TaskEvent, TaskStatus
-from deployments.services.leases import allocate_sequence
+from deployments.models import EmbeddingModel, Task, TaskKind, TaskStatus
+from deployments.services.errors import ModelNotRegistered, TaskConflict, TaskHandOffFailed
+from deployments.services.leases import allocate_sequence, lease_is_held
+from deployments.services.transitions import transition
 
 logger = logging.getLogger(__name__)
 
 # Ids per IN (...) list and messages per broker transaction: well below SQLite's parameter limit.
 ID_CHUNK = 500
 
-JOB_FOR_KIND = {
-    DeploymentTask.KIND: "deployments.jobs.run_deployment_task",
-    DeletionTask.KIND: "deployments.jobs.run_deletion_task",
-}
-
-
-class TaskError(Exception):
-    """A request about tasks that cannot be honoured; the message says why."""
-
-
-class ModelNotRegistered(TaskError):
-    pass
-
-
-class TaskConflict(TaskError):
-    """The task exists but is in a state (or of a kind) that does not allow the request."""
-
-
-class TaskHandOffFailed(TaskError):
-    """The task could not be handed to the queue; it was withdrawn, nothing is left behind."""
+# The django-q2 job every task runs: it reads the task's kind from its row.
+TASK_JOB = "deployments.jobs.run_task"
 
 
 @dataclass(frozen=True)
@@ -61,7 +45,7 @@ def submit_deployment(
     task_id: uuid.UUID | None = None,
     requested_by: str = "",
 ) -> Submission:
-    return submit_task(DeploymentTask, embedding_model_id, config, task_id, requested_by)
+    return submit_task(TaskKind.DEPLOYMENT, embedding_model_id, config, task_id, requested_by)
 
 
 def submit_deletion(
@@ -70,47 +54,47 @@ def submit_deletion(
     task_id: uuid.UUID | None = None,
     requested_by: str = "",
 ) -> Submission:
-    return submit_task(DeletionTask, embedding_model_id, config, task_id, requested_by)
+    return submit_task(TaskKind.DELETION, embedding_model_id, config, task_id, requested_by)
 
 
 def submit_task(
-    task_model: type[Task],
+    kind: str,
     embedding_model_id: str,
     config: dict[str, Any] | None = None,
     task_id: uuid.UUID | None = None,
     requested_by: str = "",
 ) -> Submission:
-    """Create a task (or return the one already created under ``task_id``) and hand it over on commit."""
+    """Create a task (or return the one already created under ``task_id``) and dispatch it on commit."""
     ensure_registered([embedding_model_id])
     try:
         with transaction.atomic():
             # Taking the queue position first locks the model's row: a concurrent request with the
             # same task_id waits here and then finds the task below.
             sequence = allocate_sequence(embedding_model_id)
-            if task_id is not None and (existing := _existing_submission(task_model, embedding_model_id, task_id)):
+            if task_id is not None and (existing := _existing_submission(kind, embedding_model_id, task_id)):
                 return existing
-            task = _create_task(task_model, embedding_model_id, config or {}, sequence, task_id, requested_by)
+            task = _create_task(kind, embedding_model_id, config or {}, sequence, task_id, requested_by)
     except IntegrityError:
         # The same task_id was inserted concurrently for another model's queue: idempotency still holds.
-        if task_id is not None and (existing := _existing_submission(task_model, embedding_model_id, task_id)):
+        if task_id is not None and (existing := _existing_submission(kind, embedding_model_id, task_id)):
             return existing
         raise
     return Submission(task, created=True)
 
 
-def _existing_submission(task_model: type[Task], embedding_model_id: str, task_id: uuid.UUID) -> Submission | None:
+def _existing_submission(kind: str, embedding_model_id: str, task_id: uuid.UUID) -> Submission | None:
     existing = selectors.find_task(task_id)
     if existing is None:
         return None
-    if not isinstance(existing, task_model) or existing.embedding_model_id != embedding_model_id:
+    if existing.kind != kind or existing.embedding_model_id != embedding_model_id:
         raise TaskConflict(
-            f"task_id {task_id} is already used by a {existing.KIND} task of model {existing.embedding_model_id!r}"
+            f"task_id {task_id} is already used by a {existing.kind} task of model {existing.embedding_model_id!r}"
         )
     return Submission(existing, created=False)
 
 
 def _create_task(
-    task_model: type[Task],
+    kind: str,
     embedding_model_id: str,
     config: dict[str, Any],
     sequence: int,
@@ -120,19 +104,12 @@ def _create_task(
     attempt: int = 1,
     retry_of: Task | None = None,
 ) -> Task:
-    """Insert the row and arrange its hand-off for when the surrounding transaction commits."""
+    """Insert the row and arrange its dispatch for when the surrounding transaction commits."""
     task = new_task(
-        task_model,
-        embedding_model_id,
-        config,
-        sequence,
-        task_id,
-        requested_by,
-        attempt=attempt,
-        retry_of=retry_of,
+        kind, embedding_model_id, config, sequence, task_id, requested_by, attempt=attempt, retry_of=retry_of
     )
     task.save(force_insert=True)
-    transaction.on_commit(partial(hand_over_new_tasks, task_model, [task.pk]))
+    transaction.on_commit(partial(dispatch_or_withdraw, [task]))
     return task
 
 
@@ -157,7 +134,7 @@ def ensure_registered(embedding_model_ids: Collection[str]) -> None:
 
 
 def new_task(
-    task_model: type[Task],
+    kind: str,
     embedding_model_id: str,
     config: dict[str, Any],
     sequence: int,
@@ -169,8 +146,9 @@ def new_task(
 ) -> Task:
     """An unsaved task row as every submission path creates it (single, batch, retry)."""
     metadata: dict[str, Any] = {"attempt": attempt, "retry_of": str(retry_of.pk) if retry_of else None}
-    return task_model(
+    return Task(
         id=task_id or uuid.uuid4(),
+        kind=kind,
         embedding_model_id=embedding_model_id,
         config=config,
         sequence=sequence,
@@ -181,16 +159,33 @@ def new_task(
     )
 
 
-def hand_over_new_tasks(task_model: type[Task], task_ids: Sequence[uuid.UUID]) -> None:
-    """Hand freshly committed tasks to the queue; withdraw the ones that could not be handed over."""
+def dispatch(tasks: Sequence[Task]) -> None:
+    """Send task ids to django-q2 and note when, ``ID_CHUNK`` at a time; raise if the broker fails.
+
+    Sending twice is harmless: the job checks the row. Each chunk is enqueued inside one
+    transaction: with the ORM broker that is one commit per chunk instead of one per message
+    (1,000 deploys take seconds, not minutes); with Redis it changes nothing. Only chunks that
+    went through completely are marked as dispatched.
+    """
+    for start in range(0, len(tasks), ID_CHUNK):
+        chunk = tasks[start : start + ID_CHUNK]
+        with transaction.atomic():
+            for task in chunk:
+                async_task(TASK_JOB, str(task.pk), task_name=f"{task.kind}-{task.pk}", group=f"{task.kind}s")
+        Task.objects.filter(pk__in=[task.pk for task in chunk]).update(dispatched_at=timezone.now())
+
+
+def dispatch_or_withdraw(tasks: Sequence[Task]) -> None:
+    """Dispatch freshly committed tasks; delete the ones that could not be dispatched and say so."""
     try:
-        hand_over_many(task_model, task_ids)
+        dispatch(tasks)
     except Exception as exc:
-        logger.exception("handing %d %s task(s) to the queue failed", len(task_ids), task_model.KIND)
-        # Withdraw the tasks not handed over, unless someone (a finishing worker, the sweeper) did it meanwhile.
+        logger.exception("dispatching %d task(s) to the queue failed", len(tasks))
+        # Withdraw the tasks not dispatched, unless someone (a finishing worker, the sweeper) did it meanwhile.
+        task_ids = [task.pk for task in tasks]
         withdrawn = 0
         for start in range(0, len(task_ids), ID_CHUNK):
-            deleted, _ = task_model.objects.filter(
+            deleted, _ = Task.objects.filter(
                 pk__in=task_ids[start : start + ID_CHUNK], status=TaskStatus.PENDING, dispatched_at__isnull=True
             ).delete()
             withdrawn += deleted
@@ -205,63 +200,32 @@ def hand_over_new_tasks(task_model: type[Task], task_ids: Sequence[uuid.UUID]) -
             ) from exc
 
 
-def hand_over(task_model: type[Task], task_id: uuid.UUID) -> None:
-    """Send the task id to django-q2 and note when. Sending twice is harmless: the job checks the row."""
-    hand_over_many(task_model, [task_id])
-
-
-def hand_over_many(task_model: type[Task], task_ids: Sequence[uuid.UUID]) -> None:
-    """Send task ids to django-q2 and note when, ``ID_CHUNK`` at a time.
-
-    Each chunk is enqueued inside one transaction: with the ORM broker that is one commit per
-    chunk instead of one per message (1,000 deploys take seconds, not minutes); with Redis it
-    changes nothing. Only chunks that went through completely are marked as dispatched.
-    """
-    for start in range(0, len(task_ids), ID_CHUNK):
-        chunk = list(task_ids[start : start + ID_CHUNK])
-        with transaction.atomic():
-            for task_id in chunk:
-                async_task(
-                    JOB_FOR_KIND[task_model.KIND],
-                    str(task_id),
-                    task_name=f"{task_model.KIND}-{task_id}",
-                    group=f"{task_model.KIND}s",
-                )
-        task_model.objects.filter(pk__in=chunk).update(dispatched_at=timezone.now())
-
-
-def wake_model(embedding_model_id: str) -> Task | None:
-    """Hand over the model's next task if it is pending and nobody holds the model's lease."""
+def dispatch_next_task(embedding_model_id: str) -> Task | None:
+    """Dispatch the model's first unfinished task, if it is pending and nobody holds the model's lease."""
     head = selectors.head_task_for_model(embedding_model_id)
     if head is None or head.status != TaskStatus.PENDING:
         return None
-    lease = selectors.get_lease(embedding_model_id)
-    if lease is not None and lease.owner and lease.expires_at and lease.expires_at > timezone.now():
-        return None  # the holder wakes the model when it finishes
+    if lease_is_held(embedding_model_id):
+        return None  # the holder dispatches the next task when it finishes
     try:
-        hand_over(type(head), head.pk)
+        dispatch([head])
     except Exception:
-        # Not fatal: the sweeper re-sends pending tasks whose hand-off was lost.
-        logger.exception("handing over %s task %s failed; the sweeper will retry", head.KIND, head.pk)
+        # Not fatal: the sweeper re-sends pending tasks whose dispatch was lost.
+        logger.exception("dispatching %s task %s failed; the sweeper will retry", head.kind, head.pk)
         return None
     return head
 
 
-def cancel_task(task: Task) -> Task:
+def cancel_task(task: Task, by: str = "") -> Task:
     """Cancel a pending task. A task already running cannot be canceled (the server is mid-change)."""
+    if task.status != TaskStatus.PENDING:
+        raise TaskConflict(f"only a pending task can be canceled; this one is {task.status}")
     with transaction.atomic():
-        now = timezone.now()
-        canceled = (
-            type(task)
-            .objects.filter(pk=task.pk, status=TaskStatus.PENDING)
-            .update(status=TaskStatus.CANCELED, detail="canceled before it started", finished_at=now, updated_at=now)
-        )
-        task.refresh_from_db()
-        if not canceled:
+        if not transition(task, TaskStatus.CANCELED, detail="canceled before it started", by=by):
+            task.refresh_from_db()
             raise TaskConflict(f"only a pending task can be canceled; this one is {task.status}")
-        record_event(task, "canceled", "done", "canceled before it started")
         # The canceled task may have been first in line: let the next one go.
-        transaction.on_commit(partial(wake_model, task.embedding_model_id))
+        transaction.on_commit(partial(dispatch_next_task, task.embedding_model_id))
     return task
 
 
@@ -273,7 +237,7 @@ def retry_task(task: Task, requested_by: str = "") -> Task:
     with transaction.atomic():
         sequence = allocate_sequence(task.embedding_model_id)
         return _create_task(
-            type(task),
+            task.kind,
             task.embedding_model_id,
             task.config,
             sequence,
@@ -287,7 +251,7 @@ def retry_task(task: Task, requested_by: str = "") -> Task:
 def retry_lost_attempt(task: Task, task_id: uuid.UUID | None = None) -> Task:
     """The sweeper's automatic retry: a new attempt that keeps the lost one's place in the queue."""
     return _create_task(
-        type(task),
+        task.kind,
         task.embedding_model_id,
         task.config,
         task.sequence,
@@ -296,8 +260,3 @@ def retry_lost_attempt(task: Task, task_id: uuid.UUID | None = None) -> Task:
         attempt=task.attempt + 1,
         retry_of=task,
     )
-
-
-def record_event(task: Task, stage: str, state: str, message: str = "", duration_s: float | None = None) -> TaskEvent:
-    owner = {"deployment_task": task} if isinstance(task, DeploymentTask) else {"deletion_task": task}
-    return TaskEvent.objects.create(stage=stage, state=state, message=message, duration_s=duration_s, **owner)

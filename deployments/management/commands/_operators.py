@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from deployments import selectors
 from deployments.inference import InvalidModelId, validate_model_id
-from deployments.models import TERMINAL_STATUSES, EmbeddingModel, Task, TaskStatus
+from deployments.models import TERMINAL_STATUSES, EmbeddingModel, Task, TaskKind, TaskStatus
 from deployments.services import ModelNotRegistered, TaskHandOffFailed
 from deployments.services.bulk import submit_many
 from deployments.services.tasks import ensure_registered
@@ -58,9 +58,9 @@ def check_choices(values: list[str], allowed: Sequence[str], option: str) -> lis
     return values
 
 
-def task_models_for(kinds: list[str]) -> list[type[Task]]:
-    kinds = check_choices(kinds, list(selectors.TASK_MODELS), "--kind")
-    return [selectors.TASK_MODELS[kind] for kind in kinds or selectors.TASK_MODELS]
+def kinds_option(kinds: list[str]) -> list[str]:
+    """The --kind values, checked; every kind when none is given."""
+    return check_choices(kinds, TaskKind.values, "--kind") or list(TaskKind.values)
 
 
 def cli_user() -> str:
@@ -96,7 +96,7 @@ def took(task: Task) -> str:
 class TaskSubmissionCommand(BaseCommand):
     """deploy_models and delete_models: pick models, check everything, submit one batch, maybe follow it."""
 
-    task_model: type[Task]
+    kind: str
     verb: str  # "deploy" / "delete"
     config_help: str
 
@@ -123,7 +123,7 @@ class TaskSubmissionCommand(BaseCommand):
         if not model_ids:
             self.stdout.write("No registered model matches; nothing to do.")
             return
-        noun = f"{self.task_model.KIND} task(s)"
+        noun = f"{self.kind} task(s)"
         if options["dry_run"]:
             shown = ", ".join(model_ids[:20]) + (f", … ({len(model_ids) - 20} more)" if len(model_ids) > 20 else "")
             self.stdout.write(f"Dry run: would create {len(model_ids)} {noun}, config {json.dumps(config)}: {shown}")
@@ -131,7 +131,7 @@ class TaskSubmissionCommand(BaseCommand):
         started = time.monotonic()
         try:
             with quiet_queue_log(options["verbosity"]):
-                tasks = submit_many(self.task_model, model_ids, config, requested_by=cli_user())
+                tasks = submit_many(self.kind, model_ids, config, requested_by=cli_user())
         except ModelNotRegistered as exc:  # unregistered between our check and the insert
             raise bad_arguments(str(exc)) from exc
         except TaskHandOffFailed as exc:
@@ -142,7 +142,7 @@ class TaskSubmissionCommand(BaseCommand):
                 self.stdout.write(f"  {task.pk}  {task.embedding_model_id}")
         if options["wait"]:
             # The bar writes to the raw stream: OutputWrapper.write would end each \r-update with a newline.
-            finished = follow_tasks(self.task_model, tasks, self.stderr._out, options["timeout"], options["poll"])
+            finished = follow_tasks(tasks, self.stderr._out, options["timeout"], options["poll"])
             report_outcome(self.stdout, finished, started)
 
     def select_models(self, options: dict[str, Any]) -> list[str]:
@@ -181,7 +181,7 @@ class TaskSubmissionCommand(BaseCommand):
             raise bad_arguments("--config must be a JSON object, e.g. '{\"expected_dimensions\": 384}'")
         # The API's own rules for a task's config (known keys, types, limits): one set of rules everywhere.
         try:
-            return validate_config(self.task_model.KIND, config)
+            return validate_config(self.kind, config)
         except InvalidTaskConfig as exc:
             raise bad_arguments(f"--config: {exc}") from exc
 
@@ -211,16 +211,20 @@ def read_id_file(path: Path) -> list[str]:
     return ids
 
 
-def follow_tasks(
-    task_model: type[Task], tasks: Sequence[Task], bar_stream: TextIO, timeout: float, poll: float
-) -> list[Task]:
+def follow_tasks(tasks: Sequence[Task], bar_stream: TextIO, timeout: float, poll: float) -> list[Task]:
     """Poll the tasks until all are finished or ``timeout`` passes, with a progress bar on ``bar_stream``."""
     latest = {task.pk: task for task in tasks}
     deadline = time.monotonic() + timeout
-    with tqdm(total=len(tasks), file=bar_stream, unit="task", desc=f"{task_model.KIND}s", dynamic_ncols=True) as bar:
+    with tqdm(
+        total=len(tasks),
+        file=bar_stream,
+        unit="task",
+        desc=f"{tasks[0].kind}s" if tasks else "tasks",
+        dynamic_ncols=True,
+    ) as bar:
         while True:
             unfinished = [pk for pk, task in latest.items() if task.status not in TERMINAL_STATUSES]
-            for task in selectors.tasks_by_ids(task_model, unfinished):
+            for task in selectors.tasks_by_ids(unfinished):
                 latest[task.pk] = task
             finished = sum(task.status in TERMINAL_STATUSES for task in latest.values())
             bar.set_postfix(Counter(task.status for task in latest.values()), refresh=False)

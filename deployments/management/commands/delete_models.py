@@ -1,5 +1,5 @@
 from deployments.management.commands._operators import TaskSubmissionCommand
-from deployments.models import DeletionTask
+from deployments.models import TaskKind
 
 
 class Command(TaskSubmissionCommand):
@@ -9,6 +9,6 @@ class Command(TaskSubmissionCommand):
         "--state. Bad arguments exit 2 and create nothing; with --wait, exit 1 unless every task ends done. "
         "Example: manage.py delete_models --file retired.txt --wait"
     )
-    task_model = DeletionTask
+    kind = TaskKind.DELETION
     verb = "delete"
     config_help = "Deletion config as JSON, as in the API (deletions take no options today: {})."

@@ -1,5 +1,5 @@
 from deployments.management.commands._operators import TaskSubmissionCommand
-from deployments.models import DeploymentTask
+from deployments.models import TaskKind
 
 
 class Command(TaskSubmissionCommand):
@@ -9,6 +9,6 @@ class Command(TaskSubmissionCommand):
         "Bad arguments exit 2 and create nothing; with --wait, exit 1 unless every task ends done. "
         "Example: manage.py deploy_models --state not_deployed --config '{\"ready_timeout\": 120}' --wait"
     )
-    task_model = DeploymentTask
+    kind = TaskKind.DEPLOYMENT
     verb = "deploy"
     config_help = 'Deployment config as JSON, as in the API: {"expected_dimensions": 384, "ready_timeout": 120}.'

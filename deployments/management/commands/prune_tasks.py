@@ -3,7 +3,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from deployments.management.commands._operators import bad_arguments, comma_separated, parse_duration, task_models_for
+from deployments.management.commands._operators import bad_arguments, comma_separated, kinds_option, parse_duration
 from deployments.services.bulk import prune_tasks
 
 
@@ -25,10 +25,10 @@ class Command(BaseCommand):
             raise bad_arguments("say what to prune: --older-than, --keep-latest, or both")
         if options["keep_latest"] is not None and options["keep_latest"] < 1:
             raise bad_arguments("--keep-latest must be at least 1: the latest task of a model is always kept")
-        task_models = task_models_for(comma_separated(options["kind"]))
+        kinds = kinds_option(comma_separated(options["kind"]))
         older_than = parse_duration(options["older_than"], "--older-than") if options["older_than"] else None
         report = prune_tasks(
-            task_models,
+            kinds,
             older_than=timezone.now() - older_than if older_than else None,
             keep_latest=options["keep_latest"] or 1,
             dry_run=options["dry_run"],

@@ -10,8 +10,8 @@ from deployments.management.commands._operators import (
     cli_user,
     comma_separated,
     format_table,
+    kinds_option,
     parse_duration,
-    task_models_for,
 )
 from deployments.services.bulk import RETRYABLE_STATUSES, retry_many
 
@@ -38,20 +38,18 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         statuses = check_choices(comma_separated(options["status"]) or ["failed"], RETRYABLE_STATUSES, "--status")
-        task_models = task_models_for(comma_separated(options["kind"]))
+        kinds = kinds_option(comma_separated(options["kind"]))
         now = timezone.now()
         newer = parse_duration(options["newer_than"], "--newer-than") if options["newer_than"] else None
         older = parse_duration(options["older_than"], "--older-than") if options["older_than"] else None
-        tasks = []
-        for task_model in task_models:
-            matching = selectors.filter_tasks(
-                task_model,
-                statuses=statuses,
-                embedding_model_id=options["model"],
-                created_after=now - newer if newer else None,
-                created_before=now - older if older else None,
-            )
-            tasks += list(selectors.latest_attempts(matching).order_by("created_at")[: options["limit"] + 1])
+        matching = selectors.filter_tasks(
+            kinds=kinds,
+            statuses=statuses,
+            embedding_model_id=options["model"],
+            created_after=now - newer if newer else None,
+            created_before=now - older if older else None,
+        )
+        tasks = list(selectors.latest_attempts(matching).order_by("created_at")[: options["limit"] + 1])
         if len(tasks) > options["limit"]:
             limit = options["limit"]
             raise bad_arguments(f"more than --limit {limit} tasks match; narrow the filters or raise --limit")
@@ -59,13 +57,13 @@ class Command(BaseCommand):
             self.stdout.write("No task matches; nothing to retry.")
             return
         if options["dry_run"]:
-            rows = [(t.KIND, t.pk, t.embedding_model_id, t.status, t.created_at, t.detail) for t in tasks]
+            rows = [(t.kind, t.pk, t.embedding_model_id, t.status, t.created_at, t.detail) for t in tasks]
             self.stdout.write(format_table(["kind", "task", "model", "status", "created", "detail"], rows))
             self.stdout.write(f"Dry run: would retry {len(tasks)} task(s).")
             return
         outcome = retry_many(tasks, requested_by=cli_user())
         rows = [
-            (v.task.KIND, v.task.pk, v.task.embedding_model_id, v.task.status, v.result and v.result.pk, v.reason)
+            (v.task.kind, v.task.pk, v.task.embedding_model_id, v.task.status, v.result and v.result.pk, v.reason)
             for v in outcome.verdicts
         ]
         self.stdout.write(format_table(["kind", "task", "model", "was", "retried as", "not retried because"], rows))

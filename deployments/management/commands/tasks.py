@@ -8,8 +8,8 @@ from deployments.management.commands._operators import (
     check_choices,
     comma_separated,
     format_table,
+    kinds_option,
     parse_duration,
-    task_models_for,
     took,
 )
 from deployments.models import TaskStatus
@@ -31,20 +31,19 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         statuses = check_choices(comma_separated(options["status"]), TaskStatus.values, "--status")
         since = parse_duration(options["since"], "--since") if options["since"] else None
-        tasks = selectors.recent_tasks(
-            task_models_for(comma_separated(options["kind"])),
-            limit=max(1, options["limit"]),
+        tasks = selectors.filter_tasks(
+            kinds=kinds_option(comma_separated(options["kind"])),
             statuses=statuses,
             embedding_model_id=options["model"],
             created_after=timezone.now() - since if since else None,
-        )
+        )[: max(1, options["limit"])]
         if not tasks:
             self.stdout.write("No task matches.")
             return
         rows = [
             (
                 task.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                task.KIND,
+                task.kind,
                 task.pk,
                 task.embedding_model_id,
                 task.status,

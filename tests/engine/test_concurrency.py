@@ -13,8 +13,8 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from deployments.models import TERMINAL_STATUSES, DeploymentTask, TaskStatus
-from tests.control.conftest import wait_for
-from tests.control.factories import EmbeddingModelFactory
+from tests.support.factories import EmbeddingModelFactory
+from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,7 +24,7 @@ SUBMITTERS = 20
 def test_20_concurrent_deploys_of_one_model_run_serialized_in_order(operator, settings, qcluster):
     # The subject is the task engine, so workers drive the probe deployer (a few ms per stage)
     # instead of 20 real deploys; the real deployer's path is proven in test_e2e and test_services.
-    settings.INFERENCE_DEPLOYER_FACTORY = "tests.control.probes.build_probe_deployer"
+    settings.INFERENCE_DEPLOYER_FACTORY = "tests.support.probes.build_probe_deployer"
     model = EmbeddingModelFactory(id="contended")
     EmbeddingModelFactory(id="bystander")
     token = Token.objects.create(user=operator).key

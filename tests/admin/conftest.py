@@ -1,5 +1,4 @@
-"""Fixtures of the operators' tests: a staff client for the admin, and the control plane's fixtures
-(real qcluster workers, the session MLServer as the configured server) reused from tests/control."""
+"""Fixtures of the admin's tests: staff clients with and without the right to act."""
 
 from __future__ import annotations
 
@@ -7,8 +6,7 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.test import Client
 
-from tests.control.conftest import inference_settings, qcluster, sources_root  # noqa: F401  (fixtures)
-from tests.control.factories import UserFactory
+from tests.support.factories import UserFactory
 
 
 @pytest.fixture

@@ -12,14 +12,14 @@ from deployments.models import EmbeddingModel, TaskStatus
 from deployments.services import submit_deployment
 from deployments.services.leases import claim_model_lease, release_lease
 from deployments.services.restore import restore_live_models
-from tests.control.factories import EmbeddingModelFactory
+from tests.support.factories import EmbeddingModelFactory
 
 pytestmark = [pytest.mark.mlserver, pytest.mark.django_db]
 
 
 def deploy(model_id: str) -> str:
     task = submit_deployment(model_id, config={"expected_dimensions": 384}).task
-    assert jobs.run_deployment_task(str(task.pk)) == TaskStatus.DONE
+    assert jobs.run_task(str(task.pk)) == TaskStatus.DONE
     return EmbeddingModel.objects.get(pk=model_id).live_revision
 
 

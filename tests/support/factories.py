@@ -1,14 +1,52 @@
-"""Tasks as the engine leaves them: finished with a timeline, failed with a reason, running."""
+"""factory-boy factories: models, users, and tasks as the engine leaves them (finished with a timeline,
+failed with a reason, running)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 import factory
+from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from deployments.models import TaskEvent, TaskStatus
-from tests.control.factories import DeletionTaskFactory, DeploymentTaskFactory
+from deployments.inference.packaged import packaged_model_dir
+from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, TaskEvent, TaskStatus
+from deployments.services.leases import allocate_sequence
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = get_user_model()
+        django_get_or_create = ("username",)
+
+    username = factory.Sequence(lambda n: f"user{n}")
+
+
+class EmbeddingModelFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = EmbeddingModel
+
+    id = factory.Sequence(lambda n: f"model-{n}")
+    name = factory.LazyAttribute(lambda o: o.id)
+    source = factory.LazyFunction(lambda: str(packaged_model_dir()))
+
+
+class _TaskFactory(factory.django.DjangoModelFactory):
+    embedding_model_id = factory.LazyFunction(lambda: EmbeddingModelFactory().id)
+    status = TaskStatus.PENDING
+    # Taken from the model's counter like a real submission, so factory and service tasks interleave correctly.
+    sequence = factory.LazyAttribute(lambda o: allocate_sequence(o.embedding_model_id))
+    metadata = factory.LazyAttribute(lambda o: {"attempt": 1, "retry_of": None})
+
+
+class DeploymentTaskFactory(_TaskFactory):
+    class Meta:
+        model = DeploymentTask
+
+
+class DeletionTaskFactory(_TaskFactory):
+    class Meta:
+        model = DeletionTask
 
 
 class FinishedDeploymentFactory(DeploymentTaskFactory):
@@ -35,10 +73,8 @@ class FinishedDeploymentFactory(DeploymentTaskFactory):
         if not create:
             return
         for stage, seconds in task.metadata.get("timings", {}).items():
-            TaskEvent.objects.create(deployment_task=task, stage=stage, state="started")
-            TaskEvent.objects.create(
-                deployment_task=task, stage=stage, state="done", duration_s=seconds, message=f"{stage} ok"
-            )
+            TaskEvent.objects.create(task=task, stage=stage, state="started")
+            TaskEvent.objects.create(task=task, stage=stage, state="done", duration_s=seconds, message=f"{stage} ok")
 
 
 class FailedDeploymentFactory(DeploymentTaskFactory):

@@ -12,8 +12,8 @@ import pytest
 from deployments import services
 from deployments.inference import V2Client
 from deployments.models import TERMINAL_STATUSES, DeletionTask, DeploymentTask, EmbeddingModel, TaskStatus
-from tests.control.conftest import wait_for, wait_for_status
-from tests.control.factories import EmbeddingModelFactory
+from tests.support.factories import EmbeddingModelFactory
+from tests.support.processes import wait_for, wait_for_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.mlserver]
 
@@ -35,7 +35,8 @@ def test_post_deploy_to_real_embeddings_and_delete_again(api, inference_settings
     status = api.get("/deploy-status/cp-e2e").json()
     assert (status["task_id"], status["status"]) == (str(task.pk), "done")
     assert status["metadata"]["endpoint"] == f"{mlserver.url}/v2/models/cp-e2e/infer"
-    assert [e["stage"] for e in api.get(f"/deploy/{task.pk}/events").json()][-1] == "done"
+    events = [(e["stage"], e["state"]) for e in api.get(f"/deploy/{task.pk}/events").json()]
+    assert events[-2:] == [("done", "done"), ("status", "done")]
     with V2Client(mlserver.url) as client:
         result = client.infer("cp-e2e", ["a cat sat on the mat", "a kitten sat on the rug", "stock markets fell"])
     vectors = result.embeddings
@@ -60,11 +61,11 @@ def test_a_worker_killed_mid_deploy_is_detected_and_its_task_retried_while_blue_
     inference_settings.TASK_LEASE_SECONDS = 2
     model = EmbeddingModelFactory(id="cp-killed")
     blue = services.submit_deployment(model.id).task
-    assert services.run_task(DeploymentTask, blue.pk) == TaskStatus.DONE
+    assert services.run_task(blue.pk) == TaskStatus.DONE
     blue.refresh_from_db()
 
     # A real worker that freezes once green is loaded, and is then killed with SIGKILL.
-    doomed = qcluster(INFERENCE_DEPLOYER_FACTORY="tests.control.probes.build_hanging_green_deployer")
+    doomed = qcluster(INFERENCE_DEPLOYER_FACTORY="tests.support.probes.build_hanging_green_deployer")
     green = DeploymentTask.objects.get(pk=post(api, "/deploy", {"embedding_model_id": model.id}).json()["task_id"])
 
     def green_is_loaded() -> bool:

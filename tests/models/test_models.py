@@ -10,9 +10,19 @@ from django.db import IntegrityError, connection
 from django.utils import timezone
 
 from deployments import selectors
-from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, ModelLease, TaskEvent, TaskStatus
+from deployments.models import (
+    ACTIVE_STATUSES,
+    DeletionTask,
+    DeploymentTask,
+    EmbeddingModel,
+    ModelLease,
+    Task,
+    TaskEvent,
+    TaskKind,
+    TaskStatus,
+)
 from deployments.services.leases import allocate_sequence, claim_lease, release_lease, renew_lease
-from tests.control.factories import DeletionTaskFactory, DeploymentTaskFactory, EmbeddingModelFactory
+from tests.support.factories import DeletionTaskFactory, DeploymentTaskFactory, EmbeddingModelFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -23,39 +33,57 @@ def test_latest_task_for_a_model_is_the_newest_not_the_first():
     first = DeploymentTaskFactory(embedding_model_id=model.id, status=TaskStatus.DONE)
     latest = DeploymentTaskFactory(embedding_model_id=model.id, status=TaskStatus.PENDING)
     DeploymentTaskFactory()  # another model's task does not count
-    assert selectors.latest_task_for_model(DeploymentTask, model.id) == latest != first
+    assert selectors.latest_task_for_model(TaskKind.DEPLOYMENT, model.id) == latest != first
 
 
 def test_latest_prefers_the_newest_attempt_of_the_same_submission():
     model = EmbeddingModelFactory()
     lost = DeploymentTaskFactory(embedding_model_id=model.id, status=TaskStatus.FAILED)
     retry = DeploymentTaskFactory(embedding_model_id=model.id, sequence=lost.sequence, attempt=2, retry_of=lost)
-    assert selectors.latest_task_for_model(DeploymentTask, model.id) == retry
+    assert selectors.latest_task_for_model(TaskKind.DEPLOYMENT, model.id) == retry
 
 
 def test_deployment_and_deletion_lookups_are_separate():
     # Regression: the origin's delete endpoints read deployment tasks.
     model = EmbeddingModelFactory()
     deployment = DeploymentTaskFactory(embedding_model_id=model.id)
-    assert selectors.latest_task_for_model(DeletionTask, model.id) is None
-    assert selectors.get_task(DeletionTask, deployment.pk) is None
+    assert selectors.latest_task_for_model(TaskKind.DELETION, model.id) is None
+    assert selectors.find_task(deployment.pk, kind=TaskKind.DELETION) is None
+    assert DeletionTask.objects.filter(pk=deployment.pk).count() == 0
     deletion = DeletionTaskFactory(embedding_model_id=model.id)
-    assert selectors.latest_task_for_model(DeletionTask, model.id) == deletion
-    assert selectors.latest_task_for_model(DeploymentTask, model.id) == deployment
+    assert selectors.latest_task_for_model(TaskKind.DELETION, model.id) == deletion
+    assert selectors.latest_task_for_model(TaskKind.DEPLOYMENT, model.id) == deployment
 
 
-def test_latest_lookup_is_an_index_seek():
-    """EXPLAIN shows the (embedding_model_id, sequence, attempt) index, whatever the table size."""
-    DeploymentTaskFactory.create_batch(3)
-    queryset = DeploymentTask.objects.filter(embedding_model_id="model-x").order_by("-sequence", "-attempt")[:1]
+def _plan(queryset) -> str:
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute("SET enable_seqscan = off")  # tiny tables: make the planner show what it would use
         plan = queryset.explain()
         if connection.vendor == "postgresql":
             cursor.execute("SET enable_seqscan = on")
-    assert "deploytask_model_seq" in plan
+    return plan
+
+
+def test_latest_lookup_is_an_index_seek():
+    """EXPLAIN shows the (embedding_model_id, kind, sequence, attempt) index, whatever the table size."""
+    DeploymentTaskFactory.create_batch(3)
+    plan = _plan(
+        Task.objects.filter(embedding_model_id="model-x", kind=TaskKind.DELETION).order_by("-sequence", "-attempt")[:1]
+    )
+    assert "task_model_kind_seq" in plan
     assert "TEMP B-TREE" not in plan.upper()  # no sort step on SQLite
+
+
+def test_a_models_queue_head_reads_the_index_of_unfinished_tasks():
+    DeploymentTaskFactory.create_batch(3)
+    plan = _plan(
+        Task.objects.filter(embedding_model_id="model-x", status__in=ACTIVE_STATUSES).order_by("sequence", "attempt")[
+            :1
+        ]
+    )
+    # Two seeks (pending, processing); the sort is over the model's unfinished tasks alone.
+    assert "task_model_queue" in plan
 
 
 def test_queue_order_shares_one_counter_between_deployments_and_deletions():
@@ -66,8 +94,7 @@ def test_queue_order_shares_one_counter_between_deployments_and_deletions():
     assert deploy.sequence < delete.sequence < later.sequence
     assert selectors.head_task_for_model(model.id) == deploy
     assert selectors.earlier_unfinished_task_exists(delete)
-    deploy.status = TaskStatus.DONE
-    deploy.save()
+    Task.objects.filter(pk=deploy.pk).update(status=TaskStatus.DONE)
     assert selectors.head_task_for_model(model.id) == delete
     assert not selectors.earlier_unfinished_task_exists(delete)
     assert selectors.earlier_unfinished_task_exists(later)
@@ -90,9 +117,24 @@ def test_a_source_outside_the_allowed_roots_does_not_validate(tmp_path, minilm_d
     assert "outside the allowed roots" in str(error.value.message_dict["source"])
 
 
-def test_an_event_belongs_to_exactly_one_task():
+def test_an_event_belongs_to_a_task():
     with pytest.raises(IntegrityError):
         TaskEvent.objects.create(stage="validate", state="started")
+
+
+def test_proxies_see_their_own_kind_and_create_rows_of_it():
+    deployment, deletion = DeploymentTaskFactory(), DeletionTaskFactory()
+    assert (deployment.kind, deletion.kind) == (TaskKind.DEPLOYMENT, TaskKind.DELETION)
+    assert list(DeploymentTask.objects.values_list("pk", flat=True)) == [deployment.pk]
+    assert list(DeletionTask.objects.values_list("pk", flat=True)) == [deletion.pk]
+    assert Task.objects.count() == 2
+    # Loaded through the base model, a row keeps its kind.
+    assert Task.objects.get(pk=deletion.pk).kind == TaskKind.DELETION
+
+
+def test_a_task_of_an_unknown_kind_cannot_be_stored():
+    with pytest.raises(IntegrityError):
+        Task.objects.create(kind="upgrade", embedding_model_id="m", sequence=1)
 
 
 def test_the_lock_is_a_database_lease_not_a_file():
@@ -102,7 +144,7 @@ def test_the_lock_is_a_database_lease_not_a_file():
     assert claim_lease(first, "machine-a:1")
     assert not claim_lease(second, "machine-b:1")  # another machine sees the same row
     lease = ModelLease.objects.get(pk=first.embedding_model_id)
-    assert (lease.owner, lease.task_id, lease.task_kind) == ("machine-a:1", first.pk, "deployment")
+    assert (lease.owner, lease.task_id) == ("machine-a:1", first.pk)
     assert renew_lease(first.embedding_model_id, "machine-a:1")
     assert not release_lease(first.embedding_model_id, "machine-b:1")
     assert release_lease(first.embedding_model_id, "machine-a:1")

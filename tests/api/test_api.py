@@ -14,7 +14,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, TaskStatus
-from tests.control.factories import DeletionTaskFactory, DeploymentTaskFactory, EmbeddingModelFactory
+from tests.support.factories import DeletionTaskFactory, DeploymentTaskFactory, EmbeddingModelFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -268,7 +268,8 @@ def test_cancel_a_pending_task(api):
     assert response.status_code == 200
     assert response.json()["status"] == "canceled"
     assert post(api, f"/deploy/{task.pk}/cancel", {}).status_code == 409
-    assert [e["stage"] for e in api.get(f"/deploy/{task.pk}/events").json()] == ["canceled"]
+    events = api.get(f"/deploy/{task.pk}/events").json()
+    assert [(e["stage"], e["state"]) for e in events] == [("status", "canceled")]
 
 
 def test_a_processing_task_cannot_be_canceled(api):

@@ -1,5 +1,4 @@
-"""Fixtures of the control plane's tests: users and clients, the session MLServer as the
-configured server, and real qcluster worker subprocesses on the test database."""
+"""Real processes for the tests: qcluster workers on the test database, and waiting for what they do."""
 
 from __future__ import annotations
 
@@ -8,82 +7,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from django.conf import settings
-from django.contrib.auth.models import Permission
 from django.db import connection
-from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 
-from deployments.inference.packaged import packaged_model_root
-from deployments.inference.server import LocalMLServer
 from deployments.models import Task
-from tests.control.factories import EmbeddingModelFactory, UserFactory
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-WRITE_PERMISSIONS = [
-    "add_deploymenttask",
-    "change_deploymenttask",
-    "add_deletiontask",
-    "change_deletiontask",
-    "add_embeddingmodel",
-    "change_embeddingmodel",
-    "delete_embeddingmodel",
-]
-
-
-@pytest.fixture
-def operator(db):
-    user = UserFactory(username="operator")
-    user.user_permissions.add(*Permission.objects.filter(codename__in=WRITE_PERMISSIONS))
-    return user
-
-
-@pytest.fixture
-def api(operator) -> APIClient:
-    """A client authenticated with the operator's token, as scripts do."""
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=operator).key}")
-    return client
-
-
-@pytest.fixture
-def reader(db) -> APIClient:
-    """Logged in, no model permissions: may read, may not write."""
-    client = APIClient()
-    client.force_authenticate(UserFactory(username="reader"))
-    return client
-
-
-@pytest.fixture
-def anonymous() -> APIClient:
-    return APIClient()
-
-
-@pytest.fixture
-def packaged_model(db):
-    return EmbeddingModelFactory(id="minilm")
-
-
-@pytest.fixture
-def sources_root(tmp_path: Path) -> Path:
-    root = tmp_path / "sources"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
-def inference_settings(settings, mlserver: LocalMLServer, sources_root: Path):
-    """Point the control plane at the session's real MLServer and its model repository."""
-    settings.INFERENCE_SERVER_URL = mlserver.url
-    settings.MODEL_REPOSITORY_ROOT = mlserver.repository_root
-    settings.ALLOWED_SOURCE_ROOTS = [packaged_model_root(), sources_root]
-    settings.INFERENCE_READY_TIMEOUT = 120
-    settings.INFERENCE_DEPLOYER_FACTORY = "deployments.services.deployer.build_green_deployer"
-    return settings
 
 
 def database_url() -> str:
@@ -151,21 +83,6 @@ class QCluster:
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-@pytest.fixture
-def qcluster(tmp_path: Path) -> Iterator[Callable[..., QCluster]]:
-    """Start real qcluster subprocesses on the test database; all are stopped at the end."""
-    started: list[QCluster] = []
-
-    def start(**env_overrides: str) -> QCluster:
-        cluster = QCluster(tmp_path / f"qcluster-{len(started)}.log", worker_env(**env_overrides)).start()
-        started.append(cluster)
-        return cluster
-
-    yield start
-    for cluster in started:
-        cluster.stop()
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, on_timeout: Callable[[], str] = str) -> object:

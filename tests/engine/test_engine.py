@@ -13,15 +13,15 @@ from django.utils import timezone
 
 from deployments import jobs, services
 from deployments.inference import V2Client
-from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, ModelLease, TaskEvent, TaskStatus
+from deployments.models import DeploymentTask, EmbeddingModel, ModelLease, TaskEvent, TaskStatus
 from deployments.services.leases import claim_lease
 from deployments.services.pipelines import reserve_capacity
-from tests.control.factories import DeletionTaskFactory, DeploymentTaskFactory, EmbeddingModelFactory
+from tests.support.factories import DeletionTaskFactory, DeploymentTaskFactory, EmbeddingModelFactory
 
 pytestmark = pytest.mark.django_db
 
-PROBE = "tests.control.probes.build_probe_deployer"
-EXPLODING = "tests.control.probes.build_exploding_deployer"
+PROBE = "tests.support.probes.build_probe_deployer"
+EXPLODING = "tests.support.probes.build_exploding_deployer"
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def submit_deploy(model_id: str, **config: object) -> DeploymentTask:
 
 
 def stages(task) -> list[tuple[str, str]]:
-    return [(e.stage, e.state) for e in TaskEvent.objects.filter(**{f"{task.KIND}_task": task}).order_by("id")]
+    return [(e.stage, e.state) for e in TaskEvent.objects.filter(task=task).order_by("id")]
 
 
 @pytest.mark.mlserver
@@ -45,7 +45,7 @@ def test_the_deploy_job_deploys_for_real_and_the_delete_job_removes(engine_setti
     model = EmbeddingModelFactory(id="cp-jobs")
     task = submit_deploy(model.id, expected_dimensions=384)
 
-    assert jobs.run_deployment_task(str(task.pk)) == TaskStatus.DONE
+    assert jobs.run_task(str(task.pk)) == TaskStatus.DONE
 
     task.refresh_from_db()
     assert task.status == TaskStatus.DONE, task.detail
@@ -62,6 +62,7 @@ def test_the_deploy_job_deploys_for_real_and_the_delete_job_removes(engine_setti
         "retire_green",
         "promote",
         "done",
+        "status",
     ]
     model.refresh_from_db()
     assert (model.state, model.live_revision, model.dimensions) == ("deployed", task.metadata["revision"], 384)
@@ -70,7 +71,7 @@ def test_the_deploy_job_deploys_for_real_and_the_delete_job_removes(engine_setti
     assert ModelLease.objects.get(pk=model.id).owner == ""  # released
 
     deletion = services.submit_deletion(model.id).task
-    assert jobs.run_deletion_task(str(deletion.pk)) == TaskStatus.DONE
+    assert jobs.run_task(str(deletion.pk)) == TaskStatus.DONE
     deletion.refresh_from_db()
     assert "cp-jobs" in deletion.detail and deletion.metadata["was_deployed"] is True
     model.refresh_from_db()
@@ -83,12 +84,12 @@ def test_the_deploy_job_deploys_for_real_and_the_delete_job_removes(engine_setti
 def test_a_failed_smoke_test_fails_the_task_and_blue_keeps_serving(engine_settings, mlserver):
     model = EmbeddingModelFactory(id="cp-blue")
     blue = submit_deploy(model.id)
-    services.run_task(DeploymentTask, blue.pk)
+    services.run_task(blue.pk)
     blue.refresh_from_db()
     assert blue.status == TaskStatus.DONE, blue.detail
 
     green = submit_deploy(model.id, expected_dimensions=100)
-    assert services.run_task(DeploymentTask, green.pk) == TaskStatus.FAILED
+    assert services.run_task(green.pk) == TaskStatus.FAILED
 
     green.refresh_from_db()
     assert green.detail == "smoke_test: expected 100 dimensions, the model returned 384"
@@ -106,7 +107,7 @@ def test_a_source_outside_the_allowed_roots_is_refused(engine_settings, tmp_path
     outside.mkdir()
     model = EmbeddingModelFactory(id="cp-refused", source=str(outside))
     task = submit_deploy(model.id)
-    assert services.run_task(DeploymentTask, task.pk) == TaskStatus.REFUSED
+    assert services.run_task(task.pk) == TaskStatus.REFUSED
     task.refresh_from_db()
     assert task.detail.startswith("validate: source") and "outside the allowed roots" in task.detail
     model.refresh_from_db()
@@ -132,10 +133,10 @@ def test_a_deploy_over_the_limit_ends_refused(settings):
     settings.INFERENCE_DEPLOYER_FACTORY = PROBE
     EmbeddingModelFactory(id="live-1", state="deployed", live_revision="r")
     task = submit_deploy(EmbeddingModelFactory(id="one-too-many").id)
-    assert services.run_task(DeploymentTask, task.pk) == TaskStatus.REFUSED
+    assert services.run_task(task.pk) == TaskStatus.REFUSED
     task.refresh_from_db()
     assert task.detail == "validate: 1 models are deployed or being deployed; at most 1 may be deployed at once"
-    assert stages(task) == [("validate", "failed")]
+    assert stages(task) == [("status", "processing"), ("validate", "failed"), ("status", "refused")]
 
 
 def test_a_failed_recheck_ends_the_task_instead_of_leaving_it_processing(settings):
@@ -145,7 +146,7 @@ def test_a_failed_recheck_ends_the_task_instead_of_leaving_it_processing(setting
     task = submit_deploy(model.id)
     EmbeddingModel.objects.filter(pk=model.id).delete()  # unregistered between submit and run
 
-    assert services.run_task(DeploymentTask, task.pk) == TaskStatus.REFUSED
+    assert services.run_task(task.pk) == TaskStatus.REFUSED
     task.refresh_from_db()
     assert task.status == TaskStatus.REFUSED and "not registered" in task.detail
     assert ModelLease.objects.get(pk=model.id).owner == ""
@@ -157,11 +158,11 @@ def test_an_unexpected_error_fails_the_task_and_frees_the_model(settings):
     task = submit_deploy(model.id)
     following = submit_deploy(model.id)
 
-    assert services.run_task(DeploymentTask, task.pk) == TaskStatus.FAILED
+    assert services.run_task(task.pk) == TaskStatus.FAILED
 
     task.refresh_from_db()
     assert task.detail == "validate: unexpected error: deployer crashed"
-    assert stages(task)[-1] == ("validate", "failed")
+    assert stages(task)[-2:] == [("validate", "failed"), ("status", "failed")]
     assert ModelLease.objects.get(pk=model.id).owner == ""
     following.refresh_from_db()
     assert following.dispatched_at is not None  # the next task was handed over
@@ -173,16 +174,16 @@ def test_a_task_waits_for_the_earlier_tasks_of_its_model(settings):
     first, second = submit_deploy(model.id), services.submit_deletion(model.id).task
     other_model_task = submit_deploy(EmbeddingModelFactory().id)
 
-    assert services.run_task(DeletionTask, second.pk).startswith("waiting")
-    assert services.run_task(DeploymentTask, other_model_task.pk) == TaskStatus.DONE  # models run independently
+    assert services.run_task(second.pk).startswith("waiting")
+    assert services.run_task(other_model_task.pk) == TaskStatus.DONE  # models run independently
     second.refresh_from_db()
     assert (second.status, second.dispatched_at) == (TaskStatus.PENDING, None)
 
-    assert services.run_task(DeploymentTask, first.pk) == TaskStatus.DONE
+    assert services.run_task(first.pk) == TaskStatus.DONE
     second.refresh_from_db()
     assert second.dispatched_at is not None  # woken by the task ahead of it
-    assert services.run_task(DeletionTask, second.pk) == TaskStatus.DONE
-    assert services.run_task(DeletionTask, second.pk) == "already done"
+    assert services.run_task(second.pk) == TaskStatus.DONE
+    assert services.run_task(second.pk) == "already done"
 
 
 def test_a_task_does_not_run_while_another_worker_holds_the_lease(settings):
@@ -190,7 +191,7 @@ def test_a_task_does_not_run_while_another_worker_holds_the_lease(settings):
     task = submit_deploy(EmbeddingModelFactory().id)
     holder = DeletionTaskFactory(embedding_model_id=task.embedding_model_id, status=TaskStatus.DONE)
     assert claim_lease(holder, "other-machine:42")
-    assert services.run_task(DeploymentTask, task.pk) == "waiting: another worker holds the model's lease"
+    assert services.run_task(task.pk) == "waiting: another worker holds the model's lease"
     task.refresh_from_db()
     assert task.status == TaskStatus.PENDING
 
@@ -242,7 +243,7 @@ def test_the_sweeper_retries_a_dead_workers_task_as_a_new_attempt(
     assert retry.config == {"ready_timeout": 30}
     assert retry.dispatched_at is not None
     assert ModelLease.objects.get(pk=model.id).owner == ""
-    assert services.run_task(DeploymentTask, later.pk).startswith("waiting")
+    assert services.run_task(later.pk).startswith("waiting")
 
     EmbeddingModel.objects.filter(pk=model.id).update(state="deploying")  # as the lost attempt left it
     lose_worker(retry)

@@ -17,9 +17,14 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, TaskEvent, TaskStatus
-from tests.control.conftest import PROJECT_ROOT, worker_env
-from tests.control.factories import DeletionTaskFactory, DeploymentTaskFactory, EmbeddingModelFactory
-from tests.operators.factories import FailedDeploymentFactory, FinishedDeploymentFactory
+from tests.support.factories import (
+    DeletionTaskFactory,
+    DeploymentTaskFactory,
+    EmbeddingModelFactory,
+    FailedDeploymentFactory,
+    FinishedDeploymentFactory,
+)
+from tests.support.processes import PROJECT_ROOT, worker_env
 
 
 def run(*args: str) -> tuple[str, str]:
@@ -159,7 +164,7 @@ def test_exit_code_2_and_one_line_from_a_real_process():
 
 @pytest.mark.django_db(transaction=True)
 def test_wait_follows_a_batch_to_the_end_with_a_progress_bar_and_a_summary(settings, qcluster):
-    settings.INFERENCE_DEPLOYER_FACTORY = "tests.control.probes.build_probe_deployer"
+    settings.INFERENCE_DEPLOYER_FACTORY = "tests.support.probes.build_probe_deployer"
     for i in range(6):
         EmbeddingModelFactory(id=f"wait-{i}")
     qcluster(Q_WORKERS="4")
@@ -176,7 +181,7 @@ def test_wait_follows_a_batch_to_the_end_with_a_progress_bar_and_a_summary(setti
 
 @pytest.mark.django_db(transaction=True)
 def test_wait_exits_1_when_a_task_fails(settings, qcluster):
-    settings.INFERENCE_DEPLOYER_FACTORY = "tests.control.probes.build_exploding_deployer"
+    settings.INFERENCE_DEPLOYER_FACTORY = "tests.support.probes.build_exploding_deployer"
     EmbeddingModelFactory(id="doomed")
     qcluster()
 
@@ -331,7 +336,7 @@ def test_prune_tasks_keeps_the_latest_per_model_and_anything_unfinished():
 
     left = set(DeploymentTask.objects.values_list("pk", flat=True))
     assert left == {old_pending.pk, newest.pk, lonely.pk}
-    assert not TaskEvent.objects.filter(deployment_task_id__in=[t.pk for t in old_done]).exists()
+    assert not TaskEvent.objects.filter(task_id__in=[t.pk for t in old_done]).exists()
 
 
 @pytest.mark.django_db

@@ -11,10 +11,12 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from deployments.admin import CappedCountPaginator
+from deployments.admin.filters import CappedCountPaginator
 from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, TaskStatus
-from tests.control.factories import DeletionTaskFactory, DeploymentTaskFactory, EmbeddingModelFactory
-from tests.operators.factories import (
+from tests.support.factories import (
+    DeletionTaskFactory,
+    DeploymentTaskFactory,
+    EmbeddingModelFactory,
     FailedDeploymentFactory,
     FinishedDeletionFactory,
     FinishedDeploymentFactory,
@@ -199,7 +201,7 @@ def test_large_lists_never_count_the_whole_table(admin_client, monkeypatch):
     assert "more than 5 deployment tasks" in page
     assert "Select all matching deployment tasks (more than 5)" in page
     counts = [
-        q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper() and "deploymenttask" in q["sql"]
+        q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper() and "deployments_task" in q["sql"]
     ]
     assert counts and all("LIMIT" in sql.upper() for sql in counts), counts
 
@@ -284,7 +286,7 @@ def test_cancel_finishes_pending_tasks_and_says_why_others_were_not_canceled(
 
 
 def test_an_action_over_too_many_tasks_does_nothing(admin_client, monkeypatch):
-    monkeypatch.setattr("deployments.admin.MAX_ACTION_TASKS", 2)
+    monkeypatch.setattr("deployments.admin.history.MAX_ACTION_TASKS", 2)
     tasks = [DeploymentTaskFactory() for _ in range(3)]
     response = run_action(admin_client, DEPLOYS_URL, "cancel_selected", tasks)
     assert "Nothing was done: more than 2 tasks are selected" in messages_of(response)[0]
@@ -341,7 +343,7 @@ def test_dashboard_costs_a_fixed_number_of_queries(admin_client):
 def test_staff_without_task_permissions_get_no_dashboard(viewer_client, db):
     from django.contrib.auth.models import Permission
 
-    from tests.control.factories import UserFactory
+    from tests.support.factories import UserFactory
 
     user = UserFactory(username="models-only", is_staff=True)
     user.user_permissions.add(Permission.objects.get(codename="view_embeddingmodel"))
@@ -353,7 +355,7 @@ def test_the_model_filter_lists_few_models_and_leaves_many_to_the_search_box(adm
     first = FinishedDeploymentFactory(embedding_model_id=EmbeddingModelFactory(id="few-1").id)
     assert 'href="?model=few-1">few-1</a>' in admin_client.get(DEPLOYS_URL).content.decode()
 
-    monkeypatch.setattr("deployments.admin.ModelFilter.max_listed", 1)
+    monkeypatch.setattr("deployments.admin.filters.ModelFilter.max_listed", 1)
     EmbeddingModelFactory(id="few-2")
     response = admin_client.get(f"{DEPLOYS_URL}?model=few-1")
     assert "By model" not in response.content.decode()

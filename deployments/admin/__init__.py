@@ -1,0 +1,21 @@
+"""The operators' control room in the Django admin.
+
+- history:   the read-only task history (one list per kind) with retry / cancel actions
+- registry:  the embedding models with deploy / delete actions
+- leases:    the engine's per-model leases, to look at
+- filters:   list filters and the paginator that keep a million-row history fast
+- display:   badges, links, durations, the stage timeline and the metadata summary
+- dashboard: what the admin index shows first (rendered by the ``control_room`` template tag)
+
+Thin, like the API: every action calls the same services the API calls, every list reads
+through selectors or the dashboard's own queries.
+"""
+
+from django.contrib import admin
+
+from deployments.admin import history, leases, registry
+
+# The history's columns need the page's width more than a second copy of the index's app list does.
+admin.site.enable_nav_sidebar = False
+
+__all__ = ["history", "leases", "registry"]

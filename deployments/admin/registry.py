@@ -1,0 +1,147 @@
+"""The model registry: each model with what is live and its latest tasks, and deploy / delete
+actions that create tasks exactly as POST /deploy and POST /delete do."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString, mark_safe
+
+from deployments import selectors, services
+from deployments.admin.display import STATE_COLOURS, badge, status_badge, summarize, task_link, task_list_url
+from deployments.models import EmbeddingModel, TaskKind
+
+
+@admin.register(EmbeddingModel)
+class EmbeddingModelAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "name",
+        "coloured_state",
+        "short_revision",
+        "endpoint",
+        "dimensions",
+        "latest_deployment",
+        "latest_deletion",
+        "updated_at",
+    )
+    list_filter = ("state",)
+    search_fields = ("id", "name")
+    readonly_fields = ("state", "live_revision", "endpoint", "created_at", "updated_at")
+    actions = ["deploy_selected", "delete_selected_deployments"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[EmbeddingModel]:
+        # The latest task of each kind comes with the page's rows, not one query per row.
+        return selectors.with_latest_tasks(super().get_queryset(request))
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        # "Delete" here means deleting the deployment from the server; unregistering a model is
+        # the detail page's delete button, and only once it is not deployed.
+        actions.pop("delete_selected", None)
+        return actions
+
+    def has_deploy_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("deployments.add_deploymenttask")
+
+    def has_undeploy_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("deployments.add_deletiontask")
+
+    def has_delete_permission(self, request: HttpRequest, obj: EmbeddingModel | None = None) -> bool:
+        if obj is not None and (obj.state != EmbeddingModel.State.NOT_DEPLOYED or obj.live_revision):
+            return False  # a deployed model is deleted from the server first
+        return super().has_delete_permission(request, obj)
+
+    # Writes go through the registry service, as the API's do.
+    def save_model(self, request: HttpRequest, obj: EmbeddingModel, form: Any, change: bool) -> None:
+        if change:
+            services.update_model(obj, name=obj.name, source=obj.source, dimensions=obj.dimensions)
+        else:
+            services.register_model(obj.id, obj.source, name=obj.name, dimensions=obj.dimensions)
+
+    def delete_model(self, request: HttpRequest, obj: EmbeddingModel) -> None:
+        services.unregister_model(obj)
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict | None = None) -> HttpResponse:
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except services.TaskError as exc:
+            self.message_user(request, f"Not unregistered: {exc}", messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:deployments_embeddingmodel_change", args=[object_id]))
+
+    # -- columns
+
+    @admin.display(description="state", ordering="state")
+    def coloured_state(self, model: EmbeddingModel) -> SafeString:
+        return badge(model.get_state_display(), STATE_COLOURS.get(model.state, "#444"))
+
+    @admin.display(description="live revision", ordering="live_revision")
+    def short_revision(self, model: EmbeddingModel) -> SafeString:
+        if not model.live_revision:
+            return mark_safe("—")
+        return format_html('<code title="{}">{}</code>', model.live_revision, model.live_revision[:12])
+
+    @admin.display(description="latest deployment")
+    def latest_deployment(self, model: EmbeddingModel) -> SafeString:
+        return self._latest(TaskKind.DEPLOYMENT, model.latest_deployment_id, model.latest_deployment_status)
+
+    @admin.display(description="latest deletion")
+    def latest_deletion(self, model: EmbeddingModel) -> SafeString:
+        return self._latest(TaskKind.DELETION, model.latest_deletion_id, model.latest_deletion_status)
+
+    @staticmethod
+    def _latest(kind: str, task_id: uuid.UUID | None, status: str | None) -> SafeString:
+        if task_id is None:
+            return mark_safe("—")
+        return format_html("{} {}", status_badge(status or ""), task_link(kind, task_id))
+
+    # -- actions
+
+    @admin.action(description="Deploy selected models", permissions=["deploy"])
+    def deploy_selected(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        return self._confirm_then_submit(request, queryset, TaskKind.DEPLOYMENT, services.submit_deployment, "deploy")
+
+    @admin.action(description="Delete selected models from the inference server", permissions=["undeploy"])
+    def delete_selected_deployments(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        return self._confirm_then_submit(request, queryset, TaskKind.DELETION, services.submit_deletion, "delete")
+
+    def _confirm_then_submit(
+        self, request: HttpRequest, queryset: QuerySet, kind: str, submit: Any, verb: str
+    ) -> HttpResponse | None:
+        models = list(queryset.order_by("pk"))
+        if request.POST.get("post") != "yes":
+            context = {
+                **self.admin_site.each_context(request),
+                "title": f"{verb.capitalize()} {len(models)} model(s)"
+                + (" from the inference server?" if verb == "delete" else "?"),
+                "opts": self.opts,
+                "models": models,
+                "verb": verb,
+                "action": request.POST.get("action"),
+                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+                "task_kind": kind,
+            }
+            return TemplateResponse(request, "admin/deployments/embeddingmodel/confirm_tasks.html", context)
+        created: list[str] = []
+        failed: list[str] = []
+        for model in models:
+            # Exactly what POST /deploy and POST /delete do: one service call per model, on commit to the queue.
+            try:
+                submission = submit(model.id, config={}, requested_by=request.user.get_username())
+                created.append(f"{model.id} (task {str(submission.task.pk)[:8]})")
+            except services.TaskError as exc:
+                failed.append(f"{model.id} ({exc})")
+        history = task_list_url(kind)
+        if created:
+            message = summarize(f"Created {len(created)} {kind} task(s)", created)
+            self.message_user(request, format_html('{} — <a href="{}">follow them</a>', message, history))
+        if failed:
+            self.message_user(request, summarize(f"No {kind} task for", failed), messages.ERROR)
+        return None

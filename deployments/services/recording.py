@@ -1,0 +1,53 @@
+"""How a task's progress is written down: timeline events, the pipeline's recorder and its outcome.
+
+A module of its own so that the engine (which runs pipelines) and the pipelines (which report
+through the recorder and return an outcome) both import it, and not each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.utils import timezone
+
+from deployments.inference import StageEvent
+from deployments.models import Task, TaskEvent, TaskStatus
+
+
+@dataclass
+class Outcome:
+    """How a pipeline ended: the final status, a one-line detail and what to merge into metadata."""
+
+    status: str
+    detail: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def record_event(
+    task: Task, stage: str, state: str, message: str = "", duration_s: float | None = None, actor: str = ""
+) -> TaskEvent:
+    return TaskEvent.objects.create(
+        task_id=task.pk, stage=stage, state=state, message=message, duration_s=duration_s, actor=actor
+    )
+
+
+class TaskRecorder:
+    """The serving layer's progress callback: each StageEvent becomes a TaskEvent and a metadata entry."""
+
+    def __init__(self, task: Task, owner: str):
+        self.task = task
+        self.owner = owner
+        self.current_stage: str | None = None
+
+    def __call__(self, event: StageEvent) -> None:
+        self.current_stage = event.stage if event.state == "started" else None
+        record_event(self.task, event.stage, event.state, event.message, event.duration_s, actor=self.owner)
+        stages = self.task.metadata.setdefault("stages", {})
+        stages[event.stage] = {"state": event.state, "message": event.message, "duration_s": event.duration_s}
+        if event.duration_s is not None:
+            self.task.metadata.setdefault("timings", {})[event.stage] = event.duration_s
+        # Conditional on still owning the task: a worker the sweeper gave up on must not write over it.
+        Task.objects.filter(pk=self.task.pk, status=TaskStatus.PROCESSING, lease_owner=self.owner).update(
+            metadata=self.task.metadata, updated_at=timezone.now()
+        )
