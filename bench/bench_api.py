@@ -194,7 +194,7 @@ def seed_tasks(total: int) -> None:
 
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("ANALYZE deployments_deploymenttask")
+            cursor.execute("ANALYZE deployments_task")
 
 
 # -- 3. POST /deploy -> processing ---------------------------------------------------------

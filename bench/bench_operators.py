@@ -15,8 +15,9 @@ Everything runs against a throw-away database: a SQLite file in a temporary fold
    single submits through the per-task service (what the API does per request), on the default
    ORM broker, with the million rows in place; and the ratio.
 
-Rows are generated inside the database (INSERT ... SELECT), 90% done, 6% failed, 2% refused,
-1% canceled and 1% done deletions' worth of variety, spread over 1,000 models and 100 days.
+Rows are generated inside the database (INSERT ... SELECT) into the one task table, both kinds
+mixed (every fourth row a deletion), 90% done, 6% failed, 2% refused and 2% canceled, spread over
+1,000 models and 100 days.
 """
 
 from __future__ import annotations
@@ -99,18 +100,19 @@ def insert_tasks(first: int, count: int, total_planned: int) -> None:
         "WHEN i % 100 < 98 THEN 'validate: 20 models are deployed' ELSE 'canceled before it started' END"
     )
     span = DAYS * 86400.0
+    kind = "CASE WHEN i % 4 = 3 THEN 'deletion' ELSE 'deployment' END"
     columns = (
-        "id, embedding_model_id, status, detail, metadata, config, sequence, attempt, requested_by, lease_owner, "
-        "started_at, finished_at, created_at, updated_at"
+        "id, kind, embedding_model_id, status, detail, metadata, config, sequence, attempt, requested_by, "
+        "lease_owner, started_at, finished_at, created_at, updated_at"
     )
     with connection.cursor() as cursor:
         if connection.vendor == "sqlite":
             created = f"strftime('%Y-%m-%d %H:%M:%f', 'now', '-' || (i * {span} / {total_planned}) || ' seconds')"
             cursor.execute(
                 f"""
-                INSERT INTO deployments_deploymenttask ({columns})
+                INSERT INTO deployments_task ({columns})
                 WITH RECURSIVE seq(i) AS (SELECT {first} UNION ALL SELECT i + 1 FROM seq WHERE i < {first + count - 1})
-                SELECT lower(hex(randomblob(16))), printf('model-%04d', i % {MODELS}), {status}, {detail},
+                SELECT lower(hex(randomblob(16))), {kind}, printf('model-%04d', i % {MODELS}), {status}, {detail},
                        '{{"attempt": 1, "retry_of": null}}', '{{}}', {total_planned} - i, 1, 'bench', '',
                        {created}, {created}, {created}, {created}
                 FROM seq
@@ -120,8 +122,8 @@ def insert_tasks(first: int, count: int, total_planned: int) -> None:
             created = f"now() - make_interval(secs => i * {span} / {total_planned})"
             cursor.execute(
                 f"""
-                INSERT INTO deployments_deploymenttask ({columns})
-                SELECT md5(random()::text || i)::uuid, 'model-' || lpad((i % {MODELS})::text, 4, '0'),
+                INSERT INTO deployments_task ({columns})
+                SELECT md5(random()::text || i)::uuid, {kind}, 'model-' || lpad((i % {MODELS})::text, 4, '0'),
                        {status}, {detail}, '{{"attempt": 1, "retry_of": null}}'::jsonb, '{{}}'::jsonb,
                        {total_planned} - i, 1, 'bench', '', {created}, {created}, {created}, {created}
                 FROM generate_series({first}, {first + count - 1}) AS i
@@ -129,7 +131,7 @@ def insert_tasks(first: int, count: int, total_planned: int) -> None:
             )
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("ANALYZE deployments_deploymenttask")
+            cursor.execute("ANALYZE deployments_task")
 
 
 def seed_task_with_timeline():
@@ -152,8 +154,8 @@ def seed_task_with_timeline():
         },
     )
     for stage in stages:
-        TaskEvent.objects.create(deployment_task=task, stage=stage, state="started")
-        TaskEvent.objects.create(deployment_task=task, stage=stage, state="done", duration_s=0.25, message="ok")
+        TaskEvent.objects.create(task=task, stage=stage, state="started")
+        TaskEvent.objects.create(task=task, stage=stage, state="done", duration_s=0.25, message="ok")
     return task
 
 
@@ -182,13 +184,16 @@ def measure_pages(client, pages: dict[str, str], requests: int) -> dict[str, tup
 
 def admin_pages(task_id: str) -> dict[str, str]:
     tasks = "/admin/deployments/deploymenttask/"
+    deletions = "/admin/deployments/deletiontask/"
     return {
         "task changelist": tasks,
         "  filtered: status=canceled": f"{tasks}?status__exact=canceled",
         "  filtered: model": f"{tasks}?model=model-0007",
         "  filtered: last 24 hours": f"{tasks}?created=24h",
-        "  page 10": f"{tasks}?p=10",
+        "  page 5": f"{tasks}?p=5",
         "  search: task id": f"{tasks}?q={task_id}",
+        "deletion changelist": deletions,
+        "  filtered: status=failed": f"{deletions}?status__exact=failed",
         "task detail + timeline": f"{tasks}{task_id}/change/",
         "dashboard (admin index)": "/admin/",
         "models changelist": "/admin/deployments/embeddingmodel/",
@@ -219,7 +224,7 @@ def enqueue_singly() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=1_000_000, help="Deployment task rows for the large run.")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="Task rows (both kinds) for the large run.")
     parser.add_argument("--requests", type=int, default=20, help="Requests per page and size.")
     parser.add_argument("--database-url", help="An empty, throw-away PostgreSQL database (default: temp SQLite).")
     args = parser.parse_args()
@@ -230,7 +235,7 @@ def main() -> None:
         from django.db import connection
         from django.test import Client
 
-        from deployments.models import DeploymentTask
+        from deployments.models import Task
         from tests.support.factories import UserFactory
 
         print(f"database: {connection.vendor}; {MODELS} models; tasks spread over {DAYS} days")
@@ -248,7 +253,7 @@ def main() -> None:
         step = 100_000
         for first in range(small, args.rows, step):
             insert_tasks(first, min(step, args.rows - first), args.rows)
-        rows = DeploymentTask.objects.count()
+        rows = Task.objects.count()
         print(f"inserted {rows - small - 1:,} more task rows in {time.perf_counter() - started:.1f}s")
         at_large = measure_pages(client, pages, args.requests)
 
