@@ -211,12 +211,15 @@ class ModelLease(models.Model):
 
     A worker takes the lease with an atomic ``UPDATE ... WHERE owner = '' OR expires_at < now``
     and keeps it alive with a heartbeat; a lease whose heartbeat stopped expires, and the
-    sweeper resolves the task it was running.
+    sweeper resolves the task it was running. Every take bumps ``generation``: the fencing token
+    a holder checks before each side effect, so a holder that was paused past its expiry and
+    wakes up finds it has been superseded. Times are the database's clock, never a host's.
     """
 
     embedding_model_id = models.CharField(primary_key=True, max_length=MAX_MODEL_ID_LENGTH)
     next_sequence = models.BigIntegerField(default=0)
     owner = models.CharField(max_length=200, blank=True)
+    generation = models.BigIntegerField(default=0, help_text="Bumped by every take: the holder's fencing token.")
     task_id = models.UUIDField(null=True, blank=True, help_text="The task the holder runs; empty for other work.")
     expires_at = models.DateTimeField(null=True, blank=True)
 

@@ -106,10 +106,36 @@ def test_the_serving_layer_never_imports_django():
             assert not any(name.split(".")[0] in {"django", "rest_framework", "django_q"} for name in names), path
 
 
+def _has_status_key(node: ast.AST | None) -> bool:
+    return isinstance(node, ast.Dict) and any(
+        isinstance(key, ast.Constant) and key.value == "status" for key in node.keys
+    )
+
+
+def _dicts_holding_status(scope: ast.AST) -> set[str]:
+    """Names in ``scope`` bound to a dict with a "status" key (``d = {"status": ...}`` or ``d["status"] = ...``)."""
+    names = set()
+    for node in ast.walk(scope):
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name) and _has_status_key(node.value):
+                    names.add(target.id)
+                if (
+                    isinstance(target, ast.Subscript)
+                    and isinstance(target.value, ast.Name)
+                    and isinstance(target.slice, ast.Constant)
+                    and target.slice.value == "status"
+                ):
+                    names.add(target.value.id)
+    return names
+
+
 def status_writes(tree: ast.Module) -> list[int]:
-    """Lines that write (or may write) a status: ``x.status = ...``, ``setattr(x, "status", ...)``, and
-    ``.update`` / ``.create`` given ``status=`` or ``**changes`` (which may hold it)."""
+    """Lines that write a status: ``x.status = ...``, ``setattr(x, "status", ...)``, and ``.update`` /
+    ``.create`` given ``status=``, or ``**d`` where ``d`` is a dict that holds a "status" key."""
     lines = []
+    holding_status = _dicts_holding_status(tree)
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
@@ -117,7 +143,15 @@ def status_writes(tree: ast.Module) -> list[int]:
                 lines.append(node.lineno)
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             if node.func.attr in {"update", "create", "update_or_create", "bulk_update"} and any(
-                keyword.arg in {"status", None} for keyword in node.keywords
+                keyword.arg == "status"
+                or (
+                    keyword.arg is None
+                    and (
+                        _has_status_key(keyword.value)
+                        or (isinstance(keyword.value, ast.Name) and keyword.value.id in holding_status)
+                    )
+                )
+                for keyword in node.keywords
             ):
                 lines.append(node.lineno)
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr":
@@ -143,9 +177,15 @@ def test_the_status_of_a_task_changes_in_one_place():
         "task.status = 'done'",
         "Task.objects.filter(pk=1).update(status='failed')",
         "Task.objects.create(status='x')",
-        "Task.objects.filter(pk=1).update(**changes)",
+        "changes = {'status': 'failed'}; Task.objects.filter(pk=1).update(**changes)",
+        "changes = {}; changes['status'] = 'done'; Task.objects.filter(pk=1).update(**changes)",
+        "Task.objects.filter(pk=1).update(**{'status': 'done'})",
         "setattr(task, 'status', 'done')",
     ],
 )
 def test_the_status_write_finder_sees_each_way_of_writing(snippet):
     assert status_writes(ast.parse(snippet)) == [1]
+
+
+def test_the_status_write_finder_leaves_other_writes_alone():
+    assert status_writes(ast.parse("def f(**fields): Model.objects.update(state='x', **fields)")) == []

@@ -12,5 +12,5 @@ from deployments.models import ModelLease
 class ModelLeaseAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """The engine's per-model leases, to look at: editing one by hand would break its guarantees."""
 
-    list_display = ("embedding_model_id", "owner", "task_id", "expires_at", "next_sequence")
+    list_display = ("embedding_model_id", "owner", "generation", "task_id", "expires_at", "next_sequence")
     readonly_fields = list_display

@@ -8,6 +8,7 @@ from .client import InferenceResult, V2Client
 from .errors import (
     ChecksumMismatch,
     DeployFailed,
+    FenceLost,
     InferenceError,
     InferenceFailed,
     InvalidModelId,
@@ -29,6 +30,7 @@ __all__ = [
     "DeleteResult",
     "DeployFailed",
     "DeployResult",
+    "FenceLost",
     "GreenDeployer",
     "InferenceError",
     "InferenceFailed",

@@ -94,9 +94,10 @@ class V2Client:
             raise InferenceFailed(f"repository index failed: {self._error_text(response)}")
         return response.json()
 
-    def load(self, name: str) -> None:
-        """Load (or atomically reload) ``name`` from the server's model repository."""
-        response = self._request("POST", f"/v2/repository/models/{name}/load", timeout=self.load_timeout)
+    def load(self, name: str, timeout: float | None = None) -> None:
+        """Load (or atomically reload) ``name`` from the server's model repository, waiting at most
+        ``timeout`` seconds (default: the client's load timeout) for the server to answer."""
+        response = self._request("POST", f"/v2/repository/models/{name}/load", timeout=timeout or self.load_timeout)
         if response.status_code == 200:
             return
         if response.status_code == 404:

@@ -45,3 +45,11 @@ class DeployFailed(InferenceError):
         self.stage = stage
         self.reason = reason
         self.refused = refused
+
+
+class FenceLost(Exception):
+    """The caller's guard says this attempt no longer owns the model (its lease was taken over).
+
+    Deliberately not an InferenceError: nothing catches it to clean up, because a superseded
+    attempt must stop before its next side effect and change nothing, not even its own green.
+    """

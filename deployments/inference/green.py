@@ -11,9 +11,10 @@ point converges on the same end state.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .client import V2Client
-from .errors import DeployFailed, InferenceError, InvalidModelId, SourceRefused
+from .errors import DeployFailed, FenceLost, InferenceError, InvalidModelId, SourceRefused
 from .ids import staging_name, validate_model_id
 from .repository import STABLE, STAGING, ModelRepository, Revision
 from .sources import open_source
@@ -47,6 +48,37 @@ class StageEvent:
 
 
 ProgressCallback = Callable[[StageEvent], None]
+# Raises FenceLost when the caller's attempt no longer owns the model; called before every stage and write.
+Guard = Callable[[], None]
+
+
+def _unguarded() -> None:
+    pass
+
+
+# The calls that change the server or the repository: each one is preceded by the guard.
+CLIENT_WRITES = frozenset({"load", "unload"})
+REPOSITORY_WRITES = frozenset({"create_revision", "write_settings", "remove_settings", "prune", "remove_model"})
+
+
+class _Fenced:
+    """The wrapped client or repository, with the guard called before each of its writes."""
+
+    def __init__(self, target: Any, guard: Guard, writes: frozenset[str]):
+        self._target = target
+        self._guard = guard
+        self._writes = writes
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._target, name)
+        if name not in self._writes:
+            return attribute
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            self._guard()
+            return attribute(*args, **kwargs)
+
+        return guarded
 
 
 @dataclass
@@ -90,24 +122,35 @@ class DeleteResult:
 class _Timeline:
     """Reports each stage through the callback and keeps its duration."""
 
-    def __init__(self, progress: ProgressCallback | None):
+    def __init__(self, progress: ProgressCallback | None, guard: Guard = _unguarded):
         self.progress = progress or (lambda event: None)
+        self.guard = guard
         self.timings: dict[str, float] = {}
 
     @contextmanager
     def stage(self, name: str, message: str = "") -> Iterator[list[str]]:
-        """Run a stage; the body may append a closing message to the yielded list."""
+        """Run a stage; the body may append a closing message to the yielded list.
+
+        A failure is reported under the stage it happened in, whatever raised it; only a lost
+        fence is not reported (a superseded attempt writes nothing, not even its timeline).
+        """
+        self.guard()
         self.progress(StageEvent(name, "started", message))
         started = time.perf_counter()
         closing: list[str] = []
         try:
             yield closing
+        except FenceLost:
+            raise
         except DeployFailed as exc:
             self._finish(name, "failed", exc.reason, started)
             raise
         except InferenceError as exc:
             self._finish(name, "failed", str(exc), started)
             raise DeployFailed(name, str(exc)) from exc
+        except Exception as exc:
+            self._finish(name, "failed", f"unexpected error: {exc!r}", started)
+            raise
         self._finish(name, "done", " ".join(closing), started)
 
     def _finish(self, name: str, state: str, message: str, started: float) -> None:
@@ -132,6 +175,7 @@ class GreenDeployer:
         self.allowed_roots = [Path(root) for root in allowed_roots]
         self.ready_timeout = ready_timeout
         self.probe_texts = list(probe_texts)
+        self.guard: Guard = _unguarded
 
     def endpoint(self, model_id: str) -> str:
         return f"{self.client.base_url}/v2/models/{model_id}/infer"
@@ -157,7 +201,7 @@ class GreenDeployer:
             return revision
         try:
             self.repository.verify(self.repository.revision_path(model_id, revision))
-            self.client.load(model_id)
+            self.client.load(model_id, timeout=self.ready_timeout)
         except InferenceError as exc:
             raise DeployFailed("restore", str(exc)) from exc
         served = self.served_revision(model_id)
@@ -167,6 +211,14 @@ class GreenDeployer:
 
     # -- deploy ------------------------------------------------------------------------------
 
+    def fenced(self, guard: Guard) -> GreenDeployer:
+        """This deployer with ``guard`` called before every write to the server or the repository."""
+        fenced = copy.copy(self)
+        fenced.client = _Fenced(self.client, guard, CLIENT_WRITES)
+        fenced.repository = _Fenced(self.repository, guard, REPOSITORY_WRITES)
+        fenced.guard = guard
+        return fenced
+
     def deploy(
         self,
         model_id: str,
@@ -174,9 +226,14 @@ class GreenDeployer:
         *,
         expected_dimensions: int | None = None,
         progress: ProgressCallback | None = None,
+        attempt_tag: str = "",
     ) -> DeployResult:
-        """Deploy ``source_uri`` as ``model_id``. Raises DeployFailed (``.stage``, ``.reason``) on failure."""
-        timeline = _Timeline(progress)
+        """Deploy ``source_uri`` as ``model_id``. Raises DeployFailed (``.stage``, ``.reason``) on failure.
+
+        ``attempt_tag`` names this attempt's green (see ``staging_name``); on a fenced deployer a
+        lost fence raises FenceLost before the next stage or write, and nothing more is done.
+        """
+        timeline = _Timeline(progress, self.guard)
 
         with timeline.stage("validate") as closing:
             try:
@@ -197,27 +254,30 @@ class GreenDeployer:
             closing.append(f"source {source.uri}")
 
         with timeline.stage("fetch") as closing:
-            revision = self.repository.create_revision(model_id, source)
+            revision = self.repository.create_revision(model_id, source, before_publish=self.guard)
             closing.append(
                 f"revision {revision.revision}: {revision.files} files, {revision.size_bytes} bytes, verified"
             )
 
         # What the server serves, not what the disk says: they differ after a crash mid-promote.
         previous = self.served_revision(model_id) or self.live_revision(model_id)
-        green = staging_name(model_id)
+        green = staging_name(model_id, attempt_tag)
         try:
             with timeline.stage("stage_green", f"loading revision {revision.revision} as {green}") as closing:
-                self._load_green(model_id, revision)
+                self._load_green(model_id, revision, attempt_tag)
                 closing.append(f"{green} ready")
             with timeline.stage("smoke_test") as closing:
                 dimensions = self._smoke_test(green, revision.revision, expected_dimensions)
                 closing.append(f"{len(self.probe_texts)} probes, {dimensions} dimensions, finite")
-        except DeployFailed:
-            self._retire_green(model_id)  # blue was never touched; just leave no green behind
+        except BaseException:
+            # Whatever stopped us (a failed check, a bug, the worker being stopped), blue was never
+            # touched: leave no green behind. A superseded attempt's guard skips this too.
+            with suppress(FenceLost, InferenceError):
+                self._retire_green(model_id, attempt_tag)
             raise
 
         with timeline.stage("retire_green") as closing:
-            closing.append("unloaded" if self._retire_green(model_id) else "was not loaded")
+            closing.append("unloaded" if self._retire_green(model_id, attempt_tag) else "was not loaded")
 
         with timeline.stage("promote", f"{previous or 'nothing'} -> {revision.revision}") as closing:
             self._promote(model_id, revision.revision, previous)
@@ -239,14 +299,16 @@ class GreenDeployer:
             pruned_revisions=pruned,
         )
 
-    def _load_green(self, model_id: str, revision: Revision) -> None:
-        green = staging_name(model_id)
-        # A green left loaded by a crashed attempt is unloaded first: reloading it in place would
-        # briefly hold three instances (blue, the old green, the new green).
-        self.client.unload(green)
-        self.repository.write_settings(model_id, STAGING, revision.revision)
-        self.client.load(green)
+    def _load_green(self, model_id: str, revision: Revision, tag: str) -> None:
+        green = staging_name(model_id, tag)
+        # Greens left by crashed or superseded attempts are unloaded first: loading ours beside them
+        # would hold three instances or more (blue, the old greens, ours).
+        for leftover in {*self.repository.staging_tags(model_id), tag}:
+            self._retire_green(model_id, leftover)
+        self.repository.write_settings(model_id, STAGING, revision.revision, tag)
+        # ready_timeout bounds the load call itself and the wait for ready after it, together.
         deadline = time.monotonic() + self.ready_timeout
+        self.client.load(green, timeout=self.ready_timeout)
         while not self.client.model_ready(green):
             if time.monotonic() > deadline:
                 raise DeployFailed("stage_green", f"{green} was not ready within {self.ready_timeout:.0f}s")
@@ -274,15 +336,15 @@ class GreenDeployer:
             raise DeployFailed("smoke_test", f"{name} answered from revision {answered_by!r}, not {revision!r}")
         return dimensions
 
-    def _retire_green(self, model_id: str) -> bool:
-        was_loaded = self.client.unload(staging_name(model_id))
-        self.repository.remove_settings(model_id, STAGING)
+    def _retire_green(self, model_id: str, tag: str = "") -> bool:
+        was_loaded = self.client.unload(staging_name(model_id, tag))
+        self.repository.remove_settings(model_id, STAGING, tag)
         return was_loaded
 
     def _promote(self, model_id: str, revision: str, previous: str | None) -> None:
         self.repository.write_settings(model_id, STABLE, revision)
         try:
-            self.client.load(model_id)  # atomic swap when blue is loaded; a first load otherwise
+            self.client.load(model_id, timeout=self.ready_timeout)  # atomic swap when blue is loaded; else a first load
             answered_by = self.client.infer(model_id, self.probe_texts[:1]).parameters.get("revision")
             if answered_by != revision:
                 raise DeployFailed("promote", f"{model_id} still answers from revision {answered_by!r}")
@@ -297,13 +359,13 @@ class GreenDeployer:
             self.repository.remove_settings(model_id, STABLE)
             return
         self.repository.write_settings(model_id, STABLE, previous)
-        self.client.load(model_id)
+        self.client.load(model_id, timeout=self.ready_timeout)
 
     # -- delete ------------------------------------------------------------------------------
 
     def delete(self, model_id: str, progress: ProgressCallback | None = None) -> DeleteResult:
         """Unload every name of ``model_id`` and remove its revisions. Deleting an absent model is a no-op."""
-        timeline = _Timeline(progress)
+        timeline = _Timeline(progress, self.guard)
         with timeline.stage("validate"):
             try:
                 validate_model_id(model_id)
@@ -312,7 +374,8 @@ class GreenDeployer:
         was_deployed = self.live_revision(model_id) is not None
         result = DeleteResult(model_id=model_id, was_deployed=was_deployed)
         with timeline.stage("unload") as closing:
-            for name in (staging_name(model_id), model_id):
+            greens = [staging_name(model_id, tag) for tag in self.repository.staging_tags(model_id)]
+            for name in dict.fromkeys([*greens, staging_name(model_id), model_id]):
                 if self.client.unload(name):
                     result.unloaded.append(name)
             closing.append(", ".join(result.unloaded) or "nothing was loaded")

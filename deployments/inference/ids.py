@@ -9,6 +9,8 @@ MAX_MODEL_ID_LENGTH = 128
 # '~' is deliberately excluded so that staging names (see STAGING_SUFFIX) can never collide with an id.
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 STAGING_SUFFIX = "~green"
+# An attempt's tag in its staging name: letters and digits, so "<id>~green-<tag>" stays a safe name.
+_STAGING_TAG = re.compile(r"[A-Za-z0-9]{1,32}")
 
 
 def validate_model_id(model_id: object) -> str:
@@ -28,6 +30,15 @@ def validate_model_id(model_id: object) -> str:
     return model_id
 
 
-def staging_name(model_id: str) -> str:
-    """The server name green is loaded under while it is proven."""
-    return validate_model_id(model_id) + STAGING_SUFFIX
+def staging_name(model_id: str, tag: str = "") -> str:
+    """The server name green is loaded under while it is proven.
+
+    ``tag`` names the attempt (the control plane passes its lease generation), so two attempts on
+    the same model never share a green: a superseded attempt's leftovers are its own.
+    """
+    name = validate_model_id(model_id) + STAGING_SUFFIX
+    if not tag:
+        return name
+    if not _STAGING_TAG.fullmatch(tag):
+        raise InvalidModelId(f"staging tag {tag!r} may contain only letters and digits (at most 32)")
+    return f"{name}-{tag}"

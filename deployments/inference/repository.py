@@ -4,7 +4,7 @@ Layout, one folder per model::
 
     <root>/settings.json                                      the server's own settings
     <root>/<model_id>/model-settings.json                     name <model_id>: what serves traffic
-    <root>/<model_id>/<model_id>~green/model-settings.json    name <model_id>~green: green while proven
+    <root>/<model_id>/<model_id>~green-<tag>/model-settings.json   name <model_id>~green-<tag>: an attempt's green
     <root>/<model_id>/revisions/<revision>/...                the artifacts, read-only, + MANIFEST.sha256
 
 Each settings file sits in a folder named after the model it names, as MLServer expects.
@@ -21,14 +21,16 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ChecksumMismatch, InferenceError, SourceRefused
-from .ids import staging_name, validate_model_id
+from .ids import STAGING_SUFFIX, staging_name, validate_model_id
 from .sources import ModelSource
 
 MANIFEST_NAME = "MANIFEST.sha256"
@@ -39,6 +41,8 @@ _CHUNK = 1 << 20
 
 STABLE = "stable"
 STAGING = "staging"
+# A half-copied revision younger than this may belong to an attempt still copying: it is left alone.
+STALE_INCOMING_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -112,23 +116,35 @@ class ModelRepository:
     def revisions_dir(self, model_id: str) -> Path:
         return self.model_dir(model_id) / "revisions"
 
-    def settings_path(self, model_id: str, slot: str) -> Path:
+    def settings_path(self, model_id: str, slot: str, tag: str = "") -> Path:
         if slot == STABLE:
             return self.model_dir(model_id) / SETTINGS_NAME
         if slot == STAGING:
-            return self.model_dir(model_id) / staging_name(model_id) / SETTINGS_NAME
+            return self.model_dir(model_id) / staging_name(model_id, tag) / SETTINGS_NAME
         raise ValueError(f"unknown settings slot {slot!r}")
+
+    def staging_tags(self, model_id: str) -> list[str]:
+        """The tags of every attempt whose staging (green) folder is in the repository ("" for an untagged one)."""
+        prefix = validate_model_id(model_id) + STAGING_SUFFIX
+        folder = self.model_dir(model_id)
+        if not folder.is_dir():
+            return []
+        names = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith(prefix))
+        return [name[len(prefix) :].removeprefix("-") for name in names]
 
     # -- revisions ---------------------------------------------------------------------------
 
-    def create_revision(self, model_id: str, source: ModelSource) -> Revision:
+    def create_revision(
+        self, model_id: str, source: ModelSource, before_publish: Callable[[], None] | None = None
+    ) -> Revision:
         """Copy ``source`` into a new immutable revision, verify the copy, and return it.
 
         Each file is copied by the kernel (sendfile) while a second thread hashes the source; the
         copy is hashed once written, and every pair must match before the manifest is written.
         Copies go into a hidden folder renamed into place, so a crash never leaves a half-copied
         revision under ``revisions/``. If the same artifacts are already there and verify, that
-        revision is reused.
+        revision is reused. ``before_publish`` runs just before the copy becomes visible (the
+        caller's fence: a superseded attempt stops there, leaving only its own hidden folder).
         """
         revisions = self.revisions_dir(model_id)
         revisions.mkdir(parents=True, exist_ok=True)
@@ -156,6 +172,8 @@ class ModelRepository:
             (incoming / MANIFEST_NAME).write_text(manifest_text)
             revision_id = hashlib.sha256(manifest_text.encode()).hexdigest()[:16]
             final = revisions / revision_id
+            if before_publish is not None:
+                before_publish()
             if final.exists():
                 try:
                     self.verify(final)
@@ -207,10 +225,10 @@ class ModelRepository:
 
     # -- settings ----------------------------------------------------------------------------
 
-    def write_settings(self, model_id: str, slot: str, revision: str) -> Path:
-        """Point the stable or staging name of ``model_id`` at ``revision``, atomically."""
-        name = model_id if slot == STABLE else staging_name(model_id)
-        path = self.settings_path(model_id, slot)
+    def write_settings(self, model_id: str, slot: str, revision: str, tag: str = "") -> Path:
+        """Point the stable name, or an attempt's staging name, of ``model_id`` at ``revision``, atomically."""
+        name = model_id if slot == STABLE else staging_name(model_id, tag)
+        path = self.settings_path(model_id, slot, tag)
         # No "version": bumping the version of a name that serves traffic breaks requests mid-load.
         _atomic_write_json(
             path,
@@ -225,18 +243,20 @@ class ModelRepository:
         )
         return path
 
-    def settings_revision(self, model_id: str, slot: str) -> str | None:
+    def settings_revision(self, model_id: str, slot: str, tag: str = "") -> str | None:
         """The revision a settings slot points at, or None when the slot is empty or unreadable."""
         try:
-            data = json.loads(self.settings_path(model_id, slot).read_text())
+            data = json.loads(self.settings_path(model_id, slot, tag).read_text())
             return data["parameters"]["extra"]["revision"]
         except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None
 
-    def remove_settings(self, model_id: str, slot: str) -> bool:
-        path = self.settings_path(model_id, slot)
+    def remove_settings(self, model_id: str, slot: str, tag: str = "") -> bool:
+        path = self.settings_path(model_id, slot, tag)
         existed = path.exists()
         path.unlink(missing_ok=True)
+        if slot == STAGING and path.parent.is_dir() and not any(path.parent.iterdir()):
+            path.parent.rmdir()  # an attempt's staging folder goes with its settings
         return existed
 
     # -- removal -----------------------------------------------------------------------------
@@ -250,8 +270,11 @@ class ModelRepository:
         return revisions
 
     def _remove_incoming(self, model_id: str) -> None:
+        """Remove half-copied revisions left by crashed attempts; a recent one may still be copying."""
+        stale_before = time.time() - STALE_INCOMING_SECONDS
         for leftover in self.model_dir(model_id).glob(".incoming-*"):
-            self._rmtree(leftover)
+            if leftover.stat().st_mtime < stale_before:
+                self._rmtree(leftover)
 
     @staticmethod
     def _rmtree(path: Path) -> None:

@@ -13,8 +13,9 @@ import uuid
 from django.utils import timezone
 
 from deployments import selectors
+from deployments.inference import FenceLost
 from deployments.models import Task, TaskKind, TaskStatus
-from deployments.services.leases import LeaseHeartbeat, claim_lease, new_lease_owner, release_lease
+from deployments.services.leases import Fence, Lease, LeaseHeartbeat, claim_lease, new_lease_owner, release_lease
 from deployments.services.pipelines import run_deletion, run_deployment
 from deployments.services.recording import Outcome, TaskRecorder, record_event
 from deployments.services.tasks import dispatch_next_task
@@ -35,40 +36,70 @@ def run_task(task_id: uuid.UUID | str) -> str:
     if selectors.earlier_unfinished_task_exists(task):
         return "waiting: an earlier task of this model is unfinished"
     owner = new_lease_owner()
-    if not claim_lease(task, owner):
+    lease = claim_lease(task, owner)
+    if lease is None:
         return "waiting: another worker holds the model's lease"
-    if not transition(task, TaskStatus.PROCESSING, by=owner):
-        # Canceled (or run by a duplicate message) between our read and the claim.
+    try:
+        if not transition(task, TaskStatus.PROCESSING, by=owner):
+            return "not pending anymore"  # canceled (or run by a duplicate message) between our read and the claim
+        return _run_and_finish(task, lease)
+    finally:
+        # Whatever happened, the model is let go and its next task sent (both no-ops once superseded).
         release_lease(task.embedding_model_id, owner)
         dispatch_next_task(task.embedding_model_id)
-        return "not pending anymore"
-    outcome = _run_pipeline(task, owner)
-    finished = finish_task(task, outcome)
-    release_lease(task.embedding_model_id, owner)
-    dispatch_next_task(task.embedding_model_id)
+
+
+# What the task says when its worker is stopped mid-pipeline (django-q's timeout is a SystemExit).
+STOPPED = Outcome(
+    TaskStatus.FAILED, "worker: stopped before the task ended (timeout or shutdown)", {"failed_stage": "worker"}
+)
+
+
+def _run_and_finish(task: Task, lease: Lease) -> str:
+    with LeaseHeartbeat(task.embedding_model_id, lease.owner) as heartbeat:
+        fence = Fence(lease, heartbeat)
+        outcome: Outcome | None = STOPPED
+        try:
+            outcome = _run_pipeline(task, fence)
+        finally:
+            # In ``finally``: even a worker being stopped finishes its task, unless it was superseded.
+            finished = outcome is not None and finish_task(task, outcome, fence)
+    if outcome is None:
+        return "superseded: another attempt holds the model's lease; this one changed nothing more"
     return outcome.status if finished else "lost: the sweeper resolved this attempt"
 
 
-def _run_pipeline(task: Task, owner: str) -> Outcome:
-    recorder = TaskRecorder(task, owner)
-    pipeline = PIPELINES[task.kind]
+def _run_pipeline(task: Task, fence: Fence) -> Outcome | None:
+    """The pipeline's outcome, or None when the attempt was superseded and must write nothing more."""
+    recorder = TaskRecorder(task, fence.lease.owner, fence)
     try:
-        with LeaseHeartbeat(task.embedding_model_id, owner):
-            return pipeline(task, recorder)
+        return PIPELINES[task.kind](task, recorder, fence)
+    except FenceLost as exc:
+        logger.warning("%s task %s stopped: %s", task.kind, task.pk, exc)
+        return None
     except Exception as exc:
         # Whatever went wrong, the task ends: a task left in `processing` would block its model forever.
-        stage = recorder.current_stage or "worker"
+        # The failure is recorded under the stage it happened in (the serving layer may have done so).
+        stage = recorder.current_stage or recorder.failed_stage or "worker"
         logger.exception("%s task %s failed unexpectedly at %s", task.kind, task.pk, stage)
-        record_event(task, stage, "failed", f"unexpected error: {exc!r}", actor=owner)
+        if recorder.current_stage:
+            record_event(task, stage, "failed", f"unexpected error: {exc!r}", actor=fence.lease.owner)
         return Outcome(TaskStatus.FAILED, f"{stage}: unexpected error: {exc}", {"failed_stage": stage})
 
 
-def finish_task(task: Task, outcome: Outcome) -> bool:
+def finish_task(task: Task, outcome: Outcome, fence: Fence | None = None) -> bool:
     """Write the outcome, unless the sweeper already resolved this attempt (its lease had expired)."""
     task.metadata.update(outcome.metadata)
     if task.started_at:
         task.metadata.setdefault("timings", {})["total"] = round((timezone.now() - task.started_at).total_seconds(), 4)
-    finished = transition(task, outcome.status, detail=outcome.detail, metadata=task.metadata, by=task.lease_owner)
+    finished = transition(
+        task,
+        outcome.status,
+        detail=outcome.detail,
+        metadata=task.metadata,
+        by=task.lease_owner,
+        only_if=fence.condition if fence is not None else None,
+    )
     if not finished:
         logger.warning(
             "%s task %s was resolved by the sweeper before %s finished it", task.kind, task.pk, task.lease_owner

@@ -1,9 +1,14 @@
 """Per-model leases in the database: one worker at a time may act on a model, on any machine.
 
-A lease is a ModelLease row's (owner, expires_at). It is taken with one conditional UPDATE, so two
-workers racing for it cannot both win (PostgreSQL re-checks the WHERE clause after the row lock;
-SQLite serializes writers). A heartbeat thread pushes expires_at forward while the task runs; if
-the worker dies, the lease simply runs out and the sweeper takes over.
+A lease is a ModelLease row's (owner, generation, expires_at). It is taken with one conditional
+UPDATE, so two workers racing for it cannot both win (PostgreSQL re-checks the WHERE clause after
+the row lock; SQLite serializes writers). A heartbeat thread pushes expires_at forward while the
+task runs; if the worker dies, the lease simply runs out and the sweeper takes over.
+
+Fencing: every take bumps the generation, and a holder checks (``Fence``) that the row still
+names its owner and generation, unexpired, before every stage and every write it makes. Expiry is
+computed and compared with the database's clock (``Now()``), so hosts whose clocks disagree, or a
+worker paused for minutes, cannot believe a lease is theirs when the database says it is not.
 
 The same row counts the model's queue positions (``allocate_sequence``). The capacity lock, which
 is about all models at once, has a table of its own (``CapacityLock``).
@@ -17,13 +22,15 @@ import socket
 import threading
 import uuid
 from collections.abc import Collection, Sequence
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import close_old_connections, connection
-from django.db.models import F, Q
-from django.utils import timezone
+from django.db.models import DateTimeField, Exists, ExpressionWrapper, F, Q, QuerySet
+from django.db.models.functions import Now
 
+from deployments.inference import FenceLost
 from deployments.models import CapacityLock, ModelLease, Task
 
 logger = logging.getLogger(__name__)
@@ -36,6 +43,20 @@ def new_lease_owner() -> str:
 
 def lease_duration() -> timedelta:
     return timedelta(seconds=settings.TASK_LEASE_SECONDS)
+
+
+def lease_expiry() -> ExpressionWrapper:
+    """When a lease taken or renewed now expires, by the database's clock."""
+    return ExpressionWrapper(Now() + lease_duration(), output_field=DateTimeField())
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease as its holder took it: the generation is the holder's fencing token."""
+
+    embedding_model_id: str
+    owner: str
+    generation: int
 
 
 def ensure_lease_rows(embedding_model_ids: Collection[str]) -> None:
@@ -71,32 +92,35 @@ def allocate_sequences(embedding_model_ids: Sequence[str]) -> dict[str, int]:
     return positions
 
 
-def claim_lease(task: Task, owner: str) -> bool:
+def claim_lease(task: Task, owner: str) -> Lease | None:
     """Take the model's lease for ``task`` if it is free or its holder stopped renewing it."""
     return claim_model_lease(task.embedding_model_id, owner, task_id=task.pk)
 
 
-def claim_model_lease(embedding_model_id: str, owner: str, task_id: uuid.UUID | None = None) -> bool:
-    """Take a model's lease if it is free or expired; without a task for work that is not one (restore)."""
+def claim_model_lease(embedding_model_id: str, owner: str, task_id: uuid.UUID | None = None) -> Lease | None:
+    """Take a model's lease if it is free or expired (None if not); without a task for work that is
+    not one (restore, reconcile)."""
     ensure_lease_rows([embedding_model_id])
-    now = timezone.now()
     claimed = (
         ModelLease.objects.filter(pk=embedding_model_id)
-        .filter(Q(owner="") | Q(expires_at__lt=now))
-        .update(owner=owner, task_id=task_id, expires_at=now + lease_duration())
+        .filter(Q(owner="") | Q(expires_at__lt=Now()))
+        .update(owner=owner, task_id=task_id, generation=F("generation") + 1, expires_at=lease_expiry())
     )
-    return claimed == 1
+    if not claimed:
+        return None
+    generation = ModelLease.objects.filter(pk=embedding_model_id, owner=owner).values_list("generation", flat=True)
+    return Lease(embedding_model_id, owner, generation.get())
 
 
-def lease_is_held(embedding_model_id: str, now: datetime | None = None) -> bool:
+def lease_is_held(embedding_model_id: str) -> bool:
     """True while someone holds the model's lease and keeps renewing it."""
-    now = now or timezone.now()
-    return ModelLease.objects.filter(pk=embedding_model_id, expires_at__gt=now).exclude(owner="").exists()
+    return ModelLease.objects.filter(pk=embedding_model_id, expires_at__gt=Now()).exclude(owner="").exists()
 
 
 def renew_lease(embedding_model_id: str, owner: str) -> bool:
-    renewed = ModelLease.objects.filter(pk=embedding_model_id, owner=owner).update(
-        expires_at=timezone.now() + lease_duration()
+    """Push the lease's expiry forward, if ``owner`` still holds it and it has not expired meanwhile."""
+    renewed = ModelLease.objects.filter(pk=embedding_model_id, owner=owner, expires_at__gt=Now()).update(
+        expires_at=lease_expiry()
     )
     return renewed == 1
 
@@ -108,10 +132,46 @@ def release_lease(embedding_model_id: str, owner: str) -> bool:
     return released == 1
 
 
+def _still_held(lease: Lease) -> QuerySet[ModelLease]:
+    return ModelLease.objects.filter(
+        pk=lease.embedding_model_id, owner=lease.owner, generation=lease.generation, expires_at__gt=Now()
+    )
+
+
 def lock_capacity() -> None:
     """Inside a transaction: wait for and hold the global capacity lock until commit."""
     CapacityLock.objects.get_or_create(pk=1)
     CapacityLock.objects.select_for_update().get(pk=1)
+
+
+class Fence:
+    """What a lease holder checks before every stage and every write: is the lease still mine?
+
+    ``check`` raises FenceLost once the heartbeat has seen the lease go, or when the database no
+    longer names this owner and generation with an unexpired lease (taken over, or expired while
+    the worker was paused). Writes to the database use ``condition`` so check and write are one.
+    """
+
+    def __init__(self, lease: Lease, heartbeat: LeaseHeartbeat | None = None):
+        self.lease = lease
+        self.heartbeat = heartbeat
+
+    def holds(self) -> bool:
+        if self.heartbeat is not None and self.heartbeat.lost.is_set():
+            return False
+        return _still_held(self.lease).exists()
+
+    def check(self) -> None:
+        if not self.holds():
+            raise FenceLost(
+                f"the lease on {self.lease.embedding_model_id} (generation {self.lease.generation}) is no longer "
+                f"held by {self.lease.owner}: this attempt was superseded and stops here"
+            )
+
+    @property
+    def condition(self) -> Exists:
+        """A condition for a write that must only happen while the lease is still held (one statement)."""
+        return Exists(_still_held(self.lease))
 
 
 class LeaseHeartbeat:

@@ -15,54 +15,58 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from deployments.inference import DeployFailed, GreenDeployer, StageEvent
+from deployments.inference import DeployFailed, FenceLost, GreenDeployer, StageEvent
 from deployments.models import EmbeddingModel, Task, TaskStatus
 from deployments.services.deployer import deployer_session
-from deployments.services.leases import lock_capacity
+from deployments.services.leases import Fence, lock_capacity
 from deployments.services.recording import Outcome, TaskRecorder
 
 logger = logging.getLogger(__name__)
 
 
-def run_deployment(task: Task, recorder: TaskRecorder) -> Outcome:
+def run_deployment(task: Task, recorder: TaskRecorder, fence: Fence) -> Outcome:
     model = EmbeddingModel.objects.filter(pk=task.embedding_model_id).first()
     if model is None:
         return _refuse(recorder, f"embedding model {task.embedding_model_id!r} is not registered")
-    if refusal := reserve_capacity(model):
-        return _refuse(recorder, refusal)
     config = task.config or {}
     expected_dimensions = config.get("expected_dimensions", model.dimensions)
+    # The deployer is built before a slot is reserved: a deployer that cannot be built holds no slot.
     with deployer_session(ready_timeout=config.get("ready_timeout")) as deployer:
+        if refusal := reserve_capacity(model, fence):
+            return _refuse(recorder, refusal)
         try:
-            with _registry_follows_repository_on_failure(model.id, deployer):
-                result = deployer.deploy(
-                    model.id, model.source, expected_dimensions=expected_dimensions, progress=recorder
+            with _registry_follows_repository_on_failure(model.id, deployer, fence):
+                result = deployer.fenced(fence.check).deploy(
+                    model.id,
+                    model.source,
+                    expected_dimensions=expected_dimensions,
+                    progress=recorder,
+                    attempt_tag=f"g{fence.lease.generation}",
                 )
         except DeployFailed as exc:
             return _failure(exc)
-    EmbeddingModel.objects.filter(pk=model.id).update(
+    _update_registry(
+        model.id,
+        fence,
         state=EmbeddingModel.State.DEPLOYED,
         live_revision=result.revision,
         endpoint=result.endpoint,
         dimensions=model.dimensions or result.dimensions,
-        updated_at=timezone.now(),
     )
     return Outcome(TaskStatus.DONE, f"revision {result.revision} serves at {result.endpoint}", result.as_metadata())
 
 
-def run_deletion(task: Task, recorder: TaskRecorder) -> Outcome:
+def run_deletion(task: Task, recorder: TaskRecorder, fence: Fence) -> Outcome:
     # An unregistered id is still cleaned up: deleting is idempotent and leaves nothing behind.
-    EmbeddingModel.objects.filter(pk=task.embedding_model_id).update(
-        state=EmbeddingModel.State.DELETING, updated_at=timezone.now()
-    )
+    _update_registry(task.embedding_model_id, fence, state=EmbeddingModel.State.DELETING)
     with deployer_session() as deployer:
         try:
-            with _registry_follows_repository_on_failure(task.embedding_model_id, deployer):
-                result = deployer.delete(task.embedding_model_id, progress=recorder)
+            with _registry_follows_repository_on_failure(task.embedding_model_id, deployer, fence):
+                result = deployer.fenced(fence.check).delete(task.embedding_model_id, progress=recorder)
         except DeployFailed as exc:
             return _failure(exc)
-    EmbeddingModel.objects.filter(pk=task.embedding_model_id).update(
-        state=EmbeddingModel.State.NOT_DEPLOYED, live_revision="", endpoint="", updated_at=timezone.now()
+    _update_registry(
+        task.embedding_model_id, fence, state=EmbeddingModel.State.NOT_DEPLOYED, live_revision="", endpoint=""
     )
     removed = len(result.removed_revisions)
     unloaded = ", ".join(result.unloaded) or "nothing"
@@ -72,7 +76,15 @@ def run_deletion(task: Task, recorder: TaskRecorder) -> Outcome:
     return Outcome(TaskStatus.DONE, detail, result.as_metadata())
 
 
-def reserve_capacity(model: EmbeddingModel) -> str | None:
+def _update_registry(embedding_model_id: str, fence: Fence | None, **fields: object) -> None:
+    """Write the registry entry of a model, only while ``fence`` (when given) still holds the model's lease."""
+    rows = EmbeddingModel.objects.filter(pk=embedding_model_id)
+    if fence is not None:
+        rows = rows.filter(fence.condition)
+    rows.update(updated_at=timezone.now(), **fields)
+
+
+def reserve_capacity(model: EmbeddingModel, fence: Fence | None = None) -> str | None:
     """Take a server slot for a model that holds none, or say why not (MAX_DEPLOYED_MODELS).
 
     A redeploy of a live model keeps its slot. The check and the reservation happen under one
@@ -88,22 +100,26 @@ def reserve_capacity(model: EmbeddingModel) -> str | None:
         # The origin compared with '>' and so let one model too many through.
         if holding >= limit:
             return f"{holding} models are deployed or being deployed; at most {limit} may be deployed at once"
-        model.state = EmbeddingModel.State.DEPLOYING
-        model.save(update_fields=["state", "updated_at"])
+        _update_registry(model.pk, fence, state=EmbeddingModel.State.DEPLOYING)
     return None
 
 
 @contextmanager
-def _registry_follows_repository_on_failure(embedding_model_id: str, deployer: GreenDeployer) -> Iterator[None]:
-    """Whatever stops a procedure, the registry then says what the repository says is live."""
+def _registry_follows_repository_on_failure(
+    embedding_model_id: str, deployer: GreenDeployer, fence: Fence
+) -> Iterator[None]:
+    """Whatever stops a procedure, the registry then says what the repository says is live; a
+    superseded attempt leaves the registry to the attempt that superseded it."""
     try:
         yield
-    except Exception:
-        sync_model_state(embedding_model_id, deployer)
+    except FenceLost:
+        raise
+    except BaseException:
+        sync_model_state(embedding_model_id, deployer, fence)
         raise
 
 
-def sync_model_state(embedding_model_id: str, deployer: GreenDeployer) -> None:
+def sync_model_state(embedding_model_id: str, deployer: GreenDeployer, fence: Fence | None = None) -> None:
     """After a failure, set the registry from what the repository says is live (blue, or nothing)."""
     try:
         live = deployer.live_revision(embedding_model_id)
@@ -111,15 +127,16 @@ def sync_model_state(embedding_model_id: str, deployer: GreenDeployer) -> None:
         logger.exception("could not read the live revision of %s", embedding_model_id)
         return
     if live:
-        EmbeddingModel.objects.filter(pk=embedding_model_id).update(
+        _update_registry(
+            embedding_model_id,
+            fence,
             state=EmbeddingModel.State.DEPLOYED,
             live_revision=live,
             endpoint=deployer.endpoint(embedding_model_id),
-            updated_at=timezone.now(),
         )
     else:
-        EmbeddingModel.objects.filter(pk=embedding_model_id).update(
-            state=EmbeddingModel.State.NOT_DEPLOYED, live_revision="", endpoint="", updated_at=timezone.now()
+        _update_registry(
+            embedding_model_id, fence, state=EmbeddingModel.State.NOT_DEPLOYED, live_revision="", endpoint=""
         )
 
 

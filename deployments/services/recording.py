@@ -13,6 +13,8 @@ from django.utils import timezone
 
 from deployments.inference import StageEvent
 from deployments.models import Task, TaskEvent, TaskStatus
+from deployments.services.faults import hold_if_asked
+from deployments.services.leases import Fence
 
 
 @dataclass
@@ -33,21 +35,34 @@ def record_event(
 
 
 class TaskRecorder:
-    """The serving layer's progress callback: each StageEvent becomes a TaskEvent and a metadata entry."""
+    """The serving layer's progress callback: each StageEvent becomes a TaskEvent and a metadata entry.
 
-    def __init__(self, task: Task, owner: str):
+    Only while the attempt holds its model's lease: a superseded attempt (``fence.check`` raises
+    FenceLost) writes nothing more to its task.
+    """
+
+    def __init__(self, task: Task, owner: str, fence: Fence | None = None):
         self.task = task
         self.owner = owner
+        self.fence = fence
         self.current_stage: str | None = None
+        self.failed_stage: str | None = None
 
     def __call__(self, event: StageEvent) -> None:
+        if self.fence is not None:
+            self.fence.check()
         self.current_stage = event.stage if event.state == "started" else None
+        if event.state == "failed":
+            self.failed_stage = event.stage
         record_event(self.task, event.stage, event.state, event.message, event.duration_s, actor=self.owner)
         stages = self.task.metadata.setdefault("stages", {})
         stages[event.stage] = {"state": event.state, "message": event.message, "duration_s": event.duration_s}
         if event.duration_s is not None:
             self.task.metadata.setdefault("timings", {})[event.stage] = event.duration_s
         # Conditional on still owning the task: a worker the sweeper gave up on must not write over it.
-        Task.objects.filter(pk=self.task.pk, status=TaskStatus.PROCESSING, lease_owner=self.owner).update(
-            metadata=self.task.metadata, updated_at=timezone.now()
-        )
+        rows = Task.objects.filter(pk=self.task.pk, status=TaskStatus.PROCESSING, lease_owner=self.owner)
+        if self.fence is not None:
+            rows = rows.filter(self.fence.condition)
+        rows.update(metadata=self.task.metadata, updated_at=timezone.now())
+        if event.state == "started":
+            hold_if_asked(event.stage, self.task.attempt)

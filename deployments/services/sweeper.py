@@ -18,13 +18,20 @@ from functools import partial
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models.functions import Now
 from django.utils import timezone
 from django_q.models import Schedule
 
 from deployments import selectors
 from deployments.models import ModelLease, Task, TaskStatus
 from deployments.services.deployer import deployer_session
-from deployments.services.leases import lease_duration, lease_is_held, new_lease_owner, release_lease
+from deployments.services.leases import (
+    claim_model_lease,
+    lease_duration,
+    lease_is_held,
+    new_lease_owner,
+    release_lease,
+)
 from deployments.services.pipelines import sync_model_state
 from deployments.services.recording import record_event
 from deployments.services.tasks import dispatch, dispatch_next_task, retry_lost_attempt
@@ -59,15 +66,14 @@ def sweep_tasks(now: datetime | None = None) -> SweepReport:
 
 
 def resolve_expired_leases(now: datetime, report: SweepReport) -> None:
-    expired = ModelLease.objects.exclude(owner="").filter(expires_at__lt=now)
+    # Expired by the database's clock (see leases): ``now`` only dates the sweep's other decisions.
+    expired = ModelLease.objects.exclude(owner="").filter(expires_at__lt=Now())
     for lease in expired:
         sweeper = new_lease_owner()
         with transaction.atomic():
-            # Take the expired lease over, so no worker starts on the model while we resolve it.
-            took = ModelLease.objects.filter(pk=lease.pk, owner=lease.owner, expires_at__lt=now).update(
-                owner=sweeper, expires_at=timezone.now() + lease_duration()
-            )
-            if not took:
+            # Take the expired lease over (a new generation), so no worker starts on the model while we
+            # resolve it, and the lost holder's fence fails should it wake up.
+            if not claim_model_lease(lease.pk, sweeper):
                 continue
             task = selectors.find_task(lease.task_id) if lease.task_id else None
             if task is not None and task.status == TaskStatus.PROCESSING and task.lease_owner == lease.owner:
@@ -134,7 +140,7 @@ def resend_lost_handoffs(now: datetime, report: SweepReport) -> None:
         last_handoff = head.dispatched_at or head.created_at
         if last_handoff > now - grace:
             continue
-        if lease_is_held(embedding_model_id, now):
+        if lease_is_held(embedding_model_id):
             continue
         try:
             dispatch([head])

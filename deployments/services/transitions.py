@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Exists
 from django.utils import timezone
 
 from deployments.models import TERMINAL_STATUSES, Task, TaskStatus
@@ -37,12 +38,14 @@ def transition(
     detail: str | None = None,
     metadata: dict[str, Any] | None = None,
     by: str = "",
+    only_if: Exists | None = None,
 ) -> bool:
     """Move ``task`` to status ``to``; False (and nothing written) if the row changed since it was read.
 
     Compare-and-set on what the caller holds: the row must still have ``task.status`` and, for a
     running task, ``task.lease_owner``. So of a worker finishing and the sweeper giving up on it,
-    exactly one wins. Moving to ``processing`` makes ``by`` the task's lease owner.
+    exactly one wins. Moving to ``processing`` makes ``by`` the task's lease owner. ``only_if`` adds
+    a condition checked in the same statement (a worker passes its lease fence).
     Raises ``TransitionNotAllowed`` for a move the lifecycle forbids.
     """
     from_status = task.status
@@ -61,6 +64,8 @@ def transition(
     still_as_read = Task.objects.filter(pk=task.pk, status=from_status)
     if from_status == TaskStatus.PROCESSING:
         still_as_read = still_as_read.filter(lease_owner=task.lease_owner)
+    if only_if is not None:
+        still_as_read = still_as_read.filter(only_if)
     with transaction.atomic():
         if not still_as_read.update(**changes):
             return False

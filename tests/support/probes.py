@@ -28,6 +28,11 @@ class ProbeDeployer:
     def __init__(self, ready_timeout: float | None = None):
         self.client = _NoClient()
         self.pause = float(os.environ.get("PROBE_STAGE_PAUSE", "0.01"))
+        self.guard: Any = lambda: None
+
+    def fenced(self, guard: Any) -> ProbeDeployer:
+        self.guard = guard
+        return self
 
     def endpoint(self, model_id: str) -> str:
         return f"probe://{model_id}"
@@ -35,8 +40,9 @@ class ProbeDeployer:
     def live_revision(self, model_id: str) -> str | None:
         return None
 
-    def deploy(self, model_id: str, source_uri: str, *, expected_dimensions: Any = None, progress: Any = None):
+    def deploy(self, model_id: str, source_uri: str, *, progress: Any = None, **kwargs: Any) -> DeployResult:
         for stage in DEPLOY_STAGES:
+            self.guard()
             progress(StageEvent(stage, "started"))
             time.sleep(self.pause)
             progress(StageEvent(stage, "done", duration_s=self.pause))
