@@ -70,6 +70,35 @@ class EmbeddingModel(models.Model):
             raise ValidationError({"source": str(exc)}) from exc
 
 
+class Drift(models.Model):
+    """A time the inference server did not serve what the registry says is live, and what was done.
+
+    Opened by the reconciler when it sees the difference, closed (``resolved_at``) once the server
+    serves the live revision again or the registry is corrected; ``action`` says what it did.
+    """
+
+    embedding_model = models.ForeignKey(EmbeddingModel, on_delete=models.CASCADE, related_name="drifts")
+    detected_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    registered_revision = models.CharField(max_length=128, blank=True)
+    served_revision = models.CharField(max_length=128, blank=True, help_text="Empty: the server served nothing.")
+    detail = models.TextField(blank=True, help_text="What the reconciler saw.")
+    action = models.TextField(blank=True, help_text="What the reconciler did about it, last first.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-detected_at"]
+        constraints = [
+            # At most one open drift per model: the reconciler updates it rather than opening another.
+            models.UniqueConstraint(
+                fields=["embedding_model"], condition=Q(resolved_at__isnull=True), name="drift_one_open_per_model"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.embedding_model_id} drift since {self.detected_at:%Y-%m-%d %H:%M:%S}"
+
+
 class TaskStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     PROCESSING = "processing", "Processing"

@@ -8,9 +8,9 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from django.db.models import Exists, OuterRef, QuerySet, Subquery
+from django.db.models import Exists, OuterRef, Prefetch, QuerySet, Subquery
 
-from deployments.models import ACTIVE_STATUSES, EmbeddingModel, ModelLease, Task, TaskKind, TaskStatus
+from deployments.models import ACTIVE_STATUSES, Drift, EmbeddingModel, ModelLease, Task, TaskKind, TaskStatus
 
 
 def find_task(task_id: uuid.UUID | str, kind: str | None = None) -> Task | None:
@@ -63,12 +63,24 @@ def get_lease(embedding_model_id: str) -> ModelLease | None:
     return ModelLease.objects.filter(pk=embedding_model_id).first()
 
 
+def with_open_drift(models: QuerySet[EmbeddingModel]) -> QuerySet[EmbeddingModel]:
+    """Each model with ``open_drifts``: its unresolved drift, if any (one extra query per page)."""
+    return models.prefetch_related(
+        Prefetch("drifts", queryset=Drift.objects.filter(resolved_at__isnull=True), to_attr="open_drifts")
+    )
+
+
 def get_embedding_model(embedding_model_id: str) -> EmbeddingModel | None:
-    return EmbeddingModel.objects.filter(pk=embedding_model_id).first()
+    return with_open_drift(EmbeddingModel.objects.filter(pk=embedding_model_id)).first()
 
 
 def list_embedding_models() -> QuerySet[EmbeddingModel]:
-    return EmbeddingModel.objects.order_by("id")
+    return with_open_drift(EmbeddingModel.objects.order_by("id"))
+
+
+def open_drifts() -> QuerySet[Drift]:
+    """Models the server does not serve as the registry says, oldest first."""
+    return Drift.objects.filter(resolved_at__isnull=True).order_by("detected_at")
 
 
 # -- Operators: the admin's lists and dashboard, the management commands ----------------------

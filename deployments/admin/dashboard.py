@@ -14,8 +14,9 @@ from django.conf import settings
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from deployments import selectors
 from deployments.admin.display import STATUS_COLOURS, human_duration, task_admin_url, task_list_url
-from deployments.models import ACTIVE_STATUSES, EmbeddingModel, Task, TaskKind, TaskStatus
+from deployments.models import ACTIVE_STATUSES, Drift, EmbeddingModel, Task, TaskKind, TaskStatus
 
 RUNNING_SHOWN = 20
 
@@ -29,6 +30,7 @@ class Dashboard:
     deployed_models: list[EmbeddingModel]
     slot_count: int  # models holding a slot on the server (deploying, deployed, deleting)
     max_deployed: int
+    drifts: list[Drift]  # open: the server does not serve what the registry says is live
 
     @property
     def in_flight_total(self) -> int:
@@ -63,6 +65,7 @@ def dashboard(now: datetime | None = None, *, failures: int = 8) -> Dashboard:
         deployed_models=list(EmbeddingModel.objects.filter(state=EmbeddingModel.State.DEPLOYED).order_by("pk")),
         slot_count=EmbeddingModel.objects.filter(state__in=EmbeddingModel.SLOT_STATES).count(),
         max_deployed=settings.MAX_DEPLOYED_MODELS,
+        drifts=list(selectors.open_drifts()[:RUNNING_SHOWN]),
     )
 
 

@@ -32,6 +32,7 @@ STATE_COLOURS = {
     EmbeddingModel.State.DEPLOYED: "#15803d",
     EmbeddingModel.State.DELETING: "#c2410c",
 }
+DRIFT_COLOUR = "#b91c1c"
 EVENT_STATE_COLOURS = {"done": "#15803d", "failed": "#b91c1c", "started": "#2563eb"}
 
 

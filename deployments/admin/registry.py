@@ -11,12 +11,33 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from deployments import selectors, services
-from deployments.admin.display import STATE_COLOURS, badge, status_badge, summarize, task_link, task_list_url
-from deployments.models import EmbeddingModel, TaskKind
+from deployments.admin.display import (
+    DRIFT_COLOUR,
+    STATE_COLOURS,
+    badge,
+    status_badge,
+    summarize,
+    task_link,
+    task_list_url,
+)
+from deployments.models import Drift, EmbeddingModel, TaskKind
+
+
+class DriftInline(admin.TabularInline):
+    """The model's drifts, newest first: when the server stopped serving what is live, and what was done."""
+
+    model = Drift
+    fields = ("detected_at", "resolved_at", "registered_revision", "served_revision", "detail", "action")
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+    ordering = ("-detected_at",)
 
 
 @admin.register(EmbeddingModel)
@@ -30,16 +51,18 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
         "dimensions",
         "latest_deployment",
         "latest_deletion",
+        "drift_badge",
         "updated_at",
     )
     list_filter = ("state",)
+    inlines = [DriftInline]
     search_fields = ("id", "name")
     readonly_fields = ("state", "live_revision", "endpoint", "created_at", "updated_at")
     actions = ["deploy_selected", "delete_selected_deployments"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[EmbeddingModel]:
         # The latest task of each kind comes with the page's rows, not one query per row.
-        return selectors.with_latest_tasks(super().get_queryset(request))
+        return selectors.with_open_drift(selectors.with_latest_tasks(super().get_queryset(request)))
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         actions = super().get_actions(request)
@@ -87,6 +110,15 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
         if not model.live_revision:
             return mark_safe("—")
         return format_html('<code title="{}">{}</code>', model.live_revision, model.live_revision[:12])
+
+    @admin.display(description="drift")
+    def drift_badge(self, model: EmbeddingModel) -> SafeString:
+        drifts = getattr(model, "open_drifts", [])
+        if not drifts:
+            return mark_safe("—")
+        drift = drifts[0]
+        since = timezone.localtime(drift.detected_at).strftime("%Y-%m-%d %H:%M:%S")
+        return format_html('{} <span title="{}">since {}</span>', badge("drift", DRIFT_COLOUR), drift.detail, since)
 
     @admin.display(description="latest deployment")
     def latest_deployment(self, model: EmbeddingModel) -> SafeString:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from deployments.inference import InvalidModelId, SourceRefused, validate_model_id
-from deployments.models import EmbeddingModel, TaskEvent, TaskStatus
+from deployments.models import Drift, EmbeddingModel, TaskEvent, TaskStatus
 from deployments.services.registry import check_source
 from deployments.task_config import (
     DeletionConfigSerializer,
@@ -98,9 +99,19 @@ class TaskEventSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class DriftSerializer(serializers.ModelSerializer):
+    """Since when the server has not served what the registry says is live, and what was done."""
+
+    class Meta:
+        model = Drift
+        fields = ["detected_at", "registered_revision", "served_revision", "detail", "action"]
+        read_only_fields = fields
+
+
 class EmbeddingModelSerializer(NoUnknownKeysMixin, serializers.ModelSerializer):
     id = ModelIdField(help_text="The embedding model id (letters, digits, '.', '_', '-'; at most 128).")
     dimensions = StrictIntegerField(min_value=1, max_value=65536, required=False, allow_null=True)
+    drift = serializers.SerializerMethodField(help_text="The open drift, or null while the server serves it as live.")
 
     class Meta:
         model = EmbeddingModel
@@ -112,10 +123,18 @@ class EmbeddingModelSerializer(NoUnknownKeysMixin, serializers.ModelSerializer):
             "state",
             "live_revision",
             "endpoint",
+            "drift",
             "created_at",
             "updated_at",
         ]
         read_only_fields = ["state", "live_revision", "endpoint", "created_at", "updated_at"]
+
+    @extend_schema_field(DriftSerializer(allow_null=True))
+    def get_drift(self, model: EmbeddingModel) -> dict[str, Any] | None:
+        drifts = getattr(model, "open_drifts", None)
+        if drifts is None:  # not prefetched (a model just created or changed): read it
+            drifts = list(model.drifts.filter(resolved_at__isnull=True))
+        return DriftSerializer(drifts[0]).data if drifts else None
 
     def get_fields(self) -> dict[str, serializers.Field]:
         fields = super().get_fields()

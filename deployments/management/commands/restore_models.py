@@ -1,12 +1,13 @@
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from deployments.services.restore import InferenceServerDown, restore_live_models
+from deployments.services.reconciler import InferenceServerDown, reconcile_models
 
 
 class Command(BaseCommand):
     help = (
         "Make the inference server serve every deployed model's live revision again (after it restarted, "
-        "it serves nothing). Models already served are left alone. Exit 1 if any model could not be restored."
+        "it serves nothing): one pass of the reconciler. Models already served are left alone. "
+        "Exit 1 if any model could not be restored."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -16,7 +17,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, wait_for_server: float, **options: object) -> None:
         try:
-            report = restore_live_models(wait_for_server=wait_for_server)
+            report = reconcile_models(wait_for_server=wait_for_server)
         except InferenceServerDown as exc:
             raise CommandError(str(exc), returncode=1) from exc
         self.stdout.write(str(report))

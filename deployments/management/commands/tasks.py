@@ -37,6 +37,7 @@ class Command(BaseCommand):
             embedding_model_id=options["model"],
             created_after=timezone.now() - since if since else None,
         )[: max(1, options["limit"])]
+        self.write_drifts()
         if not tasks:
             self.stdout.write("No task matches.")
             return
@@ -55,3 +56,16 @@ class Command(BaseCommand):
         ]
         headers = ["created (UTC)", "kind", "task", "model", "status", "try", "took", "detail"]
         self.stdout.write(format_table(headers, rows, max_width=60))
+
+    def write_drifts(self) -> None:
+        """Models the server does not serve as the registry says: first, since they matter most."""
+        drifts = list(selectors.open_drifts())
+        if not drifts:
+            return
+        rows = [
+            (drift.embedding_model_id, drift.detected_at.strftime("%Y-%m-%d %H:%M:%S"), drift.detail, drift.action)
+            for drift in drifts
+        ]
+        self.stdout.write(f"Drift: {len(drifts)} model(s) not served as the registry says")
+        self.stdout.write(format_table(["model", "since (UTC)", "seen", "done"], rows, max_width=60))
+        self.stdout.write("")

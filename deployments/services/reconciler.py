@@ -1,0 +1,136 @@
+"""The reconciler: keep what the inference server serves equal to what the registry says is live.
+
+The server loads models on demand only, so a restarted server serves nothing while the registry
+still says "deployed". ``reconcile_models`` asks the server (V2 metadata names the revision each
+model answers from) for every deployed model, and where the two differ it records a ``Drift`` and
+loads the live revision again (the serving layer re-verifies its checksums first). It acts under
+the model's lease, with a heartbeat and a fence, so it never races a deploy: a model whose lease a
+task holds is left to that task. Where the repository holds no live revision, the registry is
+corrected instead. Run once by ``manage.py restore_models``, every few seconds by
+``manage.py reconcile --every 5`` (which ``make run`` keeps running).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from django.db import transaction
+from django.utils import timezone
+
+from deployments import selectors
+from deployments.inference import GreenDeployer, InferenceError
+from deployments.models import Drift, EmbeddingModel
+from deployments.services.deployer import deployer_session
+from deployments.services.leases import Fence, LeaseHeartbeat, claim_model_lease, new_lease_owner, release_lease
+from deployments.services.pipelines import sync_model_state
+from deployments.services.tasks import dispatch_next_task
+
+
+@dataclass
+class ReconcileReport:
+    restored: list[str] = field(default_factory=list)
+    already_served: list[str] = field(default_factory=list)
+    not_live: list[str] = field(default_factory=list)  # the registry said deployed; the repository disagreed
+    busy: list[str] = field(default_factory=list)  # a task holds the model's lease; it leaves the model served
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return (
+            f"{len(self.restored)} restored, {len(self.already_served)} already served, "
+            f"{len(self.not_live)} not live, {len(self.busy)} busy, {len(self.failed)} failed"
+        )
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.restored or self.not_live or self.busy or self.failed)
+
+
+class InferenceServerDown(Exception):
+    pass
+
+
+def reconcile_models(wait_for_server: float = 0.0) -> ReconcileReport:
+    """Compare every deployed model with what the server serves; repair and record what differs."""
+    report = ReconcileReport()
+    with deployer_session() as deployer:
+        deadline = time.monotonic() + wait_for_server
+        while not deployer.client.server_ready():
+            if time.monotonic() >= deadline:
+                reason = f"inference server at {deployer.client.base_url} is not ready"
+                _server_down(reason)
+                raise InferenceServerDown(reason)
+            time.sleep(0.5)
+        for model_id in selectors.embedding_model_ids(states=[EmbeddingModel.State.DEPLOYED]):
+            _reconcile_one(deployer, model_id, report)
+    return report
+
+
+def _reconcile_one(deployer: GreenDeployer, model_id: str, report: ReconcileReport) -> None:
+    model = EmbeddingModel.objects.get(pk=model_id)
+    try:
+        served = deployer.served_revision(model_id)
+    except InferenceError as exc:
+        report.failed[model_id] = str(exc)
+        _note_drift(model, "", f"the server's metadata could not be read: {exc}", "none: will try again")
+        return
+    if served == model.live_revision:
+        _resolve_drift(model, "in step again")
+        report.already_served.append(model_id)
+        return
+    seen = f"the server serves {served or 'nothing'} under {model_id}; the registry says {model.live_revision}"
+    owner = new_lease_owner()
+    lease = claim_model_lease(model_id, owner)
+    if lease is None:
+        _note_drift(model, served or "", seen, "waiting: a task holds the model's lease")
+        report.busy.append(model_id)
+        return
+    try:
+        with LeaseHeartbeat(model_id, owner) as heartbeat:
+            fence = Fence(lease, heartbeat)
+            revision = deployer.fenced(fence.check).restore(model_id)
+            if revision is None:
+                sync_model_state(model_id, deployer, fence)
+                _resolve_drift(model, "registry corrected: the repository holds no live revision", seen)
+                report.not_live.append(model_id)
+            else:
+                _resolve_drift(model, f"loaded revision {revision} again", seen)
+                report.restored.append(model_id)
+    except InferenceError as exc:
+        _note_drift(model, served or "", seen, f"reload failed: {exc}")
+        report.failed[model_id] = str(exc)
+    finally:
+        release_lease(model_id, owner)
+        dispatch_next_task(model_id)
+
+
+def _note_drift(model: EmbeddingModel, served: str, detail: str, action: str) -> Drift:
+    """Open the model's drift (or update the open one) with what was seen and done."""
+    with transaction.atomic():
+        drift = Drift.objects.select_for_update().filter(embedding_model=model, resolved_at__isnull=True).first()
+        if drift is None:
+            drift = Drift(embedding_model=model, registered_revision=model.live_revision)
+        drift.served_revision, drift.detail, drift.action = served, detail, _stamped(action)
+        drift.save()
+    return drift
+
+
+def _resolve_drift(model: EmbeddingModel, action: str, seen: str = "") -> None:
+    """Close the model's open drift, if any (opening one first when the repair came with the first sight)."""
+    open_drift = Drift.objects.filter(embedding_model=model, resolved_at__isnull=True).first()
+    if open_drift is None and not seen:
+        return
+    drift = open_drift or _note_drift(model, "", seen, action)
+    Drift.objects.filter(pk=drift.pk).update(
+        resolved_at=timezone.now(), action=_stamped(action, drift.action), updated_at=timezone.now()
+    )
+
+
+def _server_down(reason: str) -> None:
+    for model in EmbeddingModel.objects.filter(state=EmbeddingModel.State.DEPLOYED):
+        _note_drift(model, "", reason, "none: waiting for the server")
+
+
+def _stamped(action: str, earlier: str = "") -> str:
+    line = f"{timezone.now():%Y-%m-%d %H:%M:%S} {action}"
+    return f"{line}\n{earlier}" if earlier and not earlier.startswith(line) else line

@@ -1,0 +1,81 @@
+"""The reconciler: what the server serves follows what the registry says is live, and drift is shown."""
+
+from __future__ import annotations
+
+import re
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+
+from deployments import jobs
+from deployments.inference import V2Client
+from deployments.inference.server import free_port
+from deployments.models import Drift, EmbeddingModel, TaskStatus
+from deployments.services import submit_deployment
+from deployments.services.leases import claim_model_lease, release_lease
+from deployments.services.reconciler import InferenceServerDown, reconcile_models
+from tests.support.factories import EmbeddingModelFactory
+
+pytestmark = [pytest.mark.mlserver, pytest.mark.django_db]
+
+
+def deploy(model_id: str) -> str:
+    EmbeddingModelFactory(id=model_id)
+    task = submit_deployment(model_id, config={"expected_dimensions": 384}).task
+    assert jobs.run_task(str(task.pk)) == TaskStatus.DONE
+    return EmbeddingModel.objects.get(pk=model_id).live_revision
+
+
+def test_a_model_the_server_lost_is_served_again_and_the_drift_is_recorded(inference_settings, mlserver, api):
+    revision = deploy("rc-lost")
+    with V2Client(mlserver.url) as client:
+        client.unload("rc-lost")  # what a restarted server looks like
+
+        report = reconcile_models()
+
+        assert report.restored == ["rc-lost"]
+        assert client.infer("rc-lost", ["back"]).parameters["revision"] == revision
+    drift = Drift.objects.get(embedding_model_id="rc-lost")
+    assert (drift.registered_revision, drift.served_revision) == (revision, "")
+    assert drift.resolved_at is not None and f"loaded revision {revision}" in drift.action
+    assert api.get("/models/rc-lost").json()["drift"] is None
+    # In step now: a second pass changes nothing and opens no drift.
+    assert reconcile_models().already_served == ["rc-lost"]
+    assert Drift.objects.filter(embedding_model_id="rc-lost").count() == 1
+
+
+def test_a_model_whose_lease_a_task_holds_is_not_raced_and_its_drift_is_shown(
+    inference_settings, mlserver, api, admin_client
+):
+    revision = deploy("rc-busy")
+    with V2Client(mlserver.url) as client:
+        client.unload("rc-busy")
+    assert claim_model_lease("rc-busy", "a-deploy-in-progress")
+    try:
+        assert reconcile_models().busy == ["rc-busy"]
+        with V2Client(mlserver.url) as client:
+            assert not client.model_ready("rc-busy")  # left to the task that holds the lease
+
+        drift = api.get("/models/rc-busy").json()["drift"]
+        assert (drift["registered_revision"], drift["served_revision"]) == (revision, "")
+        assert "waiting" in drift["action"] and drift["detected_at"]
+        out = StringIO()
+        call_command("tasks", stdout=out)
+        assert re.search(r"^rc-busy\s+\d{4}-\d\d-\d\d", out.getvalue(), re.MULTILINE)
+        page = admin_client.get("/admin/deployments/embeddingmodel/").content.decode()
+        assert "drift" in page and "since" in page
+    finally:
+        release_lease("rc-busy", "a-deploy-in-progress")
+
+    assert reconcile_models().restored == ["rc-busy"]
+    assert not Drift.objects.filter(embedding_model_id="rc-busy", resolved_at__isnull=True).exists()
+
+
+def test_a_server_that_is_down_opens_a_drift_for_every_deployed_model(inference_settings):
+    EmbeddingModelFactory(id="rc-down", state=EmbeddingModel.State.DEPLOYED, live_revision="feedface")
+    inference_settings.INFERENCE_SERVER_URL = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(InferenceServerDown):
+        reconcile_models()
+    drift = Drift.objects.get(embedding_model_id="rc-down", resolved_at__isnull=True)
+    assert drift.registered_revision == "feedface" and inference_settings.INFERENCE_SERVER_URL in drift.detail
