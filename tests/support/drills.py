@@ -1,0 +1,67 @@
+"""What every fault drill needs: traffic on blue while the fault happens, the held worker, and the
+three facts each drill asserts at the end (every task terminal, served equals registered, blue
+answered with no failed request)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from deployments.inference import InferenceError, V2Client
+from deployments.models import TERMINAL_STATUSES, EmbeddingModel, Task
+from tests.support.processes import wait_for
+
+
+class BlueTraffic:
+    """Requests to a model's stable name from a background thread, counting the ones that failed."""
+
+    def __init__(self, server_url: str, model_id: str):
+        self.server_url = server_url
+        self.model_id = model_id
+        self.sent = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> BlueTraffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        with V2Client(self.server_url, timeout=30) as client:
+            while not self._stop.is_set():
+                self.sent += 1
+                try:
+                    client.infer(self.model_id, ["drill traffic"])
+                except InferenceError as exc:
+                    self.failures.append(str(exc))
+                self._stop.wait(0.02)
+
+
+def held_worker_pid(hold_file: Path, timeout: float = 120) -> int:
+    """The pid of the worker the fault hook holds (it writes its pid into the hold file)."""
+    wait_for(lambda: hold_file.exists() and hold_file.read_text().strip(), timeout, f"a worker to hold at {hold_file}")
+    return int(hold_file.read_text())
+
+
+def assert_settled(embedding_model_id: str, server_url: str) -> None:
+    """Every task of the model ended, and the server serves exactly what the registry says is live."""
+    unfinished = Task.objects.filter(embedding_model_id=embedding_model_id).exclude(status__in=TERMINAL_STATUSES)
+    assert not unfinished.exists(), list(unfinished.values("pk", "status", "detail"))
+    model = EmbeddingModel.objects.get(pk=embedding_model_id)
+    with V2Client(server_url) as client:
+        metadata = client.model_metadata(embedding_model_id) if model.live_revision else None
+        served = (metadata or {}).get("parameters", {}).get("revision")
+        greens = [entry["name"] for entry in client.index() if entry["name"].startswith(f"{embedding_model_id}~")]
+    assert served == (model.live_revision or None), (served, model.live_revision)
+    loaded_greens = [name for name in greens if client_ready(server_url, name)]
+    assert loaded_greens == [], loaded_greens
+
+
+def client_ready(server_url: str, name: str) -> bool:
+    with V2Client(server_url) as client:
+        return client.model_ready(name)
