@@ -129,7 +129,10 @@ INFERENCE_KEEP_REVISIONS = int(os.environ.get("INFERENCE_KEEP_REVISIONS", "3"))
 MAX_DEPLOYED_MODELS = int(os.environ.get("MAX_DEPLOYED_MODELS", "20"))
 
 # django-q2: the ORM broker on the same database by default; Redis when REDIS_URL is set.
-TASK_TIMEOUT = int(os.environ.get("TASK_TIMEOUT", "900"))
+# django-q2 kills a job after TASK_TIMEOUT; a deploy's server calls alone may take
+# deployments.inference.deploy_time_bound(INFERENCE_READY_TIMEOUT) (1,110 s by default), and the
+# fetch comes on top: `manage.py check` refuses a ready timeout that does not fit.
+TASK_TIMEOUT = int(os.environ.get("TASK_TIMEOUT", "1800"))
 Q_CLUSTER = {
     # Tests set their own name, so their queue never mixes with a cluster an operator runs on the same Redis.
     "name": os.environ.get("Q_CLUSTER_NAME", "controlplane"),

@@ -14,5 +14,7 @@ class DeploymentsConfig(AppConfig):
     verbose_name = "Deployments"
 
     def ready(self) -> None:
+        from deployments import checks  # noqa: F401  (registers the system checks)
+
         # The sweeper runs on a django-q2 schedule; (re)create it whenever the database is migrated.
         post_migrate.connect(_install_sweep_schedule, sender=self, dispatch_uid="deployments-sweep-schedule")

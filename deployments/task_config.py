@@ -11,6 +11,8 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
+from deployments.inference import deploy_time_bound
+
 
 class InvalidTaskConfig(ValueError):
     """A config that breaks the rules; ``problems`` maps each key to what is wrong with it."""
@@ -64,9 +66,11 @@ class DeploymentConfigSerializer(NoUnknownKeysMixin, serializers.Serializer):
 
     def validate_ready_timeout(self, value: float) -> float:
         # Past TASK_TIMEOUT django-q2 kills the worker; the deploy must give up on its own first.
-        if value >= settings.TASK_TIMEOUT:
-            limit = settings.TASK_TIMEOUT
-            raise serializers.ValidationError(f"must be below the worker timeout (TASK_TIMEOUT={limit}s).")
+        if (bound := deploy_time_bound(value)) >= settings.TASK_TIMEOUT:
+            raise serializers.ValidationError(
+                f"too long: with it a deploy may wait up to {bound:.0f}s on the server, "
+                f"which must stay below the worker timeout (TASK_TIMEOUT={settings.TASK_TIMEOUT}s)."
+            )
         return value
 
 

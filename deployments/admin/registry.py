@@ -55,10 +55,12 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
         "updated_at",
     )
     list_filter = ("state",)
-    inlines = [DriftInline]
     search_fields = ("id", "name")
     readonly_fields = ("state", "live_revision", "endpoint", "created_at", "updated_at")
     actions = ["deploy_selected", "delete_selected_deployments"]
+
+    def get_inlines(self, request: HttpRequest, obj: EmbeddingModel | None) -> list[type[admin.TabularInline]]:
+        return [DriftInline] if obj is not None else []  # a model being registered has no drift yet
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[EmbeddingModel]:
         # The latest task of each kind comes with the page's rows, not one query per row.

@@ -17,7 +17,15 @@ from .errors import (
     ServerUnavailable,
     SourceRefused,
 )
-from .green import DELETE_STAGES, DEPLOY_STAGES, DeleteResult, DeployResult, GreenDeployer, StageEvent
+from .green import (
+    DELETE_STAGES,
+    DEPLOY_STAGES,
+    DeleteResult,
+    DeployResult,
+    GreenDeployer,
+    StageEvent,
+    deploy_time_bound,
+)
 from .ids import MAX_MODEL_ID_LENGTH, staging_name, validate_model_id
 from .repository import ModelRepository, Revision
 from .sources import ModelSource, open_source
@@ -45,6 +53,7 @@ __all__ = [
     "SourceRefused",
     "StageEvent",
     "V2Client",
+    "deploy_time_bound",
     "open_source",
     "staging_name",
     "validate_model_id",

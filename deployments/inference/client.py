@@ -14,6 +14,8 @@ DEFAULT_TIMEOUT = 10.0
 _CONNECTION_DROPPED = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 # Loading a model can legitimately take a while (weights from disk, framework imports).
 DEFAULT_LOAD_TIMEOUT = 300.0
+# Unloading drops the server's reference (and waits for requests in flight to drain): quick.
+DEFAULT_UNLOAD_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -33,10 +35,12 @@ class V2Client:
         base_url: str,
         timeout: float = DEFAULT_TIMEOUT,
         load_timeout: float = DEFAULT_LOAD_TIMEOUT,
+        unload_timeout: float = DEFAULT_UNLOAD_TIMEOUT,
     ):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.load_timeout = load_timeout
+        self.unload_timeout = unload_timeout
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
 
     def close(self) -> None:
@@ -106,7 +110,7 @@ class V2Client:
 
     def unload(self, name: str) -> bool:
         """Unload ``name``; True if it was loaded, False if the server did not have it."""
-        response = self._request("POST", f"/v2/repository/models/{name}/unload", timeout=self.load_timeout)
+        response = self._request("POST", f"/v2/repository/models/{name}/unload", timeout=self.unload_timeout)
         if response.status_code == 200:
             return True
         if response.status_code == 404:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .client import V2Client
+from .client import DEFAULT_TIMEOUT, DEFAULT_UNLOAD_TIMEOUT, V2Client
 from .errors import DeployFailed, FenceLost, InferenceError, InvalidModelId, SourceRefused
 from .ids import staging_name, validate_model_id
 from .repository import STABLE, STAGING, ModelRepository, Revision
@@ -35,6 +35,16 @@ PROBE_TEXTS = (
     "Embedding models turn text into vectors.",
     "ok",
 )
+
+
+def deploy_time_bound(
+    ready_timeout: float, call_timeout: float = DEFAULT_TIMEOUT, unload_timeout: float = DEFAULT_UNLOAD_TIMEOUT
+) -> float:
+    """The longest a deploy can spend waiting on the server, every call at its bound (fetch, a copy on
+    local disk, comes on top). validate: a readiness probe; stage_green: unload a leftover green and
+    ours, then load and wait for ready within one ready_timeout; smoke_test: an infer; retire_green:
+    an unload; promote: a load and an infer, and when that fails the reload of blue."""
+    return 3 * call_timeout + 3 * unload_timeout + 3 * ready_timeout
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import timedelta
 
 import pytest
+from django.contrib import messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -30,8 +32,21 @@ DEPLOYS_URL = "/admin/deployments/deploymenttask/"
 DELETES_URL = "/admin/deployments/deletiontask/"
 
 
-def messages_of(response) -> list[str]:
-    return [str(message) for message in response.context["messages"]]
+CONFIRM_TEMPLATE = "admin/deployments/embeddingmodel/confirm_tasks.html"
+
+
+def reported(response) -> list[tuple[int, str]]:
+    """The action's messages as (level, text): success, warning or error is the outcome."""
+    return [(message.level, str(message)) for message in response.context["messages"]]
+
+
+def count_in(message: str) -> int:
+    """The count an action's message opens with ("<Verb> 3 task(s): ...")."""
+    return int(re.search(r"\d+", message).group())
+
+
+def short(task) -> str:
+    return str(task.pk)[:8]
 
 
 def run_action(client, url: str, action: str, objects, **extra):
@@ -80,7 +95,9 @@ def test_deploy_selected_asks_first_then_creates_tasks_as_the_api_does(
 
     confirm = run_action(admin_client, MODELS_URL, "deploy_selected", [first, second])
     assert confirm.status_code == 200
-    assert b"Yes, deploy 2 models" in confirm.content and b"dep-a" in confirm.content
+    assert CONFIRM_TEMPLATE in [template.name for template in confirm.templates]
+    assert (confirm.context["verb"], [m.id for m in confirm.context["models"]]) == ("deploy", ["dep-a", "dep-b"])
+    assert b'name="post" value="yes"' in confirm.content  # the confirmation posts back
     assert not DeploymentTask.objects.exists()  # nothing happens before the operator confirms
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -90,14 +107,18 @@ def test_deploy_selected_asks_first_then_creates_tasks_as_the_api_does(
     assert [t.embedding_model_id for t in tasks] == ["dep-a", "dep-b"]
     assert all(t.status == "pending" and t.requested_by == "root" and t.dispatched_at for t in tasks)
     assert all(t.metadata == {"attempt": 1, "retry_of": None} and t.config == {} for t in tasks)
-    assert messages_of(done)[0].startswith("Created 2 deployment task(s): dep-a (task ")
+    ((level, created),) = reported(done)
+    assert level == messages.INFO and count_in(created) == 2
+    assert all(t.embedding_model_id in created and short(t) in created for t in tasks)
 
 
 def test_delete_selected_asks_first_then_creates_deletion_tasks(admin_client, django_capture_on_commit_callbacks):
     model = EmbeddingModelFactory(id="del-a", state="deployed", live_revision="r1")
 
     confirm = run_action(admin_client, MODELS_URL, "delete_selected_deployments", [model])
-    assert b"clients calling it will get errors" in confirm.content
+    assert CONFIRM_TEMPLATE in [template.name for template in confirm.templates]
+    assert (confirm.context["verb"], confirm.context["task_kind"]) == ("delete", "deletion")
+    assert [m.id for m in confirm.context["models"]] == ["del-a"]
     assert not DeletionTask.objects.exists()
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -105,7 +126,8 @@ def test_delete_selected_asks_first_then_creates_deletion_tasks(admin_client, dj
 
     task = DeletionTask.objects.get()
     assert (task.embedding_model_id, task.status, task.requested_by) == ("del-a", "pending", "root")
-    assert "Created 1 deletion task(s): del-a" in messages_of(done)[0]
+    ((level, created),) = reported(done)
+    assert level == messages.INFO and count_in(created) == 1 and "del-a" in created and short(task) in created
     assert EmbeddingModel.objects.filter(pk="del-a").exists()  # still registered
 
 
@@ -129,7 +151,10 @@ def test_registering_a_model_in_the_admin_goes_through_the_registry(admin_client
     assert model.name == "from-admin"  # register_model names it after its id
 
     refused = admin_client.post(f"{MODELS_URL}add/", {"id": "elsewhere", "source": "/etc", "dimensions": ""})
-    assert refused.status_code == 200 and b"outside the allowed roots" in refused.content
+    assert refused.status_code == 200
+    errors = refused.context["adminform"].form.errors
+    assert list(errors) == ["source"] and "/etc" in errors["source"][0]
+    assert not EmbeddingModel.objects.filter(pk="elsewhere").exists()
 
 
 # -- task history ---------------------------------------------------------------------------------
@@ -241,19 +266,24 @@ def test_retry_creates_linked_attempts_and_says_why_others_were_not_retried(
     with django_capture_on_commit_callbacks(execute=True):
         response = run_action(admin_client, DEPLOYS_URL, "retry_selected", [failed, refused, canceled, done, pending])
 
-    retried, skipped = messages_of(response)
-    assert retried.startswith("Retried 3 task(s): ")
+    (retried_level, retried), (skipped_level, skipped) = reported(response)
+    assert (retried_level, count_in(retried)) == (messages.SUCCESS, 3)
     for task in (failed, refused, canceled):
         attempt = DeploymentTask.objects.get(retry_of=task)
         assert (attempt.attempt, attempt.status, attempt.requested_by) == (2, "pending", "root")
         assert attempt.metadata["retry_of"] == str(task.pk) and attempt.dispatched_at
-        assert f"{str(task.pk)[:8]} → {str(attempt.pk)[:8]}" in retried
-    assert skipped.startswith("Not retried 2 task(s): ")
-    assert f"{str(done.pk)[:8]} (it is done: deploy the model again instead)" in skipped
-    assert f"{str(pending.pk)[:8]} (it is pending: it has not finished yet)" in skipped
+        assert short(task) in retried and short(attempt) in retried and short(task) not in skipped
+    assert (skipped_level, count_in(skipped)) == (messages.WARNING, 2)
+    # Each task not retried is named with the status that kept it from being retried.
+    why = {part.split()[1]: part for part in skipped.split(": ", 1)[1].split("; ")}
+    assert set(why) == {short(done), short(pending)}
+    assert "done" in why[short(done)] and "pending" in why[short(pending)]
+    assert not DeploymentTask.objects.filter(retry_of__in=[done, pending]).exists()
 
     again = run_action(admin_client, DEPLOYS_URL, "retry_selected", [failed])
-    assert "it was already retried as" in messages_of(again)[0]
+    ((level, not_again),) = reported(again)
+    first_retry = DeploymentTask.objects.get(retry_of=failed)
+    assert level == messages.WARNING and short(failed) in not_again and str(first_retry.pk) in not_again
     assert DeploymentTask.objects.filter(retry_of=failed).count() == 1
 
 
@@ -261,7 +291,10 @@ def test_retrying_a_task_of_an_unregistered_model_says_so(admin_client):
     orphan = DeletionTaskFactory(embedding_model_id=EmbeddingModelFactory().id, status=TaskStatus.FAILED)
     EmbeddingModel.objects.filter(pk=orphan.embedding_model_id).delete()
     response = run_action(admin_client, DELETES_URL, "retry_selected", [orphan])
-    assert "is not registered" in messages_of(response)[0]
+    ((level, message),) = reported(response)
+    assert level == messages.WARNING and count_in(message) == 1
+    assert short(orphan) in message and f"'{orphan.embedding_model_id}'" in message  # the unregistered id
+    assert not DeletionTask.objects.filter(retry_of=orphan).exists()
 
 
 def test_cancel_finishes_pending_tasks_and_says_why_others_were_not_canceled(
@@ -274,22 +307,23 @@ def test_cancel_finishes_pending_tasks_and_says_why_others_were_not_canceled(
     with django_capture_on_commit_callbacks(execute=True):
         response = run_action(admin_client, DEPLOYS_URL, "cancel_selected", [running, waiting])
 
-    canceled, skipped = messages_of(response)
+    (canceled_level, canceled), (skipped_level, skipped) = reported(response)
     waiting.refresh_from_db()
     running.refresh_from_db()
     assert waiting.status == "canceled" and running.status == "processing"
-    assert canceled == f"Canceled 1 task(s): cancel-me {str(waiting.pk)[:8]}"
-    assert skipped == (
-        f"Not canceled 1 task(s): cancel-me {str(running.pk)[:8]} "
-        "(only a pending task can be canceled; this one is processing)"
-    )
+    assert (canceled_level, count_in(canceled)) == (messages.SUCCESS, 1)
+    assert f"cancel-me {short(waiting)}" in canceled and short(running) not in canceled
+    assert (skipped_level, count_in(skipped)) == (messages.WARNING, 1)
+    assert f"cancel-me {short(running)}" in skipped and short(waiting) not in skipped
+    assert "processing" in skipped  # the status that kept it from being canceled
 
 
 def test_an_action_over_too_many_tasks_does_nothing(admin_client, monkeypatch):
     monkeypatch.setattr("deployments.admin.history.MAX_ACTION_TASKS", 2)
     tasks = [DeploymentTaskFactory() for _ in range(3)]
     response = run_action(admin_client, DEPLOYS_URL, "cancel_selected", tasks)
-    assert "Nothing was done: more than 2 tasks are selected" in messages_of(response)[0]
+    ((level, message),) = reported(response)
+    assert level == messages.ERROR and re.findall(r"\d+", message) == ["2"]  # the most an action takes
     assert not DeploymentTask.objects.filter(status="canceled").exists()
 
 

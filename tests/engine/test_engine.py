@@ -6,6 +6,7 @@ real does.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -37,6 +38,11 @@ def submit_deploy(model_id: str, **config: object) -> DeploymentTask:
 
 def stages(task) -> list[tuple[str, str]]:
     return [(e.stage, e.state) for e in TaskEvent.objects.filter(task=task).order_by("id")]
+
+
+def numbers(text: str) -> list[int]:
+    """The whole numbers a reason names, in order (counts, limits, dimensions)."""
+    return [int(n) for n in re.findall(r"\d+", text)]
 
 
 @pytest.mark.mlserver
@@ -92,8 +98,9 @@ def test_a_failed_smoke_test_fails_the_task_and_blue_keeps_serving(engine_settin
     assert services.run_task(green.pk) == TaskStatus.FAILED
 
     green.refresh_from_db()
-    assert green.detail == "smoke_test: expected 100 dimensions, the model returned 384"
+    assert green.status == TaskStatus.FAILED and green.detail.startswith("smoke_test:")
     assert (green.metadata["failed_stage"], green.metadata["stages"]["smoke_test"]["state"]) == ("smoke_test", "failed")
+    assert numbers(green.metadata["reason"]) == [100, 384]  # expected dimensions, then the model's
     model.refresh_from_db()
     assert (model.state, model.live_revision) == ("deployed", blue.metadata["revision"])
     with V2Client(mlserver.url) as client:
@@ -109,7 +116,10 @@ def test_a_source_outside_the_allowed_roots_is_refused(engine_settings, tmp_path
     task = submit_deploy(model.id)
     assert services.run_task(task.pk) == TaskStatus.REFUSED
     task.refresh_from_db()
-    assert task.detail.startswith("validate: source") and "outside the allowed roots" in task.detail
+    assert task.status == TaskStatus.REFUSED and task.detail.startswith("validate:")
+    assert task.metadata["failed_stage"] == "validate"
+    assert str(outside) in task.metadata["reason"]
+    assert any(str(root) in task.metadata["reason"] for root in engine_settings.ALLOWED_SOURCE_ROOTS)
     model.refresh_from_db()
     assert model.state == "not_deployed"
 
@@ -124,7 +134,9 @@ def test_the_limit_on_deployed_models_is_not_off_by_one(settings):
     assert second.state == "deploying"
 
     third = EmbeddingModelFactory(id="third")
-    assert "at most 2" in reserve_capacity(third)
+    assert numbers(reserve_capacity(third)) == [2, 2]  # 2 slots held, at most 2: refused
+    third.refresh_from_db()
+    assert third.state == "not_deployed"
     assert reserve_capacity(second) is None  # a model that holds a slot keeps it (redeploy)
 
 
@@ -135,7 +147,9 @@ def test_a_deploy_over_the_limit_ends_refused(settings):
     task = submit_deploy(EmbeddingModelFactory(id="one-too-many").id)
     assert services.run_task(task.pk) == TaskStatus.REFUSED
     task.refresh_from_db()
-    assert task.detail == "validate: 1 models are deployed or being deployed; at most 1 may be deployed at once"
+    assert (task.status, task.metadata["failed_stage"]) == (TaskStatus.REFUSED, "validate")
+    assert task.detail.startswith("validate:")
+    assert numbers(task.metadata["reason"]) == [1, 1]  # 1 model holds a slot, the limit is 1
     assert stages(task) == [("status", "processing"), ("validate", "failed"), ("status", "refused")]
 
 
@@ -148,7 +162,8 @@ def test_a_failed_recheck_ends_the_task_instead_of_leaving_it_processing(setting
 
     assert services.run_task(task.pk) == TaskStatus.REFUSED
     task.refresh_from_db()
-    assert task.status == TaskStatus.REFUSED and "not registered" in task.detail
+    assert task.status == TaskStatus.REFUSED and task.metadata["failed_stage"] == "validate"
+    assert model.id in task.metadata["reason"]
     assert ModelLease.objects.get(pk=model.id).owner == ""
 
 
@@ -161,7 +176,8 @@ def test_an_unexpected_error_fails_the_task_and_frees_the_model(settings):
     assert services.run_task(task.pk) == TaskStatus.FAILED
 
     task.refresh_from_db()
-    assert task.detail == "validate: unexpected error: deployer crashed"
+    assert (task.status, task.metadata["failed_stage"]) == (TaskStatus.FAILED, "validate")
+    assert task.detail.startswith("validate:") and "deployer crashed" in task.detail  # the injected fault
     assert stages(task)[-2:] == [("validate", "failed"), ("status", "failed")]
     assert ModelLease.objects.get(pk=model.id).owner == ""
     following.refresh_from_db()
@@ -191,9 +207,10 @@ def test_a_task_does_not_run_while_another_worker_holds_the_lease(settings):
     task = submit_deploy(EmbeddingModelFactory().id)
     holder = DeletionTaskFactory(embedding_model_id=task.embedding_model_id, status=TaskStatus.DONE)
     assert claim_lease(holder, "other-machine:42")
-    assert services.run_task(task.pk) == "waiting: another worker holds the model's lease"
+    assert services.run_task(task.pk).startswith("waiting")
     task.refresh_from_db()
-    assert task.status == TaskStatus.PENDING
+    assert (task.status, task.started_at, task.lease_owner) == (TaskStatus.PENDING, None, "")
+    assert ModelLease.objects.get(pk=task.embedding_model_id).owner == "other-machine:42"  # still the holder's
 
 
 def test_canceling_the_head_task_hands_over_the_next(settings, django_capture_on_commit_callbacks):
@@ -236,8 +253,8 @@ def test_the_sweeper_retries_a_dead_workers_task_as_a_new_attempt(
     retry = DeploymentTask.objects.get(retry_of=task)
     assert report.failed == [str(task.pk)] and report.retried == [str(retry.pk)]
     assert task.status == TaskStatus.FAILED
-    assert task.detail.startswith("worker dead-host:1:abc stopped renewing its lease")
-    assert f"retried as attempt 2 (task {retry.pk})" in task.detail
+    assert (task.metadata["lost"], task.metadata["retried_as"]) == (True, str(retry.pk))
+    assert "dead-host:1:abc" in task.detail and str(retry.pk) in task.detail  # the lost worker, the retry
     # The retry keeps the lost attempt's place: it runs before tasks submitted after it.
     assert (retry.attempt, retry.sequence, retry.status) == (2, task.sequence, "pending")
     assert retry.config == {"ready_timeout": 30}
@@ -249,7 +266,8 @@ def test_the_sweeper_retries_a_dead_workers_task_as_a_new_attempt(
     lose_worker(retry)
     services.sweep_tasks()
     retry.refresh_from_db()
-    assert retry.status == TaskStatus.FAILED and retry.detail.endswith("gave up after 2 attempt(s)")
+    assert (retry.status, retry.attempt) == (TaskStatus.FAILED, 2)
+    assert (retry.metadata["lost"], retry.metadata["retried_as"]) == (True, None)  # the last attempt allowed
     assert not DeploymentTask.objects.filter(retry_of=retry).exists()
     model.refresh_from_db()
     assert model.state == "not_deployed"  # nothing is live in the repository: the slot is given back
@@ -285,4 +303,5 @@ def test_reap_tasks_command(capsys):
     from django.core.management import call_command
 
     call_command("reap_tasks")
-    assert "0 lost attempt(s) resolved" in capsys.readouterr().out
+    summary = capsys.readouterr().out.splitlines()[0]
+    assert numbers(summary) == [0, 0, 0]  # resolved, retried, re-sent

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.core.management import CommandError, call_command
 
@@ -11,7 +13,7 @@ from deployments.inference.server import free_port
 from deployments.models import EmbeddingModel, TaskStatus
 from deployments.services import submit_deployment
 from deployments.services.leases import claim_model_lease, release_lease
-from deployments.services.restore import restore_live_models
+from deployments.services.reconciler import reconcile_models
 from tests.support.factories import EmbeddingModelFactory
 
 pytestmark = [pytest.mark.mlserver, pytest.mark.django_db]
@@ -28,18 +30,22 @@ def test_a_restarted_server_serves_the_live_revisions_again(inference_settings, 
     revision = deploy("cp-restore")
     with V2Client(mlserver.url) as client:
         client.unload("cp-restore")  # a restarted server: nothing loaded, the registry still says deployed
+        capsys.readouterr()
 
         call_command("restore_models")
 
         assert client.infer("cp-restore", ["back again"]).parameters["revision"] == revision
-    assert "restored: cp-restore" in capsys.readouterr().out
-    assert restore_live_models().already_served == ["cp-restore"]
+    summary, *listed = capsys.readouterr().out.splitlines()
+    # restored, already served, not live, busy, failed
+    assert [int(n) for n in re.findall(r"\d+", summary)] == [1, 0, 0, 0, 0]
+    assert [line.strip().split(": ", 1) for line in listed] == [["restored", "cp-restore"]]
+    assert reconcile_models().already_served == ["cp-restore"]
 
 
 def test_a_model_the_repository_does_not_hold_is_marked_not_deployed(inference_settings):
     EmbeddingModelFactory(id="cp-phantom", state=EmbeddingModel.State.DEPLOYED, live_revision="feedface")
 
-    report = restore_live_models()
+    report = reconcile_models()
 
     assert report.not_live == ["cp-phantom"]
     model = EmbeddingModel.objects.get(pk="cp-phantom")
@@ -50,7 +56,7 @@ def test_a_model_whose_lease_is_held_is_left_to_its_task(inference_settings):
     EmbeddingModelFactory(id="cp-busy", state=EmbeddingModel.State.DEPLOYED, live_revision="feedface")
     assert claim_model_lease("cp-busy", "some-worker")
     try:
-        assert restore_live_models().busy == ["cp-busy"]
+        assert reconcile_models().busy == ["cp-busy"]
     finally:
         release_lease("cp-busy", "some-worker")
     assert EmbeddingModel.objects.get(pk="cp-busy").state == EmbeddingModel.State.DEPLOYED
@@ -59,5 +65,7 @@ def test_a_model_whose_lease_is_held_is_left_to_its_task(inference_settings):
 def test_a_server_that_is_down_is_a_clear_one_line_error(inference_settings):
 
     inference_settings.INFERENCE_SERVER_URL = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(CommandError, match="is not ready"):
+    with pytest.raises(CommandError) as down:
         call_command("restore_models", "--wait-for-server", "0.5")
+    assert down.value.returncode == 1
+    assert inference_settings.INFERENCE_SERVER_URL in str(down.value) and "\n" not in str(down.value)

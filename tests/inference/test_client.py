@@ -17,22 +17,32 @@ def test_a_server_that_is_down_is_a_clear_error_not_a_hang():
     assert client.server_ready() is False
 
 
-def test_a_server_that_never_answers_times_out():
-    # A listener that accepts connections and never replies: the fault a hung server produces.
+@pytest.fixture
+def silent_server():
+    """A listener that accepts connections and never replies: the fault a hung server produces."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     accepted = []
-    thread = threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True)
-    thread.start()
-    try:
-        client = V2Client(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=0.5)
-        started = time.monotonic()
-        with pytest.raises(ServerUnavailable, match="did not answer"):
-            client.infer("anything", ["text"])
-        assert time.monotonic() - started < 3
-    finally:
-        listener.close()
+    threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+def test_a_server_that_never_answers_times_out(silent_server):
+    client = V2Client(silent_server, timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(ServerUnavailable, match="did not answer"):
+        client.infer("anything", ["text"])
+    assert time.monotonic() - started < 3
+
+
+def test_a_load_waits_no_longer_than_the_timeout_it_is_given(silent_server):
+    client = V2Client(silent_server, timeout=0.5, load_timeout=300)
+    started = time.monotonic()
+    with pytest.raises(ServerUnavailable):
+        client.load("anything", timeout=0.5)  # a deploy's ready_timeout, not the client's 300 s
+    assert time.monotonic() - started < 3
 
 
 @pytest.mark.mlserver

@@ -2,11 +2,12 @@ import json
 import os
 import shutil
 import stat
+import time
 
 import pytest
 
 from deployments.inference import ChecksumMismatch, InvalidModelId, ModelRepository, SourceRefused, open_source
-from deployments.inference.repository import MANIFEST_NAME, STABLE, STAGING
+from deployments.inference.repository import MANIFEST_NAME, STABLE, STAGING, STALE_INCOMING_SECONDS
 
 
 @pytest.fixture
@@ -77,8 +78,17 @@ def test_a_crashed_copy_leaves_nothing_under_revisions(repo, source_dir):
     leftover = repo.model_dir("m1") / ".incoming-crashed"
     leftover.mkdir(parents=True)
     (leftover / "half.bin").write_bytes(b"half")
+    an_hour_ago = time.time() - STALE_INCOMING_SECONDS - 1
+    os.utime(leftover, (an_hour_ago, an_hour_ago))
     repo.create_revision("m1", source(source_dir))
     assert not leftover.exists()
+
+
+def test_a_copy_another_attempt_is_making_is_left_alone(repo, source_dir):
+    in_progress = repo.model_dir("m1") / ".incoming-other-attempt"
+    in_progress.mkdir(parents=True)
+    repo.create_revision("m1", source(source_dir))
+    assert in_progress.exists()
 
 
 def test_an_empty_source_is_refused(repo, tmp_path):
