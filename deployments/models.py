@@ -156,6 +156,8 @@ class Task(models.Model):
             models.Index(fields=["embedding_model_id", "status", "sequence", "attempt"], name="task_model_queue"),
             # The history of one kind, newest first (the admin's two lists, the API's listings).
             models.Index(fields=["kind", "-created_at"], name="task_kind_created"),
+            # One kind's history filtered by status (the admin's lists): a seek, not a walk past other statuses.
+            models.Index(fields=["kind", "status", "-created_at"], name="task_kind_status_created"),
             models.Index(fields=["-created_at"], name="task_created"),
             # Filtered by status (e.g. canceled, 1% of rows), the dashboard's latest failures and the sweeper's
             # scans of pending and processing tasks: a seek per status, not a walk past a million rows.

@@ -2,6 +2,8 @@
 # Every test: lint, then the suite on the embedded default (SQLite + the ORM broker), then again on
 # PostgreSQL + the Redis broker. The second run needs both services; outside CI it is skipped with
 # a message when they do not answer, in CI (CI=true) their absence is a failure.
+# Fault drills with real processes (marker "drill") run in the first profile only; the drills that
+# restart PostgreSQL or stop Redis (marker "services_drill") in the second only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -14,11 +16,11 @@ $BIN/ruff check .
 $BIN/ruff format --check .
 
 echo "== tests on SQLite with the ORM broker"
-env -u DATABASE_URL -u REDIS_URL $BIN/pytest "$@"
+env -u DATABASE_URL -u REDIS_URL $BIN/pytest -m "not services_drill" "$@"
 
 if $BIN/python scripts/services_answer.py "$PG_URL" "$REDIS"; then
   echo "== tests on PostgreSQL with the Redis broker"
-  DATABASE_URL=$PG_URL REDIS_URL=$REDIS Q_CLUSTER_NAME=controlplane-test $BIN/pytest "$@"
+  DATABASE_URL=$PG_URL REDIS_URL=$REDIS Q_CLUSTER_NAME=controlplane-test $BIN/pytest -m "not drill" "$@"
 elif [ "${CI:-}" = "true" ]; then
   echo "PostgreSQL ($PG_URL) or Redis ($REDIS) does not answer; CI needs both." >&2
   exit 1
