@@ -29,7 +29,8 @@ class CappedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        return self.object_list[: self.cap + 1].count()
+        # Unordered and only created_at, which every history index holds: an index-only walk, no sort.
+        return self.object_list.order_by().values("created_at")[: self.cap + 1].count()
 
     @property
     def capped(self) -> bool:
