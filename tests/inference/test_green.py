@@ -299,3 +299,29 @@ def test_after_a_crash_mid_promote_the_previous_revision_is_what_was_served(depl
     assert result.revision == revision.revision
     assert result.previous_revision == blue.revision
     assert deployer.served_revision("minilm-midpromote") == revision.revision
+
+
+class ExplodingSmokeClient(V2Client):
+    """Injects what the real server will not produce on demand: an unexpected error in the smoke test."""
+
+    def infer(self, name: str, texts: list[str]):
+        if "~green" in name and getattr(self, "armed", False):
+            raise RuntimeError("injected: the client broke")
+        return super().infer(name, texts)
+
+
+def test_an_unexpected_error_in_a_stage_is_recorded_there_and_leaves_no_green(
+    model_repository, mlserver, minilm_dir, sources, v2_client
+):
+    with ExplodingSmokeClient(mlserver.url) as client:
+        deployer = GreenDeployer(client, model_repository, allowed_roots=[minilm_dir.parent, sources])
+        blue = deployer.deploy("minilm-boom", str(minilm_dir))
+        client.armed = True
+        events = []
+        green_source = copy_model(minilm_dir, sources, "boom-v2", note="boom")
+        with pytest.raises(RuntimeError):
+            deployer.deploy("minilm-boom", str(green_source), progress=events.append, attempt_tag="g7")
+    assert (events[-1].stage, events[-1].state) == ("smoke_test", "failed")
+    assert "RuntimeError" in events[-1].message
+    assert_no_green_left(v2_client, deployer, "minilm-boom")
+    assert v2_client.infer("minilm-boom", ["still blue"]).parameters["revision"] == blue.revision

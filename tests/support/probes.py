@@ -83,3 +83,20 @@ def build_hanging_green_deployer(ready_timeout: float | None = None) -> GreenDep
 
     deployer.deploy = deploy
     return deployer
+
+
+def build_unbuildable_deployer(ready_timeout: float | None = None) -> GreenDeployer:
+    """A deployer whose construction fails (a bad setting, an unreachable dependency)."""
+    raise RuntimeError("the deployer cannot be built")
+
+
+class StoppedDeployer(ProbeDeployer):
+    """Stopped mid-pipeline the way django-q2's timeout stops a worker: a SystemExit from inside the job."""
+
+    def deploy(self, model_id: str, source_uri: str, **kwargs: Any):
+        kwargs["progress"](StageEvent("fetch", "started"))
+        raise SystemExit("task timed out")
+
+
+def build_stopped_deployer(ready_timeout: float | None = None) -> StoppedDeployer:
+    return StoppedDeployer(ready_timeout)
