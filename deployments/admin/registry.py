@@ -34,12 +34,18 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
     )
     list_filter = ("state",)
     search_fields = ("id", "name")
+    fields = ("id", "name", "source", "dimensions", "state", "live_revision", "endpoint", "created_at", "updated_at")
     readonly_fields = ("state", "live_revision", "endpoint", "created_at", "updated_at")
     actions = ["deploy_selected", "delete_selected_deployments"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[EmbeddingModel]:
         # The latest task of each kind comes with the page's rows, not one query per row.
         return selectors.with_latest_tasks(super().get_queryset(request))
+
+    def get_readonly_fields(self, request: HttpRequest, obj: EmbeddingModel | None = None) -> tuple[str, ...]:
+        readonly = tuple(super().get_readonly_fields(request, obj))
+        # The id names the model on the server and its repository folder: chosen once, when it is added.
+        return readonly if obj is None else ("id", *readonly)
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         actions = super().get_actions(request)

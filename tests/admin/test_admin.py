@@ -366,3 +366,20 @@ def test_leases_are_shown_but_not_editable(admin_client):
     DeploymentTaskFactory()
     response = admin_client.get("/admin/deployments/modellease/")
     assert response.status_code == 200 and b"/admin/deployments/modellease/add/" not in response.content
+
+
+# -- the model id, task ids, retry once ------------------------------------------------------------
+
+
+def test_a_models_id_is_editable_when_added_and_read_only_after(admin_client, minilm_dir):
+    assert b'name="id"' in admin_client.get(f"{MODELS_URL}add/").content
+    model = EmbeddingModelFactory(id="fixed-id", source=str(minilm_dir))
+
+    page = admin_client.get(f"{MODELS_URL}{model.pk}/change/").content.decode()
+    assert 'name="id"' not in page and "fixed-id" in page
+
+    response = admin_client.post(
+        f"{MODELS_URL}{model.pk}/change/", {"id": "renamed", "name": "Fixed", "source": str(minilm_dir)}
+    )
+    assert response.status_code == 302
+    assert list(EmbeddingModel.objects.values_list("pk", "name")) == [("fixed-id", "Fixed")]
