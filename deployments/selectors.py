@@ -4,7 +4,6 @@ The admin's dashboard keeps its own queries in ``deployments.admin.dashboard``."
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -13,7 +12,7 @@ from django.db.models import Exists, OuterRef, QuerySet, Subquery
 from deployments.models import ACTIVE_STATUSES, EmbeddingModel, ModelLease, Task, TaskKind, TaskStatus
 
 
-def find_task(task_id: uuid.UUID | str, kind: str | None = None) -> Task | None:
+def find_task(task_id: str, kind: str | None = None) -> Task | None:
     """The task with that id, of the given kind when one is given (one query either way)."""
     tasks = Task.objects.filter(pk=task_id)
     if kind is not None:
@@ -98,7 +97,7 @@ def embedding_model_ids(*, states: Sequence[str] | None = None, limit: int | Non
     return list(models.order_by("pk").values_list("pk", flat=True)[:limit])
 
 
-def tasks_by_ids(task_ids: Sequence[uuid.UUID]) -> list[Task]:
+def tasks_by_ids(task_ids: Sequence[str]) -> list[Task]:
     tasks: list[Task] = []
     for start in range(0, len(task_ids), 500):
         tasks.extend(Task.objects.filter(pk__in=task_ids[start : start + 500]))

@@ -3,7 +3,6 @@ actions that create tasks exactly as POST /deploy and POST /delete do."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from django.contrib import admin, messages
@@ -103,7 +102,7 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
         return self._latest(TaskKind.DELETION, model.latest_deletion_id, model.latest_deletion_status)
 
     @staticmethod
-    def _latest(kind: str, task_id: uuid.UUID | None, status: str | None) -> SafeString:
+    def _latest(kind: str, task_id: str | None, status: str | None) -> SafeString:
         if task_id is None:
             return mark_safe("—")
         return format_html("{} {}", status_badge(status or ""), task_link(kind, task_id))

@@ -5,7 +5,7 @@ Views only translate HTTP to service and selector calls and back.
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Callable
 from typing import Any
 
 from django.db.models import QuerySet
@@ -30,13 +30,23 @@ from deployments.api.serializers import (
 from deployments.inference import InvalidModelId, validate_model_id
 from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, Task, TaskStatus
 from deployments.services.registry import RegistryError
+from deployments.task_ids import TASK_ID_PATTERN, InvalidTaskId, validate_task_id
+
+
+def _id_from_path(value: str, check: Callable[[str], str], invalid: type[Exception], field: str) -> str:
+    """An id from the URL, held to the same rule as in a body: an unsafe one is a 400 naming the field."""
+    try:
+        return check(value)
+    except invalid as exc:
+        raise ValidationError({field: [str(exc)]}) from exc
 
 
 def _model_id_from_path(value: str) -> str:
-    try:
-        return validate_model_id(value)
-    except InvalidModelId as exc:
-        raise ValidationError({"embedding_model_id": [str(exc)]}) from exc
+    return _id_from_path(value, validate_model_id, InvalidModelId, "embedding_model_id")
+
+
+def _task_id_from_path(value: str) -> str:
+    return _id_from_path(value, validate_task_id, InvalidTaskId, "task_id")
 
 
 class TaskViewSet(viewsets.GenericViewSet):
@@ -55,11 +65,7 @@ class TaskViewSet(viewsets.GenericViewSet):
         raise NotImplementedError
 
     def _get_task(self, task_id: str) -> Task:
-        try:
-            parsed = uuid.UUID(task_id)
-        except ValueError:
-            raise NotFound(f"no {self.task_model.KIND} task with id {task_id!r}: task ids are UUIDs") from None
-        task = selectors.find_task(parsed, kind=self.task_model.KIND)
+        task = selectors.find_task(_task_id_from_path(task_id), kind=self.task_model.KIND)
         if task is None:
             raise NotFound(f"no {self.task_model.KIND} task with id {task_id!r}")
         return task
@@ -126,7 +132,18 @@ class TaskViewSet(viewsets.GenericViewSet):
 
 # -- OpenAPI documentation -------------------------------------------------------------------
 
-TASK_ID = OpenApiParameter("task_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The task's id.")
+TASK_ID = OpenApiParameter(
+    "task_id",
+    OpenApiTypes.STR,
+    OpenApiParameter.PATH,
+    pattern=TASK_ID_PATTERN,
+    description="The task's id: the task_id its client chose, or the UUID the server gave it. "
+    "An id that breaks the task id rule is a 400 naming task_id; an unknown one is a 404.",
+    examples=[
+        OpenApiExample("Chosen by the client", value="1234"),
+        OpenApiExample("Given by the server", value="3f1c9a5e-8a47-4a53-9d7e-2b0c6f1e4d21"),
+    ],
+)
 MODEL_ID = OpenApiParameter(
     "embedding_model_id", OpenApiTypes.STR, OpenApiParameter.PATH, description="The embedding model's id."
 )
@@ -156,7 +173,7 @@ def _task_docs(kind: str, noun: str, request_serializer: type, spec_names: dict[
         OpenApiExample("As in the spec (model_id)", value={"model_id": "123"}, request_only=True),
         OpenApiExample(
             "Idempotent, with a client task id",
-            value={"embedding_model_id": "all-minilm-l6-v2", "task_id": "3f1c9a5e-8a47-4a53-9d7e-2b0c6f1e4d21"},
+            value={"embedding_model_id": "all-minilm-l6-v2", "task_id": "1234"},
             request_only=True,
         ),
     ]
@@ -200,7 +217,7 @@ def _task_docs(kind: str, noun: str, request_serializer: type, spec_names: dict[
             operation_id=spec_names["retrieve"],
             summary=f"Get a {kind} task",
             parameters=[TASK_ID],
-            responses={200: TaskSerializer, 404: ERROR},
+            responses={200: TaskSerializer, 400: ERROR, 404: ERROR},
             examples=[response_example],
             tags=tags,
         ),
@@ -229,7 +246,7 @@ def _task_docs(kind: str, noun: str, request_serializer: type, spec_names: dict[
             summary=f"Cancel a pending {kind} task",
             request=None,
             parameters=[TASK_ID],
-            responses={200: TaskSerializer, 404: ERROR, 409: ERROR},
+            responses={200: TaskSerializer, 400: ERROR, 404: ERROR, 409: ERROR},
             tags=tags,
         ),
         "retry": extend_schema(
@@ -237,14 +254,14 @@ def _task_docs(kind: str, noun: str, request_serializer: type, spec_names: dict[
             summary=f"Retry a finished {kind} task as a new attempt",
             request=None,
             parameters=[TASK_ID],
-            responses={202: TaskSerializer, 404: ERROR, 409: ERROR},
+            responses={202: TaskSerializer, 400: ERROR, 404: ERROR, 409: ERROR},
             tags=tags,
         ),
         "events": extend_schema(
             operation_id=f"{kind}_task_events",
             summary=f"Stage-by-stage timeline of a {kind} task",
             parameters=[TASK_ID],
-            responses={200: TaskEventSerializer(many=True), 404: ERROR},
+            responses={200: TaskEventSerializer(many=True), 400: ERROR, 404: ERROR},
             tags=tags,
         ),
     }

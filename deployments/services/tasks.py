@@ -8,7 +8,6 @@ nothing but the task id: the row is the single source of truth.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -23,6 +22,7 @@ from deployments.models import EmbeddingModel, Task, TaskKind, TaskStatus
 from deployments.services.errors import ModelNotRegistered, TaskConflict, TaskHandOffFailed
 from deployments.services.leases import allocate_sequence, lease_is_held
 from deployments.services.transitions import transition
+from deployments.task_ids import new_task_id
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class Submission:
 def submit_deployment(
     embedding_model_id: str,
     config: dict[str, Any] | None = None,
-    task_id: uuid.UUID | None = None,
+    task_id: str | None = None,
     requested_by: str = "",
 ) -> Submission:
     return submit_task(TaskKind.DEPLOYMENT, embedding_model_id, config, task_id, requested_by)
@@ -51,7 +51,7 @@ def submit_deployment(
 def submit_deletion(
     embedding_model_id: str,
     config: dict[str, Any] | None = None,
-    task_id: uuid.UUID | None = None,
+    task_id: str | None = None,
     requested_by: str = "",
 ) -> Submission:
     return submit_task(TaskKind.DELETION, embedding_model_id, config, task_id, requested_by)
@@ -61,7 +61,7 @@ def submit_task(
     kind: str,
     embedding_model_id: str,
     config: dict[str, Any] | None = None,
-    task_id: uuid.UUID | None = None,
+    task_id: str | None = None,
     requested_by: str = "",
 ) -> Submission:
     """Create a task (or return the one already created under ``task_id``) and dispatch it on commit."""
@@ -82,7 +82,7 @@ def submit_task(
     return Submission(task, created=True)
 
 
-def _existing_submission(kind: str, embedding_model_id: str, task_id: uuid.UUID) -> Submission | None:
+def _existing_submission(kind: str, embedding_model_id: str, task_id: str) -> Submission | None:
     existing = selectors.find_task(task_id)
     if existing is None:
         return None
@@ -98,7 +98,7 @@ def _create_task(
     embedding_model_id: str,
     config: dict[str, Any],
     sequence: int,
-    task_id: uuid.UUID | None,
+    task_id: str | None,
     requested_by: str,
     *,
     attempt: int = 1,
@@ -138,7 +138,7 @@ def new_task(
     embedding_model_id: str,
     config: dict[str, Any],
     sequence: int,
-    task_id: uuid.UUID | None = None,
+    task_id: str | None = None,
     requested_by: str = "",
     *,
     attempt: int = 1,
@@ -147,7 +147,7 @@ def new_task(
     """An unsaved task row as every submission path creates it (single, batch, retry)."""
     metadata: dict[str, Any] = {"attempt": attempt, "retry_of": str(retry_of.pk) if retry_of else None}
     return Task(
-        id=task_id or uuid.uuid4(),
+        id=task_id or new_task_id(),
         kind=kind,
         embedding_model_id=embedding_model_id,
         config=config,
@@ -248,7 +248,7 @@ def retry_task(task: Task, requested_by: str = "") -> Task:
         )
 
 
-def retry_lost_attempt(task: Task, task_id: uuid.UUID | None = None) -> Task:
+def retry_lost_attempt(task: Task, task_id: str | None = None) -> Task:
     """The sweeper's automatic retry: a new attempt that keeps the lost one's place in the queue."""
     return _create_task(
         task.kind,

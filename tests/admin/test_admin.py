@@ -383,3 +383,25 @@ def test_a_models_id_is_editable_when_added_and_read_only_after(admin_client, mi
     )
     assert response.status_code == 302
     assert list(EmbeddingModel.objects.values_list("pk", "name")) == [("fixed-id", "Fixed")]
+
+
+def test_client_chosen_task_ids_are_searched_linked_and_shown(admin_client):
+    model = EmbeddingModelFactory(id="ids")
+    # '_2A' is how the admin escapes '*' in a URL: the link must escape the id's own '_'.
+    FinishedDeploymentFactory(embedding_model_id=model.id)
+    chosen = FailedDeploymentFactory(id="nightly:2025_2A.1", embedding_model_id=model.id)
+
+    def listed(term: str) -> set:
+        response = admin_client.get(DEPLOYS_URL, {"q": term})
+        assert response.status_code == 200
+        return {task.pk for task in response.context["cl"].result_list}
+
+    assert listed("nightly:2025_2A.1") == {chosen.pk}
+    assert len(listed("ids")) == 2
+    assert listed("nightly:2025") == set()
+    assert listed("a b") == listed("../x") == set()  # not a task id, nor a model id: nothing, no error
+
+    link = f"{DEPLOYS_URL}nightly_3A2025_5F2A.1/change/"
+    assert link in admin_client.get(MODELS_URL).content.decode()  # the model's latest deployment
+    detail = admin_client.get(link)
+    assert detail.status_code == 200 and b"nightly:2025_2A.1" in detail.content

@@ -83,6 +83,22 @@ def test_the_specs_model_id_is_accepted(api, packaged_model):
     assert post(api, "/deploy", {"model_id": "minilm", "embedding_model_id": "minilm"}).status_code == 202
 
 
+@pytest.mark.parametrize("task_id", ["1234", str(uuid.uuid4()), "nightly:2025-01-01_minilm.v2", "-", "x" * 128])
+def test_a_client_chosen_task_id_names_the_task(api, packaged_model, task_id):
+    response = post(api, "/deploy", {"embedding_model_id": "minilm", "task_id": task_id})
+    assert response.status_code == 202, response.content
+    assert response.json()["task_id"] == task_id
+    for path in (f"/deploy/{task_id}", f"/deploy/{task_id}/events"):
+        assert api.get(path).status_code == 200
+    assert api.get(f"/deploy/{task_id}").json()["task_id"] == task_id
+    assert DeploymentTask.objects.get().pk == task_id
+
+
+def test_without_a_task_id_the_server_names_the_task_with_a_uuid(api, packaged_model):
+    task_id = post(api, "/deploy", {"embedding_model_id": "minilm"}).json()["task_id"]
+    assert str(uuid.UUID(task_id)) == task_id
+
+
 def test_the_same_task_id_returns_the_same_task(api, packaged_model):
     task_id = str(uuid.uuid4())
     first = post(api, "/deploy", {"embedding_model_id": "minilm", "task_id": task_id})
@@ -120,8 +136,21 @@ BAD_BODIES = [
     ({"model_id": ["minilm"]}, "model_id"),
     ({"model_id": "minilm", "embedding_model_id": "other"}, "model_id"),
     ({"embedding_model_id": "not-registered"}, "embedding_model_id"),
-    ({"embedding_model_id": "minilm", "task_id": "not-a-uuid"}, "task_id"),
     ({"embedding_model_id": "minilm", "task_id": 12}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": None}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": ""}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": "x" * 129}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": "a/b"}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": ".."}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": ".hidden"}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": "a b"}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": " 1234"}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": "1234\n"}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": "a\x00b"}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": "a\x7fb"}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": "caf\u00e9"}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": "a?b"}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": "a%2Fb"}, "task_id"),
     ({"embedding_model_id": "minilm", "config": "fast"}, "config"),
     ({"embedding_model_id": "minilm", "config": None}, "config"),
     ({"embedding_model_id": "minilm", "config": {"param": "value"}}, "config.param"),
@@ -189,11 +218,24 @@ def test_get_a_task_by_id(api):
 
 
 @pytest.mark.parametrize("kind", ["deploy", "delete"])
-@pytest.mark.parametrize("task_id", [str(uuid.uuid4()), "1234", "not a uuid", "..", "%00"])
-def test_an_unknown_task_is_404_json(api, kind, task_id):
-    response = api.get(f"/{kind}/{task_id}")
+@pytest.mark.parametrize("task_id", [str(uuid.uuid4()), "1234", "job:1_a.b"])
+@pytest.mark.parametrize("suffix", ["", "/events"])
+def test_an_unknown_task_is_404_json_naming_it(api, kind, task_id, suffix):
+    response = api.get(f"/{kind}/{task_id}{suffix}")
     assert response.status_code == 404
-    assert "task" in response.json()["detail"]
+    assert task_id in response.json()["detail"]
+
+
+UNSAFE_PATH_IDS = ["not%20a%20uuid", "..", ".x", "%00", "a%0Ab", "x" * 129, "caf%C3%A9", "a%2Cb"]
+
+
+@pytest.mark.parametrize("task_id", UNSAFE_PATH_IDS)
+@pytest.mark.parametrize("method,suffix", [("get", ""), ("get", "/events"), ("post", "/cancel"), ("post", "/retry")])
+def test_an_unsafe_task_id_in_the_path_is_400_naming_task_id(api, task_id, method, suffix):
+    response = getattr(api, method)(f"/deploy/{task_id}{suffix}")
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("task_id: ")
+    assert set(response.json()["errors"]) == {"task_id"}
 
 
 def test_delete_task_endpoints_read_deletion_tasks(api):
