@@ -7,6 +7,7 @@ nothing but the task id: the row is the single source of truth.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -64,31 +65,37 @@ def submit_task(
     task_id: str | None = None,
     requested_by: str = "",
 ) -> Submission:
-    """Create a task (or return the one already created under ``task_id``) and dispatch it on commit."""
+    """Create a task (or return the one already created under ``task_id``) and dispatch it on commit.
+
+    The same ``task_id`` with the same kind, model and config is the same request sent again: the
+    existing task comes back (``created`` False). With anything different it is a TaskConflict.
+    """
+    config = config or {}
     ensure_registered([embedding_model_id])
     try:
         with transaction.atomic():
             # Taking the queue position first locks the model's row: a concurrent request with the
             # same task_id waits here and then finds the task below.
             sequence = allocate_sequence(embedding_model_id)
-            if task_id is not None and (existing := _existing_submission(kind, embedding_model_id, task_id)):
+            if task_id is not None and (existing := _existing_submission(kind, embedding_model_id, config, task_id)):
                 return existing
-            task = _create_task(kind, embedding_model_id, config or {}, sequence, task_id, requested_by)
+            task = _create_task(kind, embedding_model_id, config, sequence, task_id, requested_by)
     except IntegrityError:
         # The same task_id was inserted concurrently for another model's queue: idempotency still holds.
-        if task_id is not None and (existing := _existing_submission(kind, embedding_model_id, task_id)):
+        if task_id is not None and (existing := _existing_submission(kind, embedding_model_id, config, task_id)):
             return existing
         raise
     return Submission(task, created=True)
 
 
-def _existing_submission(kind: str, embedding_model_id: str, task_id: str) -> Submission | None:
+def _existing_submission(kind: str, embedding_model_id: str, config: dict[str, Any], task_id: str) -> Submission | None:
     existing = selectors.find_task(task_id)
     if existing is None:
         return None
-    if existing.kind != kind or existing.embedding_model_id != embedding_model_id:
+    if (existing.kind, existing.embedding_model_id, existing.config) != (kind, embedding_model_id, config):
         raise TaskConflict(
-            f"task_id {task_id} is already used by a {existing.kind} task of model {existing.embedding_model_id!r}"
+            f"task_id {task_id} is already used by a {existing.kind} task of model {existing.embedding_model_id!r} "
+            f"with config {json.dumps(existing.config, sort_keys=True)}; a different request needs a new task_id"
         )
     return Submission(existing, created=False)
 

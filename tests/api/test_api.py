@@ -100,23 +100,47 @@ def test_without_a_task_id_the_server_names_the_task_with_a_uuid(api, packaged_m
 
 
 def test_the_same_task_id_returns_the_same_task(api, packaged_model):
-    task_id = str(uuid.uuid4())
-    first = post(api, "/deploy", {"embedding_model_id": "minilm", "task_id": task_id})
-    again = post(api, "/deploy", {"embedding_model_id": "minilm", "task_id": task_id})
+    body = {
+        "embedding_model_id": "minilm",
+        "task_id": "1234",
+        "config": {"expected_dimensions": 384, "ready_timeout": 60},
+    }
+    first = post(api, "/deploy", body)
+    # The same request: the config's keys in another order, the spec's model_id instead of embedding_model_id.
+    again = post(
+        api,
+        "/deploy",
+        {"model_id": "minilm", "task_id": "1234", "config": {"ready_timeout": 60, "expected_dimensions": 384}},
+    )
     assert (first.status_code, again.status_code) == (202, 200)
-    assert first.json()["task_id"] == again.json()["task_id"] == task_id
+    assert first.json()["task_id"] == again.json()["task_id"] == "1234"
     assert DeploymentTask.objects.count() == 1
+
+
+def test_the_same_task_id_without_config_returns_the_same_task(api, packaged_model):
+    first = post(api, "/delete", {"embedding_model_id": "minilm", "task_id": "del-1"})
+    again = post(api, "/delete", {"embedding_model_id": "minilm", "task_id": "del-1", "config": {}})
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert DeletionTask.objects.count() == 1
 
 
 def test_a_task_id_of_another_request_is_409(api, packaged_model):
     EmbeddingModelFactory(id="other")
-    task_id = str(uuid.uuid4())
-    assert post(api, "/deploy", {"embedding_model_id": "minilm", "task_id": task_id}).status_code == 202
-    for path, model_id in (("/deploy", "other"), ("/delete", "minilm")):
-        response = post(api, path, {"embedding_model_id": model_id, "task_id": task_id})
-        assert response.status_code == 409
+    task_id = "1234"
+    first = {"embedding_model_id": "minilm", "task_id": task_id, "config": {"expected_dimensions": 384}}
+    assert post(api, "/deploy", first).status_code == 202
+    for path, body in (
+        ("/deploy", {**first, "embedding_model_id": "other"}),
+        ("/delete", {"embedding_model_id": "minilm", "task_id": task_id}),
+        ("/deploy", {**first, "config": {"expected_dimensions": 768}}),
+        ("/deploy", {**first, "config": {}}),
+        ("/deploy", {"embedding_model_id": "minilm", "task_id": task_id}),
+    ):
+        response = post(api, path, body)
+        assert response.status_code == 409, body
         assert task_id in response.json()["detail"]
     assert DeploymentTask.objects.count() == 1 and DeletionTask.objects.count() == 0
+    assert DeploymentTask.objects.get().config == {"expected_dimensions": 384}
 
 
 BAD_BODIES = [
