@@ -31,6 +31,11 @@ def latest_task_for_model(kind: str, embedding_model_id: str) -> Task | None:
     )
 
 
+def newer_attempt(task: Task) -> Task | None:
+    """The attempt that retried ``task`` (by a user or the sweeper), if it was retried."""
+    return task.retries.order_by("attempt", "created_at").first()
+
+
 def task_events(task: Task) -> QuerySet:
     return task.events.order_by("id")
 

@@ -11,7 +11,7 @@ from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from deployments.services import TaskConflict, TaskHandOffFailed
+from deployments.services import RetryRefused, TaskConflict, TaskHandOffFailed
 
 logger = logging.getLogger(__name__)
 
@@ -19,6 +19,13 @@ logger = logging.getLogger(__name__)
 class Conflict(APIException):
     status_code = status.HTTP_409_CONFLICT
     default_code = "conflict"
+
+    @classmethod
+    def from_service(cls, exc: TaskConflict) -> Conflict:
+        if isinstance(exc, RetryRefused) and exc.newer_attempt is not None:
+            # A second retry names the attempt the first one made, so the client can follow it.
+            return cls({"detail": str(exc), "retried_as": str(exc.newer_attempt.pk)})
+        return cls(str(exc))
 
 
 class HandOffFailed(APIException):
@@ -30,7 +37,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, RequestDataTooBig):
         exc = ValidationError({"body": [f"request body is too large: {exc}"]})
     elif isinstance(exc, TaskConflict):
-        exc = Conflict(str(exc))
+        exc = Conflict.from_service(exc)
     elif isinstance(exc, TaskHandOffFailed):
         exc = HandOffFailed(str(exc))
     response = exception_handler(exc, context)

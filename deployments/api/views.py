@@ -148,6 +148,15 @@ MODEL_ID = OpenApiParameter(
     "embedding_model_id", OpenApiTypes.STR, OpenApiParameter.PATH, description="The embedding model's id."
 )
 ERROR = OpenApiResponse(OpenApiTypes.OBJECT, description='JSON: {"detail": "...", "errors": {field: [...]}}')
+RETRY_CONFLICT = OpenApiResponse(
+    {
+        "type": "object",
+        "properties": {"detail": {"type": "string"}, "retried_as": {"type": "string"}},
+        "required": ["detail"],
+    },
+    description="The task may not be retried: it has not finished, it is done (submit a new task instead), or it "
+    "was retried already, and then retried_as names that newer attempt.",
+)
 TASK_EXAMPLE = {
     "task_id": "3f1c9a5e-8a47-4a53-9d7e-2b0c6f1e4d21",
     "embedding_model_id": "all-minilm-l6-v2",
@@ -251,10 +260,15 @@ def _task_docs(kind: str, noun: str, request_serializer: type, spec_names: dict[
         ),
         "retry": extend_schema(
             operation_id=f"retry_{kind}_task",
-            summary=f"Retry a finished {kind} task as a new attempt",
+            summary=f"Retry a failed, refused or canceled {kind} task as a new attempt",
+            description=(
+                "Creates a new attempt linked to the task, at the back of the model's queue. Once per task: a "
+                "second retry (or one of a task the sweeper already retried) is a 409 naming the newer attempt. "
+                "A done task is not retried: submit a new task."
+            ),
             request=None,
             parameters=[TASK_ID],
-            responses={202: TaskSerializer, 400: ERROR, 404: ERROR, 409: ERROR},
+            responses={202: TaskSerializer, 400: ERROR, 404: ERROR, 409: RETRY_CONFLICT},
             tags=tags,
         ),
         "events": extend_schema(

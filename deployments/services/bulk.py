@@ -3,12 +3,12 @@ per task, and pruning old history. The admin's actions and the management comman
 
 Every path shares the single-task code in ``tasks.py``: the same registration check
 (``ensure_registered``), the same row (``new_task``), the same dispatch on commit
-(``dispatch_or_withdraw``), and ``retry_task`` / ``cancel_task`` themselves for each task.
+(``dispatch_or_withdraw``), and ``retry_task`` (with its one retry rule) / ``cancel_task`` themselves for
+each task.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,8 +19,8 @@ from django.db import transaction
 from django.db.models import Count, F, Window
 from django.db.models.functions import RowNumber
 
-from deployments.models import TERMINAL_STATUSES, Task, TaskStatus
-from deployments.services.errors import TaskError
+from deployments.models import TERMINAL_STATUSES, Task
+from deployments.services.errors import RetryRefused, TaskError
 from deployments.services.leases import allocate_sequences
 from deployments.services.tasks import (
     ID_CHUNK,
@@ -30,10 +30,6 @@ from deployments.services.tasks import (
     new_task,
     retry_task,
 )
-
-# What an operator retries: outcomes that did not deliver. A done task is deployed again by a new
-# deploy, not "retried"; a pending or processing one has not finished yet.
-RETRYABLE_STATUSES = (TaskStatus.FAILED, TaskStatus.REFUSED, TaskStatus.CANCELED)
 
 
 def submit_many(
@@ -89,28 +85,19 @@ class BulkOutcome:
 
 
 def retry_many(tasks: Sequence[Task], requested_by: str = "") -> BulkOutcome:
-    """Retry each failed, refused or canceled task as a new attempt (``retry_task``), once.
+    """Retry each task by ``retry_task`` and its one rule (failed, refused or canceled; once).
 
-    A task that already has a newer attempt (retried by someone else, or by the sweeper) is not
-    retried again: a double click must not queue the same work twice.
+    A task that already has a newer attempt (retried by someone else, or by the sweeper) is skipped,
+    naming that attempt: a double click must not queue the same work twice.
     """
-    retried_as = _existing_retries(tasks)
     outcome = BulkOutcome()
     for task in tasks:
-        if task.status not in RETRYABLE_STATUSES:
-            reason = (
-                "it is done: deploy the model again instead"
-                if task.status == TaskStatus.DONE
-                else f"it is {task.status}: it has not finished yet"
-            )
-            outcome.verdicts.append(TaskVerdict(task, reason=reason))
-        elif task.pk in retried_as:
-            outcome.verdicts.append(TaskVerdict(task, reason=f"it was already retried as {retried_as[task.pk]}"))
-        else:
-            try:
-                outcome.verdicts.append(TaskVerdict(task, result=retry_task(task, requested_by=requested_by)))
-            except TaskError as exc:
-                outcome.verdicts.append(TaskVerdict(task, reason=str(exc)))
+        try:
+            outcome.verdicts.append(TaskVerdict(task, result=retry_task(task, requested_by=requested_by)))
+        except RetryRefused as exc:
+            outcome.verdicts.append(TaskVerdict(task, reason=exc.reason))
+        except TaskError as exc:
+            outcome.verdicts.append(TaskVerdict(task, reason=str(exc)))
     return outcome
 
 
@@ -123,20 +110,6 @@ def cancel_many(tasks: Sequence[Task], by: str = "") -> BulkOutcome:
         except TaskError as exc:
             outcome.verdicts.append(TaskVerdict(task, reason=str(exc)))
     return outcome
-
-
-def _existing_retries(tasks: Sequence[Task]) -> dict[uuid.UUID, uuid.UUID]:
-    """For each task that already has a newer attempt: that attempt's id (one query per 500 tasks)."""
-    retried_as: dict[uuid.UUID, uuid.UUID] = {}
-    ids = [task.pk for task in tasks]
-    for start in range(0, len(ids), ID_CHUNK):
-        rows = (
-            Task.objects.filter(retry_of__in=ids[start : start + ID_CHUNK])
-            .order_by("attempt")
-            .values_list("retry_of_id", "pk")
-        )
-        retried_as.update(rows)
-    return retried_as
 
 
 @dataclass

@@ -20,7 +20,7 @@ from django_q.tasks import async_task
 
 from deployments import selectors
 from deployments.models import EmbeddingModel, Task, TaskKind, TaskStatus
-from deployments.services.errors import ModelNotRegistered, TaskConflict, TaskHandOffFailed
+from deployments.services.errors import ModelNotRegistered, RetryRefused, TaskConflict, TaskHandOffFailed
 from deployments.services.leases import allocate_sequence, lease_is_held
 from deployments.services.transitions import transition
 from deployments.task_ids import new_task_id
@@ -32,6 +32,14 @@ ID_CHUNK = 500
 
 # The django-q2 job every task runs: it reads the task's kind from its row.
 TASK_JOB = "deployments.jobs.run_task"
+
+# What a user may retry: outcomes that did not deliver. A done task is not retried: the same work is
+# asked for again by a new submission. A pending or processing one has not finished yet.
+RETRYABLE_STATUSES = (TaskStatus.FAILED, TaskStatus.REFUSED, TaskStatus.CANCELED)
+DO_AGAIN_INSTEAD = {
+    TaskKind.DEPLOYMENT: "deploy the model again instead",
+    TaskKind.DELETION: "delete the model again instead",
+}
 
 
 @dataclass(frozen=True)
@@ -236,13 +244,30 @@ def cancel_task(task: Task, by: str = "") -> Task:
     return task
 
 
+def ensure_retryable(task: Task) -> None:
+    """The one retry rule, for the API, the admin and the commands alike.
+
+    Raises RetryRefused unless ``task`` is failed, refused or canceled and has no newer attempt yet;
+    when it was retried already (by a user or by the sweeper), the refusal names that attempt.
+    """
+    if task.status == TaskStatus.DONE:
+        raise RetryRefused(task, f"it is done: {DO_AGAIN_INSTEAD[task.kind]}")
+    if task.status not in RETRYABLE_STATUSES:
+        raise RetryRefused(task, f"it is {task.status}: it has not finished yet")
+    if newer := selectors.newer_attempt(task):
+        raise RetryRefused(task, f"it was already retried as {newer.pk} (attempt {newer.attempt})", newer)
+
+
 def retry_task(task: Task, requested_by: str = "") -> Task:
-    """Run a finished task again as a new attempt linked to it, at the back of the model's queue."""
-    if not task.is_terminal:
-        raise TaskConflict(f"only a finished task can be retried; this one is {task.status}")
+    """Run a failed, refused or canceled task again as a new attempt linked to it, at the back of the
+    model's queue. Once only: a double click, or two operators at once, make one attempt."""
+    ensure_retryable(task)  # refuse the obvious cases before taking any lock
     ensure_registered([task.embedding_model_id])
     with transaction.atomic():
+        # Taking the queue position locks the model's lease row until commit (SQLite: the database), so
+        # concurrent retries of one task take turns, and the later one finds the earlier one's attempt.
         sequence = allocate_sequence(task.embedding_model_id)
+        ensure_retryable(task)
         return _create_task(
             task.kind,
             task.embedding_model_id,

@@ -405,3 +405,17 @@ def test_client_chosen_task_ids_are_searched_linked_and_shown(admin_client):
     assert link in admin_client.get(MODELS_URL).content.decode()  # the model's latest deployment
     detail = admin_client.get(link)
     assert detail.status_code == 200 and b"nightly:2025_2A.1" in detail.content
+
+
+def test_retrying_an_already_retried_task_names_the_newer_attempt(admin_client, django_capture_on_commit_callbacks):
+    failed = FailedDeploymentFactory(embedding_model_id=EmbeddingModelFactory(id="twice").id)
+    with django_capture_on_commit_callbacks(execute=True):
+        run_action(admin_client, DEPLOYS_URL, "retry_selected", [failed])
+    attempt = DeploymentTask.objects.get(retry_of=failed)
+
+    again = run_action(admin_client, DEPLOYS_URL, "retry_selected", [failed])
+
+    assert messages_of(again) == [
+        f"Not retried 1 task(s): twice {failed.pk[:8]} (it was already retried as {attempt.pk} (attempt 2))"
+    ]
+    assert DeploymentTask.objects.filter(retry_of=failed).count() == 1

@@ -345,7 +345,7 @@ def test_a_processing_task_cannot_be_canceled(api):
     assert "processing" in response.json()["detail"]
 
 
-def test_retry_a_finished_task_as_a_new_attempt(api):
+def test_retry_a_failed_task_as_a_new_attempt(api):
     failed = DeploymentTaskFactory(status=TaskStatus.FAILED, config={"ready_timeout": 5})
     response = post(api, f"/deploy/{failed.pk}/retry", {})
     assert response.status_code == 202
@@ -355,7 +355,27 @@ def test_retry_a_finished_task_as_a_new_attempt(api):
     assert response.json()["metadata"] == {"attempt": 2, "retry_of": str(failed.pk)}
     failed.refresh_from_db()
     assert failed.status == TaskStatus.FAILED  # history is never rewritten
-    assert post(api, f"/deploy/{retry.pk}/retry", {}).status_code == 409
+    assert post(api, f"/deploy/{retry.pk}/retry", {}).status_code == 409  # pending: not finished
+
+
+def test_a_second_retry_is_409_naming_the_newer_attempt(api):
+    failed = DeletionTaskFactory(status=TaskStatus.CANCELED)
+    first = post(api, f"/delete/{failed.pk}/retry", {})
+    again = post(api, f"/delete/{failed.pk}/retry", {})
+    assert (first.status_code, again.status_code) == (202, 409)
+    assert again.json()["retried_as"] == first.json()["task_id"]
+    assert first.json()["task_id"] in again.json()["detail"]
+    assert DeletionTask.objects.filter(retry_of=failed).count() == 1
+
+
+@pytest.mark.parametrize("status", [TaskStatus.DONE, TaskStatus.PENDING, TaskStatus.PROCESSING])
+def test_only_failed_refused_or_canceled_tasks_are_retried(api, status):
+    task = DeploymentTaskFactory(status=status)
+    response = post(api, f"/deploy/{task.pk}/retry", {})
+    assert response.status_code == 409
+    assert f"it is {status}" in response.json()["detail"]
+    assert "retried_as" not in response.json()
+    assert DeploymentTask.objects.count() == 1
 
 
 # -- the model registry -----------------------------------------------------------------------

@@ -13,13 +13,15 @@ from deployments.management.commands._operators import (
     kinds_option,
     parse_duration,
 )
-from deployments.services.bulk import RETRYABLE_STATUSES, retry_many
+from deployments.services.bulk import retry_many
+from deployments.services.tasks import RETRYABLE_STATUSES
 
 
 class Command(BaseCommand):
     help = (
-        "Retry failed, refused or canceled tasks as new attempts linked to them (like POST .../retry), "
-        "chosen by status, kind, model and age. Tasks already retried are left alone. "
+        "Retry failed, refused or canceled tasks as new attempts linked to them, by the same rule as "
+        "POST .../retry and the admin, chosen by status, kind, model and age. Tasks already retried are left "
+        "alone. "
         "Example: manage.py retry_tasks --status failed --kind deployment --newer-than 24h"
     )
 
