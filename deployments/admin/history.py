@@ -182,6 +182,9 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             return
         outcome = retry_many(tasks, requested_by=request.user.get_username())
         self._report(request, outcome, "Retried", "Not retried", retried_as)
+        if noted := [verdict for verdict in outcome.acted if verdict.note]:
+            items = [f"{retried_as(verdict)} ({verdict.note})" for verdict in noted]
+            self.message_user(request, summarize(f"{len(items)} new attempt(s) wait", items), messages.WARNING)
 
     @admin.action(description="Cancel selected pending tasks", permissions=["cancel"])
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet) -> None:

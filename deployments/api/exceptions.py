@@ -29,8 +29,14 @@ class Conflict(APIException):
 
 
 class HandOffFailed(APIException):
-    status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
+    """The task exists and stays pending, but the queue refused it: come back after ``Retry-After``."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_code = "hand_off_failed"
+
+    def __init__(self, exc: TaskHandOffFailed):
+        super().__init__({"detail": str(exc), "task_id": exc.task_ids[0]})
+        self.wait = exc.retry_after  # DRF's exception handler turns ``wait`` into the Retry-After header
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -39,7 +45,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     elif isinstance(exc, TaskConflict):
         exc = Conflict.from_service(exc)
     elif isinstance(exc, TaskHandOffFailed):
-        exc = HandOffFailed(str(exc))
+        exc = HandOffFailed(exc)
     response = exception_handler(exc, context)
     if response is None:
         logger.exception("unhandled error in %s", context.get("view"), exc_info=exc)

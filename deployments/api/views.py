@@ -148,6 +148,23 @@ MODEL_ID = OpenApiParameter(
     "embedding_model_id", OpenApiTypes.STR, OpenApiParameter.PATH, description="The embedding model's id."
 )
 ERROR = OpenApiResponse(OpenApiTypes.OBJECT, description='JSON: {"detail": "...", "errors": {field: [...]}}')
+RETRY_AFTER = OpenApiParameter(
+    "Retry-After",
+    OpenApiTypes.INT,
+    OpenApiParameter.HEADER,
+    response=[503],
+    description="Seconds after which the sweeper sends the task again (TASK_HANDOFF_GRACE_SECONDS).",
+)
+HANDED_OFF_LATER = OpenApiResponse(
+    {
+        "type": "object",
+        "properties": {"detail": {"type": "string"}, "task_id": {"type": "string"}},
+        "required": ["detail", "task_id"],
+    },
+    description="The task was created and stays pending, but the task queue refused it; the sweeper sends it "
+    "again after Retry-After seconds. Follow it with GET on its task_id; sending the same request again with "
+    "that task_id answers 200 with it.",
+)
 RETRY_CONFLICT = OpenApiResponse(
     {
         "type": "object",
@@ -205,11 +222,13 @@ def _task_docs(kind: str, noun: str, request_serializer: type, spec_names: dict[
             summary=f"Create a {kind} task",
             description=(
                 f"Creates a {kind} task and hands it to a worker; poll it with its task_id. "
-                "202 when created, 200 when a task with that task_id already exists. "
-                "400 for bad input or an unregistered model, 409 when task_id belongs to another "
-                "request, 500 (JSON) only when the task could not be handed to the queue; then nothing was created."
+                "202 when created; 200 with the existing task when the same task_id comes again with the same "
+                "model, kind and config. 400 for bad input or an unregistered model; 409 when that task_id "
+                "names a task of another model, kind or config. 503 with Retry-After when the task was created "
+                "but the task queue refused it: it stays pending and is sent again, nothing to resubmit."
             ),
             request=request_serializer,
+            parameters=[RETRY_AFTER],
             responses={
                 202: TaskSerializer,
                 200: TaskSerializer,
@@ -217,7 +236,7 @@ def _task_docs(kind: str, noun: str, request_serializer: type, spec_names: dict[
                 401: ERROR,
                 403: ERROR,
                 409: ERROR,
-                500: ERROR,
+                503: HANDED_OFF_LATER,
             },
             examples=[*request_examples, response_example],
             tags=tags,
@@ -264,11 +283,11 @@ def _task_docs(kind: str, noun: str, request_serializer: type, spec_names: dict[
             description=(
                 "Creates a new attempt linked to the task, at the back of the model's queue. Once per task: a "
                 "second retry (or one of a task the sweeper already retried) is a 409 naming the newer attempt. "
-                "A done task is not retried: submit a new task."
+                "A done task is not retried: submit a new task. 503 with Retry-After as for creating a task."
             ),
             request=None,
-            parameters=[TASK_ID],
-            responses={202: TaskSerializer, 400: ERROR, 404: ERROR, 409: RETRY_CONFLICT},
+            parameters=[TASK_ID, RETRY_AFTER],
+            responses={202: TaskSerializer, 400: ERROR, 404: ERROR, 409: RETRY_CONFLICT, 503: HANDED_OFF_LATER},
             tags=tags,
         ),
         "events": extend_schema(

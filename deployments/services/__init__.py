@@ -1,6 +1,6 @@
 """Write side of the control plane (HackSoft style): everything that changes tasks, leases and the registry.
 
-- tasks:       submit / cancel / retry tasks (the one retry rule), dispatch them to django-q2 on commit
+- tasks:       submit / cancel / retry tasks (the one retry rule), hand them to django-q2 on commit
 - transitions: the one door through which a task's status changes
 - recording:   timeline events, the pipelines' recorder and their outcome
 - engine:      run one task under its model's lease and always finish it

@@ -2,9 +2,8 @@
 per task, and pruning old history. The admin's actions and the management commands call these.
 
 Every path shares the single-task code in ``tasks.py``: the same registration check
-(``ensure_registered``), the same row (``new_task``), the same dispatch on commit
-(``dispatch_or_withdraw``), and ``retry_task`` (with its one retry rule) / ``cancel_task`` themselves for
-each task.
+(``ensure_registered``), the same row (``new_task``), the same hand-off on commit (``hand_off``),
+and ``retry_task`` (with its one retry rule) / ``cancel_task`` themselves for each task.
 """
 
 from __future__ import annotations
@@ -20,16 +19,9 @@ from django.db.models import Count, F, Window
 from django.db.models.functions import RowNumber
 
 from deployments.models import TERMINAL_STATUSES, Task
-from deployments.services.errors import RetryRefused, TaskError
+from deployments.services.errors import RetryRefused, TaskError, TaskHandOffFailed
 from deployments.services.leases import allocate_sequences
-from deployments.services.tasks import (
-    ID_CHUNK,
-    cancel_task,
-    dispatch_or_withdraw,
-    ensure_registered,
-    new_task,
-    retry_task,
-)
+from deployments.services.tasks import ID_CHUNK, cancel_task, ensure_registered, hand_off, new_task, retry_task
 
 
 def submit_many(
@@ -42,6 +34,7 @@ def submit_many(
 
     All or nothing: an unregistered id refuses the whole batch before anything is written.
     A model named twice gets one task (two identical deploys in a row would only redo the work).
+    Raises TaskHandOffFailed, after the commit, naming the tasks the queue refused (they stay pending).
     """
     model_ids = list(dict.fromkeys(embedding_model_ids))
     if not model_ids:
@@ -54,17 +47,19 @@ def submit_many(
             for model_id in model_ids
         ]
         Task.objects.bulk_create(tasks, batch_size=ID_CHUNK)
-        transaction.on_commit(partial(dispatch_or_withdraw, tasks))
+        transaction.on_commit(partial(hand_off, tasks))
     return tasks
 
 
 @dataclass(frozen=True)
 class TaskVerdict:
-    """What a bulk action did to one task: ``result`` when it acted, otherwise ``reason`` says why not."""
+    """What a bulk action did to one task: ``result`` when it acted, otherwise ``reason`` says why not.
+    ``note`` is what else the operator should know about an action that went through."""
 
     task: Task
     result: Task | None = None
     reason: str = ""
+    note: str = ""
 
     @property
     def acted(self) -> bool:
@@ -96,6 +91,10 @@ def retry_many(tasks: Sequence[Task], requested_by: str = "") -> BulkOutcome:
             outcome.verdicts.append(TaskVerdict(task, result=retry_task(task, requested_by=requested_by)))
         except RetryRefused as exc:
             outcome.verdicts.append(TaskVerdict(task, reason=exc.reason))
+        except TaskHandOffFailed as exc:
+            # The attempt exists and stays pending; only its message to the queue is late.
+            note = f"not yet handed to the task queue; the sweeper sends it once it has waited {exc.retry_after} s"
+            outcome.verdicts.append(TaskVerdict(task, result=exc.tasks[0], note=note))
         except TaskError as exc:
             outcome.verdicts.append(TaskVerdict(task, reason=str(exc)))
     return outcome

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from deployments.models import Task
 
 
@@ -32,4 +34,20 @@ class RetryRefused(TaskConflict):
 
 
 class TaskHandOffFailed(TaskError):
-    """The task could not be handed to the queue; it was withdrawn, nothing is left behind."""
+    """Tasks were created but the queue refused them. Nothing is withdrawn: they stay pending and the
+    sweeper sends them again once they have waited ``retry_after`` seconds."""
+
+    def __init__(self, tasks: Sequence[Task], cause: Exception, retry_after: int):
+        self.tasks = list(tasks)
+        self.retry_after = retry_after
+        if len(self.tasks) == 1:
+            what = f"task {self.tasks[0].pk} was created but could not be handed to the task queue"
+            then = f"it stays pending and the sweeper sends it again once it has waited {retry_after} s"
+        else:
+            what = f"{len(self.tasks)} tasks were created but could not be handed to the task queue"
+            then = f"they stay pending and the sweeper sends them again once they have waited {retry_after} s"
+        super().__init__(f"{what} ({cause}); {then}")
+
+    @property
+    def task_ids(self) -> list[str]:
+        return [str(task.pk) for task in self.tasks]

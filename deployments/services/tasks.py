@@ -2,18 +2,22 @@
 
 A task row is created in a transaction and dispatched to django-q2 only once that transaction has
 committed (so a worker never looks for a row that is not there yet). The queue message carries
-nothing but the task id: the row is the single source of truth.
+nothing but the task id: the row is the single source of truth. A row whose hand-off failed is
+never withdrawn: it stays pending and the sweeper sends it again (``resend_lost_handoffs``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Sequence
+import math
+from collections.abc import Callable, Collection, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
@@ -77,6 +81,7 @@ def submit_task(
 
     The same ``task_id`` with the same kind, model and config is the same request sent again: the
     existing task comes back (``created`` False). With anything different it is a TaskConflict.
+    Raises TaskHandOffFailed, after the commit, when the queue refused the new task (it stays pending).
     """
     config = config or {}
     ensure_registered([embedding_model_id])
@@ -118,13 +123,15 @@ def _create_task(
     *,
     attempt: int = 1,
     retry_of: Task | None = None,
+    hand_off_with: Callable[[Sequence[Task]], None] | None = None,
 ) -> Task:
-    """Insert the row and arrange its dispatch for when the surrounding transaction commits."""
+    """Insert the row and arrange its hand-off (``hand_off`` unless told otherwise) for when the
+    surrounding transaction commits."""
     task = new_task(
         kind, embedding_model_id, config, sequence, task_id, requested_by, attempt=attempt, retry_of=retry_of
     )
     task.save(force_insert=True)
-    transaction.on_commit(partial(dispatch_or_withdraw, [task]))
+    transaction.on_commit(partial(hand_off_with or hand_off, [task]))
     return task
 
 
@@ -175,44 +182,44 @@ def new_task(
 
 
 def dispatch(tasks: Sequence[Task]) -> None:
-    """Send task ids to django-q2 and note when, ``ID_CHUNK`` at a time; raise if the broker fails.
+    """Send task ids to django-q2 and note when, ``ID_CHUNK`` at a time.
 
     Sending twice is harmless: the job checks the row. Each chunk is enqueued inside one
     transaction: with the ORM broker that is one commit per chunk instead of one per message
     (1,000 deploys take seconds, not minutes); with Redis it changes nothing. Only chunks that
-    went through completely are marked as dispatched.
+    went through completely are marked as dispatched. If the broker fails, TaskHandOffFailed names
+    the tasks not sent; they stay pending, and the sweeper re-sends a model's first pending task
+    once it has waited TASK_HANDOFF_GRACE_SECONDS without a hand-off.
     """
     for start in range(0, len(tasks), ID_CHUNK):
         chunk = tasks[start : start + ID_CHUNK]
-        with transaction.atomic():
-            for task in chunk:
-                async_task(TASK_JOB, str(task.pk), task_name=f"{task.kind}-{task.pk}", group=f"{task.kind}s")
+        try:
+            with transaction.atomic():
+                for task in chunk:
+                    async_task(TASK_JOB, str(task.pk), task_name=f"{task.kind}-{task.pk}", group=f"{task.kind}s")
+        except Exception as exc:
+            raise TaskHandOffFailed(tasks[start:], exc, math.ceil(settings.TASK_HANDOFF_GRACE_SECONDS)) from exc
         Task.objects.filter(pk__in=[task.pk for task in chunk]).update(dispatched_at=timezone.now())
 
 
-def dispatch_or_withdraw(tasks: Sequence[Task]) -> None:
-    """Dispatch freshly committed tasks; delete the ones that could not be dispatched and say so."""
+def hand_off(tasks: Sequence[Task]) -> None:
+    """Dispatch freshly committed tasks for a caller who is waiting (API, admin, commands).
+
+    A broker failure deletes nothing: TaskHandOffFailed reaches the caller (the API answers 503
+    with Retry-After) while the tasks stay pending for the sweeper to send.
+    """
     try:
         dispatch(tasks)
-    except Exception as exc:
-        logger.exception("dispatching %d task(s) to the queue failed", len(tasks))
-        # Withdraw the tasks not dispatched, unless someone (a finishing worker, the sweeper) did it meanwhile.
-        task_ids = [task.pk for task in tasks]
-        withdrawn = 0
-        for start in range(0, len(task_ids), ID_CHUNK):
-            deleted, _ = Task.objects.filter(
-                pk__in=task_ids[start : start + ID_CHUNK], status=TaskStatus.PENDING, dispatched_at__isnull=True
-            ).delete()
-            withdrawn += deleted
-        if withdrawn and len(task_ids) == 1:
-            raise TaskHandOffFailed(
-                f"the task could not be handed to the task queue ({exc}); nothing was created"
-            ) from exc
-        if withdrawn:
-            raise TaskHandOffFailed(
-                f"{withdrawn} of {len(task_ids)} tasks could not be handed to the task queue ({exc}) "
-                "and were withdrawn; the others are queued"
-            ) from exc
+    except TaskHandOffFailed as exc:
+        logger.exception("handing %d task(s) to the queue failed; the sweeper will send them", len(exc.tasks))
+        raise
+
+
+def hand_off_in_background(tasks: Sequence[Task]) -> None:
+    """Dispatch tasks nobody waits for (the sweeper's retries): a failure is logged, not raised, so
+    the sweep goes on; a later sweep sends the tasks."""
+    with suppress(TaskHandOffFailed):
+        hand_off(tasks)
 
 
 def dispatch_next_task(embedding_model_id: str) -> Task | None:
@@ -281,7 +288,10 @@ def retry_task(task: Task, requested_by: str = "") -> Task:
 
 
 def retry_lost_attempt(task: Task, task_id: str | None = None) -> Task:
-    """The sweeper's automatic retry: a new attempt that keeps the lost one's place in the queue."""
+    """The sweeper's automatic retry: a new attempt that keeps the lost one's place in the queue.
+
+    Never withdrawn: if the queue refuses it, it stays pending and a later sweep sends it.
+    """
     return _create_task(
         task.kind,
         task.embedding_model_id,
@@ -291,4 +301,5 @@ def retry_lost_attempt(task: Task, task_id: str | None = None) -> Task:
         task.requested_by,
         attempt=task.attempt + 1,
         retry_of=task,
+        hand_off_with=hand_off_in_background,
     )

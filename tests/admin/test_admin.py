@@ -419,3 +419,20 @@ def test_retrying_an_already_retried_task_names_the_newer_attempt(admin_client, 
         f"Not retried 1 task(s): twice {failed.pk[:8]} (it was already retried as {attempt.pk} (attempt 2))"
     ]
     assert DeploymentTask.objects.filter(retry_of=failed).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_the_queue_refused_is_reported_as_made_and_waiting(admin_client, monkeypatch):
+    failed = FailedDeploymentFactory(embedding_model_id=EmbeddingModelFactory(id="later").id)
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr("deployments.services.tasks.async_task", broker_down)
+    response = run_action(admin_client, DEPLOYS_URL, "retry_selected", [failed])
+
+    attempt = DeploymentTask.objects.get(retry_of=failed)
+    assert (attempt.status, attempt.dispatched_at) == ("pending", None)
+    retried, waiting = messages_of(response)
+    assert retried.startswith("Retried 1 task(s): ")
+    assert waiting.startswith("1 new attempt(s) wait: ") and "the sweeper sends it" in waiting

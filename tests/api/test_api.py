@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, TaskStatus
+from deployments import services
+from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, Task, TaskStatus
 from tests.support.factories import DeletionTaskFactory, DeploymentTaskFactory, EmbeddingModelFactory
 
 pytestmark = pytest.mark.django_db
@@ -458,17 +461,52 @@ def test_a_created_task_is_handed_to_the_queue_on_commit(api, packaged_model):
     assert DeploymentTask.objects.get(pk=response.json()["task_id"]).dispatched_at is not None
 
 
+def broker_down(*args, **kwargs):
+    raise ConnectionError("broker unreachable")
+
+
 @pytest.mark.django_db(transaction=True)
-def test_a_failed_hand_off_is_a_500_json_and_leaves_nothing_behind(api, packaged_model, monkeypatch):
-    def broker_down(*args, **kwargs):
-        raise ConnectionError("broker unreachable")
-
+@pytest.mark.parametrize("path", ["/deploy", "/delete"])
+def test_a_failed_hand_off_is_a_503_with_retry_after_and_keeps_the_task(
+    api, packaged_model, monkeypatch, settings, path
+):
+    settings.TASK_HANDOFF_GRACE_SECONDS = 45
     monkeypatch.setattr("deployments.services.tasks.async_task", broker_down)
-    task_id = str(uuid.uuid4())
-    response = post(api, "/deploy", {"embedding_model_id": "minilm", "task_id": task_id})
-    assert response.status_code == 500
-    assert "could not be handed to the task queue" in response.json()["detail"]
-    assert not DeploymentTask.objects.exists()
 
-    monkeypatch.undo()  # the broker is back: the same task_id now creates the task
-    assert post(api, "/deploy", {"embedding_model_id": "minilm", "task_id": task_id}).status_code == 202
+    response = post(api, path, {"embedding_model_id": "minilm", "task_id": "1234"})
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == "45"
+    body = response.json()
+    assert body["task_id"] == "1234"
+    assert "1234 was created" in body["detail"] and "sends it again" in body["detail"]
+    task = Task.objects.get(pk="1234")
+    assert (task.status, task.dispatched_at) == ("pending", None)
+
+    # Sending the same request again is safe: it answers with the task, which is still there.
+    again = post(api, path, {"embedding_model_id": "minilm", "task_id": "1234"})
+    assert (again.status_code, again.json()["task_id"], again.json()["status"]) == (200, "1234", "pending")
+    assert Task.objects.count() == 1
+
+    # Once the broker is back, the sweeper hands it over after the grace period.
+    monkeypatch.undo()
+    assert services.sweep_tasks().resent == []
+    assert services.sweep_tasks(now=timezone.now() + timedelta(seconds=46)).resent == ["1234"]
+    assert Task.objects.get(pk="1234").dispatched_at is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_whose_hand_off_fails_is_a_503_naming_the_new_attempt(api, packaged_model, monkeypatch, settings):
+    settings.TASK_HANDOFF_GRACE_SECONDS = 29.5  # Retry-After is whole seconds, rounded up
+    failed = DeploymentTaskFactory(embedding_model_id="minilm", status=TaskStatus.FAILED)
+    monkeypatch.setattr("deployments.services.tasks.async_task", broker_down)
+
+    response = post(api, f"/deploy/{failed.pk}/retry", {})
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == "30"
+    attempt = DeploymentTask.objects.get(retry_of=failed)
+    assert response.json()["task_id"] == attempt.pk and attempt.status == "pending"
+    # A second click does not make a second attempt.
+    again = post(api, f"/deploy/{failed.pk}/retry", {})
+    assert (again.status_code, again.json()["retried_as"]) == (409, attempt.pk)
