@@ -135,18 +135,30 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
             }
             return TemplateResponse(request, "admin/deployments/embeddingmodel/confirm_tasks.html", context)
         created: list[str] = []
+        waiting: list[services.TaskHandOffFailed] = []
         failed: list[str] = []
         for model in models:
             # Exactly what POST /deploy and POST /delete do: one service call per model, on commit to the queue.
             try:
                 submission = submit(model.id, config={}, requested_by=request.user.get_username())
                 created.append(f"{model.id} (task {str(submission.task.pk)[:8]})")
+            except services.TaskHandOffFailed as exc:
+                # Created all the same: it stays pending and the sweeper sends it.
+                created.append(f"{model.id} (task {exc.task_ids[0][:8]})")
+                waiting.append(exc)
             except services.TaskError as exc:
                 failed.append(f"{model.id} ({exc})")
         history = task_list_url(kind)
         if created:
             message = summarize(f"Created {len(created)} {kind} task(s)", created)
             self.message_user(request, format_html('{} — <a href="{}">follow them</a>', message, history))
+        if waiting:
+            prefix = (
+                f"The task queue refused {len(waiting)} of them; they stay pending and the sweeper sends them "
+                f"once they have waited {waiting[0].retry_after} s"
+            )
+            refused = [exc.tasks[0].embedding_model_id for exc in waiting]
+            self.message_user(request, summarize(prefix, refused), messages.WARNING)
         if failed:
             self.message_user(request, summarize(f"No {kind} task for", failed), messages.ERROR)
         return None

@@ -436,3 +436,27 @@ def test_a_retry_the_queue_refused_is_reported_as_made_and_waiting(admin_client,
     retried, waiting = messages_of(response)
     assert retried.startswith("Retried 1 task(s): ")
     assert waiting.startswith("1 new attempt(s) wait: ") and "the sweeper sends it" in waiting
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deploying_while_the_queue_refuses_creates_the_tasks_and_says_they_wait(admin_client, monkeypatch, settings):
+    settings.TASK_HANDOFF_GRACE_SECONDS = 30
+    models = [EmbeddingModelFactory(id="q-a"), EmbeddingModelFactory(id="q-b")]
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr("deployments.services.tasks.async_task", broker_down)
+    response = run_action(admin_client, MODELS_URL, "deploy_selected", models, post="yes")
+
+    tasks = DeploymentTask.objects.order_by("embedding_model_id")
+    assert [(t.embedding_model_id, t.status, t.dispatched_at) for t in tasks] == [
+        ("q-a", "pending", None),
+        ("q-b", "pending", None),
+    ]
+    created, waiting = messages_of(response)
+    assert created.startswith("Created 2 deployment task(s): q-a (task ")
+    assert waiting == (
+        "The task queue refused 2 of them; they stay pending and the sweeper sends them once they have waited 30 s: "
+        "q-a; q-b"
+    )
