@@ -35,10 +35,12 @@ class RetryRefused(TaskConflict):
 
 class TaskHandOffFailed(TaskError):
     """Tasks were created but the queue refused them. Nothing is withdrawn: they stay pending and the
-    sweeper sends them again once they have waited ``retry_after`` seconds."""
+    sweeper sends them again once they have waited ``retry_after`` seconds. The message leaves the broker's
+    own error out (it may name hosts, and the API shows the message to clients); ``cause`` holds it."""
 
     def __init__(self, tasks: Sequence[Task], cause: Exception, retry_after: int):
         self.tasks = list(tasks)
+        self.cause = cause
         self.retry_after = retry_after
         if len(self.tasks) == 1:
             what = f"task {self.tasks[0].pk} was created but could not be handed to the task queue"
@@ -46,7 +48,7 @@ class TaskHandOffFailed(TaskError):
         else:
             what = f"{len(self.tasks)} tasks were created but could not be handed to the task queue"
             then = f"they stay pending and the sweeper sends them again once they have waited {retry_after} s"
-        super().__init__(f"{what} ({cause}); {then}")
+        super().__init__(f"{what}; {then}")
 
     @property
     def task_ids(self) -> list[str]:

@@ -162,6 +162,7 @@ def test_a_batch_the_queue_refused_is_created_reported_and_exits_1(monkeypatch, 
     assert out.getvalue() == "Created 2 deployment task(s).\n"
     assert str(failed.value).startswith("2 tasks were created but could not be handed to the task queue")
     assert "the sweeper sends them again once they have waited 30 s" in str(failed.value)
+    assert str(failed.value).endswith("(the queue said: broker unreachable)")
     tasks = DeploymentTask.objects.all()
     assert {(t.embedding_model_id, t.status, t.dispatched_at) for t in tasks} == {
         ("late-a", "pending", None),
