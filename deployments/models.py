@@ -6,7 +6,6 @@ per-model ``ModelLease`` row serializes work on a model across every worker on e
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from django.conf import settings
@@ -15,6 +14,7 @@ from django.db import models
 from django.db.models import Q
 
 from deployments.inference import MAX_MODEL_ID_LENGTH, InvalidModelId, SourceRefused, open_source, validate_model_id
+from deployments.task_ids import MAX_TASK_ID_LENGTH, InvalidTaskId, new_task_id, validate_task_id
 
 
 def validate_embedding_model_id(value: str) -> None:
@@ -22,6 +22,14 @@ def validate_embedding_model_id(value: str) -> None:
     try:
         validate_model_id(value)
     except InvalidModelId as exc:
+        raise ValidationError(str(exc)) from exc
+
+
+def validate_safe_task_id(value: str) -> None:
+    """Django validator around the one task id rule (``deployments.task_ids``)."""
+    try:
+        validate_task_id(value)
+    except InvalidTaskId as exc:
         raise ValidationError(str(exc)) from exc
 
 
@@ -126,7 +134,14 @@ class Task(models.Model):
 
     KIND: str = ""  # set by the proxies below; a Task loaded from the table carries its ``kind``
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # A client may name its task (any safe string, e.g. "1234"); otherwise it gets a new UUID's string.
+    id = models.CharField(
+        primary_key=True,
+        max_length=MAX_TASK_ID_LENGTH,
+        default=new_task_id,
+        editable=False,
+        validators=[validate_safe_task_id],
+    )
     kind = models.CharField(max_length=16, choices=TaskKind.choices)
     embedding_model_id = models.CharField(max_length=MAX_MODEL_ID_LENGTH)
     status = models.CharField(max_length=16, choices=TaskStatus.choices, default=TaskStatus.PENDING)
@@ -251,7 +266,13 @@ class ModelLease(models.Model):
     next_sequence = models.BigIntegerField(default=0)
     owner = models.CharField(max_length=200, blank=True)
     generation = models.BigIntegerField(default=0, help_text="Bumped by every take: the holder's fencing token.")
-    task_id = models.UUIDField(null=True, blank=True, help_text="The task the holder runs; empty for other work.")
+    # NULL, not "", when the holder runs no task (a free lease, a restore): what the lease code writes.
+    task_id = models.CharField(  # noqa: DJ001
+        max_length=MAX_TASK_ID_LENGTH,
+        null=True,
+        blank=True,
+        help_text="The task the holder runs; empty for other work.",
+    )
     expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -4,7 +4,6 @@ The admin's dashboard keeps its own queries in ``deployments.admin.dashboard``."
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -13,7 +12,7 @@ from django.db.models import Exists, OuterRef, Prefetch, QuerySet, Subquery
 from deployments.models import ACTIVE_STATUSES, Drift, EmbeddingModel, ModelLease, Task, TaskKind, TaskStatus
 
 
-def find_task(task_id: uuid.UUID | str, kind: str | None = None) -> Task | None:
+def find_task(task_id: str, kind: str | None = None) -> Task | None:
     """The task with that id, of the given kind when one is given (one query either way)."""
     tasks = Task.objects.filter(pk=task_id)
     if kind is not None:
@@ -30,6 +29,11 @@ def latest_task_for_model(kind: str, embedding_model_id: str) -> Task | None:
     return (
         Task.objects.filter(embedding_model_id=embedding_model_id, kind=kind).order_by("-sequence", "-attempt").first()
     )
+
+
+def newer_attempt(task: Task) -> Task | None:
+    """The attempt that retried ``task`` (by a user or the sweeper), if it was retried."""
+    return task.retries.order_by("attempt", "created_at").first()
 
 
 def task_events(task: Task) -> QuerySet:
@@ -110,7 +114,7 @@ def embedding_model_ids(*, states: Sequence[str] | None = None, limit: int | Non
     return list(models.order_by("pk").values_list("pk", flat=True)[:limit])
 
 
-def tasks_by_ids(task_ids: Sequence[uuid.UUID]) -> list[Task]:
+def tasks_by_ids(task_ids: Sequence[str]) -> list[Task]:
     tasks: list[Task] = []
     for start in range(0, len(task_ids), 500):
         tasks.extend(Task.objects.filter(pk__in=task_ids[start : start + 500]))

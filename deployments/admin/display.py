@@ -4,9 +4,9 @@ and the metadata summary. Pure presentation; the one query here is a task's time
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
+from django.contrib.admin.utils import quote
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
@@ -49,17 +49,18 @@ def task_list_url(kind: str) -> str:
     return reverse(f"admin:deployments_{TASK_PROXIES[kind]._meta.model_name}_changelist")
 
 
-def task_admin_url(kind: str, task_id: uuid.UUID | str) -> str:
-    return reverse(f"admin:deployments_{TASK_PROXIES[kind]._meta.model_name}_change", args=[task_id])
+def task_admin_url(kind: str, task_id: str) -> str:
+    # Quoted as the admin quotes primary keys: a client's id may hold '_' or ':'.
+    return reverse(f"admin:deployments_{TASK_PROXIES[kind]._meta.model_name}_change", args=[quote(task_id)])
 
 
-def task_link(kind: str, task_id: uuid.UUID | str) -> SafeString:
+def task_link(kind: str, task_id: str) -> SafeString:
     url = task_admin_url(kind, task_id)
     return format_html('<a href="{}" title="{}"><code>{}</code></a>', url, task_id, str(task_id)[:8])
 
 
 def model_link(embedding_model_id: str) -> SafeString:
-    url = reverse("admin:deployments_embeddingmodel_change", args=[embedding_model_id])
+    url = reverse("admin:deployments_embeddingmodel_change", args=[quote(embedding_model_id)])
     return format_html('<a href="{}">{}</a>', url, embedding_model_id)
 
 

@@ -7,11 +7,10 @@ filters. History itself is never edited: retry creates a new attempt, cancel fin
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -32,6 +31,7 @@ from deployments.admin.display import (
 from deployments.admin.filters import CappedCountPaginator, CreatedFilter, KindFilter, ModelFilter
 from deployments.models import DeletionTask, DeploymentTask, Task
 from deployments.services.bulk import BulkOutcome, TaskVerdict, cancel_many, retry_many
+from deployments.task_ids import is_valid_task_id
 
 # A bulk action over more tasks than this is refused whole: narrow the filter first.
 MAX_ACTION_TASKS = 1000
@@ -58,7 +58,7 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display_links = ("short_id",)
     list_filter = (KindFilter, "status", ModelFilter, CreatedFilter)
     search_fields = ("id", "embedding_model_id")  # matched exactly in get_search_results
-    search_help_text = "A task id (UUID), or an exact embedding model id."
+    search_help_text = "An exact task id or embedding model id."
     ordering = ("-created_at",)
     list_per_page = 100
     paginator = CappedCountPaginator
@@ -105,14 +105,14 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         return request.user.has_perm(f"deployments.change_{self.opts.model_name}")
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
-        # Exact matches only: both are index seeks, where icontains would scan every row.
+        # Exact matches only: both are index seeks, where icontains would scan every row. Every model id
+        # is also a valid task id, so a term that is not one names nothing.
         term = search_term.strip()
         if not term:
             return queryset, False
-        try:
-            return queryset.filter(pk=uuid.UUID(term)), False
-        except ValueError:
-            return queryset.filter(embedding_model_id=term), False
+        if not is_valid_task_id(term):
+            return queryset.none(), False
+        return queryset.filter(Q(pk=term) | Q(embedding_model_id=term)), False
 
     # -- columns
 
@@ -182,6 +182,9 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             return
         outcome = retry_many(tasks, requested_by=request.user.get_username())
         self._report(request, outcome, "Retried", "Not retried", retried_as)
+        if noted := [verdict for verdict in outcome.acted if verdict.note]:
+            items = [f"{retried_as(verdict)} ({verdict.note})" for verdict in noted]
+            self.message_user(request, summarize(f"{len(items)} new attempt(s) wait", items), messages.WARNING)
 
     @admin.action(description="Cancel selected pending tasks", permissions=["cancel"])
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet) -> None:

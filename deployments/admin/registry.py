@@ -3,7 +3,6 @@ actions that create tasks exactly as POST /deploy and POST /delete do."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from django.contrib import admin, messages
@@ -56,6 +55,7 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
     )
     list_filter = ("state",)
     search_fields = ("id", "name")
+    fields = ("id", "name", "source", "dimensions", "state", "live_revision", "endpoint", "created_at", "updated_at")
     readonly_fields = ("state", "live_revision", "endpoint", "created_at", "updated_at")
     actions = ["deploy_selected", "delete_selected_deployments"]
 
@@ -65,6 +65,11 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[EmbeddingModel]:
         # The latest task of each kind comes with the page's rows, not one query per row.
         return selectors.with_open_drift(selectors.with_latest_tasks(super().get_queryset(request)))
+
+    def get_readonly_fields(self, request: HttpRequest, obj: EmbeddingModel | None = None) -> tuple[str, ...]:
+        readonly = tuple(super().get_readonly_fields(request, obj))
+        # The id names the model on the server and its repository folder: chosen once, when it is added.
+        return readonly if obj is None else ("id", *readonly)
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         actions = super().get_actions(request)
@@ -131,7 +136,7 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
         return self._latest(TaskKind.DELETION, model.latest_deletion_id, model.latest_deletion_status)
 
     @staticmethod
-    def _latest(kind: str, task_id: uuid.UUID | None, status: str | None) -> SafeString:
+    def _latest(kind: str, task_id: str | None, status: str | None) -> SafeString:
         if task_id is None:
             return mark_safe("—")
         return format_html("{} {}", status_badge(status or ""), task_link(kind, task_id))
@@ -164,18 +169,30 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
             }
             return TemplateResponse(request, "admin/deployments/embeddingmodel/confirm_tasks.html", context)
         created: list[str] = []
+        waiting: list[services.TaskHandOffFailed] = []
         failed: list[str] = []
         for model in models:
             # Exactly what POST /deploy and POST /delete do: one service call per model, on commit to the queue.
             try:
                 submission = submit(model.id, config={}, requested_by=request.user.get_username())
                 created.append(f"{model.id} (task {str(submission.task.pk)[:8]})")
+            except services.TaskHandOffFailed as exc:
+                # Created all the same: it stays pending and the sweeper sends it.
+                created.append(f"{model.id} (task {exc.task_ids[0][:8]})")
+                waiting.append(exc)
             except services.TaskError as exc:
                 failed.append(f"{model.id} ({exc})")
         history = task_list_url(kind)
         if created:
             message = summarize(f"Created {len(created)} {kind} task(s)", created)
             self.message_user(request, format_html('{} — <a href="{}">follow them</a>', message, history))
+        if waiting:
+            prefix = (
+                f"The task queue refused {len(waiting)} of them; they stay pending and the sweeper sends them "
+                f"once they have waited {waiting[0].retry_after} s"
+            )
+            refused = [exc.tasks[0].embedding_model_id for exc in waiting]
+            self.message_user(request, summarize(prefix, refused), messages.WARNING)
         if failed:
             self.message_user(request, summarize(f"No {kind} task for", failed), messages.ERROR)
         return None

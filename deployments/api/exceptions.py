@@ -11,7 +11,7 @@ from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from deployments.services import TaskConflict, TaskHandOffFailed
+from deployments.services import RetryRefused, TaskConflict, TaskHandOffFailed
 
 logger = logging.getLogger(__name__)
 
@@ -20,19 +20,32 @@ class Conflict(APIException):
     status_code = status.HTTP_409_CONFLICT
     default_code = "conflict"
 
+    @classmethod
+    def from_service(cls, exc: TaskConflict) -> Conflict:
+        if isinstance(exc, RetryRefused) and exc.newer_attempt is not None:
+            # A second retry names the attempt the first one made, so the client can follow it.
+            return cls({"detail": str(exc), "retried_as": str(exc.newer_attempt.pk)})
+        return cls(str(exc))
+
 
 class HandOffFailed(APIException):
-    status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
+    """The task exists and stays pending, but the queue refused it: come back after ``Retry-After``."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_code = "hand_off_failed"
+
+    def __init__(self, exc: TaskHandOffFailed):
+        super().__init__({"detail": str(exc), "task_id": exc.task_ids[0]})
+        self.wait = exc.retry_after  # DRF's exception handler turns ``wait`` into the Retry-After header
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, RequestDataTooBig):
         exc = ValidationError({"body": [f"request body is too large: {exc}"]})
     elif isinstance(exc, TaskConflict):
-        exc = Conflict(str(exc))
+        exc = Conflict.from_service(exc)
     elif isinstance(exc, TaskHandOffFailed):
-        exc = HandOffFailed(str(exc))
+        exc = HandOffFailed(exc)
     response = exception_handler(exc, context)
     if response is None:
         logger.exception("unhandled error in %s", context.get("view"), exc_info=exc)

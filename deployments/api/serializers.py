@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Callable
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
@@ -17,12 +17,21 @@ from deployments.task_config import (
     NoUnknownKeysMixin,
     StrictIntegerField,
 )
+from deployments.task_ids import (
+    ALLOWED_TASK_ID_CHARACTERS,
+    MAX_TASK_ID_LENGTH,
+    TASK_ID_PATTERN,
+    InvalidTaskId,
+    validate_task_id,
+)
 
 
-class ModelIdField(serializers.CharField):
-    """An embedding model id, checked by the serving layer's own rule (validate_model_id)."""
+class CheckedIdField(serializers.CharField):
+    """A string id checked by its one rule (``check``, which raises ``invalid``): never coerced or trimmed."""
 
     default_error_messages = {"not_a_string": "must be a string, not {type}."}
+    check: Callable[[str], str]
+    invalid: type[Exception]
 
     def __init__(self, **kwargs: Any):
         kwargs.setdefault("trim_whitespace", False)  # " abc" is an unsafe id, not "abc"
@@ -32,23 +41,34 @@ class ModelIdField(serializers.CharField):
         if not isinstance(data, str):
             self.fail("not_a_string", type=type(data).__name__)
         try:
-            return validate_model_id(data)
-        except InvalidModelId as exc:
+            return self.check(data)
+        except self.invalid as exc:
             raise serializers.ValidationError(str(exc)) from exc
 
 
-class StrictUUIDField(serializers.UUIDField):
-    def to_internal_value(self, data: Any) -> uuid.UUID:
-        if not isinstance(data, str):
-            self.fail("invalid", value=data)
-        return super().to_internal_value(data)
+class ModelIdField(CheckedIdField):
+    """An embedding model id, checked by the serving layer's own rule (validate_model_id)."""
+
+    check = staticmethod(validate_model_id)
+    invalid = InvalidModelId
+
+
+@extend_schema_field({"type": "string", "pattern": TASK_ID_PATTERN, "maxLength": MAX_TASK_ID_LENGTH, "example": "1234"})
+class TaskIdField(CheckedIdField):
+    """A task id, checked by the one task id rule (``deployments.task_ids``)."""
+
+    check = staticmethod(validate_task_id)
+    invalid = InvalidTaskId
 
 
 class TaskRequestSerializer(NoUnknownKeysMixin, serializers.Serializer):
     embedding_model_id = ModelIdField(required=False, help_text="The embedding model to act on.")
     model_id = ModelIdField(required=False, help_text="Alias of embedding_model_id (the spec's examples use it).")
-    task_id = StrictUUIDField(
-        required=False, help_text="Optional client-chosen UUID: the same id again returns the same task."
+    task_id = TaskIdField(
+        required=False,
+        help_text=f"Optional id the client chooses ({ALLOWED_TASK_ID_CHARACTERS}; at most {MAX_TASK_ID_LENGTH}; "
+        "not starting with '.'). The same id with the same request returns the same task; with a different model, "
+        "kind or config it is a 409. Without it the server names the task with a new UUID.",
     )
     config_serializer_class: type[serializers.Serializer] = DeploymentConfigSerializer
 
@@ -79,7 +99,7 @@ class DeletionRequestSerializer(TaskRequestSerializer):
 class TaskSerializer(serializers.Serializer):
     """ModelDeploymentResponse / ModelDeletionResponse of the spec."""
 
-    task_id = serializers.UUIDField(source="id", read_only=True)
+    task_id = serializers.CharField(source="id", read_only=True, help_text="The client's task_id, or a UUID.")
     embedding_model_id = serializers.CharField(read_only=True)
     status = serializers.ChoiceField(choices=TaskStatus.choices, read_only=True)
     detail = serializers.CharField(read_only=True)

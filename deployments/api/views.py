@@ -5,7 +5,7 @@ Views only translate HTTP to service and selector calls and back.
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Callable
 from typing import Any
 
 from django.db.models import QuerySet
@@ -30,13 +30,23 @@ from deployments.api.serializers import (
 from deployments.inference import InvalidModelId, validate_model_id
 from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, Task, TaskStatus
 from deployments.services.registry import RegistryError
+from deployments.task_ids import TASK_ID_PATTERN, InvalidTaskId, validate_task_id
+
+
+def _id_from_path(value: str, check: Callable[[str], str], invalid: type[Exception], field: str) -> str:
+    """An id from the URL, held to the same rule as in a body: an unsafe one is a 400 naming the field."""
+    try:
+        return check(value)
+    except invalid as exc:
+        raise ValidationError({field: [str(exc)]}) from exc
 
 
 def _model_id_from_path(value: str) -> str:
-    try:
-        return validate_model_id(value)
-    except InvalidModelId as exc:
-        raise ValidationError({"embedding_model_id": [str(exc)]}) from exc
+    return _id_from_path(value, validate_model_id, InvalidModelId, "embedding_model_id")
+
+
+def _task_id_from_path(value: str) -> str:
+    return _id_from_path(value, validate_task_id, InvalidTaskId, "task_id")
 
 
 class TaskViewSet(viewsets.GenericViewSet):
@@ -55,11 +65,7 @@ class TaskViewSet(viewsets.GenericViewSet):
         raise NotImplementedError
 
     def _get_task(self, task_id: str) -> Task:
-        try:
-            parsed = uuid.UUID(task_id)
-        except ValueError:
-            raise NotFound(f"no {self.task_model.KIND} task with id {task_id!r}: task ids are UUIDs") from None
-        task = selectors.find_task(parsed, kind=self.task_model.KIND)
+        task = selectors.find_task(_task_id_from_path(task_id), kind=self.task_model.KIND)
         if task is None:
             raise NotFound(f"no {self.task_model.KIND} task with id {task_id!r}")
         return task
@@ -126,11 +132,48 @@ class TaskViewSet(viewsets.GenericViewSet):
 
 # -- OpenAPI documentation -------------------------------------------------------------------
 
-TASK_ID = OpenApiParameter("task_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The task's id.")
+TASK_ID = OpenApiParameter(
+    "task_id",
+    OpenApiTypes.STR,
+    OpenApiParameter.PATH,
+    pattern=TASK_ID_PATTERN,
+    description="The task's id: the task_id its client chose, or the UUID the server gave it. "
+    "An id that breaks the task id rule is a 400 naming task_id; an unknown one is a 404.",
+    examples=[
+        OpenApiExample("Chosen by the client", value="1234"),
+        OpenApiExample("Given by the server", value="3f1c9a5e-8a47-4a53-9d7e-2b0c6f1e4d21"),
+    ],
+)
 MODEL_ID = OpenApiParameter(
     "embedding_model_id", OpenApiTypes.STR, OpenApiParameter.PATH, description="The embedding model's id."
 )
 ERROR = OpenApiResponse(OpenApiTypes.OBJECT, description='JSON: {"detail": "...", "errors": {field: [...]}}')
+RETRY_AFTER = OpenApiParameter(
+    "Retry-After",
+    OpenApiTypes.INT,
+    OpenApiParameter.HEADER,
+    response=[503],
+    description="Seconds after which the sweeper sends the task again (TASK_HANDOFF_GRACE_SECONDS).",
+)
+HANDED_OFF_LATER = OpenApiResponse(
+    {
+        "type": "object",
+        "properties": {"detail": {"type": "string"}, "task_id": {"type": "string"}},
+        "required": ["detail", "task_id"],
+    },
+    description="The task was created and stays pending, but the task queue refused it; the sweeper sends it "
+    "again after Retry-After seconds. Follow it with GET on its task_id; sending the same request again with "
+    "that task_id answers 200 with it.",
+)
+RETRY_CONFLICT = OpenApiResponse(
+    {
+        "type": "object",
+        "properties": {"detail": {"type": "string"}, "retried_as": {"type": "string"}},
+        "required": ["detail"],
+    },
+    description="The task may not be retried: it has not finished, it is done (submit a new task instead), or it "
+    "was retried already, and then retried_as names that newer attempt.",
+)
 TASK_EXAMPLE = {
     "task_id": "3f1c9a5e-8a47-4a53-9d7e-2b0c6f1e4d21",
     "embedding_model_id": "all-minilm-l6-v2",
@@ -156,7 +199,7 @@ def _task_docs(kind: str, noun: str, request_serializer: type, spec_names: dict[
         OpenApiExample("As in the spec (model_id)", value={"model_id": "123"}, request_only=True),
         OpenApiExample(
             "Idempotent, with a client task id",
-            value={"embedding_model_id": "all-minilm-l6-v2", "task_id": "3f1c9a5e-8a47-4a53-9d7e-2b0c6f1e4d21"},
+            value={"embedding_model_id": "all-minilm-l6-v2", "task_id": "1234"},
             request_only=True,
         ),
     ]
@@ -179,11 +222,13 @@ def _task_docs(kind: str, noun: str, request_serializer: type, spec_names: dict[
             summary=f"Create a {kind} task",
             description=(
                 f"Creates a {kind} task and hands it to a worker; poll it with its task_id. "
-                "202 when created, 200 when a task with that task_id already exists. "
-                "400 for bad input or an unregistered model, 409 when task_id belongs to another "
-                "request, 500 (JSON) only when the task could not be handed to the queue; then nothing was created."
+                "202 when created; 200 with the existing task when the same task_id comes again with the same "
+                "model, kind and config. 400 for bad input or an unregistered model; 409 when that task_id "
+                "names a task of another model, kind or config. 503 with Retry-After when the task was created "
+                "but the task queue refused it: it stays pending and is sent again, nothing to resubmit."
             ),
             request=request_serializer,
+            parameters=[RETRY_AFTER],
             responses={
                 202: TaskSerializer,
                 200: TaskSerializer,
@@ -191,7 +236,7 @@ def _task_docs(kind: str, noun: str, request_serializer: type, spec_names: dict[
                 401: ERROR,
                 403: ERROR,
                 409: ERROR,
-                500: ERROR,
+                503: HANDED_OFF_LATER,
             },
             examples=[*request_examples, response_example],
             tags=tags,
@@ -200,7 +245,7 @@ def _task_docs(kind: str, noun: str, request_serializer: type, spec_names: dict[
             operation_id=spec_names["retrieve"],
             summary=f"Get a {kind} task",
             parameters=[TASK_ID],
-            responses={200: TaskSerializer, 404: ERROR},
+            responses={200: TaskSerializer, 400: ERROR, 404: ERROR},
             examples=[response_example],
             tags=tags,
         ),
@@ -229,22 +274,27 @@ def _task_docs(kind: str, noun: str, request_serializer: type, spec_names: dict[
             summary=f"Cancel a pending {kind} task",
             request=None,
             parameters=[TASK_ID],
-            responses={200: TaskSerializer, 404: ERROR, 409: ERROR},
+            responses={200: TaskSerializer, 400: ERROR, 404: ERROR, 409: ERROR},
             tags=tags,
         ),
         "retry": extend_schema(
             operation_id=f"retry_{kind}_task",
-            summary=f"Retry a finished {kind} task as a new attempt",
+            summary=f"Retry a failed, refused or canceled {kind} task as a new attempt",
+            description=(
+                "Creates a new attempt linked to the task, at the back of the model's queue. Once per task: a "
+                "second retry (or one of a task the sweeper already retried) is a 409 naming the newer attempt. "
+                "A done task is not retried: submit a new task. 503 with Retry-After as for creating a task."
+            ),
             request=None,
-            parameters=[TASK_ID],
-            responses={202: TaskSerializer, 404: ERROR, 409: ERROR},
+            parameters=[TASK_ID, RETRY_AFTER],
+            responses={202: TaskSerializer, 400: ERROR, 404: ERROR, 409: RETRY_CONFLICT, 503: HANDED_OFF_LATER},
             tags=tags,
         ),
         "events": extend_schema(
             operation_id=f"{kind}_task_events",
             summary=f"Stage-by-stage timeline of a {kind} task",
             parameters=[TASK_ID],
-            responses={200: TaskEventSerializer(many=True), 404: ERROR},
+            responses={200: TaskEventSerializer(many=True), 400: ERROR, 404: ERROR},
             tags=tags,
         ),
     }

@@ -1,6 +1,6 @@
 """Write side of the control plane (HackSoft style): everything that changes tasks, leases and the registry.
 
-- tasks:       submit / cancel / retry tasks, dispatch them to django-q2 on commit
+- tasks:       submit / cancel / retry tasks (the one retry rule), hand them to django-q2 on commit
 - transitions: the one door through which a task's status changes
 - recording:   timeline events, the pipelines' recorder and their outcome
 - engine:      run one task under its model's lease and always finish it
@@ -15,6 +15,7 @@
 from deployments.services.engine import run_task
 from deployments.services.errors import (
     ModelNotRegistered,
+    RetryRefused,
     TaskConflict,
     TaskError,
     TaskHandOffFailed,
@@ -22,17 +23,26 @@ from deployments.services.errors import (
 )
 from deployments.services.registry import register_model, register_packaged_model, unregister_model, update_model
 from deployments.services.sweeper import ensure_sweep_schedule, sweep_tasks
-from deployments.services.tasks import Submission, cancel_task, retry_task, submit_deletion, submit_deployment
+from deployments.services.tasks import (
+    Submission,
+    cancel_task,
+    ensure_retryable,
+    retry_task,
+    submit_deletion,
+    submit_deployment,
+)
 from deployments.services.transitions import transition
 
 __all__ = [
     "ModelNotRegistered",
+    "RetryRefused",
     "Submission",
     "TaskConflict",
     "TaskError",
     "TaskHandOffFailed",
     "TransitionNotAllowed",
     "cancel_task",
+    "ensure_retryable",
     "ensure_sweep_schedule",
     "register_model",
     "register_packaged_model",

@@ -2,13 +2,12 @@
 per task, and pruning old history. The admin's actions and the management commands call these.
 
 Every path shares the single-task code in ``tasks.py``: the same registration check
-(``ensure_registered``), the same row (``new_task``), the same dispatch on commit
-(``dispatch_or_withdraw``), and ``retry_task`` / ``cancel_task`` themselves for each task.
+(``ensure_registered``), the same row (``new_task``), the same hand-off on commit (``hand_off``),
+and ``retry_task`` (with its one retry rule) / ``cancel_task`` themselves for each task.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,21 +18,10 @@ from django.db import transaction
 from django.db.models import Count, F, Window
 from django.db.models.functions import RowNumber
 
-from deployments.models import TERMINAL_STATUSES, Task, TaskStatus
-from deployments.services.errors import TaskError
+from deployments.models import TERMINAL_STATUSES, Task
+from deployments.services.errors import RetryRefused, TaskError, TaskHandOffFailed
 from deployments.services.leases import allocate_sequences
-from deployments.services.tasks import (
-    ID_CHUNK,
-    cancel_task,
-    dispatch_or_withdraw,
-    ensure_registered,
-    new_task,
-    retry_task,
-)
-
-# What an operator retries: outcomes that did not deliver. A done task is deployed again by a new
-# deploy, not "retried"; a pending or processing one has not finished yet.
-RETRYABLE_STATUSES = (TaskStatus.FAILED, TaskStatus.REFUSED, TaskStatus.CANCELED)
+from deployments.services.tasks import ID_CHUNK, cancel_task, ensure_registered, hand_off, new_task, retry_task
 
 
 def submit_many(
@@ -46,6 +34,7 @@ def submit_many(
 
     All or nothing: an unregistered id refuses the whole batch before anything is written.
     A model named twice gets one task (two identical deploys in a row would only redo the work).
+    Raises TaskHandOffFailed, after the commit, naming the tasks the queue refused (they stay pending).
     """
     model_ids = list(dict.fromkeys(embedding_model_ids))
     if not model_ids:
@@ -58,17 +47,19 @@ def submit_many(
             for model_id in model_ids
         ]
         Task.objects.bulk_create(tasks, batch_size=ID_CHUNK)
-        transaction.on_commit(partial(dispatch_or_withdraw, tasks))
+        transaction.on_commit(partial(hand_off, tasks))
     return tasks
 
 
 @dataclass(frozen=True)
 class TaskVerdict:
-    """What a bulk action did to one task: ``result`` when it acted, otherwise ``reason`` says why not."""
+    """What a bulk action did to one task: ``result`` when it acted, otherwise ``reason`` says why not.
+    ``note`` is what else the operator should know about an action that went through."""
 
     task: Task
     result: Task | None = None
     reason: str = ""
+    note: str = ""
 
     @property
     def acted(self) -> bool:
@@ -89,28 +80,23 @@ class BulkOutcome:
 
 
 def retry_many(tasks: Sequence[Task], requested_by: str = "") -> BulkOutcome:
-    """Retry each failed, refused or canceled task as a new attempt (``retry_task``), once.
+    """Retry each task by ``retry_task`` and its one rule (failed, refused or canceled; once).
 
-    A task that already has a newer attempt (retried by someone else, or by the sweeper) is not
-    retried again: a double click must not queue the same work twice.
+    A task that already has a newer attempt (retried by someone else, or by the sweeper) is skipped,
+    naming that attempt: a double click must not queue the same work twice.
     """
-    retried_as = _existing_retries(tasks)
     outcome = BulkOutcome()
     for task in tasks:
-        if task.status not in RETRYABLE_STATUSES:
-            reason = (
-                "it is done: deploy the model again instead"
-                if task.status == TaskStatus.DONE
-                else f"it is {task.status}: it has not finished yet"
-            )
-            outcome.verdicts.append(TaskVerdict(task, reason=reason))
-        elif task.pk in retried_as:
-            outcome.verdicts.append(TaskVerdict(task, reason=f"it was already retried as {retried_as[task.pk]}"))
-        else:
-            try:
-                outcome.verdicts.append(TaskVerdict(task, result=retry_task(task, requested_by=requested_by)))
-            except TaskError as exc:
-                outcome.verdicts.append(TaskVerdict(task, reason=str(exc)))
+        try:
+            outcome.verdicts.append(TaskVerdict(task, result=retry_task(task, requested_by=requested_by)))
+        except RetryRefused as exc:
+            outcome.verdicts.append(TaskVerdict(task, reason=exc.reason))
+        except TaskHandOffFailed as exc:
+            # The attempt exists and stays pending; only its message to the queue is late.
+            note = f"not yet handed to the task queue; the sweeper sends it once it has waited {exc.retry_after} s"
+            outcome.verdicts.append(TaskVerdict(task, result=exc.tasks[0], note=note))
+        except TaskError as exc:
+            outcome.verdicts.append(TaskVerdict(task, reason=str(exc)))
     return outcome
 
 
@@ -123,20 +109,6 @@ def cancel_many(tasks: Sequence[Task], by: str = "") -> BulkOutcome:
         except TaskError as exc:
             outcome.verdicts.append(TaskVerdict(task, reason=str(exc)))
     return outcome
-
-
-def _existing_retries(tasks: Sequence[Task]) -> dict[uuid.UUID, uuid.UUID]:
-    """For each task that already has a newer attempt: that attempt's id (one query per 500 tasks)."""
-    retried_as: dict[uuid.UUID, uuid.UUID] = {}
-    ids = [task.pk for task in tasks]
-    for start in range(0, len(ids), ID_CHUNK):
-        rows = (
-            Task.objects.filter(retry_of__in=ids[start : start + ID_CHUNK])
-            .order_by("attempt")
-            .values_list("retry_of_id", "pk")
-        )
-        retried_as.update(rows)
-    return retried_as
 
 
 @dataclass

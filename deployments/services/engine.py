@@ -8,7 +8,6 @@ django-q worker); it returns, and whoever finishes the task ahead dispatches the
 from __future__ import annotations
 
 import logging
-import uuid
 
 from django.utils import timezone
 
@@ -26,7 +25,7 @@ logger = logging.getLogger(__name__)
 PIPELINES = {TaskKind.DEPLOYMENT: run_deployment, TaskKind.DELETION: run_deletion}
 
 
-def run_task(task_id: uuid.UUID | str) -> str:
+def run_task(task_id: str) -> str:
     """Run the task if it is its model's turn; return what happened (for the queue's result log)."""
     task = selectors.find_task(task_id)
     if task is None:

@@ -97,7 +97,7 @@ def claim_lease(task: Task, owner: str) -> Lease | None:
     return claim_model_lease(task.embedding_model_id, owner, task_id=task.pk)
 
 
-def claim_model_lease(embedding_model_id: str, owner: str, task_id: uuid.UUID | None = None) -> Lease | None:
+def claim_model_lease(embedding_model_id: str, owner: str, task_id: str | None = None) -> Lease | None:
     """Take a model's lease if it is free or expired (None if not); without a task for work that is
     not one (restore, reconcile)."""
     ensure_lease_rows([embedding_model_id])

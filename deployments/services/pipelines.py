@@ -51,7 +51,7 @@ def run_deployment(task: Task, recorder: TaskRecorder, fence: Fence) -> Outcome:
         state=EmbeddingModel.State.DEPLOYED,
         live_revision=result.revision,
         endpoint=result.endpoint,
-        dimensions=model.dimensions or result.dimensions,
+        dimensions=result.dimensions,  # what the live revision serves; the operator's expectation was checked
     )
     return Outcome(TaskStatus.DONE, f"revision {result.revision} serves at {result.endpoint}", result.as_metadata())
 

@@ -11,7 +11,6 @@ Run every TASK_SWEEP_MINUTES by django-q2 (schedule "deployments: sweep tasks") 
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -36,6 +35,7 @@ from deployments.services.pipelines import sync_model_state
 from deployments.services.recording import record_event
 from deployments.services.tasks import dispatch, dispatch_next_task, retry_lost_attempt
 from deployments.services.transitions import transition
+from deployments.task_ids import new_task_id
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def resolve_orphaned_processing(now: datetime, report: SweepReport) -> None:
 
 
 def _resolve_lost_attempt(task: Task, reason: str, report: SweepReport) -> None:
-    retry_id = uuid.uuid4() if task.attempt < settings.TASK_MAX_ATTEMPTS else None
+    retry_id = new_task_id() if task.attempt < settings.TASK_MAX_ATTEMPTS else None
     if retry_id:
         detail = f"{reason}; retried as attempt {task.attempt + 1} (task {retry_id})"
     else:

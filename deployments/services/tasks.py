@@ -2,27 +2,32 @@
 
 A task row is created in a transaction and dispatched to django-q2 only once that transaction has
 committed (so a worker never looks for a row that is not there yet). The queue message carries
-nothing but the task id: the row is the single source of truth.
+nothing but the task id: the row is the single source of truth. A row whose hand-off failed is
+never withdrawn: it stays pending and the sweeper sends it again (``resend_lost_handoffs``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import uuid
-from collections.abc import Collection, Sequence
+import math
+from collections.abc import Callable, Collection, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
 
 from deployments import selectors
 from deployments.models import EmbeddingModel, Task, TaskKind, TaskStatus
-from deployments.services.errors import ModelNotRegistered, TaskConflict, TaskHandOffFailed
+from deployments.services.errors import ModelNotRegistered, RetryRefused, TaskConflict, TaskHandOffFailed
 from deployments.services.leases import allocate_sequence, lease_is_held
 from deployments.services.transitions import transition
+from deployments.task_ids import new_task_id
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +36,14 @@ ID_CHUNK = 500
 
 # The django-q2 job every task runs: it reads the task's kind from its row.
 TASK_JOB = "deployments.jobs.run_task"
+
+# What a user may retry: outcomes that did not deliver. A done task is not retried: the same work is
+# asked for again by a new submission. A pending or processing one has not finished yet.
+RETRYABLE_STATUSES = (TaskStatus.FAILED, TaskStatus.REFUSED, TaskStatus.CANCELED)
+DO_AGAIN_INSTEAD = {
+    TaskKind.DEPLOYMENT: "deploy the model again instead",
+    TaskKind.DELETION: "delete the model again instead",
+}
 
 
 @dataclass(frozen=True)
@@ -42,7 +55,7 @@ class Submission:
 def submit_deployment(
     embedding_model_id: str,
     config: dict[str, Any] | None = None,
-    task_id: uuid.UUID | None = None,
+    task_id: str | None = None,
     requested_by: str = "",
 ) -> Submission:
     return submit_task(TaskKind.DEPLOYMENT, embedding_model_id, config, task_id, requested_by)
@@ -51,7 +64,7 @@ def submit_deployment(
 def submit_deletion(
     embedding_model_id: str,
     config: dict[str, Any] | None = None,
-    task_id: uuid.UUID | None = None,
+    task_id: str | None = None,
     requested_by: str = "",
 ) -> Submission:
     return submit_task(TaskKind.DELETION, embedding_model_id, config, task_id, requested_by)
@@ -61,34 +74,41 @@ def submit_task(
     kind: str,
     embedding_model_id: str,
     config: dict[str, Any] | None = None,
-    task_id: uuid.UUID | None = None,
+    task_id: str | None = None,
     requested_by: str = "",
 ) -> Submission:
-    """Create a task (or return the one already created under ``task_id``) and dispatch it on commit."""
+    """Create a task (or return the one already created under ``task_id``) and dispatch it on commit.
+
+    The same ``task_id`` with the same kind, model and config is the same request sent again: the
+    existing task comes back (``created`` False). With anything different it is a TaskConflict.
+    Raises TaskHandOffFailed, after the commit, when the queue refused the new task (it stays pending).
+    """
+    config = config or {}
     ensure_registered([embedding_model_id])
     try:
         with transaction.atomic():
             # Taking the queue position first locks the model's row: a concurrent request with the
             # same task_id waits here and then finds the task below.
             sequence = allocate_sequence(embedding_model_id)
-            if task_id is not None and (existing := _existing_submission(kind, embedding_model_id, task_id)):
+            if task_id is not None and (existing := _existing_submission(kind, embedding_model_id, config, task_id)):
                 return existing
-            task = _create_task(kind, embedding_model_id, config or {}, sequence, task_id, requested_by)
+            task = _create_task(kind, embedding_model_id, config, sequence, task_id, requested_by)
     except IntegrityError:
         # The same task_id was inserted concurrently for another model's queue: idempotency still holds.
-        if task_id is not None and (existing := _existing_submission(kind, embedding_model_id, task_id)):
+        if task_id is not None and (existing := _existing_submission(kind, embedding_model_id, config, task_id)):
             return existing
         raise
     return Submission(task, created=True)
 
 
-def _existing_submission(kind: str, embedding_model_id: str, task_id: uuid.UUID) -> Submission | None:
+def _existing_submission(kind: str, embedding_model_id: str, config: dict[str, Any], task_id: str) -> Submission | None:
     existing = selectors.find_task(task_id)
     if existing is None:
         return None
-    if existing.kind != kind or existing.embedding_model_id != embedding_model_id:
+    if (existing.kind, existing.embedding_model_id, existing.config) != (kind, embedding_model_id, config):
         raise TaskConflict(
-            f"task_id {task_id} is already used by a {existing.kind} task of model {existing.embedding_model_id!r}"
+            f"task_id {task_id} is already used by a {existing.kind} task of model {existing.embedding_model_id!r} "
+            f"with config {json.dumps(existing.config, sort_keys=True)}; a different request needs a new task_id"
         )
     return Submission(existing, created=False)
 
@@ -98,18 +118,20 @@ def _create_task(
     embedding_model_id: str,
     config: dict[str, Any],
     sequence: int,
-    task_id: uuid.UUID | None,
+    task_id: str | None,
     requested_by: str,
     *,
     attempt: int = 1,
     retry_of: Task | None = None,
+    hand_off_with: Callable[[Sequence[Task]], None] | None = None,
 ) -> Task:
-    """Insert the row and arrange its dispatch for when the surrounding transaction commits."""
+    """Insert the row and arrange its hand-off (``hand_off`` unless told otherwise) for when the
+    surrounding transaction commits."""
     task = new_task(
         kind, embedding_model_id, config, sequence, task_id, requested_by, attempt=attempt, retry_of=retry_of
     )
     task.save(force_insert=True)
-    transaction.on_commit(partial(dispatch_or_withdraw, [task]))
+    transaction.on_commit(partial(hand_off_with or hand_off, [task]))
     return task
 
 
@@ -138,7 +160,7 @@ def new_task(
     embedding_model_id: str,
     config: dict[str, Any],
     sequence: int,
-    task_id: uuid.UUID | None = None,
+    task_id: str | None = None,
     requested_by: str = "",
     *,
     attempt: int = 1,
@@ -147,7 +169,7 @@ def new_task(
     """An unsaved task row as every submission path creates it (single, batch, retry)."""
     metadata: dict[str, Any] = {"attempt": attempt, "retry_of": str(retry_of.pk) if retry_of else None}
     return Task(
-        id=task_id or uuid.uuid4(),
+        id=task_id or new_task_id(),
         kind=kind,
         embedding_model_id=embedding_model_id,
         config=config,
@@ -160,44 +182,44 @@ def new_task(
 
 
 def dispatch(tasks: Sequence[Task]) -> None:
-    """Send task ids to django-q2 and note when, ``ID_CHUNK`` at a time; raise if the broker fails.
+    """Send task ids to django-q2 and note when, ``ID_CHUNK`` at a time.
 
     Sending twice is harmless: the job checks the row. Each chunk is enqueued inside one
     transaction: with the ORM broker that is one commit per chunk instead of one per message
     (1,000 deploys take seconds, not minutes); with Redis it changes nothing. Only chunks that
-    went through completely are marked as dispatched.
+    went through completely are marked as dispatched. If the broker fails, TaskHandOffFailed names
+    the tasks not sent; they stay pending, and the sweeper re-sends a model's first pending task
+    once it has waited TASK_HANDOFF_GRACE_SECONDS without a hand-off.
     """
     for start in range(0, len(tasks), ID_CHUNK):
         chunk = tasks[start : start + ID_CHUNK]
-        with transaction.atomic():
-            for task in chunk:
-                async_task(TASK_JOB, str(task.pk), task_name=f"{task.kind}-{task.pk}", group=f"{task.kind}s")
+        try:
+            with transaction.atomic():
+                for task in chunk:
+                    async_task(TASK_JOB, str(task.pk), task_name=f"{task.kind}-{task.pk}", group=f"{task.kind}s")
+        except Exception as exc:
+            raise TaskHandOffFailed(tasks[start:], exc, math.ceil(settings.TASK_HANDOFF_GRACE_SECONDS)) from exc
         Task.objects.filter(pk__in=[task.pk for task in chunk]).update(dispatched_at=timezone.now())
 
 
-def dispatch_or_withdraw(tasks: Sequence[Task]) -> None:
-    """Dispatch freshly committed tasks; delete the ones that could not be dispatched and say so."""
+def hand_off(tasks: Sequence[Task]) -> None:
+    """Dispatch freshly committed tasks for a caller who is waiting (API, admin, commands).
+
+    A broker failure deletes nothing: TaskHandOffFailed reaches the caller (the API answers 503
+    with Retry-After) while the tasks stay pending for the sweeper to send.
+    """
     try:
         dispatch(tasks)
-    except Exception as exc:
-        logger.exception("dispatching %d task(s) to the queue failed", len(tasks))
-        # Withdraw the tasks not dispatched, unless someone (a finishing worker, the sweeper) did it meanwhile.
-        task_ids = [task.pk for task in tasks]
-        withdrawn = 0
-        for start in range(0, len(task_ids), ID_CHUNK):
-            deleted, _ = Task.objects.filter(
-                pk__in=task_ids[start : start + ID_CHUNK], status=TaskStatus.PENDING, dispatched_at__isnull=True
-            ).delete()
-            withdrawn += deleted
-        if withdrawn and len(task_ids) == 1:
-            raise TaskHandOffFailed(
-                f"the task could not be handed to the task queue ({exc}); nothing was created"
-            ) from exc
-        if withdrawn:
-            raise TaskHandOffFailed(
-                f"{withdrawn} of {len(task_ids)} tasks could not be handed to the task queue ({exc}) "
-                "and were withdrawn; the others are queued"
-            ) from exc
+    except TaskHandOffFailed as exc:
+        logger.exception("handing %d task(s) to the queue failed; the sweeper will send them", len(exc.tasks))
+        raise
+
+
+def hand_off_in_background(tasks: Sequence[Task]) -> None:
+    """Dispatch tasks nobody waits for (the sweeper's retries): a failure is logged, not raised, so
+    the sweep goes on; a later sweep sends the tasks."""
+    with suppress(TaskHandOffFailed):
+        hand_off(tasks)
 
 
 def dispatch_next_task(embedding_model_id: str) -> Task | None:
@@ -229,13 +251,30 @@ def cancel_task(task: Task, by: str = "") -> Task:
     return task
 
 
+def ensure_retryable(task: Task) -> None:
+    """The one retry rule, for the API, the admin and the commands alike.
+
+    Raises RetryRefused unless ``task`` is failed, refused or canceled and has no newer attempt yet;
+    when it was retried already (by a user or by the sweeper), the refusal names that attempt.
+    """
+    if task.status == TaskStatus.DONE:
+        raise RetryRefused(task, f"it is done: {DO_AGAIN_INSTEAD[task.kind]}")
+    if task.status not in RETRYABLE_STATUSES:
+        raise RetryRefused(task, f"it is {task.status}: it has not finished yet")
+    if newer := selectors.newer_attempt(task):
+        raise RetryRefused(task, f"it was already retried as {newer.pk} (attempt {newer.attempt})", newer)
+
+
 def retry_task(task: Task, requested_by: str = "") -> Task:
-    """Run a finished task again as a new attempt linked to it, at the back of the model's queue."""
-    if not task.is_terminal:
-        raise TaskConflict(f"only a finished task can be retried; this one is {task.status}")
+    """Run a failed, refused or canceled task again as a new attempt linked to it, at the back of the
+    model's queue. Once only: a double click, or two operators at once, make one attempt."""
+    ensure_retryable(task)  # refuse the obvious cases before taking any lock
     ensure_registered([task.embedding_model_id])
     with transaction.atomic():
+        # Taking the queue position locks the model's lease row until commit (SQLite: the database), so
+        # concurrent retries of one task take turns, and the later one finds the earlier one's attempt.
         sequence = allocate_sequence(task.embedding_model_id)
+        ensure_retryable(task)
         return _create_task(
             task.kind,
             task.embedding_model_id,
@@ -248,8 +287,11 @@ def retry_task(task: Task, requested_by: str = "") -> Task:
         )
 
 
-def retry_lost_attempt(task: Task, task_id: uuid.UUID | None = None) -> Task:
-    """The sweeper's automatic retry: a new attempt that keeps the lost one's place in the queue."""
+def retry_lost_attempt(task: Task, task_id: str | None = None) -> Task:
+    """The sweeper's automatic retry: a new attempt that keeps the lost one's place in the queue.
+
+    Never withdrawn: if the queue refuses it, it stays pending and a later sweep sends it.
+    """
     return _create_task(
         task.kind,
         task.embedding_model_id,
@@ -259,4 +301,5 @@ def retry_lost_attempt(task: Task, task_id: uuid.UUID | None = None) -> Task:
         task.requested_by,
         attempt=task.attempt + 1,
         retry_of=task,
+        hand_off_with=hand_off_in_background,
     )

@@ -400,3 +400,99 @@ def test_leases_are_shown_but_not_editable(admin_client):
     DeploymentTaskFactory()
     response = admin_client.get("/admin/deployments/modellease/")
     assert response.status_code == 200 and b"/admin/deployments/modellease/add/" not in response.content
+
+
+# -- the model id, task ids, retry once ------------------------------------------------------------
+
+
+def test_a_models_id_is_editable_when_added_and_read_only_after(admin_client, minilm_dir):
+    assert b'name="id"' in admin_client.get(f"{MODELS_URL}add/").content
+    model = EmbeddingModelFactory(id="fixed-id", source=str(minilm_dir))
+
+    page = admin_client.get(f"{MODELS_URL}{model.pk}/change/").content.decode()
+    assert 'name="id"' not in page and "fixed-id" in page
+
+    # What a browser sends: the fields, and the (empty) formset of the model's drifts shown below them.
+    drifts_formset = {
+        f"drifts-{key}": "0" for key in ("TOTAL_FORMS", "INITIAL_FORMS", "MIN_NUM_FORMS", "MAX_NUM_FORMS")
+    }
+    response = admin_client.post(
+        f"{MODELS_URL}{model.pk}/change/",
+        {"id": "renamed", "name": "Fixed", "source": str(minilm_dir), **drifts_formset},
+    )
+    assert response.status_code == 302
+    assert list(EmbeddingModel.objects.values_list("pk", "name")) == [("fixed-id", "Fixed")]
+
+
+def test_client_chosen_task_ids_are_searched_linked_and_shown(admin_client):
+    model = EmbeddingModelFactory(id="ids")
+    # '_2A' is how the admin escapes '*' in a URL: the link must escape the id's own '_'.
+    FinishedDeploymentFactory(embedding_model_id=model.id)
+    chosen = FailedDeploymentFactory(id="nightly:2025_2A.1", embedding_model_id=model.id)
+
+    def listed(term: str) -> set:
+        response = admin_client.get(DEPLOYS_URL, {"q": term})
+        assert response.status_code == 200
+        return {task.pk for task in response.context["cl"].result_list}
+
+    assert listed("nightly:2025_2A.1") == {chosen.pk}
+    assert len(listed("ids")) == 2
+    assert listed("nightly:2025") == set()
+    assert listed("a b") == listed("../x") == set()  # not a task id, nor a model id: nothing, no error
+
+    link = f"{DEPLOYS_URL}nightly_3A2025_5F2A.1/change/"
+    assert link in admin_client.get(MODELS_URL).content.decode()  # the model's latest deployment
+    detail = admin_client.get(link)
+    assert detail.status_code == 200 and b"nightly:2025_2A.1" in detail.content
+
+
+def test_retrying_an_already_retried_task_names_the_newer_attempt(admin_client, django_capture_on_commit_callbacks):
+    failed = FailedDeploymentFactory(embedding_model_id=EmbeddingModelFactory(id="twice").id)
+    with django_capture_on_commit_callbacks(execute=True):
+        run_action(admin_client, DEPLOYS_URL, "retry_selected", [failed])
+    attempt = DeploymentTask.objects.get(retry_of=failed)
+
+    again = run_action(admin_client, DEPLOYS_URL, "retry_selected", [failed])
+
+    [(level, not_again)] = reported(again)
+    assert level == messages.WARNING and count_in(not_again) == 1 and str(attempt.pk) in not_again
+    assert DeploymentTask.objects.filter(retry_of=failed).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_the_queue_refused_is_reported_as_made_and_waiting(admin_client, monkeypatch):
+    failed = FailedDeploymentFactory(embedding_model_id=EmbeddingModelFactory(id="later").id)
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr("deployments.services.tasks.async_task", broker_down)
+    response = run_action(admin_client, DEPLOYS_URL, "retry_selected", [failed])
+
+    attempt = DeploymentTask.objects.get(retry_of=failed)
+    assert (attempt.status, attempt.dispatched_at) == ("pending", None)
+    [(retried_level, retried), (waiting_level, waiting)] = reported(response)
+    assert (retried_level, count_in(retried)) == (messages.SUCCESS, 1)
+    assert (waiting_level, count_in(waiting)) == (messages.WARNING, 1) and str(attempt.pk)[:8] in waiting
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deploying_while_the_queue_refuses_creates_the_tasks_and_says_they_wait(admin_client, monkeypatch, settings):
+    settings.TASK_HANDOFF_GRACE_SECONDS = 30
+    models = [EmbeddingModelFactory(id="q-a"), EmbeddingModelFactory(id="q-b")]
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr("deployments.services.tasks.async_task", broker_down)
+    response = run_action(admin_client, MODELS_URL, "deploy_selected", models, post="yes")
+
+    tasks = DeploymentTask.objects.order_by("embedding_model_id")
+    assert [(t.embedding_model_id, t.status, t.dispatched_at) for t in tasks] == [
+        ("q-a", "pending", None),
+        ("q-b", "pending", None),
+    ]
+    [(created_level, created), (waiting_level, waiting)] = reported(response)
+    assert (created_level, count_in(created)) == (messages.INFO, 2)
+    assert waiting_level == messages.WARNING and "2" in waiting and "30 s" in waiting
+    assert "q-a" in waiting and "q-b" in waiting

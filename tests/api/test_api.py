@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, TaskStatus
+from deployments import services
+from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, Task, TaskStatus
 from tests.support.factories import DeletionTaskFactory, DeploymentTaskFactory, EmbeddingModelFactory
 
 pytestmark = pytest.mark.django_db
@@ -83,24 +86,64 @@ def test_the_specs_model_id_is_accepted(api, packaged_model):
     assert post(api, "/deploy", {"model_id": "minilm", "embedding_model_id": "minilm"}).status_code == 202
 
 
+@pytest.mark.parametrize("task_id", ["1234", str(uuid.uuid4()), "nightly:2025-01-01_minilm.v2", "-", "x" * 128])
+def test_a_client_chosen_task_id_names_the_task(api, packaged_model, task_id):
+    response = post(api, "/deploy", {"embedding_model_id": "minilm", "task_id": task_id})
+    assert response.status_code == 202, response.content
+    assert response.json()["task_id"] == task_id
+    for path in (f"/deploy/{task_id}", f"/deploy/{task_id}/events"):
+        assert api.get(path).status_code == 200
+    assert api.get(f"/deploy/{task_id}").json()["task_id"] == task_id
+    assert DeploymentTask.objects.get().pk == task_id
+
+
+def test_without_a_task_id_the_server_names_the_task_with_a_uuid(api, packaged_model):
+    task_id = post(api, "/deploy", {"embedding_model_id": "minilm"}).json()["task_id"]
+    assert str(uuid.UUID(task_id)) == task_id
+
+
 def test_the_same_task_id_returns_the_same_task(api, packaged_model):
-    task_id = str(uuid.uuid4())
-    first = post(api, "/deploy", {"embedding_model_id": "minilm", "task_id": task_id})
-    again = post(api, "/deploy", {"embedding_model_id": "minilm", "task_id": task_id})
+    body = {
+        "embedding_model_id": "minilm",
+        "task_id": "1234",
+        "config": {"expected_dimensions": 384, "ready_timeout": 60},
+    }
+    first = post(api, "/deploy", body)
+    # The same request: the config's keys in another order, the spec's model_id instead of embedding_model_id.
+    again = post(
+        api,
+        "/deploy",
+        {"model_id": "minilm", "task_id": "1234", "config": {"ready_timeout": 60, "expected_dimensions": 384}},
+    )
     assert (first.status_code, again.status_code) == (202, 200)
-    assert first.json()["task_id"] == again.json()["task_id"] == task_id
+    assert first.json()["task_id"] == again.json()["task_id"] == "1234"
     assert DeploymentTask.objects.count() == 1
+
+
+def test_the_same_task_id_without_config_returns_the_same_task(api, packaged_model):
+    first = post(api, "/delete", {"embedding_model_id": "minilm", "task_id": "del-1"})
+    again = post(api, "/delete", {"embedding_model_id": "minilm", "task_id": "del-1", "config": {}})
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert DeletionTask.objects.count() == 1
 
 
 def test_a_task_id_of_another_request_is_409(api, packaged_model):
     EmbeddingModelFactory(id="other")
-    task_id = str(uuid.uuid4())
-    assert post(api, "/deploy", {"embedding_model_id": "minilm", "task_id": task_id}).status_code == 202
-    for path, model_id in (("/deploy", "other"), ("/delete", "minilm")):
-        response = post(api, path, {"embedding_model_id": model_id, "task_id": task_id})
-        assert response.status_code == 409
+    task_id = "1234"
+    first = {"embedding_model_id": "minilm", "task_id": task_id, "config": {"expected_dimensions": 384}}
+    assert post(api, "/deploy", first).status_code == 202
+    for path, body in (
+        ("/deploy", {**first, "embedding_model_id": "other"}),
+        ("/delete", {"embedding_model_id": "minilm", "task_id": task_id}),
+        ("/deploy", {**first, "config": {"expected_dimensions": 768}}),
+        ("/deploy", {**first, "config": {}}),
+        ("/deploy", {"embedding_model_id": "minilm", "task_id": task_id}),
+    ):
+        response = post(api, path, body)
+        assert response.status_code == 409, body
         assert task_id in response.json()["detail"]
     assert DeploymentTask.objects.count() == 1 and DeletionTask.objects.count() == 0
+    assert DeploymentTask.objects.get().config == {"expected_dimensions": 384}
 
 
 BAD_BODIES = [
@@ -120,8 +163,21 @@ BAD_BODIES = [
     ({"model_id": ["minilm"]}, "model_id"),
     ({"model_id": "minilm", "embedding_model_id": "other"}, "model_id"),
     ({"embedding_model_id": "not-registered"}, "embedding_model_id"),
-    ({"embedding_model_id": "minilm", "task_id": "not-a-uuid"}, "task_id"),
     ({"embedding_model_id": "minilm", "task_id": 12}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": None}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": ""}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": "x" * 129}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": "a/b"}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": ".."}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": ".hidden"}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": "a b"}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": " 1234"}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": "1234\n"}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": "a\x00b"}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": "a\x7fb"}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": "caf\u00e9"}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": "a?b"}, "task_id"),
+    ({"embedding_model_id": "minilm", "task_id": "a%2Fb"}, "task_id"),
     ({"embedding_model_id": "minilm", "config": "fast"}, "config"),
     ({"embedding_model_id": "minilm", "config": None}, "config"),
     ({"embedding_model_id": "minilm", "config": {"param": "value"}}, "config.param"),
@@ -190,11 +246,24 @@ def test_get_a_task_by_id(api):
 
 
 @pytest.mark.parametrize("kind", ["deploy", "delete"])
-@pytest.mark.parametrize("task_id", [str(uuid.uuid4()), "1234", "not a uuid", "..", "%00"])
-def test_an_unknown_task_is_404_json(api, kind, task_id):
-    response = api.get(f"/{kind}/{task_id}")
+@pytest.mark.parametrize("task_id", [str(uuid.uuid4()), "1234", "job:1_a.b"])
+@pytest.mark.parametrize("suffix", ["", "/events"])
+def test_an_unknown_task_is_404_json_naming_it(api, kind, task_id, suffix):
+    response = api.get(f"/{kind}/{task_id}{suffix}")
     assert response.status_code == 404
-    assert "task" in response.json()["detail"]
+    assert task_id in response.json()["detail"]
+
+
+UNSAFE_PATH_IDS = ["not%20a%20uuid", "..", ".x", "%00", "a%0Ab", "x" * 129, "caf%C3%A9", "a%2Cb"]
+
+
+@pytest.mark.parametrize("task_id", UNSAFE_PATH_IDS)
+@pytest.mark.parametrize("method,suffix", [("get", ""), ("get", "/events"), ("post", "/cancel"), ("post", "/retry")])
+def test_an_unsafe_task_id_in_the_path_is_400_naming_task_id(api, task_id, method, suffix):
+    response = getattr(api, method)(f"/deploy/{task_id}{suffix}")
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("task_id: ")
+    assert set(response.json()["errors"]) == {"task_id"}
 
 
 def test_delete_task_endpoints_read_deletion_tasks(api):
@@ -281,7 +350,7 @@ def test_a_processing_task_cannot_be_canceled(api):
     assert "processing" in response.json()["detail"]
 
 
-def test_retry_a_finished_task_as_a_new_attempt(api):
+def test_retry_a_failed_task_as_a_new_attempt(api):
     failed = DeploymentTaskFactory(status=TaskStatus.FAILED, config={"ready_timeout": 5})
     response = post(api, f"/deploy/{failed.pk}/retry", {})
     assert response.status_code == 202
@@ -291,7 +360,27 @@ def test_retry_a_finished_task_as_a_new_attempt(api):
     assert response.json()["metadata"] == {"attempt": 2, "retry_of": str(failed.pk)}
     failed.refresh_from_db()
     assert failed.status == TaskStatus.FAILED  # history is never rewritten
-    assert post(api, f"/deploy/{retry.pk}/retry", {}).status_code == 409
+    assert post(api, f"/deploy/{retry.pk}/retry", {}).status_code == 409  # pending: not finished
+
+
+def test_a_second_retry_is_409_naming_the_newer_attempt(api):
+    failed = DeletionTaskFactory(status=TaskStatus.CANCELED)
+    first = post(api, f"/delete/{failed.pk}/retry", {})
+    again = post(api, f"/delete/{failed.pk}/retry", {})
+    assert (first.status_code, again.status_code) == (202, 409)
+    assert again.json()["retried_as"] == first.json()["task_id"]
+    assert first.json()["task_id"] in again.json()["detail"]
+    assert DeletionTask.objects.filter(retry_of=failed).count() == 1
+
+
+@pytest.mark.parametrize("status", [TaskStatus.DONE, TaskStatus.PENDING, TaskStatus.PROCESSING])
+def test_only_failed_refused_or_canceled_tasks_are_retried(api, status):
+    task = DeploymentTaskFactory(status=status)
+    response = post(api, f"/deploy/{task.pk}/retry", {})
+    assert response.status_code == 409
+    assert f"it is {status}" in response.json()["detail"]
+    assert "retried_as" not in response.json()
+    assert DeploymentTask.objects.count() == 1
 
 
 # -- the model registry -----------------------------------------------------------------------
@@ -374,17 +463,53 @@ def test_a_created_task_is_handed_to_the_queue_on_commit(api, packaged_model):
     assert DeploymentTask.objects.get(pk=response.json()["task_id"]).dispatched_at is not None
 
 
+def broker_down(*args, **kwargs):
+    raise ConnectionError("broker unreachable")
+
+
 @pytest.mark.django_db(transaction=True)
-def test_a_failed_hand_off_is_a_500_json_and_leaves_nothing_behind(api, packaged_model, monkeypatch):
-    def broker_down(*args, **kwargs):
-        raise ConnectionError("broker unreachable")
-
+@pytest.mark.parametrize("path", ["/deploy", "/delete"])
+def test_a_failed_hand_off_is_a_503_with_retry_after_and_keeps_the_task(
+    api, packaged_model, monkeypatch, settings, path
+):
+    settings.TASK_HANDOFF_GRACE_SECONDS = 45
     monkeypatch.setattr("deployments.services.tasks.async_task", broker_down)
-    task_id = str(uuid.uuid4())
-    response = post(api, "/deploy", {"embedding_model_id": "minilm", "task_id": task_id})
-    assert (response.status_code, response["Content-Type"]) == (500, "application/json")
-    assert "broker unreachable" in response.json()["detail"]  # the broker's own error
-    assert not DeploymentTask.objects.exists()
 
-    monkeypatch.undo()  # the broker is back: the same task_id now creates the task
-    assert post(api, "/deploy", {"embedding_model_id": "minilm", "task_id": task_id}).status_code == 202
+    response = post(api, path, {"embedding_model_id": "minilm", "task_id": "1234"})
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == "45"
+    body = response.json()
+    assert body["task_id"] == "1234"
+    assert "1234 was created" in body["detail"] and "sends it again" in body["detail"]
+    assert "unreachable" not in body["detail"]  # the broker's own error stays in the log
+    task = Task.objects.get(pk="1234")
+    assert (task.status, task.dispatched_at) == ("pending", None)
+
+    # Sending the same request again is safe: it answers with the task, which is still there.
+    again = post(api, path, {"embedding_model_id": "minilm", "task_id": "1234"})
+    assert (again.status_code, again.json()["task_id"], again.json()["status"]) == (200, "1234", "pending")
+    assert Task.objects.count() == 1
+
+    # Once the broker is back, the sweeper hands it over after the grace period.
+    monkeypatch.undo()
+    assert services.sweep_tasks().resent == []
+    assert services.sweep_tasks(now=timezone.now() + timedelta(seconds=46)).resent == ["1234"]
+    assert Task.objects.get(pk="1234").dispatched_at is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_whose_hand_off_fails_is_a_503_naming_the_new_attempt(api, packaged_model, monkeypatch, settings):
+    settings.TASK_HANDOFF_GRACE_SECONDS = 29.5  # Retry-After is whole seconds, rounded up
+    failed = DeploymentTaskFactory(embedding_model_id="minilm", status=TaskStatus.FAILED)
+    monkeypatch.setattr("deployments.services.tasks.async_task", broker_down)
+
+    response = post(api, f"/deploy/{failed.pk}/retry", {})
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == "30"
+    attempt = DeploymentTask.objects.get(retry_of=failed)
+    assert response.json()["task_id"] == attempt.pk and attempt.status == "pending"
+    # A second click does not make a second attempt.
+    again = post(api, f"/deploy/{failed.pk}/retry", {})
+    assert (again.status_code, again.json()["retried_as"]) == (409, attempt.pk)

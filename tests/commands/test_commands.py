@@ -164,6 +164,32 @@ def test_a_batch_takes_a_fixed_number_of_statements_besides_the_queue_messages(d
     assert elapsed < 10
 
 
+def broker_down(*args, **kwargs):
+    raise ConnectionError("broker unreachable")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_the_queue_refused_is_created_reported_and_exits_1(monkeypatch, settings):
+    settings.TASK_HANDOFF_GRACE_SECONDS = 30
+    EmbeddingModelFactory(id="late-a"), EmbeddingModelFactory(id="late-b")
+    monkeypatch.setattr("deployments.services.tasks.async_task", broker_down)
+    out, err = StringIO(), StringIO()
+
+    with pytest.raises(CommandError) as failed:
+        call_command("deploy_models", "late-a", "late-b", "--wait", stdout=out, stderr=err)
+
+    assert failed.value.returncode == 1
+    assert out.getvalue() == "Created 2 deployment task(s).\n"
+    assert str(failed.value).startswith("2 tasks were created but could not be handed to the task queue")
+    assert "the sweeper sends them again once they have waited 30 s" in str(failed.value)
+    assert str(failed.value).endswith("(the queue said: broker unreachable)")
+    tasks = DeploymentTask.objects.all()
+    assert {(t.embedding_model_id, t.status, t.dispatched_at) for t in tasks} == {
+        ("late-a", "pending", None),
+        ("late-b", "pending", None),
+    }
+
+
 @pytest.mark.django_db(transaction=True)
 def test_exit_code_2_and_one_line_from_a_real_process():
     result = subprocess.run(
@@ -329,6 +355,23 @@ def test_retry_tasks_by_status_kind_and_age(django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         run("retry_tasks", "--older-than", "2d")
     assert DeploymentTask.objects.filter(retry_of=old_failure).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retry_tasks_whose_attempts_the_queue_refused_exits_1(monkeypatch):
+    failed = FailedDeploymentFactory()
+    monkeypatch.setattr("deployments.services.tasks.async_task", broker_down)
+    out, err = StringIO(), StringIO()
+
+    with pytest.raises(CommandError) as waiting:
+        call_command("retry_tasks", stdout=out, stderr=err)
+
+    assert waiting.value.returncode == 1
+    attempt = DeploymentTask.objects.get(retry_of=failed)
+    assert (attempt.status, attempt.dispatched_at) == ("pending", None)
+    assert attempt.pk in out.getvalue() and "not yet handed to the task queue" in out.getvalue()
+    assert out.getvalue().splitlines()[-1] == "Retried 1 task(s); 0 not retried."
+    assert str(waiting.value).startswith("1 new attempt(s) wait for the sweeper")
 
 
 @pytest.mark.django_db

@@ -109,6 +109,21 @@ def test_a_failed_smoke_test_fails_the_task_and_blue_keeps_serving(engine_settin
 
 
 @pytest.mark.mlserver
+def test_the_registry_records_the_dimensions_of_the_revision_deployed(engine_settings, mlserver):
+    # The registry expected 512; the operator expects 384 of this revision: the smoke test checks the
+    # operator's number, and the registry then says what is live (it kept the stale 512 before).
+    model = EmbeddingModelFactory(id="cp-dims", dimensions=512)
+    task = submit_deploy(model.id, expected_dimensions=384)
+
+    assert services.run_task(task.pk) == TaskStatus.DONE
+
+    model.refresh_from_db()
+    assert (model.state, model.dimensions) == ("deployed", 384)
+    again = submit_deploy(model.id)  # the next deploy expects what is live now
+    assert services.run_task(again.pk) == TaskStatus.DONE
+
+
+@pytest.mark.mlserver
 def test_a_source_outside_the_allowed_roots_is_refused(engine_settings, tmp_path):
     outside = tmp_path / "elsewhere"
     outside.mkdir()

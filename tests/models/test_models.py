@@ -158,3 +158,15 @@ def test_an_expired_lease_can_be_taken_over():
     ModelLease.objects.filter(pk=task.embedding_model_id).update(expires_at=timezone.now() - timedelta(seconds=1))
     assert not renew_lease(task.embedding_model_id, "someone-else")
     assert claim_lease(task, "new-worker")
+
+
+@pytest.mark.parametrize("task_id", ["1234", "3f1c9a5e-8a47-4a53-9d7e-2b0c6f1e4d21", "a.b_c:d-e", "_x", "x" * 128])
+def test_a_task_id_is_any_safe_string(task_id):
+    DeploymentTaskFactory(id=task_id).full_clean()
+
+
+@pytest.mark.parametrize("task_id", [".x", "..", "a/b", "a b", "a\tb", "a\x00b", "x" * 129, "caf\u00e9", "a#b"])
+def test_an_unsafe_task_id_does_not_validate(task_id):
+    with pytest.raises(ValidationError) as invalid:
+        DeploymentTask(id=task_id, embedding_model_id="m", sequence=1).full_clean()
+    assert "id" in invalid.value.message_dict

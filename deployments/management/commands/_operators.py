@@ -135,7 +135,9 @@ class TaskSubmissionCommand(BaseCommand):
         except ModelNotRegistered as exc:  # unregistered between our check and the insert
             raise bad_arguments(str(exc)) from exc
         except TaskHandOffFailed as exc:
-            raise CommandError(str(exc), returncode=TASKS_NOT_DONE) from exc
+            # Created all the same: they stay pending and the sweeper sends them; nothing to run again.
+            self.stdout.write(f"Created {len(model_ids)} {noun}.")
+            raise CommandError(f"{exc} (the queue said: {exc.cause})", returncode=TASKS_NOT_DONE) from exc
         self.stdout.write(f"Created {len(tasks)} {noun} in {time.monotonic() - started:.2f}s.")
         if options["verbosity"] >= 2 or (len(tasks) <= 20 and not options["wait"]):
             for task in tasks:

@@ -1,10 +1,11 @@
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from deployments import selectors
 from deployments.management.commands._operators import (
+    TASKS_NOT_DONE,
     bad_arguments,
     check_choices,
     cli_user,
@@ -13,13 +14,15 @@ from deployments.management.commands._operators import (
     kinds_option,
     parse_duration,
 )
-from deployments.services.bulk import RETRYABLE_STATUSES, retry_many
+from deployments.services.bulk import retry_many
+from deployments.services.tasks import RETRYABLE_STATUSES
 
 
 class Command(BaseCommand):
     help = (
-        "Retry failed, refused or canceled tasks as new attempts linked to them (like POST .../retry), "
-        "chosen by status, kind, model and age. Tasks already retried are left alone. "
+        "Retry failed, refused or canceled tasks as new attempts linked to them, by the same rule as "
+        "POST .../retry and the admin, chosen by status, kind, model and age. Tasks already retried are left "
+        "alone. Exit 1 if the task queue refused new attempts (they stay pending and are sent again). "
         "Example: manage.py retry_tasks --status failed --kind deployment --newer-than 24h"
     )
 
@@ -63,8 +66,18 @@ class Command(BaseCommand):
             return
         outcome = retry_many(tasks, requested_by=cli_user())
         rows = [
-            (v.task.kind, v.task.pk, v.task.embedding_model_id, v.task.status, v.result and v.result.pk, v.reason)
+            (
+                v.task.kind,
+                v.task.pk,
+                v.task.embedding_model_id,
+                v.task.status,
+                v.result and v.result.pk,
+                v.reason or v.note,
+            )
             for v in outcome.verdicts
         ]
-        self.stdout.write(format_table(["kind", "task", "model", "was", "retried as", "not retried because"], rows))
+        self.stdout.write(format_table(["kind", "task", "model", "was", "retried as", "why not / note"], rows))
         self.stdout.write(f"Retried {len(outcome.acted)} task(s); {len(outcome.skipped)} not retried.")
+        if waiting := [verdict for verdict in outcome.acted if verdict.note]:
+            message = f"{len(waiting)} new attempt(s) wait for the sweeper: the task queue refused them (see note)"
+            raise CommandError(message, returncode=TASKS_NOT_DONE)
