@@ -12,8 +12,10 @@ import pytest
 from deployments import services
 from deployments.inference import V2Client
 from deployments.models import TERMINAL_STATUSES, DeletionTask, DeploymentTask, EmbeddingModel, TaskStatus
+from deployments.services.faults import HOLD_AT_ENV, HOLD_FILE_ENV
+from tests.support.drills import held_worker_pid
 from tests.support.factories import EmbeddingModelFactory
-from tests.support.processes import wait_for, wait_for_status
+from tests.support.processes import wait_for_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.mlserver]
 
@@ -56,7 +58,7 @@ def test_post_deploy_to_real_embeddings_and_delete_again(api, inference_settings
 
 
 def test_a_worker_killed_mid_deploy_is_detected_and_its_task_retried_while_blue_serves(
-    api, inference_settings, qcluster, mlserver
+    api, inference_settings, qcluster, mlserver, tmp_path
 ):
     inference_settings.TASK_LEASE_SECONDS = 2
     model = EmbeddingModelFactory(id="cp-killed")
@@ -64,15 +66,12 @@ def test_a_worker_killed_mid_deploy_is_detected_and_its_task_retried_while_blue_
     assert services.run_task(blue.pk) == TaskStatus.DONE
     blue.refresh_from_db()
 
-    # A real worker that freezes once green is loaded, and is then killed with SIGKILL.
-    doomed = qcluster(INFERENCE_DEPLOYER_FACTORY="tests.support.probes.build_hanging_green_deployer")
+    # A real worker held (by the fault hook) once green is loaded, and then killed with SIGKILL.
+    hold = tmp_path / "hold"
+    doomed = qcluster(**{HOLD_AT_ENV: "smoke_test", HOLD_FILE_ENV: str(hold)})
     green = DeploymentTask.objects.get(pk=post(api, "/deploy", {"embedding_model_id": model.id}).json()["task_id"])
-
-    def green_is_loaded() -> bool:
-        green.refresh_from_db()
-        return green.metadata.get("stages", {}).get("stage_green", {}).get("state") == "done"
-
-    wait_for(green_is_loaded, 120, "green to be loaded by the doomed worker", doomed.log_tail)
+    held_worker_pid(hold)
+    green.refresh_from_db()
     doomed.kill()
     assert green.status == TaskStatus.PROCESSING
 

@@ -10,7 +10,6 @@ import time
 from typing import Any
 
 from deployments.inference import DEPLOY_STAGES, DeleteResult, DeployResult, GreenDeployer, StageEvent
-from deployments.services.deployer import build_green_deployer
 
 
 class _NoClient:
@@ -56,47 +55,27 @@ def build_probe_deployer(ready_timeout: float | None = None) -> ProbeDeployer:
     return ProbeDeployer(ready_timeout)
 
 
-class ExplodingDeployer(ProbeDeployer):
-    """Raises something the serving layer never would: the engine must still finish the task."""
+class RaisingDeployer(ProbeDeployer):
+    """Raises from inside a stage what the serving layer never would: the engine must still finish the task."""
+
+    def __init__(self, stage: str, error: BaseException):
+        super().__init__()
+        self.stage, self.error = stage, error
 
     def deploy(self, model_id: str, source_uri: str, **kwargs: Any):
-        kwargs["progress"](StageEvent("validate", "started"))
-        raise RuntimeError("deployer crashed")
+        kwargs["progress"](StageEvent(self.stage, "started"))
+        raise self.error
 
 
-def build_exploding_deployer(ready_timeout: float | None = None) -> ExplodingDeployer:
-    return ExplodingDeployer(ready_timeout)
+def build_exploding_deployer(ready_timeout: float | None = None) -> RaisingDeployer:
+    return RaisingDeployer("validate", RuntimeError("deployer crashed"))
 
 
-def build_hanging_green_deployer(ready_timeout: float | None = None) -> GreenDeployer:
-    """The real green deployer, frozen once green is loaded: the moment a worker is killed in the test."""
-    deployer = build_green_deployer(ready_timeout)
-    real_deploy = deployer.deploy
-
-    def deploy(model_id: str, source_uri: str, *, progress: Any = None, **kwargs: Any) -> DeployResult:
-        def hang_after_green(event: StageEvent) -> None:
-            progress(event)
-            if event.stage == "stage_green" and event.state == "done":
-                time.sleep(3600)
-
-        return real_deploy(model_id, source_uri, progress=hang_after_green, **kwargs)
-
-    deployer.deploy = deploy
-    return deployer
+def build_stopped_deployer(ready_timeout: float | None = None) -> RaisingDeployer:
+    """Stopped mid-pipeline the way django-q2's timeout stops a worker: a SystemExit from inside the job."""
+    return RaisingDeployer("fetch", SystemExit("task timed out"))
 
 
 def build_unbuildable_deployer(ready_timeout: float | None = None) -> GreenDeployer:
     """A deployer whose construction fails (a bad setting, an unreachable dependency)."""
     raise RuntimeError("the deployer cannot be built")
-
-
-class StoppedDeployer(ProbeDeployer):
-    """Stopped mid-pipeline the way django-q2's timeout stops a worker: a SystemExit from inside the job."""
-
-    def deploy(self, model_id: str, source_uri: str, **kwargs: Any):
-        kwargs["progress"](StageEvent("fetch", "started"))
-        raise SystemExit("task timed out")
-
-
-def build_stopped_deployer(ready_timeout: float | None = None) -> StoppedDeployer:
-    return StoppedDeployer(ready_timeout)
