@@ -163,6 +163,10 @@ TASK_SWEEP_MINUTES = int(os.environ.get("TASK_SWEEP_MINUTES", "1"))
 WORKERS_CANARY_SECONDS = float(os.environ.get("WORKERS_CANARY_SECONDS", "5"))
 WORKERS_CANARY_GRACE_SECONDS = float(os.environ.get("WORKERS_CANARY_GRACE_SECONDS", "5"))
 WORKERS_STOP_SECONDS = float(os.environ.get("WORKERS_STOP_SECONDS", "10"))
+# /readyz: the first task of a model's queue may wait this long for a worker before readiness fails;
+# the inference server must answer its liveness within READY_INFERENCE_TIMEOUT seconds.
+READY_MAX_PENDING_SECONDS = float(os.environ.get("READY_MAX_PENDING_SECONDS", "300"))
+READY_INFERENCE_TIMEOUT = float(os.environ.get("READY_INFERENCE_TIMEOUT", "2"))
 # What builds the deployer the workers drive; the default is the green deployer of deployments.inference.
 INFERENCE_DEPLOYER_FACTORY = os.environ.get(
     "INFERENCE_DEPLOYER_FACTORY", "deployments.services.deployer.build_green_deployer"

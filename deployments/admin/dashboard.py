@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from deployments.admin.display import STATUS_COLOURS, human_duration, task_admin_url, task_list_url
 from deployments.models import ACTIVE_STATUSES, EmbeddingModel, Task, TaskKind, TaskStatus
+from deployments.services.health import engine_alerts
 
 RUNNING_SHOWN = 20
 
@@ -114,6 +115,8 @@ def dashboard_context(now: datetime | None = None) -> dict[str, Any]:
         for task in dash.latest_failures
     ]
     return {
+        # Red while no cluster proves it runs jobs or a task waits too long for a worker: the truth first.
+        "engine_alerts": engine_alerts(now),
         "dash": dash,
         "in_flight": in_flight,
         "statuses": TaskStatus.choices,
