@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from deployments.admin.filters import CappedCountPaginator
-from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, TaskStatus
+from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, EngineEvent, TaskStatus, WorkerCluster
 from tests.support.factories import (
     DeletionTaskFactory,
     DeploymentTaskFactory,
@@ -366,3 +366,65 @@ def test_leases_are_shown_but_not_editable(admin_client):
     DeploymentTaskFactory()
     response = admin_client.get("/admin/deployments/modellease/")
     assert response.status_code == 200 and b"/admin/deployments/modellease/add/" not in response.content
+
+
+# -- the task engine's health -----------------------------------------------------------------------
+
+
+def fresh_cluster(name: str = "host:1:abc") -> WorkerCluster:
+    now = timezone.now()
+    return WorkerCluster.objects.create(
+        name=name, host="host", supervisor_pid=1, cluster_pid=2, cluster_started_at=now, last_canary_at=now
+    )
+
+
+def engine_banner(page: str) -> str:
+    start = page.find('class="cr-wide cr-engine-alert"')
+    return page[start : page.find("</div>", start)] if start >= 0 else ""
+
+
+def test_the_dashboard_shows_a_red_banner_while_no_cluster_proves_it_runs_jobs(admin_client):
+    assert "no worker cluster is running" in engine_banner(admin_client.get("/admin/").content.decode())
+
+    cluster = fresh_cluster()
+    assert engine_banner(admin_client.get("/admin/").content.decode()) == ""
+
+    WorkerCluster.objects.filter(pk=cluster.pk).update(last_canary_at=timezone.now() - timedelta(minutes=5))
+    banner = engine_banner(admin_client.get("/admin/").content.decode())
+    assert "workers: no heartbeat" in banner and cluster.name in banner
+
+
+def test_the_dashboard_banner_names_a_task_that_waits_too_long_for_a_worker(admin_client, settings):
+    settings.READY_MAX_PENDING_SECONDS = 60
+    fresh_cluster()
+    waiting = DeploymentTaskFactory()
+    DeploymentTask.objects.filter(pk=waiting.pk).update(created_at=timezone.now() - timedelta(minutes=5))
+
+    banner = engine_banner(admin_client.get("/admin/").content.decode())
+
+    assert "pending:" in banner and str(waiting.pk) in banner and "workers" not in banner
+
+
+def test_engine_events_and_clusters_are_shown_but_not_editable(admin_client):
+    cluster = fresh_cluster()
+    EngineEvent.objects.create(kind=EngineEvent.Kind.CLUSTER_RESTARTED, cluster=cluster, message="no canary ran")
+
+    events = admin_client.get("/admin/deployments/engineevent/")
+    clusters = admin_client.get("/admin/deployments/workercluster/")
+
+    assert events.status_code == 200 and b"no canary ran" in events.content
+    assert b"/admin/deployments/engineevent/add/" not in events.content
+    assert clusters.status_code == 200 and cluster.name.encode() in clusters.content
+    assert b"/admin/deployments/workercluster/add/" not in clusters.content
+
+
+def test_a_superuser_forgets_a_cluster_whose_machine_is_gone(admin_client):
+    gone = fresh_cluster("gone:1:x")
+    WorkerCluster.objects.filter(pk=gone.pk).update(last_canary_at=timezone.now() - timedelta(hours=1))
+
+    response = run_action(admin_client, "/admin/deployments/workercluster/", "forget", [gone])
+
+    assert "1 cluster(s) forgotten." in messages_of(response)
+    gone.refresh_from_db()
+    assert gone.stopped_at is not None
+    assert "forgotten by root" in EngineEvent.objects.get(kind=EngineEvent.Kind.CLUSTER_ABANDONED).message

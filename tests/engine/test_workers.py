@@ -1,0 +1,56 @@
+"""The canary's proof and the cluster rows, without processes: who ran a canary, and rows of dead supervisors."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from deployments.jobs import prove_cluster_runs_jobs
+from deployments.models import EngineEvent, WorkerCluster
+from deployments.services.workers import register_cluster
+
+pytestmark = pytest.mark.django_db
+
+# A pid that cannot be running: above the kernel's pid_max.
+GONE_PID = 2**22 + 1
+
+
+def test_a_canary_proves_the_cluster_whose_process_group_ran_it():
+    # This test process stands for a worker: the cluster whose qcluster leads its process group.
+    here = WorkerCluster.objects.create(
+        name="here", host=socket.gethostname(), supervisor_pid=os.getpid(), cluster_pid=os.getpgid(0)
+    )
+
+    assert prove_cluster_runs_jobs("here") == "canary of here ran in here"
+
+    here.refresh_from_db()
+    assert here.last_canary_at is not None and here.canary_ran_elsewhere_at is None
+
+
+def test_a_canary_run_by_another_cluster_is_no_proof_for_its_sender_who_is_told_to_ask_again():
+    sender = WorkerCluster.objects.create(name="sender", host=socket.gethostname(), supervisor_pid=1, cluster_pid=1)
+    runner = WorkerCluster.objects.create(
+        name="runner", host=socket.gethostname(), supervisor_pid=os.getpid(), cluster_pid=os.getpgid(0)
+    )
+
+    assert prove_cluster_runs_jobs("sender") == "canary of sender ran in runner"
+
+    sender.refresh_from_db()
+    runner.refresh_from_db()
+    assert sender.last_canary_at is None and sender.canary_ran_elsewhere_at is not None
+    assert runner.last_canary_at is not None
+
+
+def test_a_supervisor_closes_the_rows_of_supervisors_of_its_host_that_are_gone():
+    gone = WorkerCluster.objects.create(name="gone", host=socket.gethostname(), supervisor_pid=GONE_PID)
+    elsewhere = WorkerCluster.objects.create(name="elsewhere", host="other-host", supervisor_pid=GONE_PID)
+
+    mine = register_cluster()
+
+    gone.refresh_from_db()
+    elsewhere.refresh_from_db()
+    assert gone.stopped_at is not None and elsewhere.stopped_at is None and mine.stopped_at is None
+    event = EngineEvent.objects.get(kind=EngineEvent.Kind.CLUSTER_ABANDONED)
+    assert event.cluster == gone and f"pid {GONE_PID}" in event.message
