@@ -261,8 +261,11 @@ class WorkerCluster(models.Model):
     last_canary_at = models.DateTimeField(null=True, blank=True, help_text="The last canary job this cluster ran.")
     # A canary this supervisor sent was run by another cluster on the shared queue: send the next one now.
     canary_ran_elsewhere_at = models.DateTimeField(null=True, blank=True)
+    # The supervisor's own heartbeat, written every canary period: a row whose supervisor went silent
+    # (SIGKILLed, machine gone) is closed by the other supervisors and no longer counted as running.
+    supervisor_seen_at = models.DateTimeField(null=True, blank=True)
     restarts = models.PositiveIntegerField(default=0)
-    stopped_at = models.DateTimeField(null=True, blank=True, help_text="Set when its supervisor stopped.")
+    stopped_at = models.DateTimeField(null=True, blank=True, help_text="Set when its supervisor stopped or vanished.")
 
     class Meta:
         ordering = ["-started_at"]

@@ -146,9 +146,13 @@ def latest_attempts(tasks: QuerySet[Task]) -> QuerySet[Task]:
 # -- The task engine's own health: worker clusters, their events, tasks waiting for a worker ----------
 
 
-def running_clusters() -> list[WorkerCluster]:
-    """The clusters whose supervisor has not stopped (a supervisor that died shows as a stale heartbeat)."""
-    return list(WorkerCluster.objects.filter(stopped_at__isnull=True).order_by("started_at"))
+def running_clusters(supervisor_seen_since: datetime) -> list[WorkerCluster]:
+    """The clusters whose supervisor has neither stopped nor gone silent (it stamps its row every period)."""
+    return list(
+        WorkerCluster.objects.filter(stopped_at__isnull=True, supervisor_seen_at__gte=supervisor_seen_since).order_by(
+            "started_at"
+        )
+    )
 
 
 def get_cluster(name: str) -> WorkerCluster | None:

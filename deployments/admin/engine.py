@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from django.contrib import admin, messages
-from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.contrib import admin
 
 from deployments.admin.history import ReadOnlyAdminMixin
 from deployments.models import EngineEvent, WorkerCluster
-from deployments.services.workers import forget_clusters
 
 
 @admin.register(WorkerCluster)
 class WorkerClusterAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    """Written by ``run_workers`` and its canaries; operators may only mark a vanished cluster as gone."""
+    """Written by ``run_workers`` and its canaries."""
 
     list_display = (
         "name",
@@ -25,18 +22,8 @@ class WorkerClusterAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "restarts",
         "stopped_at",
     )
-    readonly_fields = (*list_display, "cluster_started_at", "canary_ran_elsewhere_at")
+    readonly_fields = (*list_display, "cluster_started_at", "canary_ran_elsewhere_at", "supervisor_seen_at")
     list_filter = (("stopped_at", admin.EmptyFieldListFilter),)
-    actions = ["forget"]
-
-    @admin.action(description="Forget selected clusters (their machine is gone)", permissions=["forget"])
-    def forget(self, request: HttpRequest, queryset: QuerySet[WorkerCluster]) -> None:
-        forgotten = forget_clusters(queryset, by=request.user.get_username())
-        self.message_user(request, f"{forgotten} cluster(s) forgotten.", messages.SUCCESS)
-
-    def has_forget_permission(self, request: HttpRequest) -> bool:
-        # No model permission fits "declare a machine gone"; it changes what /readyz reports: superusers only.
-        return request.user.is_superuser
 
 
 @admin.register(EngineEvent)

@@ -36,6 +36,8 @@ from deployments import selectors
 from deployments.models import WorkerCluster
 from deployments.services.sweeper import ensure_sweep_schedule
 from deployments.services.workers import (
+    abandon_dead_clusters,
+    abandon_silent_clusters,
     record_cluster_start,
     record_cluster_stop,
     register_cluster,
@@ -65,6 +67,15 @@ def process_group(pgid: int) -> list[psutil.Process]:
         except (ProcessLookupError, psutil.Error):
             continue
     return members
+
+
+def is_qcluster_group(pgid: int) -> bool:
+    """True if ``pgid`` still leads a process group running qcluster (pids are reused: check before killing)."""
+    try:
+        leader = psutil.Process(pgid)
+        return os.getpgid(pgid) == pgid and "qcluster" in leader.cmdline()
+    except (ProcessLookupError, psutil.Error):
+        return False
 
 
 def kill_process_group(pgid: int, timeout: float = 5.0) -> int:
@@ -106,6 +117,7 @@ class ClusterSupervisor:
         self.stop_requested.set()
 
     def run(self) -> int:
+        self._end_clusters_of_dead_supervisors()
         self.cluster = register_cluster()
         ensure_sweep_schedule()  # the sweeper is a schedule: make sure there is one to run
         logger.info(
@@ -129,6 +141,17 @@ class ClusterSupervisor:
             record_cluster_stop(self.cluster, f"supervisor stopped; {stopped}")
         return 0
 
+    def _end_clusters_of_dead_supervisors(self) -> None:
+        """A supervisor that was SIGKILLed leaves its qcluster running (it has a session of its own): a second
+        consumer nobody watches. End it, and re-send what it may have taken from the queue."""
+        killed = 0
+        for cluster in abandon_dead_clusters(socket.gethostname()):
+            if cluster.cluster_pid and is_qcluster_group(cluster.cluster_pid):
+                killed += kill_process_group(cluster.cluster_pid)
+                logger.warning("killed qcluster %d left by supervisor %d", cluster.cluster_pid, cluster.supervisor_pid)
+        if killed:
+            resend_handoffs_lost_with(timezone.now())
+
     # -- one look at the cluster --------------------------------------------------------------
 
     def _watch(self) -> None:
@@ -141,6 +164,7 @@ class ClusterSupervisor:
         if self._canary_due(now):
             send_canary(self.cluster)
             self.canary_sent_at = now
+            abandon_silent_clusters(now)
         proof_due = self._last_proof() + watchdog_bound()
         if now <= proof_due:
             return

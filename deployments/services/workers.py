@@ -12,7 +12,6 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 import psutil
@@ -35,17 +34,24 @@ def watchdog_bound() -> timedelta:
     return timedelta(seconds=2 * settings.WORKERS_CANARY_SECONDS + settings.WORKERS_CANARY_GRACE_SECONDS)
 
 
+def supervisor_gone_after() -> timedelta:
+    """A supervisor not seen for this long is gone: it stamps its row every canary period."""
+    return 2 * watchdog_bound()
+
+
 def record_event(kind: str, cluster: WorkerCluster | None, message: str) -> EngineEvent:
     logger.log(logging.WARNING if kind == EngineEvent.Kind.CLUSTER_RESTARTED else logging.INFO, "%s: %s", kind, message)
     return EngineEvent.objects.create(kind=kind, cluster=cluster, message=message)
 
 
 def register_cluster() -> WorkerCluster:
-    """A row for this supervisor; rows of supervisors on this host that are gone are closed first."""
+    """A row for this supervisor (close the rows of the host's supervisors that are gone first)."""
     host = socket.gethostname()
-    abandon_dead_clusters(host)
     return WorkerCluster.objects.create(
-        name=f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}", host=host, supervisor_pid=os.getpid()
+        name=f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+        host=host,
+        supervisor_pid=os.getpid(),
+        supervisor_seen_at=timezone.now(),
     )
 
 
@@ -53,17 +59,18 @@ def abandon_dead_clusters(host: str) -> list[WorkerCluster]:
     """Close the rows of this host whose supervisor process no longer exists (killed, machine rebooted)."""
     abandoned = []
     for cluster in WorkerCluster.objects.filter(host=host, stopped_at__isnull=True):
-        if cluster.supervisor_pid != os.getpid() and psutil.pid_exists(cluster.supervisor_pid):
+        if psutil.pid_exists(cluster.supervisor_pid):
             continue
         if _abandon(cluster, f"its supervisor (pid {cluster.supervisor_pid}) is gone"):
             abandoned.append(cluster)
     return abandoned
 
 
-def forget_clusters(clusters: Iterable[WorkerCluster], by: str) -> int:
-    """An operator says these clusters are gone for good (their machine was removed): stop counting them
-    in /readyz. A cluster that is in fact alive registers again when its supervisor restarts."""
-    return sum(_abandon(cluster, f"forgotten by {by}") for cluster in clusters)
+def abandon_silent_clusters(now: datetime) -> list[WorkerCluster]:
+    """Close the rows, on any host, whose supervisor stopped stamping them (its machine may be gone)."""
+    silent = WorkerCluster.objects.filter(stopped_at__isnull=True, supervisor_seen_at__lt=now - supervisor_gone_after())
+    gone = supervisor_gone_after().total_seconds()
+    return [cluster for cluster in silent if _abandon(cluster, f"its supervisor has not been seen for {gone:.0f} s")]
 
 
 def _abandon(cluster: WorkerCluster, reason: str) -> bool:
@@ -107,7 +114,9 @@ def resend_handoffs_lost_with(killed_at: datetime) -> SweepReport:
 
 
 def send_canary(cluster: WorkerCluster) -> None:
-    """Enqueue a canary on the shared queue; its argument names the cluster that sent it."""
+    """Enqueue a canary on the shared queue; its argument names the cluster that sent it. Sending is
+    also the supervisor's own heartbeat."""
+    WorkerCluster.objects.filter(pk=cluster.pk).update(supervisor_seen_at=timezone.now())
     async_task(
         CANARY_JOB,
         cluster.name,

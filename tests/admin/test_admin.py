@@ -374,7 +374,13 @@ def test_leases_are_shown_but_not_editable(admin_client):
 def fresh_cluster(name: str = "host:1:abc") -> WorkerCluster:
     now = timezone.now()
     return WorkerCluster.objects.create(
-        name=name, host="host", supervisor_pid=1, cluster_pid=2, cluster_started_at=now, last_canary_at=now
+        name=name,
+        host="host",
+        supervisor_pid=1,
+        cluster_pid=2,
+        cluster_started_at=now,
+        last_canary_at=now,
+        supervisor_seen_at=now,
     )
 
 
@@ -416,15 +422,3 @@ def test_engine_events_and_clusters_are_shown_but_not_editable(admin_client):
     assert b"/admin/deployments/engineevent/add/" not in events.content
     assert clusters.status_code == 200 and cluster.name.encode() in clusters.content
     assert b"/admin/deployments/workercluster/add/" not in clusters.content
-
-
-def test_a_superuser_forgets_a_cluster_whose_machine_is_gone(admin_client):
-    gone = fresh_cluster("gone:1:x")
-    WorkerCluster.objects.filter(pk=gone.pk).update(last_canary_at=timezone.now() - timedelta(hours=1))
-
-    response = run_action(admin_client, "/admin/deployments/workercluster/", "forget", [gone])
-
-    assert "1 cluster(s) forgotten." in messages_of(response)
-    gone.refresh_from_db()
-    assert gone.stopped_at is not None
-    assert "forgotten by root" in EngineEvent.objects.get(kind=EngineEvent.Kind.CLUSTER_ABANDONED).message

@@ -10,7 +10,7 @@ from django.db import OperationalError, connection
 from django.utils import timezone
 
 from deployments.models import TaskStatus, WorkerCluster
-from deployments.services.workers import watchdog_bound
+from deployments.services.workers import supervisor_gone_after, watchdog_bound
 from tests.support.factories import DeploymentTaskFactory, FinishedDeploymentFactory, RunningDeploymentFactory
 
 pytestmark = pytest.mark.django_db
@@ -26,7 +26,13 @@ def closed_port_url() -> str:
 def cluster_with_heartbeat(age_seconds: float, name: str = "host-a:1:abc") -> WorkerCluster:
     beat = timezone.now() - timedelta(seconds=age_seconds)
     return WorkerCluster.objects.create(
-        name=name, host="host-a", supervisor_pid=1, cluster_pid=2, cluster_started_at=beat, last_canary_at=beat
+        name=name,
+        host="host-a",
+        supervisor_pid=1,
+        cluster_pid=2,
+        cluster_started_at=beat,
+        last_canary_at=beat,
+        supervisor_seen_at=timezone.now(),
     )
 
 
@@ -68,11 +74,20 @@ def test_a_stale_heartbeat_fails_workers_and_names_the_cluster(client, server_do
     assert [c["fresh"] for c in body["checks"]["workers"]["clusters"]] == [True, False]
 
 
-def test_a_stopped_cluster_is_not_counted(client, server_down):
+def test_a_stopped_cluster_or_one_whose_supervisor_went_silent_is_not_counted(client, server_down):
     cluster_with_heartbeat(1)
-    WorkerCluster.objects.filter(pk=cluster_with_heartbeat(3600, name="gone:1:x").pk).update(stopped_at=timezone.now())
+    WorkerCluster.objects.filter(pk=cluster_with_heartbeat(3600, name="stopped:1:x").pk).update(
+        stopped_at=timezone.now()
+    )
+    silent_since = timezone.now() - supervisor_gone_after() - timedelta(seconds=1)
+    WorkerCluster.objects.filter(pk=cluster_with_heartbeat(3600, name="gone:1:x").pk).update(
+        supervisor_seen_at=silent_since
+    )
+
     _, body = readyz(client)
+
     assert "workers" not in body["failing"]
+    assert [cluster["name"] for cluster in body["checks"]["workers"]["clusters"]] == ["host-a:1:abc"]
 
 
 @pytest.mark.mlserver

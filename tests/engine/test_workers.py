@@ -6,10 +6,16 @@ import os
 import socket
 
 import pytest
+from django.utils import timezone
 
 from deployments.jobs import prove_cluster_runs_jobs
 from deployments.models import EngineEvent, WorkerCluster
-from deployments.services.workers import register_cluster
+from deployments.services.workers import (
+    abandon_dead_clusters,
+    abandon_silent_clusters,
+    register_cluster,
+    supervisor_gone_after,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -48,9 +54,24 @@ def test_a_supervisor_closes_the_rows_of_supervisors_of_its_host_that_are_gone()
     elsewhere = WorkerCluster.objects.create(name="elsewhere", host="other-host", supervisor_pid=GONE_PID)
 
     mine = register_cluster()
+    assert abandon_dead_clusters(socket.gethostname()) == [gone]
 
     gone.refresh_from_db()
     elsewhere.refresh_from_db()
     assert gone.stopped_at is not None and elsewhere.stopped_at is None and mine.stopped_at is None
     event = EngineEvent.objects.get(kind=EngineEvent.Kind.CLUSTER_ABANDONED)
     assert event.cluster == gone and f"pid {GONE_PID}" in event.message
+
+
+def test_a_cluster_whose_supervisor_went_silent_is_closed_on_any_host():
+    now = timezone.now()
+    silent = WorkerCluster.objects.create(
+        name="silent", host="gone-host", supervisor_pid=1, supervisor_seen_at=now - supervisor_gone_after() * 1.5
+    )
+    alive = WorkerCluster.objects.create(name="alive", host="other-host", supervisor_pid=1, supervisor_seen_at=now)
+
+    assert abandon_silent_clusters(now) == [silent]
+
+    alive.refresh_from_db()
+    assert alive.stopped_at is None
+    assert "has not been seen for" in EngineEvent.objects.get(cluster=silent).message
