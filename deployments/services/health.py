@@ -138,6 +138,16 @@ def readiness(now: datetime | None = None) -> Readiness:
     return run_checks(now=now)
 
 
+def cluster_on_host_is_proven(host: str, now: datetime | None = None) -> bool:
+    """True if a cluster supervised on ``host`` ran a canary within the watchdog's bound (a liveness probe)."""
+    now = now or timezone.now()
+    clusters = selectors.running_clusters(supervisor_seen_since=now - supervisor_gone_after())
+    return any(
+        cluster.host == host and cluster.last_canary_at and now - cluster.last_canary_at <= watchdog_bound()
+        for cluster in clusters
+    )
+
+
 def engine_alerts(now: datetime | None = None) -> list[str]:
     """What is wrong with the task engine right now, one sentence per failing part (empty when healthy)."""
     report = run_checks(ENGINE_CHECKS, now)

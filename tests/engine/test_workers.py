@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+from io import StringIO
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from deployments.jobs import prove_cluster_runs_jobs
@@ -75,3 +77,16 @@ def test_a_cluster_whose_supervisor_went_silent_is_closed_on_any_host():
     alive.refresh_from_db()
     assert alive.stopped_at is None
     assert "has not been seen for" in EngineEvent.objects.get(cluster=silent).message
+
+
+def test_run_workers_check_says_whether_a_cluster_of_this_host_runs_jobs():
+    with pytest.raises(CommandError, match="no cluster on this host ran a canary"):
+        call_command("run_workers", "--check")
+
+    now = timezone.now()
+    WorkerCluster.objects.create(
+        name="here", host=socket.gethostname(), supervisor_pid=1, supervisor_seen_at=now, last_canary_at=now
+    )
+    out = StringIO()
+    call_command("run_workers", "--check", stdout=out)
+    assert out.getvalue().strip() == "ok"
