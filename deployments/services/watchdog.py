@@ -29,7 +29,7 @@ from datetime import datetime
 
 import psutil
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import close_old_connections
 from django.utils import timezone
 
 from deployments import selectors
@@ -109,7 +109,8 @@ class ClusterSupervisor:
         self.process: subprocess.Popen | None = None
         self.cluster_started_at: datetime | None = None
         self.canary_sent_at: datetime | None = None
-        self.busy_since_proof_at: datetime | None = None  # the last moment every worker was seen busy
+        # The last moment the cluster could not be expected to prove itself: every worker busy, or no database.
+        self.excused_at: datetime | None = None
         self.quick_deaths = 0
 
     def request_stop(self, *_: object) -> None:
@@ -131,9 +132,11 @@ class ClusterSupervisor:
             while not self.stop_requested.wait(self.tick):
                 try:
                     self._watch()
-                except DatabaseError:
-                    # Without the database there is no proof either way: judge nothing, try again next tick.
-                    logger.exception("the watchdog cannot read the database")
+                except Exception:
+                    # No database or broker: no canary can prove anything either way, and a restart would not
+                    # bring them back (it would only kill running tasks). Judge nothing; look again next tick.
+                    logger.exception("the watchdog cannot look at its cluster")
+                    self.excused_at = timezone.now()
                 finally:
                     close_old_connections()
         finally:
@@ -141,12 +144,13 @@ class ClusterSupervisor:
             record_cluster_stop(self.cluster, f"supervisor stopped; {stopped}")
         return 0
 
-    def _end_clusters_of_dead_supervisors(self) -> None:
+    def _end_clusters_of_dead_supervisors(self, abandoned: list[WorkerCluster] | None = None) -> None:
         """A supervisor that was SIGKILLed leaves its qcluster running (it has a session of its own): a second
-        consumer nobody watches. End it, and re-send what it may have taken from the queue."""
+        consumer nobody watches. End those of this host, and re-send what they may have taken from the queue."""
+        host = socket.gethostname()
         killed = 0
-        for cluster in abandon_dead_clusters(socket.gethostname()):
-            if cluster.cluster_pid and is_qcluster_group(cluster.cluster_pid):
+        for cluster in abandoned if abandoned is not None else abandon_dead_clusters(host):
+            if cluster.host == host and cluster.cluster_pid and is_qcluster_group(cluster.cluster_pid):
                 killed += kill_process_group(cluster.cluster_pid)
                 logger.warning("killed qcluster %d left by supervisor %d", cluster.cluster_pid, cluster.supervisor_pid)
         if killed:
@@ -164,18 +168,18 @@ class ClusterSupervisor:
         if self._canary_due(now):
             send_canary(self.cluster)
             self.canary_sent_at = now
-            abandon_silent_clusters(now)
+            self._end_clusters_of_dead_supervisors(abandon_silent_clusters(now))
         proof_due = self._last_proof() + watchdog_bound()
         if now <= proof_due:
             return
         if self._all_workers_busy(now):
-            self.busy_since_proof_at = now
+            self.excused_at = now
             return
         late = (now - self._last_proof()).total_seconds()
         self._restart(f"no canary ran for {late:.1f} s (bound {watchdog_bound().total_seconds():.0f} s)")
 
     def _last_proof(self) -> datetime:
-        moments = [self.cluster_started_at, self.cluster.last_canary_at, self.busy_since_proof_at]
+        moments = [self.cluster_started_at, self.cluster.last_canary_at, self.excused_at]
         return max(moment for moment in moments if moment is not None)
 
     def _canary_due(self, now: datetime) -> bool:
@@ -202,7 +206,7 @@ class ClusterSupervisor:
         self.process = subprocess.Popen(self.command, cwd=settings.BASE_DIR, start_new_session=True)
         self.cluster_started_at = timezone.now()
         self.canary_sent_at = None
-        self.busy_since_proof_at = None
+        self.excused_at = None
         record_cluster_start(self.cluster, self.process.pid, reason)
 
     def _restart(self, reason: str) -> None:

@@ -59,11 +59,19 @@ def abandon_dead_clusters(host: str) -> list[WorkerCluster]:
     """Close the rows of this host whose supervisor process no longer exists (killed, machine rebooted)."""
     abandoned = []
     for cluster in WorkerCluster.objects.filter(host=host, stopped_at__isnull=True):
-        if psutil.pid_exists(cluster.supervisor_pid):
+        if _is_supervisor(cluster.supervisor_pid):
             continue
         if _abandon(cluster, f"its supervisor (pid {cluster.supervisor_pid}) is gone"):
             abandoned.append(cluster)
     return abandoned
+
+
+def _is_supervisor(pid: int) -> bool:
+    """A live run_workers process (pids are reused after a reboot: the pid alone proves nothing)."""
+    try:
+        return "run_workers" in psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return False
 
 
 def abandon_silent_clusters(now: datetime) -> list[WorkerCluster]:

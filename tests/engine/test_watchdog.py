@@ -45,7 +45,7 @@ def start_proven_cluster(run_workers, **env: str) -> tuple[SupervisedWorkers, Wo
     )
 
     def proven() -> WorkerCluster | None:
-        return WorkerCluster.objects.filter(last_canary_at__isnull=False, stopped_at__isnull=True).first()
+        return WorkerCluster.objects.filter(supervisor_pid=workers.process.pid, last_canary_at__isnull=False).first()
 
     cluster = wait_for(proven, 30, "the supervised cluster to run its first canary", workers.log_tail)
     wait_for(lambda: workers.worker_pids(cluster.cluster_pid), 10, "the workers to announce themselves")
@@ -137,3 +137,17 @@ def test_sigterm_stops_the_supervisor_and_every_process_of_its_cluster(drill_set
     cluster.refresh_from_db()
     assert cluster.stopped_at is not None
     assert EngineEvent.objects.filter(kind=EngineEvent.Kind.CLUSTER_STOPPED, cluster=cluster).exists()
+
+
+def test_the_qcluster_of_a_killed_supervisor_is_ended_by_the_next_supervisor_on_its_host(drill_settings, run_workers):
+    first, cluster = start_proven_cluster(run_workers)
+    first.process.kill()  # the supervisor alone: its qcluster, in a session of its own, keeps consuming
+    first.process.wait()
+    assert process_group(cluster.cluster_pid)
+
+    start_proven_cluster(run_workers)
+
+    assert process_group(cluster.cluster_pid) == []
+    cluster.refresh_from_db()
+    assert cluster.stopped_at is not None
+    assert EngineEvent.objects.filter(kind=EngineEvent.Kind.CLUSTER_ABANDONED, cluster=cluster).exists()
