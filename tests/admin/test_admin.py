@@ -415,6 +415,7 @@ def test_engine_events_and_clusters_are_shown_but_not_editable(admin_client):
     cluster = fresh_cluster()
     EngineEvent.objects.create(kind=EngineEvent.Kind.CLUSTER_RESTARTED, cluster=cluster, message="no canary ran")
 
+    assert "Cluster restarted" in admin_client.get("/admin/").content.decode()  # the dashboard's latest events
     events = admin_client.get("/admin/deployments/engineevent/")
     clusters = admin_client.get("/admin/deployments/workercluster/")
 
