@@ -259,6 +259,8 @@ class WorkerCluster(models.Model):
     started_at = models.DateTimeField(auto_now_add=True)
     cluster_started_at = models.DateTimeField(null=True, blank=True)
     last_canary_at = models.DateTimeField(null=True, blank=True, help_text="The last canary job this cluster ran.")
+    # Every worker was running a task whose lease it renews: the canary may wait (the watchdog's rule, and /readyz's).
+    all_busy_at = models.DateTimeField(null=True, blank=True)
     # A canary this supervisor sent was run by another cluster on the shared queue: send the next one now.
     canary_ran_elsewhere_at = models.DateTimeField(null=True, blank=True)
     # The supervisor's own heartbeat, written every canary period: a row whose supervisor went silent

@@ -19,7 +19,7 @@ from django.utils import timezone
 from django_q.brokers import get_broker
 
 from deployments import selectors
-from deployments.services.workers import supervisor_gone_after, watchdog_bound
+from deployments.services.workers import last_proof, supervisor_gone_after, watchdog_bound
 
 
 class CheckFailed(Exception):
@@ -67,8 +67,7 @@ def check_workers(now: datetime) -> dict[str, Any]:
     bound = watchdog_bound().total_seconds()
     clusters = []
     for cluster in selectors.running_clusters(supervisor_seen_since=now - supervisor_gone_after()):
-        proof = cluster.last_canary_at or cluster.cluster_started_at or cluster.started_at
-        age = (now - proof).total_seconds()
+        age = (now - last_proof(cluster)).total_seconds()
         clusters.append(
             {
                 "name": cluster.name,

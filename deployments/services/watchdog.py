@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import psutil
 from django.conf import settings
@@ -38,6 +38,8 @@ from deployments.services.sweeper import ensure_sweep_schedule
 from deployments.services.workers import (
     abandon_dead_clusters,
     abandon_silent_clusters,
+    last_proof,
+    record_all_workers_busy,
     record_cluster_start,
     record_cluster_stop,
     register_cluster,
@@ -109,8 +111,8 @@ class ClusterSupervisor:
         self.process: subprocess.Popen | None = None
         self.cluster_started_at: datetime | None = None
         self.canary_sent_at: datetime | None = None
-        # The last moment the cluster could not be expected to prove itself: every worker busy, or no database.
-        self.excused_at: datetime | None = None
+        # The last moment the watchdog could not look (no database or broker): nothing to judge before.
+        self.unobserved_at: datetime | None = None
         self.quick_deaths = 0
 
     def request_stop(self, *_: object) -> None:
@@ -136,7 +138,7 @@ class ClusterSupervisor:
                     # No database or broker: no canary can prove anything either way, and a restart would not
                     # bring them back (it would only kill running tasks). Judge nothing; look again next tick.
                     logger.exception("the watchdog cannot look at its cluster")
-                    self.excused_at = timezone.now()
+                    self.unobserved_at = timezone.now()
                 finally:
                     close_old_connections()
         finally:
@@ -164,7 +166,7 @@ class ClusterSupervisor:
             self._restart(f"qcluster {self.process.pid} exited with code {returncode}")
             return
         now = timezone.now()
-        self.cluster.refresh_from_db(fields=["last_canary_at", "canary_ran_elsewhere_at"])
+        self.cluster.refresh_from_db(fields=["last_canary_at", "canary_ran_elsewhere_at", "all_busy_at"])
         if self._canary_due(now):
             send_canary(self.cluster)
             self.canary_sent_at = now
@@ -173,13 +175,14 @@ class ClusterSupervisor:
         if now <= proof_due:
             return
         if self._all_workers_busy(now):
-            self.excused_at = now
+            if not _not_before(self.cluster.all_busy_at, now - timedelta(seconds=self.period)):
+                record_all_workers_busy(self.cluster, now)  # once a period is enough to stay excused
             return
         late = (now - self._last_proof()).total_seconds()
         self._restart(f"no canary ran for {late:.1f} s (bound {watchdog_bound().total_seconds():.0f} s)")
 
     def _last_proof(self) -> datetime:
-        moments = [self.cluster_started_at, self.cluster.last_canary_at, self.excused_at]
+        moments = [last_proof(self.cluster), self.cluster_started_at, self.unobserved_at]
         return max(moment for moment in moments if moment is not None)
 
     def _canary_due(self, now: datetime) -> bool:
@@ -206,7 +209,7 @@ class ClusterSupervisor:
         self.process = subprocess.Popen(self.command, cwd=settings.BASE_DIR, start_new_session=True)
         self.cluster_started_at = timezone.now()
         self.canary_sent_at = None
-        self.excused_at = None
+        self.unobserved_at = None
         record_cluster_start(self.cluster, self.process.pid, reason)
 
     def _restart(self, reason: str) -> None:

@@ -121,6 +121,18 @@ def resend_handoffs_lost_with(killed_at: datetime) -> SweepReport:
     return report
 
 
+def record_all_workers_busy(cluster: WorkerCluster, now: datetime) -> None:
+    """Every worker runs a live task: a late canary is excused, here and in /readyz."""
+    WorkerCluster.objects.filter(pk=cluster.pk).update(all_busy_at=now)
+    cluster.all_busy_at = now
+
+
+def last_proof(cluster: WorkerCluster) -> datetime:
+    """When the cluster last showed it works: its last canary, its start, or all its workers busy."""
+    moments = [cluster.cluster_started_at, cluster.last_canary_at, cluster.all_busy_at]
+    return max((moment for moment in moments if moment is not None), default=cluster.started_at)
+
+
 def send_canary(cluster: WorkerCluster) -> None:
     """Enqueue a canary on the shared queue; its argument names the cluster that sent it. Sending is
     also the supervisor's own heartbeat."""

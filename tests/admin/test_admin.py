@@ -395,7 +395,8 @@ def test_the_dashboard_shows_a_red_banner_while_no_cluster_proves_it_runs_jobs(a
     cluster = fresh_cluster()
     assert engine_banner(admin_client.get("/admin/").content.decode()) == ""
 
-    WorkerCluster.objects.filter(pk=cluster.pk).update(last_canary_at=timezone.now() - timedelta(minutes=5))
+    long_ago = timezone.now() - timedelta(minutes=5)
+    WorkerCluster.objects.filter(pk=cluster.pk).update(cluster_started_at=long_ago, last_canary_at=long_ago)
     banner = engine_banner(admin_client.get("/admin/").content.decode())
     assert "workers: no heartbeat" in banner and cluster.name in banner
 

@@ -90,6 +90,15 @@ def test_a_stopped_cluster_or_one_whose_supervisor_went_silent_is_not_counted(cl
     assert [cluster["name"] for cluster in body["checks"]["workers"]["clusters"]] == ["host-a:1:abc"]
 
 
+def test_a_cluster_whose_every_worker_runs_a_live_task_is_not_stale(client, server_down):
+    busy = cluster_with_heartbeat(watchdog_bound().total_seconds() + 60)
+    WorkerCluster.objects.filter(pk=busy.pk).update(all_busy_at=timezone.now())
+
+    _, body = readyz(client)
+
+    assert body["checks"]["workers"]["ok"], body
+
+
 @pytest.mark.mlserver
 def test_everything_up_answers_200_with_every_check(client, settings, mlserver):
     settings.INFERENCE_SERVER_URL = mlserver.url

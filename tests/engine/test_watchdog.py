@@ -113,7 +113,7 @@ def test_every_process_of_the_cluster_but_qcluster_killed_it_is_restarted_and_ru
 
 def test_a_cluster_busy_with_live_tasks_on_every_worker_is_not_restarted(drill_settings, run_workers):
     # One worker, one task of 7 stages x 1 s: longer than the watchdog's bound, with its lease renewed.
-    workers, _ = start_proven_cluster(run_workers, Q_WORKERS="1", PROBE_STAGE_PAUSE="1")
+    workers, cluster = start_proven_cluster(run_workers, Q_WORKERS="1", PROBE_STAGE_PAUSE="1")
     task = services.submit_deployment(EmbeddingModelFactory(id="long-task").id).task
 
     wait_for_status(task, set(TERMINAL_STATUSES), timeout=30, cluster=workers)
@@ -121,6 +121,8 @@ def test_a_cluster_busy_with_live_tasks_on_every_worker_is_not_restarted(drill_s
     assert task.status == TaskStatus.DONE, task.detail
     assert (task.finished_at - task.started_at).total_seconds() > watchdog_bound().total_seconds()
     assert not EngineEvent.objects.filter(kind=EngineEvent.Kind.CLUSTER_RESTARTED).exists(), workers.log_tail()
+    cluster.refresh_from_db()
+    assert cluster.all_busy_at is not None  # the watchdog saw the late canary excused, and /readyz does too
 
 
 def test_sigterm_stops_the_supervisor_and_every_process_of_its_cluster(drill_settings, run_workers):
