@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 from io import StringIO
 
 import pytest
@@ -11,13 +12,16 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from deployments.jobs import prove_cluster_runs_jobs
-from deployments.models import EngineEvent, WorkerCluster
+from deployments.models import EngineEvent, ModelLease, WorkerCluster
+from deployments.selectors import pids_running_live_tasks
+from deployments.services.leases import new_lease_owner
 from deployments.services.workers import (
     abandon_dead_clusters,
     abandon_silent_clusters,
     register_cluster,
     supervisor_gone_after,
 )
+from tests.support.factories import RunningDeploymentFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -91,3 +95,17 @@ def test_run_workers_check_says_whether_a_cluster_of_this_host_runs_jobs():
     out = StringIO()
     call_command("run_workers", "--check", stdout=out)
     assert out.getvalue().strip() == "ok"
+
+
+def test_the_watchdog_sees_which_of_its_pids_run_tasks_under_a_lease_they_renew():
+    owner = new_lease_owner()  # what a worker of this process would sign its lease with
+    live = RunningDeploymentFactory(lease_owner=owner)
+    ModelLease.objects.filter(pk=live.embedding_model_id).update(
+        owner=owner, expires_at=timezone.now() + timedelta(seconds=60)
+    )
+    expired_owner = f"{socket.gethostname()}:{GONE_PID}:dead"
+    expired = RunningDeploymentFactory(lease_owner=expired_owner)
+    ModelLease.objects.filter(pk=expired.embedding_model_id).update(owner=expired_owner, expires_at=timezone.now())
+
+    assert pids_running_live_tasks(socket.gethostname(), timezone.now()) == {os.getpid()}
+    assert pids_running_live_tasks("another-host", timezone.now()) == set()
