@@ -72,9 +72,10 @@ def test_an_idle_worker_killed_the_next_task_still_ends_done_within_the_bound(dr
     os.kill(workers.worker_pids(cluster.cluster_pid)[0], signal.SIGKILL)
     elapsed = submit_and_time(workers, killed_at, f"after-worker-kill-{q_workers}")
 
-    print(f"\n{q_workers} worker(s), one killed: the next task done {elapsed:.1f} s after the kill")
-    assert elapsed <= recovery_bound(), workers.log_tail()
     restarts = EngineEvent.objects.filter(kind=EngineEvent.Kind.CLUSTER_RESTARTED, cluster=cluster)
+    wedged = "wedged, restarted" if restarts.exists() else "not wedged"
+    print(f"\n{q_workers} worker(s), one killed ({wedged}): the next task done {elapsed:.1f} s after the kill")
+    assert elapsed <= recovery_bound(), workers.log_tail()
     if q_workers == "1":
         # The only worker is always next in line: its death wedges the cluster (#23), the watchdog restarts it.
         assert restarts.count() == 1, workers.log_tail()
