@@ -159,6 +159,17 @@ TASK_MAX_ATTEMPTS = int(os.environ.get("TASK_MAX_ATTEMPTS", "3"))
 # started) is sent again by the sweeper.
 TASK_HANDOFF_GRACE_SECONDS = float(os.environ.get("TASK_HANDOFF_GRACE_SECONDS", "30"))
 TASK_SWEEP_MINUTES = int(os.environ.get("TASK_SWEEP_MINUTES", "1"))
+# The watchdog of `manage.py run_workers`: every WORKERS_CANARY_SECONDS it sends a canary job that its own
+# cluster must run; a cluster with no canary run for 2 periods + WORKERS_CANARY_GRACE_SECONDS (15 s by
+# default), and not busy with live tasks on every worker, is killed (its whole process group) and
+# started again. On stop, qcluster gets WORKERS_STOP_SECONDS to finish before its group is killed.
+WORKERS_CANARY_SECONDS = float(os.environ.get("WORKERS_CANARY_SECONDS", "5"))
+WORKERS_CANARY_GRACE_SECONDS = float(os.environ.get("WORKERS_CANARY_GRACE_SECONDS", "5"))
+WORKERS_STOP_SECONDS = float(os.environ.get("WORKERS_STOP_SECONDS", "10"))
+# /readyz: the first task of a model's queue may wait this long for a worker before readiness fails;
+# the inference server must answer its liveness within READY_INFERENCE_TIMEOUT seconds.
+READY_MAX_PENDING_SECONDS = float(os.environ.get("READY_MAX_PENDING_SECONDS", "300"))
+READY_INFERENCE_TIMEOUT = float(os.environ.get("READY_INFERENCE_TIMEOUT", "2"))
 # What builds the deployer the workers drive; the default is the green deployer of deployments.inference.
 INFERENCE_DEPLOYER_FACTORY = os.environ.get(
     "INFERENCE_DEPLOYER_FACTORY", "deployments.services.deployer.build_green_deployer"

@@ -4,15 +4,25 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from deployments.services.health import readiness
+
 
 def healthz(request: HttpRequest) -> JsonResponse:
     """Liveness of the web process: constant JSON, no database (also the benchmark's baseline)."""
     return JsonResponse({"status": "ok"})
 
 
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Readiness of the whole control plane, for probes (no login): 200 with every check, or 503 naming
+    the failing parts (database, broker, workers, pending, inference)."""
+    report = readiness()
+    return JsonResponse(report.as_json(), status=200 if report.ok else 503)
+
+
 urlpatterns = [
     path("", RedirectView.as_view(url="/api/docs/", permanent=False)),
     path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),

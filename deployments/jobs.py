@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from deployments import services
+from deployments.services import workers
 
 
 def run_task(task_id: str) -> str:
@@ -11,3 +12,8 @@ def run_task(task_id: str) -> str:
 
 def sweep_tasks() -> str:
     return str(services.sweep_tasks())
+
+
+def prove_cluster_runs_jobs(cluster_name: str) -> str:
+    """The watchdog's canary: stamps the row of the cluster whose worker runs it."""
+    return workers.record_canary(cluster_name)

@@ -296,3 +296,58 @@ class CapacityLock(models.Model):
 
     def __str__(self) -> str:
         return "capacity lock"
+
+
+class WorkerCluster(models.Model):
+    """One supervised django-q2 cluster (``manage.py run_workers``) and the proof that it still runs jobs.
+
+    ``last_canary_at`` is written by a canary job that ran *in this cluster* (a worker of its process
+    group), so a cluster whose workers wedged cannot look alive because a neighbour answered for it.
+    """
+
+    name = models.CharField(max_length=200, unique=True, help_text="host:supervisor pid:nonce")
+    host = models.CharField(max_length=200)
+    supervisor_pid = models.PositiveIntegerField()
+    cluster_pid = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The running qcluster: its pid is also its process group."
+    )
+    started_at = models.DateTimeField(auto_now_add=True)
+    cluster_started_at = models.DateTimeField(null=True, blank=True)
+    last_canary_at = models.DateTimeField(null=True, blank=True, help_text="The last canary job this cluster ran.")
+    # Every worker was running a task whose lease it renews: the canary may wait (the watchdog's rule, and /readyz's).
+    all_busy_at = models.DateTimeField(null=True, blank=True)
+    # A canary this supervisor sent was run by another cluster on the shared queue: send the next one now.
+    canary_ran_elsewhere_at = models.DateTimeField(null=True, blank=True)
+    # The supervisor's own heartbeat, written every canary period: a row whose supervisor went silent
+    # (SIGKILLed, machine gone) is closed by the other supervisors and no longer counted as running.
+    supervisor_seen_at = models.DateTimeField(null=True, blank=True)
+    restarts = models.PositiveIntegerField(default=0)
+    stopped_at = models.DateTimeField(null=True, blank=True, help_text="Set when its supervisor stopped or vanished.")
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["stopped_at", "host"], name="workercluster_running")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class EngineEvent(models.Model):
+    """Something the task engine did to itself that operators should see: a cluster started, restarted, stopped."""
+
+    class Kind(models.TextChoices):
+        CLUSTER_STARTED = "cluster_started", "Cluster started"
+        CLUSTER_RESTARTED = "cluster_restarted", "Cluster restarted"
+        CLUSTER_STOPPED = "cluster_stopped", "Cluster stopped"
+        CLUSTER_ABANDONED = "cluster_abandoned", "Cluster abandoned"
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    cluster = models.ForeignKey(WorkerCluster, null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
+    message = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.cluster or ''}".strip()

@@ -8,8 +8,19 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from django.db.models import Exists, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models.functions import Coalesce, Greatest, Now
 
-from deployments.models import ACTIVE_STATUSES, Drift, EmbeddingModel, ModelLease, Task, TaskKind, TaskStatus
+from deployments.models import (
+    ACTIVE_STATUSES,
+    Drift,
+    EmbeddingModel,
+    EngineEvent,
+    ModelLease,
+    Task,
+    TaskKind,
+    TaskStatus,
+    WorkerCluster,
+)
 
 
 def find_task(task_id: str, kind: str | None = None) -> Task | None:
@@ -147,3 +158,72 @@ def filter_tasks(
 def latest_attempts(tasks: QuerySet[Task]) -> QuerySet[Task]:
     """Only tasks that have not been retried yet (no newer attempt links to them)."""
     return tasks.filter(~Exists(Task.objects.filter(retry_of=OuterRef("pk"))))
+
+
+# -- The task engine's own health: worker clusters, their events, tasks waiting for a worker ----------
+
+
+def running_clusters(supervisor_seen_since: datetime) -> list[WorkerCluster]:
+    """The clusters whose supervisor has neither stopped nor gone silent (it stamps its row every period)."""
+    return list(
+        WorkerCluster.objects.filter(stopped_at__isnull=True, supervisor_seen_at__gte=supervisor_seen_since).order_by(
+            "started_at"
+        )
+    )
+
+
+def get_cluster(name: str) -> WorkerCluster | None:
+    return WorkerCluster.objects.filter(name=name).first()
+
+
+def recent_engine_events(limit: int = 50) -> list[EngineEvent]:
+    return list(EngineEvent.objects.select_related("cluster").order_by("-created_at", "-id")[:limit])
+
+
+def pids_running_live_tasks(host: str) -> set[int]:
+    """Pids on ``host`` that run a processing task under a model lease they keep renewing (unexpired by
+    the database's clock, as leases are judged). A lease owner reads "host:pid:nonce"
+    (``services.leases.new_lease_owner``).
+    """
+    live_lease = ModelLease.objects.filter(
+        pk=OuterRef("embedding_model_id"), owner=OuterRef("lease_owner"), expires_at__gt=Now()
+    )
+    owners = (
+        Task.objects.filter(status=TaskStatus.PROCESSING, lease_owner__startswith=f"{host}:")
+        .filter(Exists(live_lease))
+        .values_list("lease_owner", flat=True)
+    )
+    pids = set()
+    for owner in owners:
+        pid = owner.removeprefix(f"{host}:").split(":", 1)[0]
+        if pid.isdigit():
+            pids.add(int(pid))
+    return pids
+
+
+def longest_waiting_task() -> tuple[Task, datetime] | None:
+    """The task first in its model's queue that has waited longest to start, and since when it waits.
+
+    A task queued behind an earlier one of its model is not waiting for a worker; it starts waiting
+    when it becomes first: when it was created, or when the task ahead of it finished.
+    """
+    earlier_unfinished = Task.objects.filter(
+        embedding_model_id=OuterRef("embedding_model_id"), status__in=ACTIVE_STATUSES, sequence__lt=OuterRef("sequence")
+    )
+    ahead_finished = (
+        Task.objects.filter(
+            embedding_model_id=OuterRef("embedding_model_id"),
+            sequence__lt=OuterRef("sequence"),
+            finished_at__isnull=False,
+        )
+        .order_by("-finished_at")
+        .values("finished_at")[:1]
+    )
+    task = (
+        Task.objects.filter(status=TaskStatus.PENDING)
+        .filter(~Exists(earlier_unfinished))
+        .annotate(waiting_since=Greatest("created_at", Coalesce(Subquery(ahead_finished), "created_at")))
+        .order_by("waiting_since")
+        .first()
+    )
+    return (task, task.waiting_since) if task else None

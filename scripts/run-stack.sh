@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole stack on its embedded defaults: migrate, an operator account with an API token,
-# MLServer on 127.0.0.1:8080 (serving again the models that were live when it last stopped), a
-# django-q2 cluster, the packaged MiniLM registered, and the web server on 127.0.0.1:8000.
-# Ctrl-C stops everything it started.
+# MLServer on 127.0.0.1:8080 (serving again the models that were live when it last stopped), the
+# django-q2 workers under their watchdog (run_workers), the packaged MiniLM registered, and the web
+# server on 127.0.0.1:8000, and the reconciler (which gives a restarted MLServer back the live
+# revisions). A part that dies is started again after a short backoff. Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -20,6 +21,29 @@ stop_all() {
 }
 trap stop_all EXIT INT TERM
 
+# keep_alive NAME COMMAND...: run COMMAND in the background, and again whenever it exits, waiting 1 s,
+# then 2, 4, ... up to 30 s while it keeps dying young (a part that ran a minute starts over at 1 s).
+keep_alive() {
+  local name=$1 child="" backoff=1 started status
+  shift
+  (
+    trap 'if [ -n "$child" ]; then kill "$child" 2>/dev/null; wait "$child" 2>/dev/null; fi; exit 0' TERM
+    while true; do
+      started=$SECONDS
+      "$@" &
+      child=$!
+      status=0
+      wait "$child" || status=$?
+      ((SECONDS - started >= 60)) && backoff=1
+      echo "run-stack: $name exited (status $status); starting it again in ${backoff}s" >&2
+      sleep "$backoff" &
+      wait $! || true
+      backoff=$((backoff * 2 > 30 ? 30 : backoff * 2))
+    done
+  ) &
+  pids+=($!)
+}
+
 $BIN/python manage.py migrate --noinput
 $BIN/python manage.py collectstatic --noinput >/dev/null
 
@@ -34,23 +58,25 @@ DJANGO_SUPERUSER_USERNAME=admin DJANGO_SUPERUSER_EMAIL=admin@localhost \
 token=$($BIN/python manage.py drf_create_token admin | awk '{print $3}')
 
 mlserver_port=${INFERENCE_SERVER_URL##*:}
-$BIN/python -m deployments.inference.server --repository "$MODEL_REPOSITORY_ROOT" --port "${mlserver_port%%/*}" &
-pids+=($!)
+keep_alive mlserver $BIN/python -m deployments.inference.server --repository "$MODEL_REPOSITORY_ROOT" \
+  --port "${mlserver_port%%/*}"
 # A fresh server loads nothing: serve again what the registry says is live, before workers start.
 $BIN/python manage.py restore_models --wait-for-server 120 || echo "some models could not be restored (see above)"
-$BIN/python manage.py qcluster &
-pids+=($!)
+# The workers, watched: a cluster that stops running jobs (django-q2 can wedge) is restarted.
+keep_alive workers $BIN/python manage.py run_workers
+# What the server serves follows the registry: a restarted MLServer gets the live revisions back.
+keep_alive reconciler $BIN/python manage.py reconcile --every 5
 $BIN/python manage.py register_packaged_model
 
 cat <<INFO
 
   Control plane:  http://$WEB_ADDR/          API docs: http://$WEB_ADDR/api/docs/
   Admin:          http://$WEB_ADDR/admin/    user admin, password in $password_file
+  Health:         http://$WEB_ADDR/readyz    (every part: database, broker, workers, pending tasks, MLServer)
   API token:      $token
   Try:  curl -X POST http://$WEB_ADDR/deploy -H "Authorization: Token $token" \\
              -H "Content-Type: application/json" -d '{"embedding_model_id": "all-minilm-l6-v2"}'
 
 INFO
-$BIN/python manage.py runserver "$WEB_ADDR" --noreload &
-pids+=($!)
-wait -n "${pids[@]}"
+keep_alive web $BIN/python manage.py runserver "$WEB_ADDR" --noreload
+wait

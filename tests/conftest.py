@@ -16,7 +16,7 @@ from deployments.inference.packaged import packaged_model_dir, packaged_model_ro
 from deployments.inference.runtime_markers import INSTANCE_MARKER_DIR_ENV
 from deployments.inference.server import LocalMLServer
 from tests.support.factories import EmbeddingModelFactory, UserFactory
-from tests.support.processes import QCluster, worker_env
+from tests.support.processes import QCluster, SupervisedWorkers, worker_env
 
 WRITE_PERMISSIONS = [
     "add_deploymenttask",
@@ -135,3 +135,18 @@ def qcluster(tmp_path: Path) -> Iterator[Callable[..., QCluster]]:
     yield start
     for cluster in started:
         cluster.stop()
+
+
+@pytest.fixture
+def run_workers(tmp_path: Path) -> Iterator[Callable[..., SupervisedWorkers]]:
+    """Start real ``manage.py run_workers`` subprocesses on the test database; all are stopped at the end."""
+    started: list[SupervisedWorkers] = []
+
+    def start(**env_overrides: str) -> SupervisedWorkers:
+        workers = SupervisedWorkers(tmp_path / f"run-workers-{len(started)}.log", worker_env(**env_overrides)).start()
+        started.append(workers)
+        return workers
+
+    yield start
+    for workers in started:
+        workers.stop()

@@ -17,8 +17,10 @@ from django.utils import timezone
 from deployments import selectors
 from deployments.admin.display import STATUS_COLOURS, human_duration, task_admin_url, task_list_url
 from deployments.models import ACTIVE_STATUSES, Drift, EmbeddingModel, Task, TaskKind, TaskStatus
+from deployments.services.health import engine_alerts
 
 RUNNING_SHOWN = 20
+ENGINE_EVENTS_SHOWN = 5
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,9 @@ def dashboard_context(now: datetime | None = None) -> dict[str, Any]:
         for task in dash.latest_failures
     ]
     return {
+        # Red while no cluster proves it runs jobs or a task waits too long for a worker: the truth first.
+        "engine_alerts": engine_alerts(now),
+        "engine_events": selectors.recent_engine_events(ENGINE_EVENTS_SHOWN),
         "dash": dash,
         "in_flight": in_flight,
         "statuses": TaskStatus.choices,

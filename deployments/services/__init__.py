@@ -7,6 +7,9 @@
 - pipelines:   the deployment and deletion procedures over the serving layer
 - leases:      per-model leases and queue positions, and the capacity lock, in the database
 - sweeper:     resolve dead workers' tasks, re-send lost dispatches
+- workers:     supervised worker clusters, their canary proof and engine events
+- watchdog:    run_workers: prove the qcluster runs jobs, restart it when it wedges
+- health:      what /readyz and the admin's red banner report
 - registry:    the embedding-model registry
 - deployer:    the serving layer's deployer, built from settings in one place
 - errors:      what the services refuse

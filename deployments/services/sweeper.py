@@ -130,15 +130,17 @@ def _sync_model_after_giving_up(embedding_model_id: str) -> None:
         logger.exception("could not resynchronize %s after its last attempt was lost", embedding_model_id)
 
 
-def resend_lost_handoffs(now: datetime, report: SweepReport) -> None:
-    """Hand over again each model's next pending task that has waited too long without starting."""
-    grace = timedelta(seconds=settings.TASK_HANDOFF_GRACE_SECONDS)
+def resend_lost_handoffs(now: datetime, report: SweepReport, handed_over_before: datetime | None = None) -> None:
+    """Hand over again each model's next pending task that has waited too long without starting
+    (or, given ``handed_over_before``, that was handed over before then: to a cluster since killed)."""
+    if handed_over_before is None:
+        handed_over_before = now - timedelta(seconds=settings.TASK_HANDOFF_GRACE_SECONDS)
     for embedding_model_id in selectors.models_with_pending_tasks():
         head = selectors.head_task_for_model(embedding_model_id)
         if head is None or head.status != TaskStatus.PENDING:
             continue
         last_handoff = head.dispatched_at or head.created_at
-        if last_handoff > now - grace:
+        if last_handoff > handed_over_before:
             continue
         if lease_is_held(embedding_model_id):
             continue

@@ -14,7 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from deployments.admin.filters import CappedCountPaginator
-from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, TaskStatus
+from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, EngineEvent, TaskStatus, WorkerCluster
 from tests.support.factories import (
     DeletionTaskFactory,
     DeploymentTaskFactory,
@@ -496,3 +496,61 @@ def test_deploying_while_the_queue_refuses_creates_the_tasks_and_says_they_wait(
     assert (created_level, count_in(created)) == (messages.INFO, 2)
     assert waiting_level == messages.WARNING and "2" in waiting and "30 s" in waiting
     assert "q-a" in waiting and "q-b" in waiting
+
+
+# -- the task engine's health -----------------------------------------------------------------------
+
+
+def fresh_cluster(name: str = "host:1:abc") -> WorkerCluster:
+    now = timezone.now()
+    return WorkerCluster.objects.create(
+        name=name,
+        host="host",
+        supervisor_pid=1,
+        cluster_pid=2,
+        cluster_started_at=now,
+        last_canary_at=now,
+        supervisor_seen_at=now,
+    )
+
+
+def engine_banner(page: str) -> str:
+    start = page.find('class="cr-wide cr-engine-alert"')
+    return page[start : page.find("</div>", start)] if start >= 0 else ""
+
+
+def test_the_dashboard_shows_a_red_banner_while_no_cluster_proves_it_runs_jobs(admin_client):
+    assert "no worker cluster is running" in engine_banner(admin_client.get("/admin/").content.decode())
+
+    cluster = fresh_cluster()
+    assert engine_banner(admin_client.get("/admin/").content.decode()) == ""
+
+    long_ago = timezone.now() - timedelta(minutes=5)
+    WorkerCluster.objects.filter(pk=cluster.pk).update(cluster_started_at=long_ago, last_canary_at=long_ago)
+    banner = engine_banner(admin_client.get("/admin/").content.decode())
+    assert "workers: no heartbeat" in banner and cluster.name in banner
+
+
+def test_the_dashboard_banner_names_a_task_that_waits_too_long_for_a_worker(admin_client, settings):
+    settings.READY_MAX_PENDING_SECONDS = 60
+    fresh_cluster()
+    waiting = DeploymentTaskFactory()
+    DeploymentTask.objects.filter(pk=waiting.pk).update(created_at=timezone.now() - timedelta(minutes=5))
+
+    banner = engine_banner(admin_client.get("/admin/").content.decode())
+
+    assert "pending:" in banner and str(waiting.pk) in banner and "workers" not in banner
+
+
+def test_engine_events_and_clusters_are_shown_but_not_editable(admin_client):
+    cluster = fresh_cluster()
+    EngineEvent.objects.create(kind=EngineEvent.Kind.CLUSTER_RESTARTED, cluster=cluster, message="no canary ran")
+
+    assert "Cluster restarted" in admin_client.get("/admin/").content.decode()  # the dashboard's latest events
+    events = admin_client.get("/admin/deployments/engineevent/")
+    clusters = admin_client.get("/admin/deployments/workercluster/")
+
+    assert events.status_code == 200 and b"no canary ran" in events.content
+    assert b"/admin/deployments/engineevent/add/" not in events.content
+    assert clusters.status_code == 200 and cluster.name.encode() in clusters.content
+    assert b"/admin/deployments/workercluster/add/" not in clusters.content

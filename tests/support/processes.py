@@ -1,19 +1,24 @@
-"""Real processes for the tests: qcluster workers on the test database, and waiting for what they do."""
+"""Real processes for the tests: qcluster workers (bare or under run_workers) on the test database, and waiting
+for what they do."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
+import psutil
 from django.conf import settings
 from django.db import connection
 
 from deployments.models import Task
+from deployments.services.watchdog import kill_process_group, process_group
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,18 +52,20 @@ def worker_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-class QCluster:
-    """``manage.py qcluster`` in its own process group, so it can be killed with all its workers."""
+class ManagedCommand:
+    """A ``manage.py`` command in its own process group, logging to a file."""
+
+    command: tuple[str, ...] = ()
 
     def __init__(self, log_path: Path, env: dict[str, str]):
         self.log_path = log_path
         self.env = env
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> QCluster:
+    def start(self) -> Self:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "qcluster"],
+                [sys.executable, "manage.py", *self.command],
                 cwd=PROJECT_ROOT,
                 env=self.env,
                 stdout=log,
@@ -68,10 +75,19 @@ class QCluster:
         return self
 
     def kill(self) -> None:
-        """SIGKILL every process of the cluster: a worker that dies without a word."""
+        """SIGKILL every process of the group: a process that dies without a word."""
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class QCluster(ManagedCommand):
+    """``manage.py qcluster``, so it can be killed with all its workers."""
+
+    command = ("qcluster",)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -81,8 +97,36 @@ class QCluster:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+class SupervisedWorkers(ManagedCommand):
+    """``manage.py run_workers``: a qcluster (in a process group of its own) under the watchdog."""
+
+    command = ("run_workers",)
+
+    def stop(self) -> None:
+        """SIGTERM, as systemd would; whatever is left after the supervisor's own deadline is SIGKILLed."""
+        if not self.process:
+            return
+        groups = self.cluster_groups()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(float(self.env.get("WORKERS_STOP_SECONDS", "10")) + 10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        for pgid in groups:
+            kill_process_group(pgid)
+
+    def cluster_groups(self) -> list[int]:
+        """The process groups of the qclusters the supervisor runs now (each qcluster leads its own)."""
+        if not self.process or self.process.poll() is not None:
+            return []
+        return [child.pid for child in psutil.Process(self.process.pid).children()]
+
+    def worker_pids(self, cluster_pid: int) -> list[int]:
+        """The live django-q2 workers of the qcluster ``cluster_pid``, as its log announces them."""
+        announced = {int(pid) for pid in re.findall(r"ready for work at (\d+)", self.log_path.read_text())}
+        return sorted(announced & {process.pid for process in process_group(cluster_pid)})
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, on_timeout: Callable[[], str] = str) -> object:

@@ -1,0 +1,153 @@
+"""Health that tells the truth: is the database there, the broker, a cluster that runs jobs, a worker
+for the task that waits, the inference server?
+
+``readiness()`` is what ``/readyz`` answers; ``engine_alerts()`` the sentences the admin dashboard shows
+in red. Each check reports what it measured and never a secret (errors are named by their type only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import httpx
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+from django_q.brokers import get_broker
+
+from deployments import selectors
+from deployments.services.workers import last_proof, supervisor_gone_after, watchdog_bound
+
+
+class CheckFailed(Exception):
+    """A check ran and found something wrong; its details still belong in the answer."""
+
+    def __init__(self, details: dict[str, Any]):
+        super().__init__(details)
+        self.details = details
+
+
+@dataclass(frozen=True)
+class Readiness:
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def failing(self) -> list[str]:
+        return [name for name, check in self.checks.items() if not check["ok"]]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failing
+
+    def as_json(self) -> dict[str, Any]:
+        return {"status": "ok" if self.ok else "failing", "failing": self.failing, "checks": self.checks}
+
+
+def check_database(now: datetime) -> dict[str, Any]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return {"vendor": connection.vendor}
+
+
+def check_broker(now: datetime) -> dict[str, Any]:
+    """The ORM broker is the database (checked above); Redis must answer a PING."""
+    broker = get_broker()
+    if "redis" in settings.Q_CLUSTER:
+        if not broker.ping():
+            raise CheckFailed({"kind": "redis", "error": "no answer to PING"})
+        return {"kind": "redis"}
+    return {"kind": "orm"}
+
+
+def check_workers(now: datetime) -> dict[str, Any]:
+    """Every running cluster has run a canary within the watchdog's bound; at least one cluster runs."""
+    bound = watchdog_bound().total_seconds()
+    clusters = []
+    for cluster in selectors.running_clusters(supervisor_seen_since=now - supervisor_gone_after()):
+        age = (now - last_proof(cluster)).total_seconds()
+        clusters.append(
+            {
+                "name": cluster.name,
+                "heartbeat_age_s": round(age, 1),
+                "restarts": cluster.restarts,
+                "fresh": age <= bound,
+            }
+        )
+    details = {"max_age_s": bound, "clusters": clusters}
+    if not clusters:
+        raise CheckFailed({**details, "error": "no worker cluster is running"})
+    if stale := [cluster["name"] for cluster in clusters if not cluster["fresh"]]:
+        raise CheckFailed({**details, "error": f"no heartbeat within {bound:.0f} s from {', '.join(stale)}"})
+    return details
+
+
+def check_pending(now: datetime) -> dict[str, Any]:
+    """No task that could start has waited longer than READY_MAX_PENDING_SECONDS for a worker."""
+    limit = settings.READY_MAX_PENDING_SECONDS
+    waiting = selectors.longest_waiting_task()
+    if waiting is None:
+        return {"max_wait_s": limit, "longest_wait_s": 0}
+    task, since = waiting
+    age = (now - since).total_seconds()
+    details = {"max_wait_s": limit, "longest_wait_s": round(age, 1), "task_id": str(task.pk)}
+    if age > limit:
+        raise CheckFailed({**details, "error": f"{task.kind} task {task.pk} has waited {age:.0f} s for a worker"})
+    return details
+
+
+def check_inference(now: datetime) -> dict[str, Any]:
+    timeout = settings.READY_INFERENCE_TIMEOUT
+    try:
+        response = httpx.get(f"{settings.INFERENCE_SERVER_URL.rstrip('/')}/v2/health/live", timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise CheckFailed({"error": f"no answer within {timeout:g} s ({type(exc).__name__})"}) from exc
+    if response.status_code != 200:
+        raise CheckFailed({"error": f"liveness answered HTTP {response.status_code}"})
+    return {}
+
+
+READINESS_CHECKS: dict[str, Callable[[datetime], dict[str, Any]]] = {
+    "database": check_database,
+    "broker": check_broker,
+    "workers": check_workers,
+    "pending": check_pending,
+    "inference": check_inference,
+}
+# What the admin dashboard warns about: the task engine itself (the server has its own pages).
+ENGINE_CHECKS = ("workers", "pending")
+
+
+def run_checks(names: tuple[str, ...] | None = None, now: datetime | None = None) -> Readiness:
+    now = now or timezone.now()
+    checks: dict[str, dict[str, Any]] = {}
+    for name in names or tuple(READINESS_CHECKS):
+        try:
+            checks[name] = {"ok": True, **READINESS_CHECKS[name](now)}
+        except CheckFailed as exc:
+            checks[name] = {"ok": False, **exc.details}
+        except Exception as exc:  # a check that cannot run is a failing part, named by its error type only
+            checks[name] = {"ok": False, "error": type(exc).__name__}
+    return Readiness(checks)
+
+
+def readiness(now: datetime | None = None) -> Readiness:
+    return run_checks(now=now)
+
+
+def cluster_on_host_is_proven(host: str, now: datetime | None = None) -> bool:
+    """True if a cluster supervised on ``host`` ran a canary within the watchdog's bound (a liveness probe)."""
+    now = now or timezone.now()
+    clusters = selectors.running_clusters(supervisor_seen_since=now - supervisor_gone_after())
+    return any(
+        cluster.host == host and cluster.last_canary_at and now - cluster.last_canary_at <= watchdog_bound()
+        for cluster in clusters
+    )
+
+
+def engine_alerts(now: datetime | None = None) -> list[str]:
+    """What is wrong with the task engine right now, one sentence per failing part (empty when healthy)."""
+    report = run_checks(ENGINE_CHECKS, now)
+    return [f"{name}: {report.checks[name].get('error', 'failing')}" for name in report.failing]

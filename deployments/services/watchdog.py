@@ -1,0 +1,245 @@
+"""The watchdog behind ``manage.py run_workers``: a django-q2 cluster that is proven to run jobs, or restarted.
+
+django-q2 can wedge (its issue #23): a worker that dies holding the task queue's lock leaves every
+other worker blocked for ever, while the cluster looks alive and ignores SIGTERM. So the watchdog
+does not trust the cluster's processes; it asks for proof. Every WORKERS_CANARY_SECONDS it enqueues
+a canary job; the canary, run by a worker of this cluster, stamps the cluster's row. When no canary
+ran for ``watchdog_bound()`` (2 periods + grace), the cluster is wedged: its whole process group is
+SIGKILLed (SIGTERM hangs qcluster, and killing only qcluster leaves its workers consuming) and a
+fresh qcluster is started. Tasks the killed workers were running are resolved by the sweeper
+through their expired leases; pending tasks whose messages the killed cluster had taken are re-sent.
+
+A cluster that is merely busy is not killed: while every worker runs a task whose model lease it
+keeps renewing, a canary cannot run and need not; the proof is due ``watchdog_bound()`` after the
+last moment all workers were seen busy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import psutil
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from deployments import selectors
+from deployments.models import WorkerCluster
+from deployments.services.sweeper import ensure_sweep_schedule
+from deployments.services.workers import (
+    abandon_dead_clusters,
+    abandon_silent_clusters,
+    last_proof,
+    record_all_workers_busy,
+    record_cluster_start,
+    record_cluster_stop,
+    register_cluster,
+    resend_handoffs_lost_with,
+    send_canary,
+    watchdog_bound,
+)
+
+logger = logging.getLogger(__name__)
+
+# A cluster that dies sooner than this after its start is failing to start: wait before the next try.
+QUICK_DEATH_SECONDS = 10.0
+MAX_START_BACKOFF_SECONDS = 8.0
+
+
+def qcluster_command() -> list[str]:
+    return [sys.executable, str(settings.BASE_DIR / "manage.py"), "qcluster"]
+
+
+def process_group(pgid: int) -> list[psutil.Process]:
+    """The live processes of a process group (zombies excluded: they are dead, only not yet reaped)."""
+    members = []
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                members.append(process)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return members
+
+
+def is_qcluster_group(pgid: int) -> bool:
+    """True if ``pgid`` still leads a process group running qcluster (pids are reused: check before killing)."""
+    try:
+        leader = psutil.Process(pgid)
+        return os.getpgid(pgid) == pgid and "qcluster" in leader.cmdline()
+    except (ProcessLookupError, psutil.Error):
+        return False
+
+
+def kill_process_group(pgid: int, timeout: float = 5.0) -> int:
+    """SIGKILL every process of the group and wait until none is left; return how many there were."""
+    members = process_group(pgid)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            break
+        if not process_group(pgid) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    return len(members)
+
+
+def _not_before(moment: datetime | None, reference: datetime) -> bool:
+    return moment is not None and moment >= reference
+
+
+class ClusterSupervisor:
+    """Runs ``manage.py qcluster`` in a process group of its own and keeps it proven or restarted."""
+
+    def __init__(self, command: Sequence[str] | None = None):
+        self.command = list(command or qcluster_command())
+        self.period = settings.WORKERS_CANARY_SECONDS
+        self.tick = min(0.5, self.period / 4)
+        self.stop_requested = threading.Event()
+        self.cluster: WorkerCluster | None = None
+        self.process: subprocess.Popen | None = None
+        self.cluster_started_at: datetime | None = None
+        self.canary_sent_at: datetime | None = None
+        # The last moment the watchdog could not look (no database or broker): nothing to judge before.
+        self.unobserved_at: datetime | None = None
+        self.quick_deaths = 0
+
+    def request_stop(self, *_: object) -> None:
+        """Signal-handler safe: the loop notices at its next tick."""
+        self.stop_requested.set()
+
+    def run(self) -> int:
+        self._end_clusters_of_dead_supervisors()
+        self.cluster = register_cluster()
+        ensure_sweep_schedule()  # the sweeper is a schedule: make sure there is one to run
+        logger.info(
+            "supervising qcluster as %s: a canary every %.1f s, restart when none ran for %.1f s",
+            self.cluster.name,
+            self.period,
+            watchdog_bound().total_seconds(),
+        )
+        self._start_cluster()
+        try:
+            while not self.stop_requested.wait(self.tick):
+                try:
+                    self._watch()
+                except Exception:
+                    # No database or broker: no canary can prove anything either way, and a restart would not
+                    # bring them back (it would only kill running tasks). Judge nothing; look again next tick.
+                    logger.exception("the watchdog cannot look at its cluster")
+                    self.unobserved_at = timezone.now()
+                finally:
+                    close_old_connections()
+        finally:
+            stopped = self._stop_cluster()
+            record_cluster_stop(self.cluster, f"supervisor stopped; {stopped}")
+        return 0
+
+    def _end_clusters_of_dead_supervisors(self, abandoned: list[WorkerCluster] | None = None) -> None:
+        """A supervisor that was SIGKILLed leaves its qcluster running (it has a session of its own): a second
+        consumer nobody watches. End those of this host, and re-send what they may have taken from the queue."""
+        host = socket.gethostname()
+        killed = 0
+        for cluster in abandoned if abandoned is not None else abandon_dead_clusters(host):
+            if cluster.host == host and cluster.cluster_pid and is_qcluster_group(cluster.cluster_pid):
+                killed += kill_process_group(cluster.cluster_pid)
+                logger.warning("killed qcluster %d left by supervisor %d", cluster.cluster_pid, cluster.supervisor_pid)
+        if killed:
+            resend_handoffs_lost_with(timezone.now())
+
+    # -- one look at the cluster --------------------------------------------------------------
+
+    def _watch(self) -> None:
+        returncode = self.process.poll()
+        if returncode is not None:
+            self._restart(f"qcluster {self.process.pid} exited with code {returncode}")
+            return
+        now = timezone.now()
+        self.cluster.refresh_from_db(fields=["last_canary_at", "canary_ran_elsewhere_at", "all_busy_at"])
+        if self._canary_due(now):
+            send_canary(self.cluster)
+            self.canary_sent_at = now
+            self._end_clusters_of_dead_supervisors(abandon_silent_clusters(now))
+        proof_due = self._last_proof() + watchdog_bound()
+        if now <= proof_due:
+            return
+        if self._all_workers_busy():
+            if not _not_before(self.cluster.all_busy_at, now - timedelta(seconds=self.period)):
+                record_all_workers_busy(self.cluster, now)  # once a period is enough to stay excused
+            return
+        late = (now - self._last_proof()).total_seconds()
+        self._restart(f"no canary ran for {late:.1f} s (bound {watchdog_bound().total_seconds():.0f} s)")
+
+    def _last_proof(self) -> datetime:
+        moments = [last_proof(self.cluster), self.cluster_started_at, self.unobserved_at]
+        return max(moment for moment in moments if moment is not None)
+
+    def _canary_due(self, now: datetime) -> bool:
+        sent = self.canary_sent_at
+        if sent is None or (now - sent).total_seconds() >= self.period:
+            return True
+        answered_here = self.cluster.last_canary_at is not None and self.cluster.last_canary_at >= sent
+        ran_elsewhere = (
+            self.cluster.canary_ran_elsewhere_at is not None and self.cluster.canary_ran_elsewhere_at >= sent
+        )
+        # Another cluster on the shared queue took it: that proves nothing about ours, ask again now.
+        return ran_elsewhere and not answered_here
+
+    def _all_workers_busy(self) -> bool:
+        """True while every worker of the cluster runs a task whose model lease it keeps renewing."""
+        group = {process.pid for process in process_group(self.process.pid)}
+        runners = selectors.pids_running_live_tasks(socket.gethostname()) & group
+        return len(runners) >= settings.Q_CLUSTER["workers"]
+
+    # -- starting, restarting, stopping -------------------------------------------------------
+
+    def _start_cluster(self, reason: str = "") -> None:
+        # A session of its own: the qcluster's pid is its process group's id, and the group is killed whole.
+        self.process = subprocess.Popen(self.command, cwd=settings.BASE_DIR, start_new_session=True)
+        self.cluster_started_at = timezone.now()
+        self.canary_sent_at = None
+        self.unobserved_at = None
+        record_cluster_start(self.cluster, self.process.pid, reason)
+
+    def _restart(self, reason: str) -> None:
+        pgid = self.process.pid
+        killed = kill_process_group(pgid)
+        self.process.wait()
+        killed_at = timezone.now()
+        lived = (killed_at - self.cluster_started_at).total_seconds()
+        self.quick_deaths = self.quick_deaths + 1 if lived < QUICK_DEATH_SECONDS else 0
+        if self.quick_deaths > 1:
+            backoff = min(MAX_START_BACKOFF_SECONDS, 2.0 ** (self.quick_deaths - 2))
+            if self.stop_requested.wait(backoff):
+                return  # stopping: run() records the stop
+        self._start_cluster(f"{reason}; SIGKILLed its process group {pgid} ({killed} process(es))")
+        report = resend_handoffs_lost_with(killed_at)
+        if report.resent:
+            logger.info("re-sent %d pending task(s) the killed cluster may have taken", len(report.resent))
+
+    def _stop_cluster(self) -> str:
+        """SIGTERM to qcluster alone (to the group it hangs for ever), a few seconds to finish, then SIGKILL
+        to the whole group, which also ends workers a dead qcluster left behind."""
+        if self.process is None:
+            return "no cluster was running"
+        pgid = self.process.pid
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(settings.WORKERS_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                logger.warning("qcluster %d did not stop within %.0f s", pgid, settings.WORKERS_STOP_SECONDS)
+        killed = kill_process_group(pgid)
+        self.process.wait()
+        return f"qcluster {pgid} stopped" + (f"; SIGKILLed {killed} process(es) left in its group" if killed else "")

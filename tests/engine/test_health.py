@@ -1,0 +1,174 @@
+"""/healthz and /readyz, through the test client with no login (probes have none): 200 only when it is true."""
+
+from __future__ import annotations
+
+import socket
+from datetime import timedelta
+
+import pytest
+from django.db import OperationalError, connection
+from django.utils import timezone
+
+from deployments.models import TaskStatus, WorkerCluster
+from deployments.services.workers import supervisor_gone_after, watchdog_bound
+from tests.support.factories import DeploymentTaskFactory, FinishedDeploymentFactory, RunningDeploymentFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"  # nothing listens there once the socket is closed
+
+
+def cluster_with_heartbeat(age_seconds: float, name: str = "host-a:1:abc") -> WorkerCluster:
+    beat = timezone.now() - timedelta(seconds=age_seconds)
+    return WorkerCluster.objects.create(
+        name=name,
+        host="host-a",
+        supervisor_pid=1,
+        cluster_pid=2,
+        cluster_started_at=beat,
+        last_canary_at=beat,
+        supervisor_seen_at=timezone.now(),
+    )
+
+
+def age(task, seconds: float) -> None:
+    type(task).objects.filter(pk=task.pk).update(created_at=timezone.now() - timedelta(seconds=seconds))
+
+
+@pytest.fixture
+def server_down(settings):
+    settings.INFERENCE_SERVER_URL = closed_port_url()
+    return settings
+
+
+def readyz(client):
+    response = client.get("/readyz")
+    return response.status_code, response.json()
+
+
+def test_healthz_answers_while_the_process_lives(client):
+    response = client.get("/healthz")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+def test_no_worker_cluster_at_all_fails_workers(client, server_down):
+    status, body = readyz(client)
+    assert status == 503 and body["status"] == "failing"
+    assert "workers" in body["failing"]
+    assert body["checks"]["workers"]["error"] == "no worker cluster is running"
+
+
+def test_a_stale_heartbeat_fails_workers_and_names_the_cluster(client, server_down):
+    cluster_with_heartbeat(1)
+    cluster_with_heartbeat(watchdog_bound().total_seconds() + 5, name="host-b:7:def")
+
+    status, body = readyz(client)
+
+    assert status == 503 and "workers" in body["failing"]
+    assert "host-b:7:def" in body["checks"]["workers"]["error"]
+    assert [c["fresh"] for c in body["checks"]["workers"]["clusters"]] == [True, False]
+
+
+def test_a_stopped_cluster_or_one_whose_supervisor_went_silent_is_not_counted(client, server_down):
+    cluster_with_heartbeat(1)
+    WorkerCluster.objects.filter(pk=cluster_with_heartbeat(3600, name="stopped:1:x").pk).update(
+        stopped_at=timezone.now()
+    )
+    silent_since = timezone.now() - supervisor_gone_after() - timedelta(seconds=1)
+    WorkerCluster.objects.filter(pk=cluster_with_heartbeat(3600, name="gone:1:x").pk).update(
+        supervisor_seen_at=silent_since
+    )
+
+    _, body = readyz(client)
+
+    assert "workers" not in body["failing"]
+    assert [cluster["name"] for cluster in body["checks"]["workers"]["clusters"]] == ["host-a:1:abc"]
+
+
+def test_a_cluster_whose_every_worker_runs_a_live_task_is_not_stale(client, server_down):
+    busy = cluster_with_heartbeat(watchdog_bound().total_seconds() + 60)
+    WorkerCluster.objects.filter(pk=busy.pk).update(all_busy_at=timezone.now())
+
+    _, body = readyz(client)
+
+    assert body["checks"]["workers"]["ok"], body
+
+
+@pytest.mark.mlserver
+def test_everything_up_answers_200_with_every_check(client, settings, mlserver):
+    settings.INFERENCE_SERVER_URL = mlserver.url
+    cluster_with_heartbeat(1)
+    FinishedDeploymentFactory()
+
+    status, body = readyz(client)
+
+    assert status == 200, body
+    assert body["status"] == "ok" and body["failing"] == []
+    assert set(body["checks"]) == {"database", "broker", "workers", "pending", "inference"}
+    assert all(check["ok"] for check in body["checks"].values())
+    assert body["checks"]["broker"]["kind"] == "orm"
+
+
+def test_a_task_waiting_too_long_for_a_worker_fails_pending(client, settings, server_down):
+    settings.READY_MAX_PENDING_SECONDS = 60
+    cluster_with_heartbeat(1)
+    waiting = DeploymentTaskFactory()
+    age(waiting, 61)
+
+    status, body = readyz(client)
+
+    assert status == 503 and body["failing"] == ["pending", "inference"]
+    assert body["checks"]["pending"]["task_id"] == str(waiting.pk)
+    assert str(waiting.pk) in body["checks"]["pending"]["error"]
+
+
+def test_a_task_queued_behind_a_running_one_of_its_model_is_not_waiting_for_a_worker(client, settings, server_down):
+    settings.READY_MAX_PENDING_SECONDS = 60
+    cluster_with_heartbeat(1)
+    running = RunningDeploymentFactory()
+    queued = DeploymentTaskFactory(embedding_model_id=running.embedding_model_id)
+    age(queued, 3600)
+
+    _, body = readyz(client)
+
+    assert body["checks"]["pending"]["ok"] and body["checks"]["pending"]["longest_wait_s"] == 0
+    assert queued.status == TaskStatus.PENDING
+
+
+def test_a_task_waits_for_a_worker_from_when_the_task_ahead_of_it_finished(client, settings, server_down):
+    settings.READY_MAX_PENDING_SECONDS = 60
+    cluster_with_heartbeat(1)
+    ahead = FinishedDeploymentFactory(finished_at=timezone.now() - timedelta(seconds=10))
+    queued = DeploymentTaskFactory(embedding_model_id=ahead.embedding_model_id)
+    age(queued, 3600)
+
+    _, body = readyz(client)
+
+    assert body["checks"]["pending"]["ok"] and 9 <= body["checks"]["pending"]["longest_wait_s"] <= 15
+
+
+def test_an_inference_server_that_does_not_answer_fails_inference(client, server_down):
+    cluster_with_heartbeat(1)
+    status, body = readyz(client)
+    assert status == 503 and body["failing"] == ["inference"]
+    assert "ConnectError" in body["checks"]["inference"]["error"]
+
+
+def test_a_database_that_fails_is_named_without_its_error_message(client, server_down):
+    cluster_with_heartbeat(1)
+
+    def database_down(execute, sql, params, many, context):
+        raise OperationalError("could not connect to server at secret-host.internal as user admin")
+
+    with connection.execute_wrapper(database_down):
+        response = client.get("/readyz")
+
+    body = response.json()
+    assert response.status_code == 503 and {"database", "workers", "pending"} <= set(body["failing"])
+    assert body["checks"]["database"] == {"ok": False, "error": "OperationalError"}
+    assert b"secret-host" not in response.content

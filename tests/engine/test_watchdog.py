@@ -1,0 +1,156 @@
+"""Drills on a real ``manage.py run_workers``: kill what django-q2 cannot survive, and time the recovery.
+
+django-q2's issue #23: a worker killed while it is next in line for the task queue takes the queue's
+lock with it, and the cluster never runs another job. The watchdog must notice (no canary ran) and
+restart the whole cluster within its bound; a task submitted meanwhile must still end ``done``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from django.utils import timezone
+from django_q.models import Schedule
+
+from deployments import services
+from deployments.models import TERMINAL_STATUSES, EngineEvent, TaskStatus, WorkerCluster
+from deployments.services.sweeper import SWEEP_SCHEDULE_NAME
+from deployments.services.watchdog import process_group
+from deployments.services.workers import watchdog_bound
+from tests.support.factories import EmbeddingModelFactory
+from tests.support.processes import SupervisedWorkers, wait_for, wait_for_status
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.drill]
+
+# Short periods, so a drill takes seconds: a canary every second, a wedge detected after 4 s.
+CANARY_SECONDS, GRACE_SECONDS = 1, 2
+# What a restart costs beyond the watchdog's bound: the new qcluster's start (about 1-2 s here) and the task.
+START_ALLOWANCE_SECONDS = 8
+
+
+@pytest.fixture
+def drill_settings(settings):
+    settings.INFERENCE_DEPLOYER_FACTORY = "tests.support.probes.build_probe_deployer"
+    settings.WORKERS_CANARY_SECONDS = CANARY_SECONDS
+    settings.WORKERS_CANARY_GRACE_SECONDS = GRACE_SECONDS
+    return settings
+
+
+def start_proven_cluster(run_workers, **env: str) -> tuple[SupervisedWorkers, WorkerCluster]:
+    workers = run_workers(
+        WORKERS_CANARY_SECONDS=str(CANARY_SECONDS), WORKERS_CANARY_GRACE_SECONDS=str(GRACE_SECONDS), **env
+    )
+
+    def proven() -> WorkerCluster | None:
+        return WorkerCluster.objects.filter(supervisor_pid=workers.process.pid, last_canary_at__isnull=False).first()
+
+    cluster = wait_for(proven, 30, "the supervised cluster to run its first canary", workers.log_tail)
+    wait_for(lambda: workers.worker_pids(cluster.cluster_pid), 10, "the workers to announce themselves")
+    return workers, cluster
+
+
+def recovery_bound() -> float:
+    return watchdog_bound().total_seconds() + START_ALLOWANCE_SECONDS
+
+
+def submit_and_time(workers: SupervisedWorkers, since: float, model_id: str) -> float:
+    task = services.submit_deployment(EmbeddingModelFactory(id=model_id).id).task
+    wait_for_status(task, set(TERMINAL_STATUSES), timeout=recovery_bound() + 20, cluster=workers)
+    elapsed = time.monotonic() - since
+    assert task.status == TaskStatus.DONE, task.detail
+    return elapsed
+
+
+@pytest.mark.parametrize("q_workers", ["1", "2"])
+def test_an_idle_worker_killed_the_next_task_still_ends_done_within_the_bound(drill_settings, run_workers, q_workers):
+    workers, cluster = start_proven_cluster(run_workers, Q_WORKERS=q_workers)
+
+    killed_at = time.monotonic()
+    os.kill(workers.worker_pids(cluster.cluster_pid)[0], signal.SIGKILL)
+    elapsed = submit_and_time(workers, killed_at, f"after-worker-kill-{q_workers}")
+
+    restarts = EngineEvent.objects.filter(kind=EngineEvent.Kind.CLUSTER_RESTARTED, cluster=cluster)
+    wedged = "wedged, restarted" if restarts.exists() else "not wedged"
+    print(f"\n{q_workers} worker(s), one killed ({wedged}): the next task done {elapsed:.1f} s after the kill")
+    assert elapsed <= recovery_bound(), workers.log_tail()
+    if q_workers == "1":
+        # The only worker is always next in line: its death wedges the cluster (#23), the watchdog restarts it.
+        assert restarts.count() == 1, workers.log_tail()
+        assert "no canary ran" in restarts.get().message
+    cluster.refresh_from_db()
+    assert cluster.restarts == restarts.count()
+
+
+def test_every_process_of_the_cluster_but_qcluster_killed_it_is_restarted_and_runs_tasks_and_the_sweeper(
+    drill_settings, run_workers
+):
+    workers, cluster = start_proven_cluster(run_workers)
+    children = [process for process in process_group(cluster.cluster_pid) if process.pid != cluster.cluster_pid]
+
+    killed_at = time.monotonic()
+    for process in children:
+        process.kill()
+    elapsed = submit_and_time(workers, killed_at, "after-cluster-kill")
+
+    print(f"\nevery child of qcluster killed: the next task done {elapsed:.1f} s after the kill")
+    assert elapsed <= recovery_bound(), workers.log_tail()
+    restart = EngineEvent.objects.get(kind=EngineEvent.Kind.CLUSTER_RESTARTED, cluster=cluster)
+    killed_pid = cluster.cluster_pid
+    cluster.refresh_from_db()
+    assert cluster.restarts == 1 and cluster.cluster_pid != killed_pid
+    assert f"qcluster {killed_pid} exited" in restart.message or "no canary ran" in restart.message
+    assert process_group(killed_pid) == []  # nothing of the old cluster is left to consume the queue
+
+    # The sweeper is a schedule the new cluster's scheduler runs (django-q2 looks every 30 s).
+    sweep = Schedule.objects.get(name=SWEEP_SCHEDULE_NAME)
+    Schedule.objects.filter(pk=sweep.pk).update(next_run=timezone.now())
+    wait_for(
+        lambda: Schedule.objects.get(pk=sweep.pk).next_run > timezone.now(), 45, "the sweeper to be scheduled again"
+    )
+
+
+def test_a_cluster_busy_with_live_tasks_on_every_worker_is_not_restarted(drill_settings, run_workers):
+    # One worker, one task of 7 stages x 1 s: longer than the watchdog's bound, with its lease renewed.
+    workers, cluster = start_proven_cluster(run_workers, Q_WORKERS="1", PROBE_STAGE_PAUSE="1")
+    task = services.submit_deployment(EmbeddingModelFactory(id="long-task").id).task
+
+    wait_for_status(task, set(TERMINAL_STATUSES), timeout=30, cluster=workers)
+
+    assert task.status == TaskStatus.DONE, task.detail
+    assert (task.finished_at - task.started_at).total_seconds() > watchdog_bound().total_seconds()
+    assert not EngineEvent.objects.filter(kind=EngineEvent.Kind.CLUSTER_RESTARTED).exists(), workers.log_tail()
+    cluster.refresh_from_db()
+    assert cluster.all_busy_at is not None  # the watchdog saw the late canary excused, and /readyz does too
+
+
+def test_sigterm_stops_the_supervisor_and_every_process_of_its_cluster(drill_settings, run_workers):
+    workers, cluster = start_proven_cluster(run_workers, WORKERS_STOP_SECONDS="3")
+    assert process_group(cluster.cluster_pid)
+
+    started = time.monotonic()
+    workers.process.send_signal(signal.SIGTERM)
+    returncode = workers.process.wait(20)
+
+    assert returncode == 0, workers.log_tail()
+    assert time.monotonic() - started < 3 + 5
+    assert process_group(cluster.cluster_pid) == []
+    cluster.refresh_from_db()
+    assert cluster.stopped_at is not None
+    assert EngineEvent.objects.filter(kind=EngineEvent.Kind.CLUSTER_STOPPED, cluster=cluster).exists()
+
+
+def test_the_qcluster_of_a_killed_supervisor_is_ended_by_the_next_supervisor_on_its_host(drill_settings, run_workers):
+    first, cluster = start_proven_cluster(run_workers)
+    first.process.kill()  # the supervisor alone: its qcluster, in a session of its own, keeps consuming
+    first.process.wait()
+    assert process_group(cluster.cluster_pid)
+
+    start_proven_cluster(run_workers)
+
+    assert process_group(cluster.cluster_pid) == []
+    cluster.refresh_from_db()
+    assert cluster.stopped_at is not None
+    assert EngineEvent.objects.filter(kind=EngineEvent.Kind.CLUSTER_ABANDONED, cluster=cluster).exists()
