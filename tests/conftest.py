@@ -16,7 +16,7 @@ from deployments.inference.packaged import packaged_model_dir, packaged_model_ro
 from deployments.inference.runtime_markers import INSTANCE_MARKER_DIR_ENV
 from deployments.inference.server import LocalMLServer
 from tests.support.factories import EmbeddingModelFactory, UserFactory
-from tests.support.processes import QCluster, SupervisedWorkers, worker_env
+from tests.support.processes import ManagedCommand, QCluster, SupervisedWorkers, worker_env
 
 WRITE_PERMISSIONS = [
     "add_deploymenttask",
@@ -122,31 +122,28 @@ def inference_settings(settings, mlserver: LocalMLServer, sources_root: Path):
     return settings
 
 
-@pytest.fixture
-def qcluster(tmp_path: Path) -> Iterator[Callable[..., QCluster]]:
-    """Start real qcluster subprocesses on the test database; all are stopped at the end."""
-    started: list[QCluster] = []
+def _started_commands(command_class: type[ManagedCommand], tmp_path: Path) -> Iterator[Callable[..., ManagedCommand]]:
+    """Start real management-command subprocesses on the test database; all are stopped at the end."""
+    started: list[ManagedCommand] = []
 
-    def start(**env_overrides: str) -> QCluster:
-        cluster = QCluster(tmp_path / f"qcluster-{len(started)}.log", worker_env(**env_overrides)).start()
-        started.append(cluster)
-        return cluster
+    def start(**env_overrides: str) -> ManagedCommand:
+        log = tmp_path / f"{command_class.command[0]}-{len(started)}.log"
+        process = command_class(log, worker_env(**env_overrides)).start()
+        started.append(process)
+        return process
 
     yield start
-    for cluster in started:
-        cluster.stop()
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def qcluster(tmp_path: Path) -> Iterator[Callable[..., QCluster]]:
+    """Real ``manage.py qcluster`` subprocesses."""
+    yield from _started_commands(QCluster, tmp_path)
 
 
 @pytest.fixture
 def run_workers(tmp_path: Path) -> Iterator[Callable[..., SupervisedWorkers]]:
-    """Start real ``manage.py run_workers`` subprocesses on the test database; all are stopped at the end."""
-    started: list[SupervisedWorkers] = []
-
-    def start(**env_overrides: str) -> SupervisedWorkers:
-        workers = SupervisedWorkers(tmp_path / f"run-workers-{len(started)}.log", worker_env(**env_overrides)).start()
-        started.append(workers)
-        return workers
-
-    yield start
-    for workers in started:
-        workers.stop()
+    """Real ``manage.py run_workers`` subprocesses (a qcluster under its watchdog)."""
+    yield from _started_commands(SupervisedWorkers, tmp_path)

@@ -23,6 +23,7 @@ from tests.support.factories import (
     FinishedDeletionFactory,
     FinishedDeploymentFactory,
     RunningDeploymentFactory,
+    cluster_with_heartbeat,
 )
 
 pytestmark = pytest.mark.django_db
@@ -501,19 +502,6 @@ def test_deploying_while_the_queue_refuses_creates_the_tasks_and_says_they_wait(
 # -- the task engine's health -----------------------------------------------------------------------
 
 
-def fresh_cluster(name: str = "host:1:abc") -> WorkerCluster:
-    now = timezone.now()
-    return WorkerCluster.objects.create(
-        name=name,
-        host="host",
-        supervisor_pid=1,
-        cluster_pid=2,
-        cluster_started_at=now,
-        last_canary_at=now,
-        supervisor_seen_at=now,
-    )
-
-
 def engine_banner(page: str) -> str:
     start = page.find('class="cr-wide cr-engine-alert"')
     return page[start : page.find("</div>", start)] if start >= 0 else ""
@@ -522,7 +510,7 @@ def engine_banner(page: str) -> str:
 def test_the_dashboard_shows_a_red_banner_while_no_cluster_proves_it_runs_jobs(admin_client):
     assert "no worker cluster is running" in engine_banner(admin_client.get("/admin/").content.decode())
 
-    cluster = fresh_cluster()
+    cluster = cluster_with_heartbeat(name="host:1:abc")
     assert engine_banner(admin_client.get("/admin/").content.decode()) == ""
 
     long_ago = timezone.now() - timedelta(minutes=5)
@@ -533,7 +521,7 @@ def test_the_dashboard_shows_a_red_banner_while_no_cluster_proves_it_runs_jobs(a
 
 def test_the_dashboard_banner_names_a_task_that_waits_too_long_for_a_worker(admin_client, settings):
     settings.READY_MAX_PENDING_SECONDS = 60
-    fresh_cluster()
+    cluster_with_heartbeat(name="host:1:abc")
     waiting = DeploymentTaskFactory()
     DeploymentTask.objects.filter(pk=waiting.pk).update(created_at=timezone.now() - timedelta(minutes=5))
 
@@ -543,7 +531,7 @@ def test_the_dashboard_banner_names_a_task_that_waits_too_long_for_a_worker(admi
 
 
 def test_engine_events_and_clusters_are_shown_but_not_editable(admin_client):
-    cluster = fresh_cluster()
+    cluster = cluster_with_heartbeat(name="host:1:abc")
     EngineEvent.objects.create(kind=EngineEvent.Kind.CLUSTER_RESTARTED, cluster=cluster, message="no canary ran")
 
     assert "Cluster restarted" in admin_client.get("/admin/").content.decode()  # the dashboard's latest events

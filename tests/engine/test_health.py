@@ -11,7 +11,12 @@ from django.utils import timezone
 
 from deployments.models import TaskStatus, WorkerCluster
 from deployments.services.workers import supervisor_gone_after, watchdog_bound
-from tests.support.factories import DeploymentTaskFactory, FinishedDeploymentFactory, RunningDeploymentFactory
+from tests.support.factories import (
+    DeploymentTaskFactory,
+    FinishedDeploymentFactory,
+    RunningDeploymentFactory,
+    cluster_with_heartbeat,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -21,19 +26,6 @@ def closed_port_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"  # nothing listens there once the socket is closed
-
-
-def cluster_with_heartbeat(age_seconds: float, name: str = "host-a:1:abc") -> WorkerCluster:
-    beat = timezone.now() - timedelta(seconds=age_seconds)
-    return WorkerCluster.objects.create(
-        name=name,
-        host="host-a",
-        supervisor_pid=1,
-        cluster_pid=2,
-        cluster_started_at=beat,
-        last_canary_at=beat,
-        supervisor_seen_at=timezone.now(),
-    )
 
 
 def age(task, seconds: float) -> None:
@@ -111,7 +103,7 @@ def test_everything_up_answers_200_with_every_check(client, settings, mlserver):
     assert body["status"] == "ok" and body["failing"] == []
     assert set(body["checks"]) == {"database", "broker", "workers", "pending", "inference"}
     assert all(check["ok"] for check in body["checks"].values())
-    assert body["checks"]["broker"]["kind"] == "orm"
+    assert body["checks"]["broker"]["kind"] == ("redis" if "redis" in settings.Q_CLUSTER else "orm")
 
 
 def test_a_task_waiting_too_long_for_a_worker_fails_pending(client, settings, server_down):

@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from deployments.inference.packaged import packaged_model_dir
-from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, TaskEvent, TaskStatus
+from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, TaskEvent, TaskStatus, WorkerCluster
 from deployments.services.leases import allocate_sequence
 
 
@@ -98,3 +98,17 @@ class FinishedDeletionFactory(DeletionTaskFactory):
     started_at = factory.LazyFunction(lambda: timezone.now() - timedelta(seconds=1))
     finished_at = factory.LazyFunction(timezone.now)
     detail = "unloaded m; removed 1 revision(s)"
+
+
+def cluster_with_heartbeat(age_seconds: float = 0, name: str = "host-a:1:abc") -> WorkerCluster:
+    """A running worker cluster (named host:pid:nonce) whose canary last ran ``age_seconds`` ago."""
+    beat = timezone.now() - timedelta(seconds=age_seconds)
+    return WorkerCluster.objects.create(
+        name=name,
+        host=name.split(":", 1)[0],
+        supervisor_pid=1,
+        cluster_pid=2,
+        cluster_started_at=beat,
+        last_canary_at=beat,
+        supervisor_seen_at=timezone.now(),
+    )
