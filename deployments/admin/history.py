@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -112,7 +112,12 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             return queryset, False
         if not is_valid_task_id(term):
             return queryset.none(), False
-        return queryset.filter(Q(pk=term) | Q(embedding_model_id=term)), False
+        # A term that names a task shows it; otherwise it is a model id. Two seeks, where one OR of the
+        # two made SQLite walk the created_at index past a million rows (0.7 s).
+        task = queryset.filter(pk=term)
+        if task.exists():
+            return task, False
+        return queryset.filter(embedding_model_id=term), False
 
     # -- columns
 
