@@ -14,8 +14,13 @@ WEB_ADDR=${WEB_ADDR:-127.0.0.1:8000}
 mkdir -p "$CONTROLPLANE_VAR_DIR"
 
 pids=()
+# Once this exists, no part is started again: Ctrl-C reaches the parts too, and a part that has
+# just stopped must not be restarted while the stack is being stopped.
+stopping=$CONTROLPLANE_VAR_DIR/.stack-stopping
+rm -f "$stopping"
 stop_all() {
   trap - EXIT INT TERM
+  touch "$stopping"
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
@@ -34,10 +39,12 @@ keep_alive() {
       child=$!
       status=0
       wait "$child" || status=$?
+      [ -e "$stopping" ] && exit 0
       ((SECONDS - started >= 60)) && backoff=1
       echo "run-stack: $name exited (status $status); starting it again in ${backoff}s" >&2
       sleep "$backoff" &
       wait $! || true
+      [ -e "$stopping" ] && exit 0
       backoff=$((backoff * 2 > 30 ? 30 : backoff * 2))
     done
   ) &
