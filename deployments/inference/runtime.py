@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,26 @@ class ModelLoadError(MLServerError):
 # How long unload() waits for requests already running on this instance before freeing it.
 DRAIN_TIMEOUT_S = 30.0
 
+# Where models run: the settings' ``extra.device``, else this environment variable of the server, else auto.
+DEVICE_ENV = "INFERENCE_DEVICE"
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def resolve_device(requested: str, cuda_available: bool) -> str:
+    """The torch device to load on: ``auto`` is CUDA when the server has it, the CPU otherwise."""
+    if not _DEVICE.fullmatch(requested):
+        raise ModelLoadError(f"unknown device {requested!r}: use auto, cpu, mps, cuda or cuda:N")
+    if requested == "auto":
+        return "cuda" if cuda_available else "cpu"
+    return requested
+
 
 class SentenceTransformerRuntime(MLModel):
     async def load(self) -> bool:
         extra: dict[str, Any] = dict(self.settings.parameters.extra or {}) if self.settings.parameters else {}
         self._revision = str(extra.get("revision", ""))
         self._force_normalize = bool(extra.get("normalize", False))
+        self._requested_device = str(extra.get("device") or os.environ.get(DEVICE_ENV, "auto"))
         self._in_flight = 0
         self._drained = asyncio.Event()
         self._drained.set()
@@ -63,21 +78,22 @@ class SentenceTransformerRuntime(MLModel):
         self._marker = self._create_marker()
         return True
 
-    @staticmethod
-    def _load_model(uri: str) -> Any:
+    def _load_model(self, uri: str) -> Any:
         # Offline by construction: a model folder, never a hub download.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import torch
         from sentence_transformers import SentenceTransformer
 
-        return SentenceTransformer(uri, device="cpu", local_files_only=True)
+        self._device = resolve_device(self._requested_device, torch.cuda.is_available())
+        return SentenceTransformer(uri, device=self._device, local_files_only=True)
 
     async def metadata(self) -> MetadataModelResponse:
         """The V2 metadata, with the tensors and the revision this instance serves (what is live)."""
         metadata = await super().metadata()
         metadata.inputs = [MetadataTensor(name="text", datatype="BYTES", shape=[-1])]
         metadata.outputs = [MetadataTensor(name="embedding", datatype="FP32", shape=[-1, self._dimensions])]
-        metadata.parameters = Parameters(revision=self._revision, dimensions=self._dimensions)
+        metadata.parameters = Parameters(revision=self._revision, dimensions=self._dimensions, device=self._device)
         return metadata
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:

@@ -9,7 +9,7 @@ from mlserver.errors import MLServerError
 from mlserver.settings import ModelParameters, ModelSettings
 from mlserver.types import InferenceRequest
 
-from deployments.inference.runtime import SentenceTransformerRuntime
+from deployments.inference.runtime import SentenceTransformerRuntime, resolve_device
 
 
 def make_runtime(uri: str, revision: str = "r1") -> SentenceTransformerRuntime:
@@ -64,3 +64,31 @@ def test_bad_input_is_a_400_naming_the_problem(minilm_dir):
         return failure.value
 
     assert asyncio.run(scenario()).status_code == 400
+
+
+@pytest.mark.parametrize(
+    "requested,cuda_available,device",
+    [("auto", False, "cpu"), ("auto", True, "cuda"), ("cpu", True, "cpu"), ("cuda:1", True, "cuda:1")],
+)
+def test_the_device_is_auto_by_default_and_cuda_only_where_there_is_one(requested, cuda_available, device):
+    assert resolve_device(requested, cuda_available) == device
+
+
+@pytest.mark.parametrize("requested", ["gpu", "cuda:x", "", "cpu; rm -rf /"])
+def test_an_unknown_device_is_a_load_error_naming_it(requested):
+    with pytest.raises(MLServerError, match="unknown device"):
+        resolve_device(requested, cuda_available=False)
+
+
+def test_the_runtime_loads_on_the_device_its_settings_name_and_reports_it(minilm_dir):
+    async def scenario():
+        settings = ModelSettings(
+            name="device-test",
+            implementation=SentenceTransformerRuntime,
+            parameters=ModelParameters(uri=str(minilm_dir), extra={"revision": "r1", "device": "cpu"}),
+        )
+        runtime = SentenceTransformerRuntime(settings)
+        await runtime.load()
+        return (await runtime.metadata()).parameters.device
+
+    assert asyncio.run(scenario()) == "cpu"
