@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from datetime import timedelta
 
 import pytest
@@ -164,3 +165,21 @@ def test_a_database_that_fails_is_named_without_its_error_message(client, server
     assert response.status_code == 503 and {"database", "workers", "pending"} <= set(body["failing"])
     assert body["checks"]["database"] == {"ok": False, "error": "OperationalError"}
     assert b"secret-host" not in response.content
+
+
+def test_a_redis_broker_that_never_answers_fails_the_broker_check_without_hanging(client, settings):
+    """A blackholed Redis: it accepts the connection and never replies."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    try:
+        settings.Q_CLUSTER = {**settings.Q_CLUSTER, "redis": f"redis://127.0.0.1:{listener.getsockname()[1]}/0"}
+        settings.READY_INFERENCE_TIMEOUT = 0.5
+        cluster_with_heartbeat(1)
+        started = time.monotonic()
+        status, body = readyz(client)
+        assert time.monotonic() - started < 5
+    finally:
+        listener.close()
+    assert status == 503 and "broker" in body["failing"]
+    assert body["checks"]["broker"]["kind"] == "redis" and body["checks"]["broker"]["ok"] is False
