@@ -16,6 +16,7 @@ from deployments.inference import FenceLost
 from deployments.models import Task, TaskKind, TaskStatus
 from deployments.services.leases import Fence, Lease, LeaseHeartbeat, claim_lease, new_lease_owner, release_lease
 from deployments.services.pipelines import run_deletion, run_deployment
+from deployments.services.reconnect import reconnecting
 from deployments.services.recording import Outcome, TaskRecorder, record_event
 from deployments.services.tasks import dispatch_next_task
 from deployments.services.transitions import transition
@@ -86,6 +87,7 @@ def _run_pipeline(task: Task, fence: Fence) -> Outcome | None:
         return Outcome(TaskStatus.FAILED, f"{stage}: unexpected error: {exc}", {"failed_stage": stage})
 
 
+@reconnecting
 def finish_task(task: Task, outcome: Outcome, fence: Fence | None = None) -> bool:
     """Write the outcome, unless the sweeper already resolved this attempt (its lease had expired)."""
     task.metadata.update(outcome.metadata)

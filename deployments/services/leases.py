@@ -32,6 +32,7 @@ from django.db.models.functions import Now
 
 from deployments.inference import FenceLost
 from deployments.models import CapacityLock, ModelLease, Task
+from deployments.services.reconnect import reconnecting
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ class Fence:
         self.lease = lease
         self.heartbeat = heartbeat
 
+    @reconnecting
     def holds(self) -> bool:
         if self.heartbeat is not None and self.heartbeat.lost.is_set():
             return False

@@ -15,6 +15,7 @@ from deployments.inference import StageEvent
 from deployments.models import Task, TaskEvent, TaskStatus
 from deployments.services.faults import hold_if_asked
 from deployments.services.leases import Fence
+from deployments.services.reconnect import reconnecting
 
 
 @dataclass
@@ -48,6 +49,7 @@ class TaskRecorder:
         self.current_stage: str | None = None
         self.failed_stage: str | None = None
 
+    @reconnecting
     def __call__(self, event: StageEvent) -> None:
         if self.fence is not None:
             self.fence.check()
