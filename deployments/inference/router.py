@@ -344,6 +344,8 @@ class RouteTable:
         self.admin_url = admin_url
         self._previous_clusters: dict[str, tuple[str, ...]] = {}
         self._written_clusters: dict[str, tuple[str, ...]] = {}
+        # time.monotonic() when the latest routes were renamed into place: where a flip's switch time starts.
+        self.routes_renamed_at: float | None = None
 
     @property
     def routes_path(self) -> Path:
@@ -381,6 +383,7 @@ class RouteTable:
         if self.admin_url:
             self._wait(lambda: self._clusters_warm(set(clusters), changed, cluster_version), deadline, "clusters")
         _atomic_write_json(self.routes_path, route_config(routes, version))
+        self.routes_renamed_at = time.monotonic()
         if self.admin_url:
             self._wait(lambda: served_routes(self.admin_url).version == version, deadline, "routes")
         self._previous_clusters = current
