@@ -123,14 +123,15 @@ def measure_flips(envoy: LocalEnvoy, replicas: tuple[str, ...], args: argparse.N
         f"                   failed {len(traffic.failures)}"
         + (f"  e.g. {traffic.failures[0]}" if traffic.failures else "")
     )
-    print(
-        f"switch time:       rename -> every request sent meets the new revision: p50 "
-        f"{statistics.median(until_all_new) * 1000:.1f} ms, max {max(until_all_new) * 1000:.1f} ms"
-    )
-    print(
-        f"                   rename -> last answer from the old revision (in flight): p50 "
-        f"{statistics.median(until_old_drained) * 1000:.1f} ms, max {max(until_old_drained) * 1000:.1f} ms"
-    )
+    for label, values in (
+        ("switch time:       rename -> every request sent meets the new revision:", until_all_new),
+        ("                   rename -> last answer from the old revision (in flight):", until_old_drained),
+    ):
+        slow = sum(1 for value in values if value > 0.1)
+        print(
+            f"{label} p50 {statistics.median(values) * 1000:.1f} ms, p99 {percentile(values, 99) * 1000:.1f} ms, "
+            f"max {max(values) * 1000:.1f} ms ({slow} of {len(values)} flips over 100 ms)"
+        )
 
 
 def measure_latency(envoy: LocalEnvoy, replica: LocalMLServer, requests: int) -> None:

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -316,13 +316,21 @@ def served_routes(admin_url: str) -> ServedRoutes:
     return ServedRoutes(version="")
 
 
-def active_clusters(admin_url: str) -> dict[str, str]:
-    """Clusters Envoy has finished warming (first health check done), with the version that brought them."""
-    return {
-        config["cluster"]["name"]: config.get("version_info", "")
-        for config in _config_dump(admin_url, "dynamic_active_clusters")
-        if "cluster" in config
-    }
+def active_clusters(admin_url: str) -> dict[str, tuple[str, ...]]:
+    """Clusters Envoy has finished warming (first health check done), with their replicas ("host:port").
+
+    While a changed cluster warms, Envoy keeps serving the old one: its replicas show here until then.
+    """
+    clusters: dict[str, tuple[str, ...]] = {}
+    for config in _config_dump(admin_url, "dynamic_active_clusters"):
+        cluster = config.get("cluster", {})
+        replicas = []
+        for locality in cluster.get("load_assignment", {}).get("endpoints", []):
+            for endpoint in locality.get("lb_endpoints", []):
+                address = endpoint["endpoint"]["address"]["socket_address"]
+                replicas.append(f"{address['address']}:{address['port_value']}")
+        clusters[cluster.get("name", "")] = tuple(sorted(replicas))
+    return clusters
 
 
 # -- publishing ---------------------------------------------------------------------------------
@@ -343,7 +351,6 @@ class RouteTable:
         self.clusters_dir = self.config_dir / "clusters"
         self.admin_url = admin_url
         self._previous_clusters: dict[str, tuple[str, ...]] = {}
-        self._written_clusters: dict[str, tuple[str, ...]] = {}
         # time.monotonic() when the latest routes were renamed into place: where a flip's switch time starts.
         self.routes_renamed_at: float | None = None
 
@@ -375,13 +382,9 @@ class RouteTable:
         clusters = {**self._previous_clusters, **current}
         cluster_version = clusters_version(clusters)
         deadline = time.monotonic() + timeout
-        # Envoy keeps an unchanged cluster as it is (with the version that brought it): only new or
-        # changed ones must show this version once warm.
-        changed = {name for name, replicas in clusters.items() if self._written_clusters.get(name) != replicas}
         _atomic_write_json(self.clusters_path, clusters_config(clusters, cluster_version))
-        self._written_clusters = clusters
         if self.admin_url:
-            self._wait(lambda: self._clusters_warm(set(clusters), changed, cluster_version), deadline, "clusters")
+            self._wait(lambda: self._clusters_warm(clusters), deadline, "clusters")
         _atomic_write_json(self.routes_path, route_config(routes, version))
         self.routes_renamed_at = time.monotonic()
         if self.admin_url:
@@ -389,11 +392,12 @@ class RouteTable:
         self._previous_clusters = current
         return version
 
-    def _clusters_warm(self, names: set[str], changed: set[str], version: str) -> bool:
+    def _clusters_warm(self, clusters: Mapping[str, tuple[str, ...]]) -> bool:
+        # Compared by content, not version: Envoy keeps an unchanged cluster with the version that brought it.
         active = active_clusters(self.admin_url or "")
-        return names <= set(active) and all(active[name] == version for name in changed)
+        return all(active.get(name) == replicas for name, replicas in clusters.items())
 
-    def _wait(self, done: Any, deadline: float, what: str) -> None:
+    def _wait(self, done: Callable[[], bool], deadline: float, what: str) -> None:
         while not done():
             if time.monotonic() > deadline:
                 raise ServerUnavailable(f"Envoy did not take the new {what} in time (rejected or still warming)")

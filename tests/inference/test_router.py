@@ -16,7 +16,7 @@ import pytest
 
 from deployments.inference import InferenceError, V2Client
 from deployments.inference.repository import DEFAULT_RUNTIME
-from deployments.inference.router import LocalEnvoy, ModelRoute, route_config, routes_version
+from deployments.inference.router import LocalEnvoy, ModelRoute, RouteTable, route_config, routes_version
 from deployments.inference.server import LocalMLServer
 
 MODEL = "routed"
@@ -233,3 +233,36 @@ def test_a_replica_sigkilled_under_traffic_fails_no_request_through_envoy(
     assert answered_before_kill > 10
     assert traffic.failures == []
     assert len(traffic.revisions) > answered_before_kill + 10
+
+
+@pytest.mark.mlserver
+def test_a_new_route_table_takes_over_a_running_envoy(envoy, mlserver, two_revisions):
+    """A deployer that restarted knows nothing of what it wrote before: publishing still converges."""
+    replicas = (replica_address(mlserver),)
+    envoy.publish([ModelRoute(MODEL, two_revisions[0], replicas)])
+    restarted = RouteTable(envoy.routes.config_dir, admin_url=envoy.admin_url)
+    restarted.publish([ModelRoute(MODEL, two_revisions[1], replicas)], timeout=5)
+    assert envoy.served_routes().served_names == {MODEL: two_revisions[1]}
+    assert infer_revision(envoy.url) == "r2"
+
+
+def rds_rejections(envoy: LocalEnvoy) -> int:
+    """Route files Envoy read and refused (malformed or invalid), from its admin stats."""
+    stats = httpx.get(f"{envoy.admin_url}/stats", params={"filter": r"rds\.models\.update_(rejected|failure)$"})
+    return sum(int(line.rsplit(":", 1)[1]) for line in stats.text.splitlines() if ":" in line)
+
+
+@pytest.mark.mlserver
+def test_a_route_file_envoy_rejects_leaves_the_last_good_routes_serving(envoy, mlserver, two_revisions):
+    replicas = (replica_address(mlserver),)
+    version = envoy.publish([ModelRoute(MODEL, two_revisions[0], replicas)])
+    rejected_before = rds_rejections(envoy)
+    broken = envoy.routes.routes_dir / ".broken.json"
+    broken.write_text('{"version_info": "broken", "resources": [{"@type": "not-a-type"}]}')
+    broken.rename(envoy.routes.routes_path)
+    deadline = time.monotonic() + 5
+    while rds_rejections(envoy) == rejected_before:
+        assert time.monotonic() < deadline, "Envoy did not read the broken file"
+        time.sleep(0.05)
+    assert envoy.served_routes().version == version
+    assert infer_revision(envoy.url) == "r1"
