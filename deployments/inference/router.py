@@ -54,6 +54,7 @@ _CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 _HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 _PREVIOUS_HOSTS_TYPE = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+_CEL_FORMATTER_TYPE = "type.googleapis.com/envoy.extensions.formatter.cel.v3.Cel"
 _HTTP_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
@@ -244,13 +245,26 @@ def bootstrap_config(listener_port: int, admin_port: int, routes_dir: Path, clus
             "path_config_source": {"path": str(folder / filename), "watched_directory": {"path": str(folder)}},
         }
 
-    # Replace the body of every 404 Envoy answers itself (no route) with JSON naming the path asked for.
+    # Every 404 Envoy answers itself (no route) becomes JSON naming the model asked for: the path's
+    # fourth segment, cut by a CEL expression (string functions are off unless asked for).
+    cel_formatter = {
+        "name": "envoy.formatter.cel",
+        "typed_config": {
+            "@type": _CEL_FORMATTER_TYPE,
+            "cel_config": {"enable_string_functions": True, "enable_string_conversion": True},
+        },
+    }
     not_routed_reply = {
         "mappers": [
             {
                 "filter": {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": 404}}}},
                 "body_format_override": {
-                    "json_format": {"error": "no model is routed at this path", "path": "%REQ(:PATH)%"}
+                    "json_format": {
+                        "error": "no model is routed at this path",
+                        "model": "%CEL(request.url_path.split('/')[3])%",
+                        "path": "%REQ(:PATH)%",
+                    },
+                    "formatters": [cel_formatter],
                 },
             }
         ]

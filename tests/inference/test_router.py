@@ -140,7 +140,10 @@ def test_an_unrouted_model_is_a_404_json_from_envoy(envoy):
     response = httpx.post(f"{envoy.url}/v2/models/no-such-model/infer", json=INFER_BODY)
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("application/json")
-    assert "no-such-model" in response.json()["path"]
+    assert response.json()["model"] == "no-such-model"
+    assert response.json()["path"] == "/v2/models/no-such-model/infer"
+    metadata = httpx.get(f"{envoy.url}/v2/models/no-such-model", params={"q": "1"})
+    assert metadata.status_code == 404 and metadata.json()["model"] == "no-such-model"
 
 
 @pytest.mark.mlserver
