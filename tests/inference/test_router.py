@@ -165,6 +165,11 @@ def test_envoy_serves_the_published_revision_and_a_flip_switches_it(envoy, mlser
         assert time.monotonic() - started < 2.0, "Envoy still routes to r1 two seconds after the flip"
     assert envoy.served_routes().served_names == {MODEL: r2}
     assert httpx.get(f"{envoy.url}/v2/models/{MODEL}").json()["parameters"]["revision"] == "r2"
+    # Per-revision counters: the bake window's signal.
+    stats = httpx.get(f"{envoy.admin_url}/stats", params={"filter": r"vhost\.models\.route\..*upstream_rq_completed$"})
+    completed = dict(line.rsplit(": ", 1) for line in stats.text.splitlines())
+    assert int(completed[f"vhost.models.route.{r1}.calls.upstream_rq_completed"]) >= 1
+    assert int(completed[f"vhost.models.route.{r2}.calls.upstream_rq_completed"]) >= 1
 
 
 @pytest.mark.mlserver
