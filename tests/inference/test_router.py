@@ -1,0 +1,276 @@
+"""Envoy in front of real MLServer replicas: route flips, 404s for unrouted models, a replica killed under traffic."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deployments.inference import InferenceError, V2Client
+from deployments.inference.repository import DEFAULT_RUNTIME
+from deployments.inference.router import LocalEnvoy, ModelRoute, RouteTable, route_config, routes_version
+from deployments.inference.server import LocalMLServer
+
+MODEL = "routed"
+INFER_BODY = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["through the front door"]}]}
+
+
+def replica_address(server: LocalMLServer) -> str:
+    return f"127.0.0.1:{server.http_port}"
+
+
+def write_versioned_settings(repository_root: Path, model_id: str, revision: str, uri: Path) -> str:
+    """Settings for ``<model_id>~<revision>``, in a folder named after it as MLServer expects."""
+    name = f"{model_id}~{revision}"
+    folder = repository_root / model_id / name
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "name": name,
+        "implementation": DEFAULT_RUNTIME,
+        "parameters": {"uri": str(uri), "extra": {"model_id": model_id, "revision": revision}},
+    }
+    (folder / "model-settings.json").write_text(json.dumps(settings))
+    return name
+
+
+class Traffic:
+    """Client threads that call the model through Envoy and never retry: every failure counts."""
+
+    def __init__(self, url: str, threads: int = 4):
+        self.url, self.threads = url, threads
+        self.revisions: list[tuple[float, str]] = []  # (when the request was sent, the revision that answered)
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._workers: list[threading.Thread] = []
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30.0) as http:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    response = http.post(f"/v2/models/{MODEL}/infer", json=INFER_BODY)
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                    continue
+                if response.status_code != 200:
+                    self.failures.append(f"{response.status_code} {response.text[:200]}")
+                    continue
+                self.revisions.append((started, response.json()["parameters"]["revision"]))
+
+    def __enter__(self) -> Traffic:
+        self._workers = [threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)]
+        for worker in self._workers:
+            worker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(60)
+
+
+def test_route_config_rewrites_both_paths_and_ends_in_a_404():
+    route = ModelRoute("m", "m~abc", ("127.0.0.1:9000",))
+    config = route_config([route], routes_version([route]))["resources"][0]
+    routes = config["virtual_hosts"][0]["routes"]
+    assert [(r["match"], r["route"]["prefix_rewrite"]) for r in routes[:2]] == [
+        ({"path": "/v2/models/m"}, "/v2/models/m~abc"),
+        ({"prefix": "/v2/models/m/"}, "/v2/models/m~abc/"),
+    ]
+    policy = routes[0]["route"]["retry_policy"]
+    assert policy["num_retries"] >= 2 and "404" not in policy["retry_on"]
+    assert routes[-1]["direct_response"]["status"] == 404
+
+
+def test_route_versions_name_what_is_served():
+    first = ModelRoute("m", "m~r1", ("127.0.0.1:9000",))
+    second = ModelRoute("m", "m~r2", ("127.0.0.1:9000",))
+    assert routes_version([first]) == routes_version([first])
+    assert routes_version([first]) != routes_version([second])
+
+
+@pytest.mark.parametrize(
+    ("served_name", "replicas"),
+    [("other~r1", ("127.0.0.1:1",)), ("m~", ("127.0.0.1:1",)), ("m~r1", ()), ("m~r1", ("no-port",))],
+)
+def test_a_route_that_cannot_be_served_is_refused(served_name, replicas):
+    with pytest.raises(InferenceError):
+        ModelRoute("m", served_name, replicas)
+
+
+@pytest.fixture(scope="module")
+def envoy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvoy]:
+    router = LocalEnvoy(tmp_path_factory.mktemp("envoy"))
+    router.start()
+    try:
+        yield router
+    finally:
+        router.stop()
+
+
+@pytest.fixture(scope="module")
+def two_revisions(mlserver: LocalMLServer, minilm_dir: Path) -> Iterator[tuple[str, str]]:
+    """``routed~r1`` and ``routed~r2`` loaded on the session's MLServer (the same weights, two revisions)."""
+    names = tuple(write_versioned_settings(mlserver.repository_root, MODEL, rev, minilm_dir) for rev in ("r1", "r2"))
+    with V2Client(mlserver.url) as client:
+        for name in names:
+            client.load(name, timeout=120)
+        yield names
+        for name in names:
+            client.unload(name)
+    shutil.rmtree(mlserver.repository_root / MODEL)
+
+
+def infer_revision(url: str, model_id: str = MODEL) -> str:
+    response = httpx.post(f"{url}/v2/models/{model_id}/infer", json=INFER_BODY, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()["parameters"]["revision"]
+
+
+@pytest.mark.mlserver
+def test_an_unrouted_model_is_a_404_json_from_envoy(envoy):
+    response = httpx.post(f"{envoy.url}/v2/models/no-such-model/infer", json=INFER_BODY)
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["model"] == "no-such-model"
+    assert response.json()["path"] == "/v2/models/no-such-model/infer"
+    metadata = httpx.get(f"{envoy.url}/v2/models/no-such-model", params={"q": "1"})
+    assert metadata.status_code == 404 and metadata.json()["model"] == "no-such-model"
+
+
+@pytest.mark.mlserver
+def test_envoy_serves_the_published_revision_and_a_flip_switches_it(envoy, mlserver, two_revisions):
+    r1, r2 = two_revisions
+    replicas = (replica_address(mlserver),)
+    version = envoy.publish([ModelRoute(MODEL, r1, replicas)])
+    assert envoy.served_routes().version == version
+    assert envoy.served_routes().served_names == {MODEL: r1}
+    assert infer_revision(envoy.url) == "r1"
+
+    metadata = httpx.get(f"{envoy.url}/v2/models/{MODEL}").json()
+    assert metadata["name"] == r1 and metadata["parameters"]["revision"] == "r1"
+    assert httpx.get(f"{envoy.url}/v2/models/{MODEL}/ready").status_code == 200
+
+    started = time.monotonic()
+    envoy.publish([ModelRoute(MODEL, r2, replicas)])
+    while infer_revision(envoy.url) != "r2":
+        assert time.monotonic() - started < 2.0, "Envoy still routes to r1 two seconds after the flip"
+    assert envoy.served_routes().served_names == {MODEL: r2}
+    assert httpx.get(f"{envoy.url}/v2/models/{MODEL}").json()["parameters"]["revision"] == "r2"
+    # Per-revision counters: the bake window's signal.
+    stats = httpx.get(f"{envoy.admin_url}/stats", params={"filter": r"vhost\.models\.route\..*upstream_rq_completed$"})
+    completed = dict(line.rsplit(": ", 1) for line in stats.text.splitlines())
+    assert int(completed[f"vhost.models.route.{r1}.calls.upstream_rq_completed"]) >= 1
+    assert int(completed[f"vhost.models.route.{r2}.calls.upstream_rq_completed"]) >= 1
+
+
+@pytest.mark.mlserver
+def test_route_flips_under_traffic_fail_no_request(envoy, mlserver, two_revisions):
+    replicas = (replica_address(mlserver),)
+    envoy.publish([ModelRoute(MODEL, two_revisions[0], replicas)])
+    flips: list[tuple[float, float, str]] = []  # (publish called, publish returned, revision)
+    with Traffic(envoy.url) as traffic:
+        time.sleep(0.3)
+        for flip in range(10):
+            served_name = two_revisions[(flip + 1) % 2]
+            called = time.monotonic()
+            envoy.publish([ModelRoute(MODEL, served_name, replicas)])  # returns once Envoy serves it
+            flips.append((called, time.monotonic(), served_name.rsplit("~", 1)[1]))
+            time.sleep(0.3)
+    assert traffic.failures == []
+    assert len(traffic.revisions) > 50
+    # Each flip took: every request sent after publish returned, until the next flip, met the new revision.
+    next_calls = [called for called, _, _ in flips[1:]] + [float("inf")]
+    for (_, returned, revision), next_call in zip(flips, next_calls, strict=True):
+        answered_by = {rev for sent, rev in traffic.revisions if returned + 0.01 < sent < next_call}
+        assert answered_by == {revision}
+
+
+@pytest.fixture
+def second_replica(mlserver: LocalMLServer, tmp_path: Path) -> Iterator[LocalMLServer]:
+    """A second MLServer on the same repository root (one process, light)."""
+    replica = LocalMLServer(mlserver.repository_root, tmp_path / "replica", extra_env=mlserver.extra_env)
+    try:
+        replica.start()
+    finally:
+        mlserver.write_settings()  # the shared settings.json is the session server's again
+    try:
+        yield replica
+    finally:
+        replica.stop()
+
+
+def host_successes(envoy: LocalEnvoy, cluster: str) -> dict[str, int]:
+    """Requests each replica of ``cluster`` answered, from Envoy's admin."""
+    status = httpx.get(f"{envoy.admin_url}/clusters", params={"format": "json"}).json()
+    successes = {}
+    for entry in status["cluster_statuses"]:
+        if entry["name"] == cluster:
+            for host in entry["host_statuses"]:
+                stats = {stat["name"]: int(stat.get("value", 0)) for stat in host["stats"]}
+                successes[str(host["address"]["socket_address"]["port_value"])] = stats.get("rq_success", 0)
+    return successes
+
+
+@pytest.mark.mlserver
+@pytest.mark.drill
+def test_a_replica_sigkilled_under_traffic_fails_no_request_through_envoy(
+    envoy, mlserver, second_replica, two_revisions
+):
+    served_name = two_revisions[0]
+    with V2Client(second_replica.url) as client:
+        client.load(served_name, timeout=120)
+    replicas = (replica_address(mlserver), replica_address(second_replica))
+    envoy.publish([ModelRoute(MODEL, served_name, replicas)])
+
+    with Traffic(envoy.url) as traffic:
+        time.sleep(1.0)
+        answered_before_kill = len(traffic.revisions)
+        assert all(successes > 0 for successes in host_successes(envoy, served_name).values())
+        assert second_replica.process is not None
+        os.killpg(second_replica.process.pid, signal.SIGKILL)
+        time.sleep(2.0)
+    assert answered_before_kill > 10
+    assert traffic.failures == []
+    assert len(traffic.revisions) > answered_before_kill + 10
+
+
+@pytest.mark.mlserver
+def test_a_new_route_table_takes_over_a_running_envoy(envoy, mlserver, two_revisions):
+    """A deployer that restarted knows nothing of what it wrote before: publishing still converges."""
+    replicas = (replica_address(mlserver),)
+    envoy.publish([ModelRoute(MODEL, two_revisions[0], replicas)])
+    restarted = RouteTable(envoy.routes.config_dir, admin_url=envoy.admin_url)
+    restarted.publish([ModelRoute(MODEL, two_revisions[1], replicas)], timeout=5)
+    assert envoy.served_routes().served_names == {MODEL: two_revisions[1]}
+    assert infer_revision(envoy.url) == "r2"
+
+
+def rds_rejections(envoy: LocalEnvoy) -> int:
+    """Route files Envoy read and refused (malformed or invalid), from its admin stats."""
+    stats = httpx.get(f"{envoy.admin_url}/stats", params={"filter": r"rds\.models\.update_(rejected|failure)$"})
+    return sum(int(line.rsplit(":", 1)[1]) for line in stats.text.splitlines() if ":" in line)
+
+
+@pytest.mark.mlserver
+def test_a_route_file_envoy_rejects_leaves_the_last_good_routes_serving(envoy, mlserver, two_revisions):
+    replicas = (replica_address(mlserver),)
+    version = envoy.publish([ModelRoute(MODEL, two_revisions[0], replicas)])
+    rejected_before = rds_rejections(envoy)
+    broken = envoy.routes.routes_dir / ".broken.json"
+    broken.write_text('{"version_info": "broken", "resources": [{"@type": "not-a-type"}]}')
+    broken.rename(envoy.routes.routes_path)
+    deadline = time.monotonic() + 5
+    while rds_rejections(envoy) == rejected_before:
+        assert time.monotonic() < deadline, "Envoy did not read the broken file"
+        time.sleep(0.05)
+    assert envoy.served_routes().version == version
+    assert infer_revision(envoy.url) == "r1"
