@@ -120,6 +120,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("MAX_REQUEST_BYTES", 64 * 1024)
 
 # The serving layer (deployments.inference): which server, which repository, which sources.
 INFERENCE_SERVER_URL = os.environ.get("INFERENCE_SERVER_URL", "http://127.0.0.1:8080")
+# Every inference server (replica) the reconciler watches and the admin lists: what each has loaded,
+# and whether it answers. One replica, the deploy target, unless more are listed.
+INFERENCE_REPLICA_URLS = env_list("INFERENCE_REPLICA_URLS") or [INFERENCE_SERVER_URL]
 MODEL_REPOSITORY_ROOT = Path(os.environ.get("MODEL_REPOSITORY_ROOT", VAR_DIR / "model-repository"))
 ALLOWED_SOURCE_ROOTS = [Path(p) for p in env_list("ALLOWED_SOURCE_ROOTS")] or [
     root for root in (packaged_model_root(), VAR_DIR / "sources") if root is not None

@@ -107,6 +107,23 @@ class Drift(models.Model):
         return f"{self.embedding_model_id} drift since {self.detected_at:%Y-%m-%d %H:%M:%S}"
 
 
+class InferenceServer(models.Model):
+    """An inference server (replica) as the reconciler last saw it: does it answer, what has it loaded."""
+
+    url = models.URLField(primary_key=True, max_length=300)
+    live = models.BooleanField(default=False, help_text="It answered its liveness probe at the last check.")
+    loaded = models.JSONField(default=list, blank=True, help_text="Names the server reported ready.")
+    error = models.CharField(max_length=300, blank=True, help_text="Why the last check failed.")
+    checked_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True, help_text="The last time it answered.")
+
+    class Meta:
+        ordering = ["url"]
+
+    def __str__(self) -> str:
+        return self.url
+
+
 class TaskStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     PROCESSING = "processing", "Processing"

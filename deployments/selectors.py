@@ -15,6 +15,7 @@ from deployments.models import (
     Drift,
     EmbeddingModel,
     EngineEvent,
+    InferenceServer,
     ModelLease,
     Task,
     TaskKind,
@@ -91,6 +92,10 @@ def get_embedding_model(embedding_model_id: str) -> EmbeddingModel | None:
 
 def list_embedding_models() -> QuerySet[EmbeddingModel]:
     return with_open_drift(EmbeddingModel.objects.order_by("id"))
+
+
+def inference_servers() -> QuerySet[InferenceServer]:
+    return InferenceServer.objects.order_by("url")
 
 
 def open_drifts() -> QuerySet[Drift]:

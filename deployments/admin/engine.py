@@ -1,11 +1,15 @@
-"""The task engine's own state: the supervised worker clusters and what happened to them, read-only."""
+"""The task engine's own state, read-only: the supervised worker clusters and what happened to them,
+and the inference servers with what each has loaded."""
 
 from __future__ import annotations
 
 from django.contrib import admin
+from django.utils.html import format_html_join
+from django.utils.safestring import SafeString
 
+from deployments.admin.display import STATUS_COLOURS, badge
 from deployments.admin.history import ReadOnlyAdminMixin
-from deployments.models import EngineEvent, WorkerCluster
+from deployments.models import EngineEvent, InferenceServer, TaskStatus, WorkerCluster
 
 
 @admin.register(WorkerCluster)
@@ -34,3 +38,21 @@ class EngineEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     readonly_fields = list_display
     list_filter = ("kind",)
     list_select_related = ("cluster",)
+
+
+@admin.register(InferenceServer)
+class InferenceServerAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Written by the reconciler at each pass (``INFERENCE_REPLICA_URLS``)."""
+
+    list_display = ("url", "answers", "loaded_names", "checked_at", "last_seen_at", "error")
+    readonly_fields = ("url", "live", "loaded", "error", "checked_at", "last_seen_at")
+
+    @admin.display(description="answers", ordering="live")
+    def answers(self, server: InferenceServer) -> SafeString:
+        if server.live:
+            return badge("live", STATUS_COLOURS[TaskStatus.DONE])
+        return badge("down", STATUS_COLOURS[TaskStatus.FAILED])
+
+    @admin.display(description="loaded")
+    def loaded_names(self, server: InferenceServer) -> SafeString:
+        return format_html_join(" ", "<code>{}</code>", ((name,) for name in server.loaded)) or "—"

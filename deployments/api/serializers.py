@@ -9,7 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from deployments.inference import InvalidModelId, SourceRefused, validate_model_id
-from deployments.models import Drift, EmbeddingModel, TaskEvent, TaskStatus
+from deployments.models import Drift, EmbeddingModel, InferenceServer, TaskEvent, TaskStatus
 from deployments.services.registry import check_source
 from deployments.task_config import (
     DeletionConfigSerializer,
@@ -116,6 +116,15 @@ class TaskEventSerializer(serializers.ModelSerializer):
     class Meta:
         model = TaskEvent
         fields = ["stage", "state", "message", "duration_s", "created_at"]
+        read_only_fields = fields
+
+
+class InferenceServerSerializer(serializers.ModelSerializer):
+    """An inference server as the reconciler last saw it."""
+
+    class Meta:
+        model = InferenceServer
+        fields = ["url", "live", "loaded", "error", "checked_at", "last_seen_at"]
         read_only_fields = fields
 
 

@@ -25,6 +25,7 @@ urlpatterns = [
     path("delete/<str:task_id>/retry", deletions.as_view({"post": "retry"}), name="delete-retry"),
     path("delete/<str:task_id>/events", deletions.as_view({"get": "events"}), name="delete-events"),
     path("models", models.as_view({"get": "list", "post": "create"}), name="model-list"),
+    path("servers", views.InferenceServerViewSet.as_view({"get": "list"}), name="server-list"),
     path(
         "models/<str:embedding_model_id>",
         models.as_view({"get": "retrieve", "put": "update", "patch": "partial_update", "delete": "destroy"}),

@@ -23,12 +23,13 @@ from deployments.api.serializers import (
     DeletionRequestSerializer,
     DeploymentRequestSerializer,
     EmbeddingModelSerializer,
+    InferenceServerSerializer,
     TaskEventSerializer,
     TaskRequestSerializer,
     TaskSerializer,
 )
 from deployments.inference import InvalidModelId, validate_model_id
-from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, Task, TaskStatus
+from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, InferenceServer, Task, TaskStatus
 from deployments.services.registry import RegistryError
 from deployments.task_ids import TASK_ID_PATTERN, InvalidTaskId, validate_task_id
 
@@ -373,3 +374,21 @@ class EmbeddingModelViewSet(viewsets.ModelViewSet):
 
     def perform_destroy(self, instance: EmbeddingModel) -> None:
         services.unregister_model(instance)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List the inference servers: does each answer, what has it loaded",
+        description="As the reconciler last saw them (INFERENCE_REPLICA_URLS), every few seconds.",
+        tags=["Servers"],
+    )
+)
+class InferenceServerViewSet(viewsets.GenericViewSet):
+    serializer_class = InferenceServerSerializer
+    pagination_class = None  # a handful of servers
+
+    def get_queryset(self) -> QuerySet[InferenceServer]:
+        return selectors.inference_servers()
+
+    def list(self, request: Request) -> Response:
+        return Response(InferenceServerSerializer(self.get_queryset(), many=True).data)

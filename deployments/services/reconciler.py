@@ -7,20 +7,23 @@ loads the live revision again (the serving layer re-verifies its checksums first
 the model's lease, with a heartbeat and a fence, so it never races a deploy: a model whose lease a
 task holds is left to that task. Where the repository holds no live revision, the registry is
 corrected instead. Run once by ``manage.py restore_models``, every few seconds by
-``manage.py reconcile --every 5`` (which ``make run`` keeps running).
+``manage.py reconcile --every 5`` (which ``make run`` keeps running). Each pass also records what
+every configured inference server (``INFERENCE_REPLICA_URLS``) answers and has loaded.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from deployments import selectors
-from deployments.inference import GreenDeployer, InferenceError
-from deployments.models import Drift, EmbeddingModel
+from deployments.inference import GreenDeployer, InferenceError, V2Client
+from deployments.models import Drift, EmbeddingModel, InferenceServer
 from deployments.services.deployer import deployer_session
 from deployments.services.leases import Fence, LeaseHeartbeat, claim_model_lease, new_lease_owner, release_lease
 from deployments.services.pipelines import sync_model_state
@@ -50,9 +53,32 @@ class InferenceServerDown(Exception):
     pass
 
 
+# A server that takes longer than this to list its models counts as not answering.
+SERVER_CHECK_TIMEOUT = 2.0
+
+
+def refresh_servers(urls: Sequence[str] | None = None) -> list[InferenceServer]:
+    """Ask every configured inference server whether it answers and what it has ready; forget the ones
+    no longer configured. What the admin and ``GET /servers`` show."""
+    urls = list(urls or settings.INFERENCE_REPLICA_URLS)
+    for url in urls:
+        now = timezone.now()
+        with V2Client(url, timeout=SERVER_CHECK_TIMEOUT) as client:
+            try:
+                ready = sorted(entry["name"] for entry in client.index() if entry.get("state") == "READY")
+            except InferenceError as exc:
+                seen = {"live": False, "loaded": [], "error": str(exc)[:300], "checked_at": now}
+            else:
+                seen = {"live": True, "loaded": ready, "error": "", "checked_at": now, "last_seen_at": now}
+        InferenceServer.objects.update_or_create(url=url, defaults=seen)
+    InferenceServer.objects.exclude(url__in=urls).delete()
+    return list(InferenceServer.objects.filter(url__in=urls))
+
+
 def reconcile_models(wait_for_server: float = 0.0) -> ReconcileReport:
     """Compare every deployed model with what the server serves; repair and record what differs."""
     report = ReconcileReport()
+    refresh_servers()
     with deployer_session() as deployer:
         deadline = time.monotonic() + wait_for_server
         while not deployer.client.server_ready():
