@@ -13,13 +13,11 @@ Prints, from one run:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -29,13 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deployments.inference import V2Client
 from deployments.inference.packaged import packaged_model_dir
-from deployments.inference.repository import DEFAULT_RUNTIME
 from deployments.inference.router import LocalEnvoy, ModelRoute
 from deployments.inference.server import LocalMLServer
+from tests.support.routing import INFER_BODY, Traffic, write_versioned_settings
 
 MODEL = "bench-routed"
 REVISIONS = ("r1", "r2")
-INFER_BODY = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a steady stream of requests"]}]}
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -43,64 +40,11 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
-def write_versioned_settings(repository_root: Path, revision: str, uri: Path) -> str:
-    name = f"{MODEL}~{revision}"
-    folder = repository_root / MODEL / name
-    folder.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "name": name,
-        "implementation": DEFAULT_RUNTIME,
-        "parameters": {"uri": str(uri), "extra": {"model_id": MODEL, "revision": revision}},
-    }
-    (folder / "model-settings.json").write_text(json.dumps(settings))
-    return name
-
-
-class Traffic:
-    """Client threads calling the model through Envoy, never retrying; each answer keeps when it was sent."""
-
-    def __init__(self, url: str, clients: int):
-        self.url, self.clients = url, clients
-        self.answers: list[tuple[float, float, str]] = []  # (sent, answered, revision)
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-
-    @property
-    def requests(self) -> int:
-        return len(self.answers) + len(self.failures)
-
-    def _fire(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30.0) as http:
-            while not self._stop.is_set():
-                sent = time.monotonic()
-                try:
-                    response = http.post(f"/v2/models/{MODEL}/infer", json=INFER_BODY)
-                except httpx.HTTPError as exc:
-                    self.failures.append(repr(exc))
-                    continue
-                if response.status_code != 200:
-                    self.failures.append(f"{response.status_code} {response.text[:120]}")
-                    continue
-                self.answers.append((sent, time.monotonic(), response.json()["parameters"]["revision"]))
-
-    def __enter__(self) -> Traffic:
-        self._threads = [threading.Thread(target=self._fire, daemon=True) for _ in range(self.clients)]
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
-
-
 def measure_flips(envoy: LocalEnvoy, replicas: tuple[str, ...], args: argparse.Namespace) -> None:
     names = [f"{MODEL}~{revision}" for revision in REVISIONS]
     envoy.publish([ModelRoute(MODEL, names[0], replicas)])
     flips: list[tuple[float, float, str]] = []  # (routes renamed, next flip's publish called, new revision)
-    with Traffic(envoy.url, args.clients) as traffic:
+    with Traffic(envoy.url, MODEL, args.clients) as traffic:
         time.sleep(0.5)
         flip = 0
         while flip < args.flips or traffic.requests < args.requests:
@@ -163,7 +107,7 @@ def measure_replica_kill(envoy: LocalEnvoy, replicas: list[LocalMLServer], clien
     served_name = f"{MODEL}~{REVISIONS[0]}"
     envoy.publish([ModelRoute(MODEL, served_name, tuple(f"127.0.0.1:{r.http_port}" for r in replicas))])
     victim = replicas[1]
-    with Traffic(envoy.url, clients) as traffic:
+    with Traffic(envoy.url, MODEL, clients) as traffic:
         time.sleep(2.0)
         before = traffic.requests
         assert victim.process is not None
@@ -193,7 +137,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-router-") as tmp:
         base = Path(tmp)
         root = base / "repository"
-        names = [write_versioned_settings(root, revision, model_dir) for revision in REVISIONS]
+        names = [write_versioned_settings(root, MODEL, revision, model_dir) for revision in REVISIONS]
         replicas = [LocalMLServer(root, base / f"replica-{i}") for i in range(2)]
         envoy = LocalEnvoy(base / "envoy")
         try:

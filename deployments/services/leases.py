@@ -141,8 +141,7 @@ def _still_held(lease: Lease) -> QuerySet[ModelLease]:
 
 def lock_capacity() -> None:
     """Inside a transaction: wait for and hold the global capacity lock until commit."""
-    CapacityLock.objects.get_or_create(pk=1)
-    CapacityLock.objects.select_for_update().get(pk=1)
+    CapacityLock.objects.select_for_update().get_or_create(pk=1)
 
 
 class Fence:

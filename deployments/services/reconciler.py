@@ -87,13 +87,13 @@ def reconcile_models(wait_for_server: float = 0.0) -> ReconcileReport:
                 _server_down(reason)
                 raise InferenceServerDown(reason)
             time.sleep(0.5)
-        for model_id in selectors.embedding_model_ids(states=[EmbeddingModel.State.DEPLOYED]):
-            _reconcile_one(deployer, model_id, report)
+        for model in selectors.deployed_models():
+            _reconcile_one(deployer, model, report)
     return report
 
 
-def _reconcile_one(deployer: GreenDeployer, model_id: str, report: ReconcileReport) -> None:
-    model = EmbeddingModel.objects.get(pk=model_id)
+def _reconcile_one(deployer: GreenDeployer, model: EmbeddingModel, report: ReconcileReport) -> None:
+    model_id = model.pk
     try:
         served = deployer.served_revision(model_id)
     except InferenceError as exc:
@@ -153,7 +153,7 @@ def _resolve_drift(model: EmbeddingModel, action: str, seen: str = "") -> None:
 
 
 def _server_down(reason: str) -> None:
-    for model in EmbeddingModel.objects.filter(state=EmbeddingModel.State.DEPLOYED):
+    for model in selectors.deployed_models():
         _note_drift(model, "", reason, "none: waiting for the server")
 
 

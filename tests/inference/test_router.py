@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,66 +13,15 @@ import httpx
 import pytest
 
 from deployments.inference import InferenceError, V2Client
-from deployments.inference.repository import DEFAULT_RUNTIME
 from deployments.inference.router import LocalEnvoy, ModelRoute, RouteTable, route_config, routes_version
 from deployments.inference.server import LocalMLServer
+from tests.support.routing import INFER_BODY, Traffic, write_versioned_settings
 
 MODEL = "routed"
-INFER_BODY = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["through the front door"]}]}
 
 
 def replica_address(server: LocalMLServer) -> str:
     return f"127.0.0.1:{server.http_port}"
-
-
-def write_versioned_settings(repository_root: Path, model_id: str, revision: str, uri: Path) -> str:
-    """Settings for ``<model_id>~<revision>``, in a folder named after it as MLServer expects."""
-    name = f"{model_id}~{revision}"
-    folder = repository_root / model_id / name
-    folder.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "name": name,
-        "implementation": DEFAULT_RUNTIME,
-        "parameters": {"uri": str(uri), "extra": {"model_id": model_id, "revision": revision}},
-    }
-    (folder / "model-settings.json").write_text(json.dumps(settings))
-    return name
-
-
-class Traffic:
-    """Client threads that call the model through Envoy and never retry: every failure counts."""
-
-    def __init__(self, url: str, threads: int = 4):
-        self.url, self.threads = url, threads
-        self.revisions: list[tuple[float, str]] = []  # (when the request was sent, the revision that answered)
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._workers: list[threading.Thread] = []
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30.0) as http:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                try:
-                    response = http.post(f"/v2/models/{MODEL}/infer", json=INFER_BODY)
-                except httpx.HTTPError as exc:
-                    self.failures.append(repr(exc))
-                    continue
-                if response.status_code != 200:
-                    self.failures.append(f"{response.status_code} {response.text[:200]}")
-                    continue
-                self.revisions.append((started, response.json()["parameters"]["revision"]))
-
-    def __enter__(self) -> Traffic:
-        self._workers = [threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)]
-        for worker in self._workers:
-            worker.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for worker in self._workers:
-            worker.join(60)
 
 
 def test_route_config_rewrites_both_paths_and_ends_in_a_404():
@@ -177,7 +124,7 @@ def test_route_flips_under_traffic_fail_no_request(envoy, mlserver, two_revision
     replicas = (replica_address(mlserver),)
     envoy.publish([ModelRoute(MODEL, two_revisions[0], replicas)])
     flips: list[tuple[float, float, str]] = []  # (publish called, publish returned, revision)
-    with Traffic(envoy.url) as traffic:
+    with Traffic(envoy.url, MODEL) as traffic:
         time.sleep(0.3)
         for flip in range(10):
             served_name = two_revisions[(flip + 1) % 2]
@@ -186,11 +133,11 @@ def test_route_flips_under_traffic_fail_no_request(envoy, mlserver, two_revision
             flips.append((called, time.monotonic(), served_name.rsplit("~", 1)[1]))
             time.sleep(0.3)
     assert traffic.failures == []
-    assert len(traffic.revisions) > 50
+    assert len(traffic.answers) > 50
     # Each flip took: every request sent after publish returned, until the next flip, met the new revision.
     next_calls = [called for called, _, _ in flips[1:]] + [float("inf")]
     for (_, returned, revision), next_call in zip(flips, next_calls, strict=True):
-        answered_by = {rev for sent, rev in traffic.revisions if returned + 0.01 < sent < next_call}
+        answered_by = {rev for sent, _, rev in traffic.answers if returned + 0.01 < sent < next_call}
         assert answered_by == {revision}
 
 
@@ -231,16 +178,16 @@ def test_a_replica_sigkilled_under_traffic_fails_no_request_through_envoy(
     replicas = (replica_address(mlserver), replica_address(second_replica))
     envoy.publish([ModelRoute(MODEL, served_name, replicas)])
 
-    with Traffic(envoy.url) as traffic:
+    with Traffic(envoy.url, MODEL) as traffic:
         time.sleep(1.0)
-        answered_before_kill = len(traffic.revisions)
+        answered_before_kill = len(traffic.answers)
         assert all(successes > 0 for successes in host_successes(envoy, served_name).values())
         assert second_replica.process is not None
         os.killpg(second_replica.process.pid, signal.SIGKILL)
         time.sleep(2.0)
     assert answered_before_kill > 10
     assert traffic.failures == []
-    assert len(traffic.revisions) > answered_before_kill + 10
+    assert len(traffic.answers) > answered_before_kill + 10
 
 
 @pytest.mark.mlserver

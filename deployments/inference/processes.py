@@ -1,0 +1,85 @@
+"""A server process on this machine, in a process group of its own: MLServer and Envoy are run this way."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Self
+
+from .errors import ServerUnavailable
+
+
+class LocalProcess:
+    """Starts a command with its output in ``log_path``, waits until it is ready, and stops its whole group.
+
+    A subclass names itself (``name``) and implements ``start()`` with ``spawn`` and ``wait_until``.
+    """
+
+    name = "the process"
+
+    def __init__(self, log_path: Path):
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def spawn(self, command: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                list(command),
+                cwd=cwd,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop() ends every child with it
+            )
+
+    def wait_until(self, ready: Callable[[], bool], timeout: float, interval: float) -> None:
+        """Return once ``ready()``; raise ServerUnavailable (after stopping it) if it exits or takes too long."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServerUnavailable(
+                    f"{self.name} exited with code {self.process.returncode} during start-up; "
+                    f"last lines of its log:\n{self.log_tail()}"
+                )
+            if ready():
+                return
+            time.sleep(interval)
+        self.stop()
+        raise ServerUnavailable(f"{self.name} did not become ready within {timeout:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM to the whole group, SIGKILL if it has not ended within ``timeout``."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
