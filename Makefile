@@ -26,7 +26,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 bench: setup
-	$(BIN)/python bench/bench_green.py
+	$(BIN)/python bench/bench_fleet.py
 	$(BIN)/python bench/bench_api.py
 	$(BIN)/python bench/bench_operators.py
 

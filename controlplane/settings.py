@@ -118,11 +118,21 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("MAX_REQUEST_BYTES", 64 * 1024))
 
 
-# The serving layer (deployments.inference): which server, which repository, which sources.
+# The serving layer (deployments.inference): the fleet, its repository, the sources.
+# The one address clients call: the Envoy in front of the replicas.
 INFERENCE_SERVER_URL = os.environ.get("INFERENCE_SERVER_URL", "http://127.0.0.1:8080")
-# Every inference server (replica) the reconciler watches and the admin lists: what each has loaded,
-# and whether it answers. One replica, the deploy target, unless more are listed.
-INFERENCE_REPLICA_URLS = env_list("INFERENCE_REPLICA_URLS") or [INFERENCE_SERVER_URL]
+# The MLServer replicas behind it: INFERENCE_REPLICAS of them on 127.0.0.1:8090, 8091, ... unless listed.
+INFERENCE_REPLICAS = int(os.environ.get("INFERENCE_REPLICAS", "1"))
+INFERENCE_REPLICA_URLS = env_list("INFERENCE_REPLICA_URLS") or [
+    f"http://127.0.0.1:{8090 + n}" for n in range(INFERENCE_REPLICAS)
+]
+# Envoy's admin (what it routes, its counters) and the folder of the route files it watches.
+ROUTER_ADMIN_URL = os.environ.get("ROUTER_ADMIN_URL", "http://127.0.0.1:9901")
+ROUTER_CONFIG_DIR = Path(os.environ.get("ROUTER_CONFIG_DIR", VAR_DIR / "envoy" / "xds"))
+# After the switch, blue stays loaded this long while green is watched; a task's config.bake_seconds wins.
+INFERENCE_BAKE_SECONDS = float(os.environ.get("INFERENCE_BAKE_SECONDS", "5"))
+# How many replicas load a revision at the same time.
+INFERENCE_LOAD_PARALLELISM = int(os.environ.get("INFERENCE_LOAD_PARALLELISM", "4"))
 MODEL_REPOSITORY_ROOT = Path(os.environ.get("MODEL_REPOSITORY_ROOT", VAR_DIR / "model-repository"))
 ALLOWED_SOURCE_ROOTS = [Path(p) for p in env_list("ALLOWED_SOURCE_ROOTS")] or [
     root for root in (packaged_model_root(), VAR_DIR / "sources") if root is not None
@@ -133,8 +143,8 @@ MAX_DEPLOYED_MODELS = int(os.environ.get("MAX_DEPLOYED_MODELS", "20"))
 
 # django-q2: the ORM broker on the same database by default; Redis when REDIS_URL is set.
 # django-q2 kills a job after TASK_TIMEOUT; a deploy's server calls alone may take
-# deployments.inference.deploy_time_bound(INFERENCE_READY_TIMEOUT) (1,110 s by default), and the
-# fetch comes on top: `manage.py check` refuses a ready timeout that does not fit.
+# deployments.inference.deploy_time_bound(INFERENCE_READY_TIMEOUT, INFERENCE_BAKE_SECONDS) (505 s by
+# default), and the fetch comes on top: `manage.py check` refuses a ready timeout that does not fit.
 TASK_TIMEOUT = int(os.environ.get("TASK_TIMEOUT", "1800"))
 Q_CLUSTER = {
     # Tests set their own name, so their queue never mixes with a cluster an operator runs on the same Redis.

@@ -11,7 +11,8 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
-from deployments.inference import deploy_time_bound
+from deployments.inference import InvalidModelId, deploy_time_bound
+from deployments.inference.ids import validate_revision
 
 
 class InvalidTaskConfig(ValueError):
@@ -64,14 +65,38 @@ class DeploymentConfigSerializer(NoUnknownKeysMixin, serializers.Serializer):
         help_text="Seconds to wait for green to load and become ready (default INFERENCE_READY_TIMEOUT).",
     )
 
-    def validate_ready_timeout(self, value: float) -> float:
+    bake_seconds = StrictNumberField(
+        min_value=0,
+        max_value=3600,
+        required=False,
+        help_text="Seconds the new revision is watched after the switch, blue still loaded, before blue is "
+        "unloaded; a failure meanwhile rolls the route back (default INFERENCE_BAKE_SECONDS).",
+    )
+    revision = serializers.CharField(
+        required=False,
+        help_text="Deploy this revision the repository keeps (a rollback) instead of fetching the source again.",
+    )
+
+    def validate_revision(self, value: str) -> str:
+        try:
+            return validate_revision(value)
+        except InvalidModelId as exc:
+            raise serializers.ValidationError(str(exc)) from exc
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         # Past TASK_TIMEOUT django-q2 kills the worker; the deploy must give up on its own first.
-        if (bound := deploy_time_bound(value)) >= settings.TASK_TIMEOUT:
+        ready = attrs.get("ready_timeout", settings.INFERENCE_READY_TIMEOUT)
+        bake = attrs.get("bake_seconds", settings.INFERENCE_BAKE_SECONDS)
+        if (bound := deploy_time_bound(ready, bake)) >= settings.TASK_TIMEOUT:
+            key = "bake_seconds" if "bake_seconds" in attrs else "ready_timeout"
             raise serializers.ValidationError(
-                f"too long: with it a deploy may wait up to {bound:.0f}s on the server, "
-                f"which must stay below the worker timeout (TASK_TIMEOUT={settings.TASK_TIMEOUT}s)."
+                {
+                    key: f"too long: with ready_timeout={ready:g}s and bake_seconds={bake:g}s a deploy may wait "
+                    f"up to {bound:.0f}s on the fleet, which must stay below the worker timeout "
+                    f"(TASK_TIMEOUT={settings.TASK_TIMEOUT}s)."
+                }
             )
-        return value
+        return attrs
 
 
 class DeletionConfigSerializer(NoUnknownKeysMixin, serializers.Serializer):

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # The whole stack on its embedded defaults: migrate, an operator account with an API token,
-# MLServer on 127.0.0.1:8080 (serving again the models that were live when it last stopped), the
-# django-q2 workers under their watchdog (run_workers), the packaged MiniLM registered, and the web
-# server on 127.0.0.1:8000, and the reconciler (which gives a restarted MLServer back the live
-# revisions). A part that dies is started again after a short backoff. Ctrl-C stops everything.
+# Envoy on 127.0.0.1:8080 (admin :9901) in front of INFERENCE_REPLICAS MLServer replicas on
+# 127.0.0.1:8090, 8091, ... (serving again the models that were live when they last stopped), the
+# django-q2 workers under their watchdog (run_workers), the packaged MiniLM registered, the web
+# server on 127.0.0.1:8000, and the reconciler (which gives a restarted replica back the live
+# revisions, then the router sends it traffic again). A part that dies is started again after a
+# short backoff. Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 export CONTROLPLANE_VAR_DIR=${CONTROLPLANE_VAR_DIR:-$PWD/var}
 export MODEL_REPOSITORY_ROOT=${MODEL_REPOSITORY_ROOT:-$CONTROLPLANE_VAR_DIR/model-repository}
 export INFERENCE_SERVER_URL=${INFERENCE_SERVER_URL:-http://127.0.0.1:8080}
+export ROUTER_ADMIN_URL=${ROUTER_ADMIN_URL:-http://127.0.0.1:9901}
+export ROUTER_CONFIG_DIR=${ROUTER_CONFIG_DIR:-$CONTROLPLANE_VAR_DIR/envoy/xds}
+export INFERENCE_REPLICAS=${INFERENCE_REPLICAS:-1}
 WEB_ADDR=${WEB_ADDR:-127.0.0.1:8000}
 mkdir -p "$CONTROLPLANE_VAR_DIR"
 
@@ -64,10 +69,18 @@ DJANGO_SUPERUSER_USERNAME=admin DJANGO_SUPERUSER_EMAIL=admin@localhost \
   $BIN/python manage.py createsuperuser --noinput >/dev/null 2>&1 || true
 token=$($BIN/python manage.py drf_create_token admin | awk '{print $3}')
 
-mlserver_port=${INFERENCE_SERVER_URL##*:}
-keep_alive mlserver $BIN/python -m deployments.inference.server --repository "$MODEL_REPOSITORY_ROOT" \
-  --port "${mlserver_port%%/*}"
-# A fresh server loads nothing: serve again what the registry says is live, before workers start.
+port_of() { local port=${1##*:}; echo "${port%%/*}"; }
+# Envoy keeps its routes in $ROUTER_CONFIG_DIR (the parent folder is its workdir): restarted, it
+# routes what it routed.
+keep_alive envoy $BIN/python -m deployments.inference.router --workdir "$(dirname "$ROUTER_CONFIG_DIR")" \
+  --port "$(port_of "$INFERENCE_SERVER_URL")" --admin-port "$(port_of "$ROUTER_ADMIN_URL")"
+replica_urls=$($BIN/python manage.py shell -c \
+  "from django.conf import settings; print(' '.join(settings.INFERENCE_REPLICA_URLS))")
+for replica in $replica_urls; do
+  keep_alive "mlserver:$(port_of "$replica")" $BIN/python -m deployments.inference.server \
+    --repository "$MODEL_REPOSITORY_ROOT" --port "$(port_of "$replica")"
+done
+# Fresh replicas load nothing: serve again what the registry says is live, before workers start.
 $BIN/python manage.py restore_models --wait-for-server 120 || echo "some models could not be restored (see above)"
 # The workers, watched: a cluster that stops running jobs (django-q2 can wedge) is restarted.
 keep_alive workers $BIN/python manage.py run_workers
@@ -79,7 +92,8 @@ cat <<INFO
 
   Control plane:  http://$WEB_ADDR/          API docs: http://$WEB_ADDR/api/docs/
   Admin:          http://$WEB_ADDR/admin/    user admin, password in $password_file
-  Health:         http://$WEB_ADDR/readyz    (every part: database, broker, workers, pending tasks, MLServer)
+  Health:         http://$WEB_ADDR/readyz    (every part: database, broker, workers, pending tasks, the fleet)
+  Models:         $INFERENCE_SERVER_URL/v2/models/<id>/infer   (Envoy; $INFERENCE_REPLICAS MLServer replica(s) behind it)
   API token:      $token
   Try:  curl -X POST http://$WEB_ADDR/deploy -H "Authorization: Token $token" \\
              -H "Content-Type: application/json" -d '{"embedding_model_id": "all-minilm-l6-v2"}'

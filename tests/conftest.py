@@ -1,5 +1,6 @@
-"""Fixtures shared by every layer's tests: one real MLServer per test session, the packaged model,
-users and API clients, the MLServer as the configured server, and real qcluster workers."""
+"""Fixtures shared by every layer's tests: one real MLServer and one real Envoy in front of it per
+test session (a fleet of one replica), the packaged model, users and API clients, that fleet as the
+configured one, and real qcluster workers."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from django.contrib.auth.models import Permission
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from deployments.inference import ModelRepository, V2Client
+from deployments.inference import Fleet, ModelRepository, V2Client
 from deployments.inference.packaged import packaged_model_dir, packaged_model_root
+from deployments.inference.router import LocalEnvoy
 from deployments.inference.runtime_markers import INSTANCE_MARKER_DIR_ENV
 from deployments.inference.server import LocalMLServer
 from tests.support.factories import EmbeddingModelFactory, UserFactory
@@ -54,8 +56,30 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMLServer
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def envoy(mlserver: LocalMLServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvoy]:
+    """A real Envoy in front of the session's MLServer: the address clients call."""
+    router = LocalEnvoy(tmp_path_factory.mktemp("envoy"))
+    router.start()
+    try:
+        yield router
+    finally:
+        router.stop()
+
+
+@pytest.fixture
+def fleet(envoy: LocalEnvoy, mlserver: LocalMLServer) -> Iterator[Fleet]:
+    """The session's fleet: one replica behind Envoy."""
+    fleet = Fleet(envoy.url, [mlserver.url], envoy.routes)
+    try:
+        yield fleet
+    finally:
+        fleet.close()
+
+
 @pytest.fixture
 def v2_client(mlserver: LocalMLServer) -> Iterator[V2Client]:
+    """A client of the replica itself (not through Envoy)."""
     with V2Client(mlserver.url) as client:
         yield client
 
@@ -112,9 +136,13 @@ def sources_root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def inference_settings(settings, mlserver: LocalMLServer, sources_root: Path):
-    """Point the control plane at the session's real MLServer and its model repository."""
-    settings.INFERENCE_SERVER_URL = mlserver.url
+def inference_settings(settings, mlserver: LocalMLServer, envoy: LocalEnvoy, sources_root: Path):
+    """Point the control plane at the session's fleet (Envoy, one MLServer) and its model repository."""
+    settings.INFERENCE_SERVER_URL = envoy.url
+    settings.INFERENCE_REPLICA_URLS = [mlserver.url]
+    settings.ROUTER_CONFIG_DIR = envoy.routes.config_dir
+    settings.ROUTER_ADMIN_URL = envoy.admin_url
+    settings.INFERENCE_BAKE_SECONDS = 0
     settings.MODEL_REPOSITORY_ROOT = mlserver.repository_root
     settings.ALLOWED_SOURCE_ROOTS = [packaged_model_root(), sources_root]
     settings.INFERENCE_READY_TIMEOUT = 120

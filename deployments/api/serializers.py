@@ -106,7 +106,8 @@ class TaskSerializer(serializers.Serializer):
     metadata = serializers.JSONField(
         read_only=True,
         help_text="attempt, retry_of, stages (state, message, duration per stage), timings, and on success "
-        "revision, previous_revision, endpoint, dimensions; on failure failed_stage and reason.",
+        "revision, previous_revision, endpoint, dimensions, replicas, skipped_replicas, switch_ms; on failure "
+        "failed_stage and reason, and after a rollback in the bake revision, previous_revision and rollback_ms.",
     )
     created_at = serializers.DateTimeField(read_only=True)
     updated_at = serializers.DateTimeField(read_only=True)

@@ -1,7 +1,8 @@
-"""The serving layer: puts embedding models onto a V2-protocol inference server (MLServer by default).
+"""The serving layer: puts embedding models onto a fleet of V2-protocol inference replicas (MLServer by
+default) behind a router (Envoy).
 
 No Django here. The control plane drives this library and listens to its progress callback;
-tests and benchmarks drive it directly against a real MLServer.
+tests and benchmarks drive it directly against real MLServer replicas and a real Envoy.
 """
 
 from .client import InferenceResult, V2Client
@@ -17,6 +18,7 @@ from .errors import (
     ServerUnavailable,
     SourceRefused,
 )
+from .fleet import Fleet, FleetView
 from .green import (
     DELETE_STAGES,
     DEPLOY_STAGES,
@@ -26,7 +28,7 @@ from .green import (
     StageEvent,
     deploy_time_bound,
 )
-from .ids import MAX_MODEL_ID_LENGTH, staging_name, validate_model_id
+from .ids import MAX_MODEL_ID_LENGTH, served_name, validate_model_id
 from .repository import ModelRepository, Revision
 from .sources import ModelSource, open_source
 
@@ -39,6 +41,8 @@ __all__ = [
     "DeployFailed",
     "DeployResult",
     "FenceLost",
+    "Fleet",
+    "FleetView",
     "GreenDeployer",
     "InferenceError",
     "InferenceFailed",
@@ -55,6 +59,6 @@ __all__ = [
     "V2Client",
     "deploy_time_bound",
     "open_source",
-    "staging_name",
+    "served_name",
     "validate_model_id",
 ]

@@ -34,17 +34,19 @@ class InferenceFailed(InferenceError):
 
 
 class DeployFailed(InferenceError):
-    """A deploy or delete stopped at a stage; blue (if any) still serves, untouched.
+    """A deploy or delete stopped at a stage; blue (if any) serves, as before the deploy.
 
     ``refused`` is True when the request itself was at fault (bad id, source outside the allowed
-    roots): retrying it unchanged cannot succeed.
+    roots): retrying it unchanged cannot succeed. ``metadata`` carries what the caller should keep
+    (a rollback names both revisions and how long it took).
     """
 
-    def __init__(self, stage: str, reason: str, refused: bool = False):
+    def __init__(self, stage: str, reason: str, refused: bool = False, metadata: dict | None = None):
         super().__init__(f"{stage}: {reason}")
         self.stage = stage
         self.reason = reason
         self.refused = refused
+        self.metadata = metadata or {}
 
 
 class FenceLost(Exception):

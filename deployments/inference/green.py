@@ -1,12 +1,13 @@
-"""Green deploys and deletes, stage by stage, against a V2 inference server.
+"""Green deploys and deletes, stage by stage, across a fleet of V2 replicas behind a router.
 
-Blue is what the model's stable name serves now; green is the new revision. Green is loaded
-under a staging name, proven with a real inference call, unloaded again, and only then does the
-stable name reload onto it: the server swaps the instance atomically, so traffic on the stable
-name never sees an error. At most two instances of a model are loaded at any moment (blue plus
-green during staging, old plus new during the swap). Anything that fails before promote leaves
-blue exactly as it was. Each stage is idempotent, so running a deploy again after a crash at any
-point converges on the same end state.
+Blue is the revision a model's URL serves now; green is the new one. Each revision is loaded under
+its own name, ``<id>~<revision>``, so green is loaded once on every replica, beside blue, and
+proven on each replica directly. Then one route update sends the model's URL to green on every
+replica at the same instant (no replica answers from another revision after it), and green bakes
+while blue stays loaded: a failure in the bake puts the route back on blue, which takes
+milliseconds. Only then is blue unloaded everywhere. At most two revisions of a model are loaded
+on a replica at any time. Anything that fails before the switch leaves blue serving as it was,
+and every stage is idempotent, so running a deploy again after a crash converges.
 """
 
 from __future__ import annotations
@@ -22,29 +23,47 @@ from typing import Any
 import numpy as np
 
 from .client import DEFAULT_TIMEOUT, DEFAULT_UNLOAD_TIMEOUT, V2Client
-from .errors import DeployFailed, FenceLost, InferenceError, InvalidModelId, SourceRefused
-from .ids import staging_name, validate_model_id
-from .repository import STABLE, STAGING, ModelRepository, Revision
+from .errors import (
+    ChecksumMismatch,
+    DeployFailed,
+    FenceLost,
+    InferenceError,
+    InvalidModelId,
+    ServerUnavailable,
+    SourceRefused,
+)
+from .fleet import Fleet
+from .ids import served_name, validate_model_id, validate_revision
+from .repository import ModelRepository, Revision
 from .sources import open_source
 
-DEPLOY_STAGES = ("validate", "fetch", "stage_green", "smoke_test", "retire_green", "promote", "done")
-DELETE_STAGES = ("validate", "unload", "remove", "done")
+DEPLOY_STAGES = ("validate", "fetch", "load_green", "smoke_test", "switch", "bake", "retire_blue", "done")
+DELETE_STAGES = ("validate", "unroute", "unload", "remove", "done")
 
 PROBE_TEXTS = (
     "The quick brown fox jumps over the lazy dog.",
     "Embedding models turn text into vectors.",
     "ok",
 )
+# How often the bake probes each replica and reads the router's failure counters.
+BAKE_PROBE_INTERVAL = 0.5
+# How long the router may take to answer from a revision once its route is published.
+SWITCH_CONFIRM_TIMEOUT = 5.0
+PUBLISH_TIMEOUT = 10.0
 
 
 def deploy_time_bound(
-    ready_timeout: float, call_timeout: float = DEFAULT_TIMEOUT, unload_timeout: float = DEFAULT_UNLOAD_TIMEOUT
+    ready_timeout: float,
+    bake_seconds: float = 0.0,
+    call_timeout: float = DEFAULT_TIMEOUT,
+    unload_timeout: float = DEFAULT_UNLOAD_TIMEOUT,
 ) -> float:
-    """The longest a deploy can spend waiting on the server, every call at its bound (fetch, a copy on
-    local disk, comes on top). validate: a readiness probe; stage_green: unload a leftover green and
-    ours, then load and wait for ready within one ready_timeout; smoke_test: an infer; retire_green:
-    an unload; promote: a load and an infer, and when that fails the reload of blue."""
-    return 3 * call_timeout + 3 * unload_timeout + 3 * ready_timeout
+    """The longest a deploy can spend waiting on the fleet, every call at its bound (fetch, a copy on
+    local disk, comes on top). validate: a readiness probe; load_green: unload leftovers, then load
+    and wait for ready within one ready_timeout; smoke_test: an infer; switch: a publish and a
+    confirming call; bake: bake_seconds, and a publish if it rolls back; retire_blue: a publish and
+    an unload. Replicas are worked on in parallel."""
+    return 4 * call_timeout + 2 * unload_timeout + ready_timeout + bake_seconds + 4 * PUBLISH_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -58,6 +77,9 @@ class StageEvent:
 
 
 ProgressCallback = Callable[[StageEvent], None]
+# Asked during the bake with blue's revision: a reason to roll back to it now (an operator asked for
+# it), or None.
+RollbackRequest = Callable[[str], "str | None"]
 # Raises FenceLost when the caller's attempt no longer owns the model; called before every stage and write.
 Guard = Callable[[], None]
 
@@ -66,9 +88,11 @@ def _unguarded() -> None:
     pass
 
 
-# The calls that change the server or the repository: each one is preceded by the guard.
-CLIENT_WRITES = frozenset({"load", "unload"})
-REPOSITORY_WRITES = frozenset({"create_revision", "write_settings", "remove_settings", "prune", "remove_model"})
+# The calls that change the fleet or the repository: each one is preceded by the guard.
+FLEET_WRITES = frozenset({"load", "unload", "publish"})
+REPOSITORY_WRITES = frozenset(
+    {"create_revision", "write_settings", "remove_settings", "set_live", "prune", "remove_model"}
+)
 
 
 class _Fenced:
@@ -98,6 +122,9 @@ class DeployResult:
     previous_revision: str | None
     endpoint: str
     dimensions: int
+    replicas: list[str] = field(default_factory=list)  # the replicas that serve the revision
+    skipped_replicas: list[str] = field(default_factory=list)  # did not answer; the reconciler catches them up
+    switch_ms: float | None = None  # route published until the router answered from the revision
     timings: dict[str, float] = field(default_factory=dict)
     pruned_revisions: list[str] = field(default_factory=list)
 
@@ -107,6 +134,9 @@ class DeployResult:
             "previous_revision": self.previous_revision,
             "endpoint": self.endpoint,
             "dimensions": self.dimensions,
+            "replicas": self.replicas,
+            "skipped_replicas": self.skipped_replicas,
+            "switch_ms": self.switch_ms,
             "timings": self.timings,
             "pruned_revisions": self.pruned_revisions,
         }
@@ -170,64 +200,88 @@ class _Timeline:
 
 
 class GreenDeployer:
-    """Deploys and deletes models on one V2 server whose model repository it writes."""
+    """Deploys and deletes models on a fleet of V2 replicas whose shared model repository it writes."""
 
     def __init__(
         self,
-        client: V2Client,
+        fleet: Fleet,
         repository: ModelRepository,
         allowed_roots: Sequence[Path | str],
         ready_timeout: float = 300.0,
+        bake_seconds: float = 0.0,
         probe_texts: Sequence[str] = PROBE_TEXTS,
     ):
-        self.client = client
+        self.fleet = fleet
         self.repository = repository
         self.allowed_roots = [Path(root) for root in allowed_roots]
         self.ready_timeout = ready_timeout
+        self.bake_seconds = bake_seconds
         self.probe_texts = list(probe_texts)
         self.guard: Guard = _unguarded
 
+    def close(self) -> None:
+        self.fleet.close()
+
     def endpoint(self, model_id: str) -> str:
-        return f"{self.client.base_url}/v2/models/{model_id}/infer"
+        return f"{self.fleet.base_url}/v2/models/{model_id}/infer"
 
     def live_revision(self, model_id: str) -> str | None:
-        """The revision the stable name is configured to serve (the model repository's word)."""
-        return self.repository.settings_revision(model_id, STABLE)
+        """The revision the model's URL is meant to serve (the repository's word)."""
+        return self.repository.live_revision(model_id)
 
     def served_revision(self, model_id: str) -> str | None:
-        """The revision the server's stable name actually serves now (the server's word), or None."""
-        metadata = self.client.model_metadata(validate_model_id(model_id))
+        """The revision that answers at the model's URL now, through the router, or None."""
+        metadata = self.fleet.front.model_metadata(validate_model_id(model_id))
         return (metadata or {}).get("parameters", {}).get("revision") if metadata else None
 
-    def restore(self, model_id: str) -> str | None:
-        """Make the server serve the live revision again if it does not (e.g. after it restarted).
-
-        Loads only the stable name, from the settings already on disk, after re-verifying the
-        revision's checksums. Returns the revision served, or None when the model has no live
-        revision. Idempotent: a model already served is left alone.
-        """
-        revision = self.live_revision(model_id)
-        if revision is None or self.served_revision(model_id) == revision:
-            return revision
-        try:
-            self.repository.verify(self.repository.revision_path(model_id, revision))
-            self.client.load(model_id, timeout=self.ready_timeout)
-        except InferenceError as exc:
-            raise DeployFailed("restore", str(exc)) from exc
-        served = self.served_revision(model_id)
-        if served != revision:
-            raise DeployFailed("restore", f"{model_id} answers from revision {served!r}, not {revision!r}")
-        return revision
-
-    # -- deploy ------------------------------------------------------------------------------
-
     def fenced(self, guard: Guard) -> GreenDeployer:
-        """This deployer with ``guard`` called before every write to the server or the repository."""
+        """This deployer with ``guard`` called before every write to the fleet or the repository."""
         fenced = copy.copy(self)
-        fenced.client = _Fenced(self.client, guard, CLIENT_WRITES)
+        fenced.fleet = _Fenced(self.fleet, guard, FLEET_WRITES)
         fenced.repository = _Fenced(self.repository, guard, REPOSITORY_WRITES)
         fenced.guard = guard
         return fenced
+
+    # -- keeping the fleet on the live revision ---------------------------------------------------
+
+    def out_of_step(self, model_id: str, view: Any = None) -> str | None:
+        """What differs between the live revision and what the fleet serves, or None when nothing does."""
+        view = view or self.fleet.view()
+        live = self.live_revision(model_id)
+        if live is None:
+            return None
+        name = served_name(model_id, live)
+        if missing := view.missing(name):
+            return f"revision {live} is not ready on {', '.join(missing)}"
+        routed = view.routed.get(model_id)
+        if self.fleet.routes.admin_url and routed != name:
+            return f"the router sends {model_id} to {routed or 'nothing'}, not to {name}"
+        return None
+
+    def restore(self, model_id: str) -> str | None:
+        """Load the live revision on every answering replica that lacks it (one restarted, or one that
+        joined), after re-verifying its checksums, then publish the routes: those replicas rejoin the
+        revision's cluster. Returns the live revision, or None when the model has none. Idempotent.
+        """
+        revision = self.live_revision(model_id)
+        if revision is None:
+            return None
+        name = served_name(model_id, revision)
+        missing = self.fleet.view().missing(name)
+        try:
+            if missing:
+                self.repository.verify(self.repository.revision_path(model_id, revision))
+                self.repository.write_settings(model_id, revision)
+                if failures := self.fleet.load(name, self.ready_timeout, missing):
+                    raise DeployFailed("restore", _by_replica(failures))
+            self.fleet.publish(self.repository, timeout=PUBLISH_TIMEOUT)
+        except DeployFailed:
+            raise
+        except InferenceError as exc:
+            raise DeployFailed("restore", str(exc)) from exc
+        return revision
+
+    # -- deploy ------------------------------------------------------------------------------
 
     def deploy(
         self,
@@ -235,97 +289,160 @@ class GreenDeployer:
         source_uri: str,
         *,
         expected_dimensions: int | None = None,
+        revision: str | None = None,
+        bake_seconds: float | None = None,
         progress: ProgressCallback | None = None,
-        attempt_tag: str = "",
+        rollback_requested: RollbackRequest | None = None,
     ) -> DeployResult:
-        """Deploy ``source_uri`` as ``model_id``. Raises DeployFailed (``.stage``, ``.reason``) on failure.
+        """Deploy ``source_uri`` (or, with ``revision``, a revision the repository keeps: a rollback,
+        nothing is fetched) as ``model_id``. Raises DeployFailed (``.stage``, ``.reason``) on failure.
 
-        ``attempt_tag`` names this attempt's green (see ``staging_name``); on a fenced deployer a
-        lost fence raises FenceLost before the next stage or write, and nothing more is done.
+        ``rollback_requested`` is asked during the bake: a reason it returns rolls the route back to
+        blue at once, as a failure would (a rollback asked for during a bake is only a switch).
+
+        On a fenced deployer a lost fence raises FenceLost before the next stage or write, and
+        nothing more is done.
         """
         timeline = _Timeline(progress, self.guard)
+        bake = self.bake_seconds if bake_seconds is None else bake_seconds
 
         with timeline.stage("validate") as closing:
-            try:
-                validate_model_id(model_id)
-                source = open_source(source_uri, self.allowed_roots)
-            except (InvalidModelId, SourceRefused) as exc:
-                raise DeployFailed("validate", str(exc), refused=True) from exc
-            if expected_dimensions is not None and (
-                not isinstance(expected_dimensions, int) or expected_dimensions <= 0
-            ):
-                raise DeployFailed(
-                    "validate",
-                    f"expected_dimensions must be a positive integer, got {expected_dimensions!r}",
-                    refused=True,
-                )
-            if not self.client.server_ready():
-                raise DeployFailed("validate", f"inference server at {self.client.base_url} is not ready")
-            closing.append(f"source {source.uri}")
+            source = self._validate(model_id, source_uri, revision, expected_dimensions, bake)
+            ready = self.fleet.ready_replicas()
+            replicas = [url for url, up in ready.items() if up]
+            skipped = [url for url, up in ready.items() if not up]
+            if not replicas:
+                raise DeployFailed("validate", f"no inference replica is ready ({', '.join(skipped)})")
+            closing.append(f"source {source or f'kept revision {revision}'}; {len(replicas)} replica(s) ready")
+            if skipped:
+                closing.append(f"not answering, left to the reconciler: {', '.join(skipped)}")
 
         with timeline.stage("fetch") as closing:
-            revision = self.repository.create_revision(model_id, source, before_publish=self.guard)
-            closing.append(
-                f"revision {revision.revision}: {revision.files} files, {revision.size_bytes} bytes, verified"
-            )
+            green = self._fetch(model_id, source, revision)
+            closing.append(f"revision {green.revision}: {green.files} files, {green.size_bytes} bytes, verified")
+            if source is None:
+                closing.append("(kept, not fetched again)")
 
-        # What the server serves, not what the disk says: they differ after a crash mid-promote.
-        previous = self.served_revision(model_id) or self.live_revision(model_id)
-        green = staging_name(model_id, attempt_tag)
+        blue = self.live_revision(model_id)
+        name = served_name(model_id, green.revision)
         try:
-            with timeline.stage("stage_green", f"loading revision {revision.revision} as {green}") as closing:
-                self._load_green(model_id, revision, attempt_tag)
-                closing.append(f"{green} ready")
+            with timeline.stage("load_green", f"loading {name} on {len(replicas)} replica(s)") as closing:
+                loaded = self._load_green(model_id, green.revision, blue, replicas)
+                closing.append(f"ready on {len(replicas)} replica(s)" + ("" if loaded else " (was loaded)"))
             with timeline.stage("smoke_test") as closing:
-                dimensions = self._smoke_test(green, revision.revision, expected_dimensions)
-                closing.append(f"{len(self.probe_texts)} probes, {dimensions} dimensions, finite")
+                dimensions = self._smoke_test_each(name, green.revision, expected_dimensions, replicas)
+                closing.append(f"{len(self.probe_texts)} probes on each replica, {dimensions} dimensions, finite")
+            with timeline.stage("switch", f"{blue or 'nothing'} -> {green.revision}") as closing:
+                switch_ms = self._switch(model_id, green.revision, blue)
+                closing.append(f"the router answers from {green.revision} after {switch_ms:.1f} ms")
         except BaseException:
-            # Whatever stopped us (a failed check, a bug, the worker being stopped), blue was never
-            # touched: leave no green behind. A superseded attempt's guard skips this too.
-            with suppress(FenceLost, InferenceError):
-                self._retire_green(model_id, attempt_tag)
+            # Whatever stopped us before the route moved (a failed check, a bug, the worker being
+            # stopped): blue still serves; leave no green behind. A superseded attempt's guard skips this.
+            if green.revision != blue:
+                with suppress(FenceLost, InferenceError):
+                    self._retire(model_id, green.revision)
             raise
 
-        with timeline.stage("retire_green") as closing:
-            closing.append("unloaded" if self._retire_green(model_id, attempt_tag) else "was not loaded")
+        with timeline.stage("bake", f"{bake:g}s, blue {blue or 'none'} kept loaded") as closing:
+            self._bake(model_id, green.revision, blue, bake, replicas, rollback_requested)
+            closing.append("no failure seen" if bake else "no bake asked for")
 
-        with timeline.stage("promote", f"{previous or 'nothing'} -> {revision.revision}") as closing:
-            self._promote(model_id, revision.revision, previous)
-            closing.append(f"{model_id} answers from revision {revision.revision}")
+        with timeline.stage("retire_blue") as closing:
+            if blue and blue != green.revision:
+                self._retire(model_id, blue)
+                closing.append(f"{served_name(model_id, blue)} unloaded everywhere")
+            else:
+                closing.append("no other revision was live")
 
         with timeline.stage("done") as closing:
-            protect = {revision.revision} | ({previous} if previous else set())
+            protect = {green.revision} | ({blue} if blue else set())
             pruned = self.repository.prune(model_id, protect=protect)
             if pruned:
                 closing.append(f"pruned {len(pruned)} old revision(s)")
 
         return DeployResult(
             model_id=model_id,
-            revision=revision.revision,
-            previous_revision=previous,
+            revision=green.revision,
+            previous_revision=blue,
             endpoint=self.endpoint(model_id),
             dimensions=dimensions,
+            replicas=replicas,
+            skipped_replicas=skipped,
+            switch_ms=switch_ms,
             timings=timeline.timings,
             pruned_revisions=pruned,
         )
 
-    def _load_green(self, model_id: str, revision: Revision, tag: str) -> None:
-        green = staging_name(model_id, tag)
-        # Greens left by crashed or superseded attempts are unloaded first: loading ours beside them
-        # would hold three instances or more (blue, the old greens, ours).
-        for leftover in {*self.repository.staging_tags(model_id), tag}:
-            self._retire_green(model_id, leftover)
-        self.repository.write_settings(model_id, STAGING, revision.revision, tag)
-        # ready_timeout bounds the load call itself and the wait for ready after it, together.
-        deadline = time.monotonic() + self.ready_timeout
-        self.client.load(green, timeout=self.ready_timeout)
-        while not self.client.model_ready(green):
-            if time.monotonic() > deadline:
-                raise DeployFailed("stage_green", f"{green} was not ready within {self.ready_timeout:.0f}s")
-            time.sleep(0.1)
+    def _validate(
+        self,
+        model_id: str,
+        source_uri: str,
+        revision: str | None,
+        expected_dimensions: int | None,
+        bake_seconds: float,
+    ) -> Any:
+        """Check the request; return the opened source (None when a kept revision is asked for)."""
+        try:
+            validate_model_id(model_id)
+            source = None if revision is not None else open_source(source_uri, self.allowed_roots)
+            if revision is not None:
+                validate_revision(revision)
+        except (InvalidModelId, SourceRefused) as exc:
+            raise DeployFailed("validate", str(exc), refused=True) from exc
+        if expected_dimensions is not None and (not isinstance(expected_dimensions, int) or expected_dimensions <= 0):
+            raise DeployFailed(
+                "validate", f"expected_dimensions must be a positive integer, got {expected_dimensions!r}", refused=True
+            )
+        if not isinstance(bake_seconds, int | float) or bake_seconds < 0:
+            raise DeployFailed("validate", f"bake_seconds must be a number >= 0, got {bake_seconds!r}", refused=True)
+        return source
 
-    def _smoke_test(self, name: str, revision: str, expected_dimensions: int | None) -> int:
-        result = self.client.infer(name, self.probe_texts)
+    def _fetch(self, model_id: str, source: Any, revision: str | None) -> Revision:
+        if source is not None:
+            return self.repository.create_revision(model_id, source, before_publish=self.guard)
+        assert revision is not None
+        path = self.repository.revision_path(model_id, revision)
+        if not path.is_dir():
+            kept = ", ".join(self.repository.list_revisions(model_id)) or "none"
+            raise DeployFailed("fetch", f"revision {revision} is not kept for {model_id} (kept: {kept})", refused=True)
+        try:
+            self.repository.verify(path)
+        except ChecksumMismatch as exc:
+            raise DeployFailed("fetch", f"kept revision {revision} no longer verifies: {exc}") from exc
+        files = len(self.repository.manifest(path))
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return Revision(model_id, revision, path, files, size)
+
+    def _load_green(self, model_id: str, green: str, blue: str | None, replicas: list[str]) -> bool:
+        """Load green on the replicas (in parallel); False when every one already had it ready."""
+        # Revisions left by crashed or superseded attempts go first: with them loaded beside blue
+        # and green, a replica would hold three revisions of the model or more.
+        for leftover in set(self.repository.loadable_revisions(model_id)) - {green, blue}:
+            self._retire(model_id, leftover)
+        name = served_name(model_id, green)
+        self.repository.write_settings(model_id, green)
+        missing = [url for url in self.fleet.view().missing(name) if url in replicas]
+        if failures := self.fleet.load(name, self.ready_timeout, missing):
+            raise DeployFailed("load_green", f"{name} failed to load: {_by_replica(failures)}")
+        # Envoy gets green's cluster now, while the route still leads to blue: the switch is then a route update.
+        self.fleet.publish(self.repository, timeout=PUBLISH_TIMEOUT)
+        return bool(missing)
+
+    def _smoke_test_each(self, name: str, revision: str, expected_dimensions: int | None, replicas: list[str]) -> int:
+        """A real inference on every replica directly; the first failure (naming its replica) fails the stage."""
+        results = self.fleet.on_each(
+            lambda client: self._smoke_test(client, name, revision, expected_dimensions), replicas
+        )
+        failures = {url: str(result) for url, result in results.items() if isinstance(result, InferenceError)}
+        if failures:
+            raise DeployFailed("smoke_test", _by_replica(failures))
+        dimensions = {result for result in results.values() if isinstance(result, int)}
+        if len(dimensions) != 1:
+            raise DeployFailed("smoke_test", f"replicas disagree on the dimensions: {sorted(dimensions)}")
+        return dimensions.pop()
+
+    def _smoke_test(self, client: V2Client, name: str, revision: str, expected_dimensions: int | None) -> int:
+        result = client.infer(name, self.probe_texts)
         vectors = result.embeddings
         if vectors.ndim != 2 or vectors.shape[0] != len(self.probe_texts):
             raise DeployFailed(
@@ -346,55 +463,123 @@ class GreenDeployer:
             raise DeployFailed("smoke_test", f"{name} answered from revision {answered_by!r}, not {revision!r}")
         return dimensions
 
-    def _retire_green(self, model_id: str, tag: str = "") -> bool:
-        was_loaded = self.client.unload(staging_name(model_id, tag))
-        self.repository.remove_settings(model_id, STAGING, tag)
-        return was_loaded
-
-    def _promote(self, model_id: str, revision: str, previous: str | None) -> None:
-        self.repository.write_settings(model_id, STABLE, revision)
+    def _switch(self, model_id: str, revision: str, previous: str | None) -> float:
+        """Point the model's URL at ``revision`` in one route update; return the ms until the router
+        answers from it. If it does not, the route goes back to ``previous``."""
+        self.repository.set_live(model_id, revision)
         try:
-            self.client.load(model_id, timeout=self.ready_timeout)  # atomic swap when blue is loaded; else a first load
-            answered_by = self.client.infer(model_id, self.probe_texts[:1]).parameters.get("revision")
-            if answered_by != revision:
-                raise DeployFailed("promote", f"{model_id} still answers from revision {answered_by!r}")
+            self.fleet.publish(self.repository, timeout=PUBLISH_TIMEOUT)
+            published = self.fleet.routes.routes_renamed_at or time.monotonic()
+            deadline = time.monotonic() + SWITCH_CONFIRM_TIMEOUT
+            while (answered := self._answers_from(model_id)) != revision:
+                if time.monotonic() > deadline:
+                    raise DeployFailed("switch", f"the router still answers from {answered!r}, not {revision!r}")
+                time.sleep(0.005)
+            return round((time.monotonic() - published) * 1000, 1)
         except (DeployFailed, InferenceError):
-            self._restore_blue(model_id, previous)
+            self._route_to(model_id, previous)
             raise
 
-    def _restore_blue(self, model_id: str, previous: str | None) -> None:
-        """Point the stable name back where it was, so disk and server agree on what is live."""
-        if previous is None:
-            self.client.unload(model_id)
-            self.repository.remove_settings(model_id, STABLE)
+    def _answers_from(self, model_id: str) -> str | None:
+        try:
+            return self.fleet.front.infer(model_id, self.probe_texts[:1]).parameters.get("revision")
+        except InferenceError:
+            return None
+
+    def _route_to(self, model_id: str, revision: str | None) -> float:
+        """Put the model's URL back on ``revision`` (None: unroute it); return how long it took, in ms."""
+        started = time.monotonic()
+        self.repository.set_live(model_id, revision)
+        self.fleet.publish(self.repository, timeout=PUBLISH_TIMEOUT)
+        return round((time.monotonic() - started) * 1000, 1)
+
+    def _bake(
+        self,
+        model_id: str,
+        green: str,
+        blue: str | None,
+        seconds: float,
+        replicas: list[str],
+        rollback_requested: RollbackRequest | None = None,
+    ) -> None:
+        """Watch green for ``seconds``: the router's 5xx count for it, and a probe on each replica. On
+        the first failure (or a rollback asked for) the route goes back to blue and green is retired:
+        DeployFailed("bake")."""
+        if seconds <= 0:
             return
-        self.repository.write_settings(model_id, STABLE, previous)
-        self.client.load(model_id, timeout=self.ready_timeout)
+        name = served_name(model_id, green)
+        failures_before = self.fleet.route_failures(name)
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            time.sleep(min(BAKE_PROBE_INTERVAL, remaining))
+            self.guard()
+            reason = rollback_requested(blue) if rollback_requested and blue and blue != green else None
+            reason = reason or self._bake_failure(name, green, replicas, failures_before)
+            if reason is None:
+                continue
+            rollback_ms = self._route_to(model_id, blue)
+            with suppress(InferenceError):
+                self._retire(model_id, green)
+            raise DeployFailed(
+                "bake",
+                f"rolled back: {reason}",
+                metadata={"revision": green, "previous_revision": blue, "rollback_ms": rollback_ms},
+            )
+
+    def _bake_failure(self, name: str, revision: str, replicas: list[str], failures_before: int) -> str | None:
+        failed = self.fleet.route_failures(name) - failures_before
+        if failed > 0:
+            return f"{failed} call(s) to {name} failed with a 5xx at the router"
+        results = self.fleet.on_each(lambda client: self._smoke_test(client, name, revision, None), replicas)
+        for url, result in results.items():
+            # A replica that does not answer at all is down, not green's fault: the router retries
+            # elsewhere and the reconciler brings it back. One that answers wrongly is green's fault.
+            if isinstance(result, InferenceError) and not isinstance(result, ServerUnavailable):
+                return f"replica {url}: {result}"
+        return None
+
+    def _retire(self, model_id: str, revision: str) -> list[str]:
+        """Make a revision unloadable, drop its cluster, then unload it from every replica."""
+        name = served_name(model_id, revision)
+        self.repository.remove_settings(model_id, revision)
+        self.fleet.publish(self.repository, timeout=PUBLISH_TIMEOUT)
+        return [url for url, was_loaded in self.fleet.unload(name).items() if was_loaded]
 
     # -- delete ------------------------------------------------------------------------------
 
     def delete(self, model_id: str, progress: ProgressCallback | None = None) -> DeleteResult:
-        """Unload every name of ``model_id`` and remove its revisions. Deleting an absent model is a no-op."""
+        """Unroute ``model_id``, unload every revision of it, and remove them. Deleting an absent model is a no-op."""
         timeline = _Timeline(progress, self.guard)
         with timeline.stage("validate"):
             try:
                 validate_model_id(model_id)
             except InvalidModelId as exc:
                 raise DeployFailed("validate", str(exc), refused=True) from exc
-        was_deployed = self.live_revision(model_id) is not None
-        result = DeleteResult(model_id=model_id, was_deployed=was_deployed)
+        live = self.live_revision(model_id)
+        result = DeleteResult(model_id=model_id, was_deployed=live is not None)
+        with timeline.stage("unroute") as closing:
+            if live is not None:
+                self._route_to(model_id, None)
+            closing.append(f"{model_id} answers 404 at the router" if live else "was not routed")
         with timeline.stage("unload") as closing:
-            greens = [staging_name(model_id, tag) for tag in self.repository.staging_tags(model_id)]
-            for name in dict.fromkeys([*greens, staging_name(model_id), model_id]):
-                if self.client.unload(name):
-                    result.unloaded.append(name)
+            prefix = served_name(model_id, "")
+            loaded = {name for names in self.fleet.view().ready.values() if names for name in names}
+            revisions = set(self.repository.loadable_revisions(model_id))
+            revisions |= {name.removeprefix(prefix) for name in loaded if name.startswith(prefix)}
+            for revision in sorted(revisions):
+                if self._retire(model_id, revision):
+                    result.unloaded.append(served_name(model_id, revision))
             closing.append(", ".join(result.unloaded) or "nothing was loaded")
         with timeline.stage("remove") as closing:
             result.removed_revisions = self.repository.remove_model(model_id)
             closing.append(f"{len(result.removed_revisions)} revision(s) removed")
         with timeline.stage("done") as closing:
-            if not (was_deployed or result.unloaded or result.removed_revisions):
+            if not (result.was_deployed or result.unloaded or result.removed_revisions):
                 closing.append(f"{model_id} was not deployed; nothing to do")
-        result.was_deployed = was_deployed or bool(result.unloaded)
+        result.was_deployed = result.was_deployed or bool(result.unloaded)
         result.timings = timeline.timings
         return result
+
+
+def _by_replica(failures: dict[str, str]) -> str:
+    return "; ".join(f"replica {url}: {reason}" for url, reason in sorted(failures.items()))

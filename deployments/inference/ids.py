@@ -6,11 +6,11 @@ from .errors import InvalidModelId
 
 MAX_MODEL_ID_LENGTH = 128
 # Letters, digits and . _ - only: safe in a URL path segment and a file name on every platform.
-# '~' is deliberately excluded so that staging names (see STAGING_SUFFIX) can never collide with an id.
+# '~' is deliberately excluded so that a served name "<id>~<revision>" can never collide with an id.
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-STAGING_SUFFIX = "~green"
-# An attempt's tag in its staging name: letters and digits, so "<id>~green-<tag>" stays a safe name.
-_STAGING_TAG = re.compile(r"[A-Za-z0-9]{1,32}")
+REVISION_SEPARATOR = "~"
+# A revision id: the first 16 hex digits of its manifest's digest.
+_REVISION = re.compile(r"[0-9a-f]{16}")
 
 
 def validate_model_id(model_id: object) -> str:
@@ -30,15 +30,17 @@ def validate_model_id(model_id: object) -> str:
     return model_id
 
 
-def staging_name(model_id: str, tag: str = "") -> str:
-    """The server name green is loaded under while it is proven.
+def validate_revision(revision: object) -> str:
+    """Return ``revision`` if it has the form of a revision id (16 hex digits), else raise InvalidModelId."""
+    if not isinstance(revision, str) or not _REVISION.fullmatch(revision):
+        raise InvalidModelId(f"revision must be 16 lowercase hex digits, got {revision!r}")
+    return revision
 
-    ``tag`` names the attempt (the control plane passes its lease generation), so two attempts on
-    the same model never share a green: a superseded attempt's leftovers are its own.
+
+def served_name(model_id: str, revision: str) -> str:
+    """The name one revision of a model is loaded under on every replica: ``<model_id>~<revision>``.
+
+    Each revision has its own name, so loading the next one never touches the one serving traffic;
+    the router decides which name a model's stable URL reaches.
     """
-    name = validate_model_id(model_id) + STAGING_SUFFIX
-    if not tag:
-        return name
-    if not _STAGING_TAG.fullmatch(tag):
-        raise InvalidModelId(f"staging tag {tag!r} may contain only letters and digits (at most 32)")
-    return f"{name}-{tag}"
+    return f"{validate_model_id(model_id)}{REVISION_SEPARATOR}{revision}"

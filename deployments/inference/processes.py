@@ -83,3 +83,22 @@ class LocalProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def run_in_foreground(process: LocalProcess, banner: str) -> None:
+    """Start ``process``, print ``banner``, and keep it running until SIGTERM or SIGINT, then stop it."""
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    process.start()
+    print(banner, flush=True)
+    try:
+        while not stopping and process.running:
+            time.sleep(0.5)
+    finally:
+        process.stop()

@@ -2,12 +2,15 @@
 
 Layout, one folder per model::
 
-    <root>/settings.json                                      the server's own settings
-    <root>/<model_id>/model-settings.json                     name <model_id>: what serves traffic
-    <root>/<model_id>/<model_id>~green-<tag>/model-settings.json   name <model_id>~green-<tag>: an attempt's green
-    <root>/<model_id>/revisions/<revision>/...                the artifacts, read-only, + MANIFEST.sha256
+    <root>/settings.json                                         the servers' shared settings
+    <root>/<model_id>/live.json                                  which revision the model's URL serves
+    <root>/<model_id>/<model_id>~<revision>/model-settings.json  name <model_id>~<revision>: loadable
+    <root>/<model_id>/revisions/<revision>/...                   the artifacts, read-only, + MANIFEST.sha256
 
-Each settings file sits in a folder named after the model it names, as MLServer expects.
+Each settings file sits in a folder named after the model it names, as MLServer expects. Every
+replica reads the same repository; a revision is loadable on them while its settings exist
+(the live one, and during a deploy the one beside it), and ``live.json`` is what the router
+sends the model's traffic to.
 
 A revision id is derived from the manifest, so copying the same artifacts twice converges on one
 revision, which is what makes the fetch stage idempotent.
@@ -30,17 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ChecksumMismatch, InferenceError, SourceRefused
-from .ids import STAGING_SUFFIX, staging_name, validate_model_id
+from .ids import REVISION_SEPARATOR, served_name, validate_model_id
 from .sources import ModelSource
 
 MANIFEST_NAME = "MANIFEST.sha256"
 SETTINGS_NAME = "model-settings.json"
+LIVE_NAME = "live.json"
 DEFAULT_RUNTIME = "deployments.inference.runtime.SentenceTransformerRuntime"
 DEFAULT_KEEP_REVISIONS = 3
 _CHUNK = 1 << 20
-
-STABLE = "stable"
-STAGING = "staging"
 # A half-copied revision younger than this may belong to an attempt still copying: it is left alone.
 STALE_INCOMING_SECONDS = 3600
 
@@ -117,21 +118,18 @@ class ModelRepository:
     def revisions_dir(self, model_id: str) -> Path:
         return self.model_dir(model_id) / "revisions"
 
-    def settings_path(self, model_id: str, slot: str, tag: str = "") -> Path:
-        if slot == STABLE:
-            return self.model_dir(model_id) / SETTINGS_NAME
-        if slot == STAGING:
-            return self.model_dir(model_id) / staging_name(model_id, tag) / SETTINGS_NAME
-        raise ValueError(f"unknown settings slot {slot!r}")
+    def settings_path(self, model_id: str, revision: str) -> Path:
+        name = served_name(model_id, revision)
+        path = self.model_dir(model_id) / name / SETTINGS_NAME
+        if not path.resolve().is_relative_to(self.root):
+            raise InferenceError(f"settings of {name!r} would lie outside the repository")
+        return path
 
-    def staging_tags(self, model_id: str) -> list[str]:
-        """The tags of every attempt whose staging (green) folder is in the repository ("" for an untagged one)."""
-        prefix = validate_model_id(model_id) + STAGING_SUFFIX
-        folder = self.model_dir(model_id)
-        if not folder.is_dir():
+    def model_ids(self) -> list[str]:
+        """Every model that has a folder in the repository."""
+        if not self.root.is_dir():
             return []
-        names = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith(prefix))
-        return [name[len(prefix) :].removeprefix("-") for name in names]
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     # -- revisions ---------------------------------------------------------------------------
 
@@ -203,6 +201,10 @@ class ModelRepository:
             if _sha256_file(path) != checksum:
                 raise ChecksumMismatch(f"revision {revision_path.name}: {relpath} does not match its checksum")
 
+    def manifest(self, revision_path: Path) -> dict[str, str]:
+        """The files of a revision and their checksums, as its manifest lists them."""
+        return _read_manifest(revision_path)
+
     def revision_path(self, model_id: str, revision: str) -> Path:
         return self.revisions_dir(model_id) / revision
 
@@ -224,13 +226,13 @@ class ModelRepository:
                 removed.append(revision)
         return removed
 
-    # -- settings ----------------------------------------------------------------------------
+    # -- settings: which revisions are loadable, and which one is live -------------------------
 
-    def write_settings(self, model_id: str, slot: str, revision: str, tag: str = "") -> Path:
-        """Point the stable name, or an attempt's staging name, of ``model_id`` at ``revision``, atomically."""
-        name = model_id if slot == STABLE else staging_name(model_id, tag)
-        path = self.settings_path(model_id, slot, tag)
-        # No "version": bumping the version of a name that serves traffic breaks requests mid-load.
+    def write_settings(self, model_id: str, revision: str) -> Path:
+        """Make ``revision`` loadable under its own name, ``<model_id>~<revision>``, atomically."""
+        name = served_name(model_id, revision)
+        path = self.settings_path(model_id, revision)
+        # No "version": MLServer would treat each version as one more model to keep loaded.
         atomic_write_json(
             path,
             {
@@ -244,21 +246,41 @@ class ModelRepository:
         )
         return path
 
-    def settings_revision(self, model_id: str, slot: str, tag: str = "") -> str | None:
-        """The revision a settings slot points at, or None when the slot is empty or unreadable."""
+    def remove_settings(self, model_id: str, revision: str) -> bool:
+        """Make ``revision`` unloadable again: its settings folder goes."""
+        path = self.settings_path(model_id, revision)
+        existed = path.exists()
+        path.unlink(missing_ok=True)
+        if path.parent.is_dir() and not any(path.parent.iterdir()):
+            path.parent.rmdir()
+        return existed
+
+    def loadable_revisions(self, model_id: str) -> list[str]:
+        """The revisions of ``model_id`` whose settings are in the repository, sorted."""
+        prefix = validate_model_id(model_id) + REVISION_SEPARATOR
+        folder = self.model_dir(model_id)
+        if not folder.is_dir():
+            return []
+        return sorted(
+            p.name.removeprefix(prefix)
+            for p in folder.iterdir()
+            if p.name.startswith(prefix) and (p / SETTINGS_NAME).is_file()
+        )
+
+    def live_revision(self, model_id: str) -> str | None:
+        """The revision the model's URL serves (the repository's word), or None."""
         try:
-            data = json.loads(self.settings_path(model_id, slot, tag).read_text())
-            return data["parameters"]["extra"]["revision"]
+            return json.loads((self.model_dir(model_id) / LIVE_NAME).read_text())["revision"]
         except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None
 
-    def remove_settings(self, model_id: str, slot: str, tag: str = "") -> bool:
-        path = self.settings_path(model_id, slot, tag)
-        existed = path.exists()
-        path.unlink(missing_ok=True)
-        if slot == STAGING and path.parent.is_dir() and not any(path.parent.iterdir()):
-            path.parent.rmdir()  # an attempt's staging folder goes with its settings
-        return existed
+    def set_live(self, model_id: str, revision: str | None) -> None:
+        """Point the model's URL at ``revision`` (None: at nothing), atomically."""
+        path = self.model_dir(model_id) / LIVE_NAME
+        if revision is None:
+            path.unlink(missing_ok=True)
+        else:
+            atomic_write_json(path, {"revision": revision})
 
     # -- removal -----------------------------------------------------------------------------
 

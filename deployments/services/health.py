@@ -104,15 +104,29 @@ def check_pending(now: datetime) -> dict[str, Any]:
     return details
 
 
-def check_inference(now: datetime) -> dict[str, Any]:
+def _answers(url: str) -> str | None:
+    """None when ``url`` answers 200 within READY_INFERENCE_TIMEOUT, else what went wrong."""
     timeout = settings.READY_INFERENCE_TIMEOUT
     try:
-        response = httpx.get(f"{settings.INFERENCE_SERVER_URL.rstrip('/')}/v2/health/live", timeout=timeout)
+        response = httpx.get(url, timeout=timeout)
     except httpx.HTTPError as exc:
-        raise CheckFailed({"error": f"no answer within {timeout:g} s ({type(exc).__name__})"}) from exc
-    if response.status_code != 200:
-        raise CheckFailed({"error": f"liveness answered HTTP {response.status_code}"})
-    return {}
+        return f"no answer within {timeout:g} s ({type(exc).__name__})"
+    return None if response.status_code == 200 else f"answered HTTP {response.status_code}"
+
+
+def check_inference(now: datetime) -> dict[str, Any]:
+    """The router answers, and at least one replica is live (the router sends traffic only to those)."""
+    replicas = {url: _answers(f"{url.rstrip('/')}/v2/health/live") for url in settings.INFERENCE_REPLICA_URLS}
+    live = sum(error is None for error in replicas.values())
+    details: dict[str, Any] = {"replicas_live": f"{live}/{len(replicas)}"}
+    down = {url: error for url, error in replicas.items() if error}
+    if down:
+        details["replicas_down"] = down
+    if router_error := _answers(f"{settings.ROUTER_ADMIN_URL.rstrip('/')}/ready"):
+        raise CheckFailed({**details, "error": f"router: {router_error}"})
+    if not live:
+        raise CheckFailed({**details, "error": "no inference replica is live"})
+    return details
 
 
 READINESS_CHECKS: dict[str, Callable[[datetime], dict[str, Any]]] = {

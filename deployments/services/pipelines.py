@@ -16,7 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from deployments.inference import DeployFailed, FenceLost, GreenDeployer, StageEvent
-from deployments.models import EmbeddingModel, Task, TaskStatus
+from deployments.models import DeploymentTask, EmbeddingModel, Task, TaskStatus
 from deployments.services.deployer import deployer_session
 from deployments.services.leases import Fence, lock_capacity
 from deployments.services.recording import Outcome, TaskRecorder
@@ -40,8 +40,10 @@ def run_deployment(task: Task, recorder: TaskRecorder, fence: Fence) -> Outcome:
                     model.id,
                     model.source,
                     expected_dimensions=expected_dimensions,
+                    revision=config.get("revision"),
+                    bake_seconds=config.get("bake_seconds"),
                     progress=recorder,
-                    attempt_tag=f"g{fence.lease.generation}",
+                    rollback_requested=lambda blue: rollback_waiting(model.id, blue),
                 )
         except DeployFailed as exc:
             return _failure(exc)
@@ -74,6 +76,19 @@ def run_deletion(task: Task, recorder: TaskRecorder, fence: Fence) -> Outcome:
     if not result.was_deployed and not removed:
         detail = f"{task.embedding_model_id} was not deployed; nothing to do"
     return Outcome(TaskStatus.DONE, detail, result.as_metadata())
+
+
+def rollback_waiting(embedding_model_id: str, revision: str) -> str | None:
+    """Why a deploy baking now should roll back to ``revision`` at once: a deploy of that kept revision
+    waits behind it. Rolled back in the bake, that deploy finds it loaded everywhere: only a switch."""
+    waiting = (
+        DeploymentTask.objects.filter(
+            embedding_model_id=embedding_model_id, status=TaskStatus.PENDING, config__revision=revision
+        )
+        .order_by("created_at")
+        .first()
+    )
+    return f"task {waiting.pk} asks for revision {revision}" if waiting else None
 
 
 def _update_registry(embedding_model_id: str, fence: Fence | None, **fields: object) -> None:
@@ -147,4 +162,5 @@ def _refuse(recorder: TaskRecorder, reason: str) -> Outcome:
 
 def _failure(exc: DeployFailed) -> Outcome:
     status = TaskStatus.REFUSED if exc.refused else TaskStatus.FAILED
-    return Outcome(status, f"{exc.stage}: {exc.reason}", {"failed_stage": exc.stage, "reason": exc.reason})
+    metadata = {"failed_stage": exc.stage, "reason": exc.reason, **exc.metadata}
+    return Outcome(status, f"{exc.stage}: {exc.reason}", metadata)

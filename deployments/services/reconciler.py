@@ -1,9 +1,11 @@
-"""The reconciler: keep what the inference server serves equal to what the registry says is live.
+"""The reconciler: keep what the fleet serves equal to what the registry says is live.
 
-The server loads models on demand only, so a restarted server serves nothing while the registry
-still says "deployed". ``reconcile_models`` asks the server (V2 metadata names the revision each
-model answers from) for every deployed model, and where the two differ it records a ``Drift`` and
-loads the live revision again (the serving layer re-verifies its checksums first). It acts under
+Replicas load models on demand only, so a restarted (or newly joined) replica serves nothing while
+the registry still says "deployed"; the router gives it no traffic for a model until it has that
+model's live revision ready. ``reconcile_models`` looks at the fleet once (what each replica has
+ready, what the router routes) and, for every deployed model where that differs from the live
+revision, records a ``Drift``, loads the live revision where it is missing (the serving layer
+re-verifies its checksums first) and publishes the routes, which adds those replicas back. It acts under
 the model's lease, with a heartbeat and a fence, so it never races a deploy: a model whose lease a
 task holds is left to that task. Where the repository holds no live revision, the registry is
 corrected instead. Run once by ``manage.py restore_models``, every few seconds by
@@ -22,7 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from deployments import selectors
-from deployments.inference import GreenDeployer, InferenceError, V2Client
+from deployments.inference import FleetView, GreenDeployer, InferenceError, V2Client
 from deployments.models import Drift, EmbeddingModel, InferenceServer
 from deployments.services.deployer import deployer_session
 from deployments.services.leases import Fence, LeaseHeartbeat, claim_model_lease, new_lease_owner, release_lease
@@ -76,54 +78,64 @@ def refresh_servers(urls: Sequence[str] | None = None) -> list[InferenceServer]:
 
 
 def reconcile_models(wait_for_server: float = 0.0) -> ReconcileReport:
-    """Compare every deployed model with what the server serves; repair and record what differs."""
+    """Compare every deployed model with what the fleet serves; repair and record what differs."""
     report = ReconcileReport()
     refresh_servers()
     with deployer_session() as deployer:
         deadline = time.monotonic() + wait_for_server
-        while not deployer.client.server_ready():
+        while not any(deployer.fleet.ready_replicas().values()):
             if time.monotonic() >= deadline:
-                reason = f"inference server at {deployer.client.base_url} is not ready"
+                reason = f"no inference replica is ready ({', '.join(deployer.fleet.replicas)})"
                 _server_down(reason)
                 raise InferenceServerDown(reason)
             time.sleep(0.5)
+        try:
+            view = deployer.fleet.view()
+        except InferenceError as exc:
+            _server_down(f"the router could not be read: {exc}")
+            raise InferenceServerDown(str(exc)) from exc
         for model in selectors.deployed_models():
-            _reconcile_one(deployer, model, report)
+            _reconcile_one(deployer, view, model, report)
     return report
 
 
-def _reconcile_one(deployer: GreenDeployer, model: EmbeddingModel, report: ReconcileReport) -> None:
+def _reconcile_one(deployer: GreenDeployer, view: FleetView, model: EmbeddingModel, report: ReconcileReport) -> None:
     model_id = model.pk
+    routed = view.routed.get(model_id, "").partition("~")[2]
     try:
-        served = deployer.served_revision(model_id)
+        live = deployer.live_revision(model_id)
+        if live != model.live_revision:
+            gap = f"the repository says {live or 'nothing'} is live; the registry says {model.live_revision}"
+        else:
+            gap = deployer.out_of_step(model_id, view)
     except InferenceError as exc:
         report.failed[model_id] = str(exc)
-        _note_drift(model, "", f"the server's metadata could not be read: {exc}", "none: will try again")
+        _note_drift(model, routed, f"the fleet could not be read: {exc}", "none: will try again")
         return
-    if served == model.live_revision:
+    if gap is None:
         _resolve_drift(model, "in step again")
         report.already_served.append(model_id)
         return
-    seen = f"the server serves {served or 'nothing'} under {model_id}; the registry says {model.live_revision}"
     owner = new_lease_owner()
     lease = claim_model_lease(model_id, owner)
     if lease is None:
-        _note_drift(model, served or "", seen, "waiting: a task holds the model's lease")
+        _note_drift(model, routed, gap, "waiting: a task holds the model's lease")
         report.busy.append(model_id)
         return
     try:
         with LeaseHeartbeat(model_id, owner) as heartbeat:
             fence = Fence(lease, heartbeat)
             revision = deployer.fenced(fence.check).restore(model_id)
-            if revision is None:
+            if revision != model.live_revision:
                 sync_model_state(model_id, deployer, fence)
-                _resolve_drift(model, "registry corrected: the repository holds no live revision", seen)
+            if revision is None:
+                _resolve_drift(model, "registry corrected: the repository holds no live revision", gap, routed)
                 report.not_live.append(model_id)
             else:
-                _resolve_drift(model, f"loaded revision {revision} again", seen)
+                _resolve_drift(model, f"revision {revision} ready on every replica and routed again", gap, routed)
                 report.restored.append(model_id)
     except InferenceError as exc:
-        _note_drift(model, served or "", seen, f"reload failed: {exc}")
+        _note_drift(model, routed, gap, f"reload failed: {exc}")
         report.failed[model_id] = str(exc)
     finally:
         release_lease(model_id, owner)
@@ -141,12 +153,12 @@ def _note_drift(model: EmbeddingModel, served: str, detail: str, action: str) ->
     return drift
 
 
-def _resolve_drift(model: EmbeddingModel, action: str, seen: str = "") -> None:
+def _resolve_drift(model: EmbeddingModel, action: str, seen: str = "", served: str = "") -> None:
     """Close the model's open drift, if any (opening one first when the repair came with the first sight)."""
     open_drift = Drift.objects.filter(embedding_model=model, resolved_at__isnull=True).first()
     if open_drift is None and not seen:
         return
-    drift = open_drift or _note_drift(model, "", seen, action)
+    drift = open_drift or _note_drift(model, served, seen, action)
     Drift.objects.filter(pk=drift.pk).update(
         resolved_at=timezone.now(), action=_stamped(action, drift.action), updated_at=timezone.now()
     )

@@ -238,10 +238,10 @@ def test_task_detail_shows_the_stage_timeline_and_readable_metadata(admin_client
 
     page = admin_client.get(f"{DEPLOYS_URL}{task.pk}/change/").content.decode()
 
-    stages = ["validate", "fetch", "stage_green", "smoke_test", "promote"]
+    stages = ["validate", "fetch", "load_green", "smoke_test", "switch"]
     positions = [page.index(f"<strong>{stage}</strong>") for stage in stages]
     assert positions == sorted(positions)  # in the order they ran
-    assert "stage_green ok" in page and "1.2 s" in page  # each stage's message and duration
+    assert "load_green ok" in page and "1.2 s" in page  # each stage's message and duration
     assert "<dt>revision</dt><dd>rev-1</dd>" in page and "<dt>dimensions</dt><dd>384</dd>" in page
     assert f"/admin/deployments/deploymenttask/{retry.pk}/change/" in page  # "retried as"
 

@@ -244,7 +244,7 @@ def test_wait_exits_1_when_a_task_fails(settings, qcluster):
 
 @pytest.mark.mlserver
 @pytest.mark.django_db(transaction=True)
-def test_wait_through_the_real_green_deployer_and_mlserver(inference_settings, qcluster, mlserver):
+def test_wait_through_the_real_green_deployer_and_mlserver(inference_settings, qcluster, envoy):
     EmbeddingModelFactory(id="ops-real")
     cluster = qcluster()
 
@@ -253,7 +253,7 @@ def test_wait_through_the_real_green_deployer_and_mlserver(inference_settings, q
     assert task.status == TaskStatus.DONE, f"{task.detail}\n{cluster.log_tail()}"
     assert totals(out.splitlines()[-1]) == (1, {"done": 1}) and task.metadata["revision"] in out
     model = EmbeddingModel.objects.get(pk="ops-real")
-    assert model.state == "deployed" and model.endpoint == f"{mlserver.url}/v2/models/ops-real/infer"
+    assert model.state == "deployed" and model.endpoint == f"{envoy.url}/v2/models/ops-real/infer"
 
     out, _ = run("delete_models", "ops-real", "--wait", "--poll", "0.2")
     assert DeletionTask.objects.get(embedding_model_id="ops-real").status == TaskStatus.DONE

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from deployments import services
-from deployments.inference import V2Client
+from deployments.inference import V2Client, served_name
 from deployments.models import TERMINAL_STATUSES, DeletionTask, DeploymentTask, EmbeddingModel, TaskStatus
 from deployments.services.faults import HOLD_AT_ENV, HOLD_FILE_ENV
 from tests.support.drills import held_worker_pid
@@ -24,7 +24,7 @@ def post(client, path: str, body: object):
     return client.post(path, data=json.dumps(body), content_type="application/json")
 
 
-def test_post_deploy_to_real_embeddings_and_delete_again(api, inference_settings, qcluster, mlserver):
+def test_post_deploy_to_real_embeddings_and_delete_again(api, inference_settings, qcluster, envoy):
     EmbeddingModelFactory(id="cp-e2e")
     cluster = qcluster()
 
@@ -36,10 +36,10 @@ def test_post_deploy_to_real_embeddings_and_delete_again(api, inference_settings
 
     status = api.get("/deploy-status/cp-e2e").json()
     assert (status["task_id"], status["status"]) == (str(task.pk), "done")
-    assert status["metadata"]["endpoint"] == f"{mlserver.url}/v2/models/cp-e2e/infer"
+    assert status["metadata"]["endpoint"] == f"{envoy.url}/v2/models/cp-e2e/infer"
     events = [(e["stage"], e["state"]) for e in api.get(f"/deploy/{task.pk}/events").json()]
     assert events[-2:] == [("done", "done"), ("status", "done")]
-    with V2Client(mlserver.url) as client:
+    with V2Client(envoy.url) as client:
         result = client.infer("cp-e2e", ["a cat sat on the mat", "a kitten sat on the rug", "stock markets fell"])
     vectors = result.embeddings
     assert vectors.shape == (3, 384) and np.isfinite(vectors).all()
@@ -53,12 +53,12 @@ def test_post_deploy_to_real_embeddings_and_delete_again(api, inference_settings
     assert deletion.status == TaskStatus.DONE, deletion.detail
     assert api.get("/delete-status/cp-e2e").json()["status"] == "done"
     assert EmbeddingModel.objects.get(pk="cp-e2e").state == "not_deployed"
-    with V2Client(mlserver.url) as client:
+    with V2Client(envoy.url) as client:
         assert not client.model_ready("cp-e2e")
 
 
 def test_a_worker_killed_mid_deploy_is_detected_and_its_task_retried_while_blue_serves(
-    api, inference_settings, qcluster, mlserver, tmp_path
+    api, inference_settings, qcluster, envoy, mlserver, tmp_path
 ):
     inference_settings.TASK_LEASE_SECONDS = 2
     model = EmbeddingModelFactory(id="cp-killed")
@@ -75,7 +75,7 @@ def test_a_worker_killed_mid_deploy_is_detected_and_its_task_retried_while_blue_
     doomed.kill()
     assert green.status == TaskStatus.PROCESSING
 
-    with V2Client(mlserver.url) as client:  # blue keeps serving while the dead worker's task waits
+    with V2Client(envoy.url) as client:  # blue keeps serving while the dead worker's task waits
         assert client.infer(model.id, ["still serving"]).parameters["revision"] == blue.metadata["revision"]
 
     time.sleep(2.5)  # let the lease run out: nobody renews it any more
@@ -85,14 +85,15 @@ def test_a_worker_killed_mid_deploy_is_detected_and_its_task_retried_while_blue_
     retry = DeploymentTask.objects.get(retry_of=green)
     assert green.status == TaskStatus.FAILED
     assert (green.metadata["lost"], green.metadata["retried_as"]) == (True, str(retry.pk))
-    assert green.metadata["stages"]["stage_green"]["state"] == "done"  # lost after green was loaded
+    assert green.metadata["stages"]["load_green"]["state"] == "done"  # lost after green was loaded
     assert (retry.attempt, retry.metadata["retry_of"]) == (2, str(green.pk))
 
     healthy = qcluster()  # a healthy worker picks up the retry the sweeper handed over
     wait_for_status(retry, set(TERMINAL_STATUSES), timeout=120, cluster=healthy)
     assert retry.status == TaskStatus.DONE, retry.detail
     assert api.get(f"/deploy-status/{model.id}").json()["task_id"] == str(retry.pk)
-    with V2Client(mlserver.url) as client:
+    with V2Client(envoy.url) as client:
         assert client.infer(model.id, ["after the retry"]).embeddings.shape == (1, 384)
-        greens = [entry["name"] for entry in client.index() if entry["name"].startswith(f"{model.id}~green")]
-        assert not any(client.model_ready(name) for name in greens)  # the dead worker's green is gone
+    with V2Client(mlserver.url) as replica:  # only the live revision is loaded: no leftover of the dead worker
+        ready = [e["name"] for e in replica.index() if e["name"].startswith(f"{model.id}~") and e["state"] == "READY"]
+    assert ready == [served_name(model.id, retry.metadata["revision"])]

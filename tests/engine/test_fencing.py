@@ -12,7 +12,7 @@ from django.db import connection
 from django.utils import timezone
 
 from deployments import services
-from deployments.inference import FenceLost
+from deployments.inference import FenceLost, served_name
 from deployments.models import EmbeddingModel, ModelLease, Task, TaskStatus
 from deployments.services.faults import HOLD_AT_ENV, HOLD_FILE_ENV
 from deployments.services.leases import Fence, claim_model_lease, renew_lease
@@ -63,12 +63,12 @@ def test_lease_expiry_follows_the_database_clock_not_the_hosts(monkeypatch):
 @pytest.mark.mlserver
 @pytest.mark.django_db(transaction=True)
 def test_a_superseded_worker_changes_nothing_when_it_wakes_up(inference_settings, mlserver, monkeypatch, tmp_path):
-    """Attempt 1 is held at stage_green, its lease expires, the sweeper retries it and attempt 2 deploys.
+    """Attempt 1 is held at load_green, its lease expires, the sweeper retries it and attempt 2 deploys.
     When attempt 1 resumes, it finds its fence lost at its first write and stops."""
     inference_settings.TASK_LEASE_SECONDS = 600  # the heartbeat must not be what expires it
     model = EmbeddingModelFactory(id="fenced")
     hold = tmp_path / "hold"
-    monkeypatch.setenv(HOLD_AT_ENV, "stage_green")
+    monkeypatch.setenv(HOLD_AT_ENV, "load_green")
     monkeypatch.setenv(HOLD_FILE_ENV, str(hold))
     first = services.submit_deployment(model.id).task
     outcome: list[str] = []
@@ -81,7 +81,7 @@ def test_a_superseded_worker_changes_nothing_when_it_wakes_up(inference_settings
 
     worker = threading.Thread(target=stale_worker)
     worker.start()
-    wait_for(hold.exists, 60, "attempt 1 to reach stage_green")
+    wait_for(hold.exists, 60, "attempt 1 to reach load_green")
 
     expire(model.id)
     assert services.sweep_tasks().failed == [str(first.pk)]
@@ -98,4 +98,5 @@ def test_a_superseded_worker_changes_nothing_when_it_wakes_up(inference_settings
     retry.refresh_from_db()
     live = EmbeddingModel.objects.get(pk=model.id)
     assert (live.state, live.live_revision) == ("deployed", retry.metadata["revision"])
-    assert not [name for name, _ in served(mlserver.url) if name.startswith(f"{model.id}~")]
+    loaded = [name for name, state in served(mlserver.url) if name.startswith(f"{model.id}~") and state == "READY"]
+    assert loaded == [served_name(model.id, live.live_revision)]

@@ -35,7 +35,10 @@ def age(task, seconds: float) -> None:
 
 @pytest.fixture
 def server_down(settings):
+    """No router and no replica answers."""
     settings.INFERENCE_SERVER_URL = closed_port_url()
+    settings.ROUTER_ADMIN_URL = closed_port_url()
+    settings.INFERENCE_REPLICA_URLS = [closed_port_url()]
     return settings
 
 
@@ -93,8 +96,8 @@ def test_a_cluster_whose_every_worker_runs_a_live_task_is_not_stale(client, serv
 
 
 @pytest.mark.mlserver
-def test_everything_up_answers_200_with_every_check(client, settings, mlserver):
-    settings.INFERENCE_SERVER_URL = mlserver.url
+def test_everything_up_answers_200_with_every_check(client, inference_settings, mlserver):
+    settings = inference_settings
     cluster_with_heartbeat(1)
     FinishedDeploymentFactory()
 
@@ -105,6 +108,20 @@ def test_everything_up_answers_200_with_every_check(client, settings, mlserver):
     assert set(body["checks"]) == {"database", "broker", "workers", "pending", "inference"}
     assert all(check["ok"] for check in body["checks"].values())
     assert body["checks"]["broker"]["kind"] == ("redis" if "redis" in settings.Q_CLUSTER else "orm")
+    assert body["checks"]["inference"]["replicas_live"] == "1/1"
+
+
+@pytest.mark.mlserver
+def test_a_replica_down_is_named_while_another_still_serves(client, inference_settings, mlserver):
+    down = closed_port_url()
+    inference_settings.INFERENCE_REPLICA_URLS = [mlserver.url, down]
+    cluster_with_heartbeat(1)
+
+    _, body = readyz(client)
+
+    inference = body["checks"]["inference"]
+    assert inference["ok"] and inference["replicas_live"] == "1/2"
+    assert "ConnectError" in inference["replicas_down"][down]
 
 
 def test_a_task_waiting_too_long_for_a_worker_fails_pending(client, settings, server_down):
@@ -149,7 +166,8 @@ def test_an_inference_server_that_does_not_answer_fails_inference(client, server
     cluster_with_heartbeat(1)
     status, body = readyz(client)
     assert status == 503 and body["failing"] == ["inference"]
-    assert "ConnectError" in body["checks"]["inference"]["error"]
+    assert "router" in body["checks"]["inference"]["error"] and "ConnectError" in body["checks"]["inference"]["error"]
+    assert body["checks"]["inference"]["replicas_live"] == "0/1"
 
 
 def test_a_database_that_fails_is_named_without_its_error_message(client, server_down):

@@ -1,4 +1,4 @@
-"""The reconciler: what the server serves follows what the registry says is live, and drift is shown."""
+"""The reconciler: what the fleet serves follows what the registry says is live, and drift is shown."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from django.core.management import call_command
 
 from deployments import jobs
-from deployments.inference import V2Client
+from deployments.inference import V2Client, served_name
 from deployments.inference.server import free_port
 from deployments.models import Drift, EmbeddingModel, TaskStatus
 from deployments.services import submit_deployment
@@ -27,18 +27,19 @@ def deploy(model_id: str) -> str:
     return EmbeddingModel.objects.get(pk=model_id).live_revision
 
 
-def test_a_model_the_server_lost_is_served_again_and_the_drift_is_recorded(inference_settings, mlserver, api):
+def test_a_model_a_replica_lost_is_served_again_and_the_drift_is_recorded(inference_settings, mlserver, api):
     revision = deploy("rc-lost")
     with V2Client(mlserver.url) as client:
-        client.unload("rc-lost")  # what a restarted server looks like
+        client.unload(served_name("rc-lost", revision))  # what a restarted replica looks like
 
         report = reconcile_models()
 
         assert report.restored == ["rc-lost"]
-        assert client.infer("rc-lost", ["back"]).parameters["revision"] == revision
+        assert client.infer(served_name("rc-lost", revision), ["back"]).parameters["revision"] == revision
     drift = Drift.objects.get(embedding_model_id="rc-lost")
-    assert (drift.registered_revision, drift.served_revision) == (revision, "")
-    assert drift.resolved_at is not None and f"loaded revision {revision}" in drift.action
+    assert (drift.registered_revision, drift.served_revision) == (revision, revision)  # routed, not ready
+    assert f"not ready on {mlserver.url}" in drift.detail
+    assert drift.resolved_at is not None and f"revision {revision} ready on every replica" in drift.action
     assert api.get("/models/rc-lost").json()["drift"] is None
     # In step now: a second pass changes nothing and opens no drift.
     assert reconcile_models().already_served == ["rc-lost"]
@@ -50,15 +51,15 @@ def test_a_model_whose_lease_a_task_holds_is_not_raced_and_its_drift_is_shown(
 ):
     revision = deploy("rc-busy")
     with V2Client(mlserver.url) as client:
-        client.unload("rc-busy")
+        client.unload(served_name("rc-busy", revision))
     assert claim_model_lease("rc-busy", "a-deploy-in-progress")
     try:
         assert reconcile_models().busy == ["rc-busy"]
         with V2Client(mlserver.url) as client:
-            assert not client.model_ready("rc-busy")  # left to the task that holds the lease
+            assert not client.model_ready(served_name("rc-busy", revision))  # left to the task holding the lease
 
         drift = api.get("/models/rc-busy").json()["drift"]
-        assert (drift["registered_revision"], drift["served_revision"]) == (revision, "")
+        assert (drift["registered_revision"], drift["served_revision"]) == (revision, revision)
         assert "waiting" in drift["action"] and drift["detected_at"]
         out = StringIO()
         call_command("tasks", stdout=out)
@@ -74,8 +75,9 @@ def test_a_model_whose_lease_a_task_holds_is_not_raced_and_its_drift_is_shown(
 
 def test_a_server_that_is_down_opens_a_drift_for_every_deployed_model(inference_settings):
     EmbeddingModelFactory(id="rc-down", state=EmbeddingModel.State.DEPLOYED, live_revision="feedface")
-    inference_settings.INFERENCE_SERVER_URL = f"http://127.0.0.1:{free_port()}"
+    down = f"http://127.0.0.1:{free_port()}"
+    inference_settings.INFERENCE_REPLICA_URLS = [down]
     with pytest.raises(InferenceServerDown):
         reconcile_models()
     drift = Drift.objects.get(embedding_model_id="rc-down", resolved_at__isnull=True)
-    assert drift.registered_revision == "feedface" and inference_settings.INFERENCE_SERVER_URL in drift.detail
+    assert drift.registered_revision == "feedface" and down in drift.detail

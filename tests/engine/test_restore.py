@@ -8,7 +8,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from deployments import jobs
-from deployments.inference import V2Client
+from deployments.inference import V2Client, served_name
 from deployments.inference.server import free_port
 from deployments.models import EmbeddingModel, TaskStatus
 from deployments.services import submit_deployment
@@ -25,16 +25,17 @@ def deploy(model_id: str) -> str:
     return EmbeddingModel.objects.get(pk=model_id).live_revision
 
 
-def test_a_restarted_server_serves_the_live_revisions_again(inference_settings, mlserver, capsys):
+def test_a_restarted_replica_serves_the_live_revisions_again(inference_settings, mlserver, capsys):
     EmbeddingModelFactory(id="cp-restore")
     revision = deploy("cp-restore")
+    name = served_name("cp-restore", revision)
     with V2Client(mlserver.url) as client:
-        client.unload("cp-restore")  # a restarted server: nothing loaded, the registry still says deployed
+        client.unload(name)  # a restarted replica: nothing loaded, the registry still says deployed
         capsys.readouterr()
 
         call_command("restore_models")
 
-        assert client.infer("cp-restore", ["back again"]).parameters["revision"] == revision
+        assert client.infer(name, ["back again"]).parameters["revision"] == revision
     summary, *listed = capsys.readouterr().out.splitlines()
     # restored, already served, not live, busy, failed
     assert [int(n) for n in re.findall(r"\d+", summary)] == [1, 0, 0, 0, 0]
@@ -63,9 +64,9 @@ def test_a_model_whose_lease_is_held_is_left_to_its_task(inference_settings):
 
 
 def test_a_server_that_is_down_is_a_clear_one_line_error(inference_settings):
-
-    inference_settings.INFERENCE_SERVER_URL = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(CommandError) as down:
+    down = f"http://127.0.0.1:{free_port()}"
+    inference_settings.INFERENCE_REPLICA_URLS = [down]
+    with pytest.raises(CommandError) as failure:
         call_command("restore_models", "--wait-for-server", "0.5")
-    assert down.value.returncode == 1
-    assert inference_settings.INFERENCE_SERVER_URL in str(down.value) and "\n" not in str(down.value)
+    assert failure.value.returncode == 1
+    assert down in str(failure.value) and "\n" not in str(failure.value)

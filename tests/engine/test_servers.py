@@ -7,7 +7,7 @@ import pytest
 
 from deployments import jobs
 from deployments.inference.server import free_port
-from deployments.models import InferenceServer, TaskStatus
+from deployments.models import EmbeddingModel, InferenceServer, TaskStatus
 from deployments.services import submit_deployment
 from deployments.services.reconciler import reconcile_models, refresh_servers
 from tests.support.factories import EmbeddingModelFactory
@@ -26,13 +26,14 @@ def test_each_server_is_listed_with_what_it_has_loaded_or_why_it_does_not_answer
     reconcile_models()
 
     live, dead = InferenceServer.objects.get(url=mlserver.url), InferenceServer.objects.get(url=down)
-    assert live.live and "srv-listed" in live.loaded and live.last_seen_at is not None
+    revision = EmbeddingModel.objects.get(pk="srv-listed").live_revision
+    assert live.live and f"srv-listed~{revision}" in live.loaded and live.last_seen_at is not None
     assert not dead.live and dead.loaded == [] and dead.last_seen_at is None and down in dead.error
     listed = {server["url"]: server for server in api.get("/servers").json()}
     assert (listed[mlserver.url]["live"], listed[down]["live"]) == (True, False)
-    assert "srv-listed" in listed[mlserver.url]["loaded"]
+    assert f"srv-listed~{revision}" in listed[mlserver.url]["loaded"]
     page = admin_client.get("/admin/deployments/inferenceserver/").content.decode()
-    assert mlserver.url in page and down in page and "<code>srv-listed</code>" in page
+    assert mlserver.url in page and down in page and f"<code>srv-listed~{revision}</code>" in page
 
 
 def test_a_server_no_longer_configured_is_forgotten(inference_settings, mlserver):

@@ -1,8 +1,9 @@
-"""Fault drills on the inference server: MLServer SIGKILLed at rest and in the middle of a deploy.
+"""Fault drills on an inference replica: MLServer SIGKILLed at rest and in the middle of a deploy.
 
-Each drill runs its own MLServer (the session's is shared by other tests) and restarts it on the
-same port and repository, as ``make run``'s supervisor does. Nobody runs restore by hand: the
-reconciler loop (``manage.py reconcile --every 1``, a real process) serves the live revisions again.
+Each drill runs its own fleet (one MLServer behind its own Envoy; the session's is shared by other
+tests) and restarts the replica on the same port and repository, as ``make run``'s supervisor does.
+Nobody runs restore by hand: the reconciler loop (``manage.py reconcile --every 1``, a real process)
+loads the live revisions again, and the router sends the replica traffic again.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 
 from deployments import services
 from deployments.inference import V2Client
+from deployments.inference.router import LocalEnvoy
 from deployments.inference.server import LocalMLServer
 from deployments.models import Drift, EmbeddingModel, Task, TaskStatus
 from deployments.services.faults import HOLD_AT_ENV, HOLD_FILE_ENV
@@ -33,9 +36,14 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.mlserver, pyt
 @pytest.fixture
 def own_server(inference_settings, tmp_path) -> Iterator[LocalMLServer]:
     server = LocalMLServer(tmp_path / "repository", tmp_path / "server").start()
-    inference_settings.INFERENCE_SERVER_URL = server.url
+    router = LocalEnvoy(tmp_path / "envoy").start()
+    inference_settings.INFERENCE_SERVER_URL = router.url
+    inference_settings.INFERENCE_REPLICA_URLS = [server.url]
+    inference_settings.ROUTER_ADMIN_URL = router.admin_url
+    inference_settings.ROUTER_CONFIG_DIR = router.routes.config_dir
     inference_settings.MODEL_REPOSITORY_ROOT = server.repository_root
     yield server
+    router.stop()
     server.stop()
 
 
@@ -61,8 +69,9 @@ def reconciler(own_server, tmp_path) -> Iterator[subprocess.Popen]:
     process.wait()
 
 
-def serves(server_url: str, model_id: str, revision: str) -> bool:
-    with V2Client(server_url, timeout=2) as client:
+def serves(model_id: str, revision: str) -> bool:
+    """The router answers for ``model_id`` from ``revision``."""
+    with V2Client(settings.INFERENCE_SERVER_URL, timeout=2) as client:
         try:
             return (client.model_metadata(model_id) or {}).get("parameters", {}).get("revision") == revision
         except Exception:
@@ -82,13 +91,13 @@ def test_a_killed_and_restarted_server_serves_the_live_revisions_again_unaided(o
     killed_at = time.monotonic()
     own_server.start()  # the supervisor's restart: a fresh server that serves nothing
 
-    wait_for(lambda: serves(own_server.url, "srv-at-rest", revision), 60, "the reconciler to serve the model again")
+    wait_for(lambda: serves("srv-at-rest", revision), 60, "the reconciler to serve the model again")
     recovered_in = time.monotonic() - killed_at
 
     drift = Drift.objects.get(embedding_model_id="srv-at-rest")
-    assert drift.registered_revision == revision and f"loaded revision {revision}" in drift.action
+    assert drift.registered_revision == revision and f"revision {revision} ready on every replica" in drift.action
     wait_for(lambda: Drift.objects.filter(pk=drift.pk, resolved_at__isnull=False).exists(), 10, "the drift to close")
-    assert_settled("srv-at-rest", own_server.url)
+    assert_settled("srv-at-rest")
     print(f"\nMLServer SIGKILL at rest: served again {recovered_in:.1f}s after the kill (restart included)")
 
 
@@ -101,20 +110,20 @@ def test_a_server_killed_during_a_deploy_fails_that_task_with_the_reason_and_a_r
     (green_source / "RELEASE_NOTES.txt").write_text("next")
     EmbeddingModel.objects.filter(pk="srv-mid-deploy").update(source=str(green_source))
     hold = tmp_path / "hold"
-    cluster = qcluster(**{HOLD_AT_ENV: "stage_green", HOLD_FILE_ENV: str(hold)})
+    cluster = qcluster(**{HOLD_AT_ENV: "load_green", HOLD_FILE_ENV: str(hold)})
     task = services.submit_deployment("srv-mid-deploy").task
     held_worker_pid(hold)
 
     sigkill(own_server)
-    hold.unlink()  # the worker goes on into stage_green with the server gone
+    hold.unlink()  # the worker goes on into load_green with the server gone
     wait_for_status(task, {TaskStatus.FAILED, TaskStatus.DONE}, timeout=120, cluster=cluster)
     assert task.status == TaskStatus.FAILED
-    assert task.metadata["failed_stage"] == "stage_green" and own_server.url in task.metadata["reason"]
+    assert task.metadata["failed_stage"] == "load_green" and own_server.url in task.metadata["reason"]
 
     own_server.start()
-    wait_for(lambda: serves(own_server.url, "srv-mid-deploy", blue), 60, "the reconciler to serve blue again")
+    wait_for(lambda: serves("srv-mid-deploy", blue), 60, "the reconciler to serve blue again")
     retry = services.retry_task(Task.objects.get(pk=task.pk))
     wait_for_status(retry, {TaskStatus.FAILED, TaskStatus.DONE}, timeout=120, cluster=cluster)
     assert retry.status == TaskStatus.DONE, retry.detail
-    wait_for(lambda: serves(own_server.url, "srv-mid-deploy", retry.metadata["revision"]), 30, "the retry's revision")
-    assert_settled("srv-mid-deploy", own_server.url)
+    wait_for(lambda: serves("srv-mid-deploy", retry.metadata["revision"]), 30, "the retry's revision")
+    assert_settled("srv-mid-deploy")

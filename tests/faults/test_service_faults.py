@@ -146,16 +146,16 @@ def test_redis_down_while_the_sweeper_retries_a_lost_attempt_loses_nothing(redis
 
 
 def test_postgresql_restarted_in_the_middle_of_a_task(
-    on_postgresql, inference_settings, qcluster, mlserver, minilm_dir, tmp_path
+    on_postgresql, inference_settings, qcluster, mlserver, envoy, minilm_dir, tmp_path
 ):
     inference_settings.TASK_LEASE_SECONDS = 4
     EmbeddingModelFactory(id="pg-restart", source=str(minilm_dir))
     blue = services.submit_deployment("pg-restart").task
     assert services.run_task(blue.pk) == TaskStatus.DONE
     hold = tmp_path / "hold"
-    cluster = qcluster(**{HOLD_AT_ENV: "stage_green", HOLD_FILE_ENV: str(hold)})
+    cluster = qcluster(**{HOLD_AT_ENV: "load_green", HOLD_FILE_ENV: str(hold)})
 
-    with BlueTraffic(mlserver.url, "pg-restart") as traffic:
+    with BlueTraffic(envoy.url, "pg-restart") as traffic:
         task = services.submit_deployment("pg-restart").task
         held_worker_pid(hold)
         restarted_at = time.monotonic()
@@ -175,7 +175,7 @@ def test_postgresql_restarted_in_the_middle_of_a_task(
 
     latest = Task.objects.filter(embedding_model_id="pg-restart").order_by("-sequence", "-attempt").first()
     assert latest.status == TaskStatus.DONE, (latest.detail, [t.detail for t in Task.objects.filter(pk=task.pk)])
-    assert_settled("pg-restart", mlserver.url)
+    assert_settled("pg-restart")
     assert traffic.sent > 0 and traffic.failures == []
     attempts = [
         (t.attempt, t.status, t.detail[:100])

@@ -58,14 +58,14 @@ def resolve_lost_attempt(first: Task) -> Task:
 
 @pytest.mark.parametrize("stage", DEPLOY_STAGES)
 def test_sigkill_of_the_busy_worker_at_each_stage(
-    stage, drill_settings, qcluster, mlserver, minilm_dir, sources_root, tmp_path
+    stage, drill_settings, qcluster, mlserver, envoy, minilm_dir, sources_root, tmp_path
 ):
     model_id = f"kill-at-{stage.replace('_', '-')}"
     live_model(model_id, minilm_dir, sources_root)
     hold = tmp_path / "hold"
     cluster = qcluster(**{HOLD_AT_ENV: stage, HOLD_FILE_ENV: str(hold)})
 
-    with BlueTraffic(mlserver.url, model_id) as traffic:
+    with BlueTraffic(envoy.url, model_id) as traffic:
         first = services.submit_deployment(model_id).task
         worker = held_worker_pid(hold)
         os.kill(worker, signal.SIGKILL)
@@ -81,13 +81,13 @@ def test_sigkill_of_the_busy_worker_at_each_stage(
     assert (first.status, first.metadata["lost"], first.metadata["retried_as"]) == ("failed", True, str(retry.pk))
     assert retry.status == TaskStatus.DONE, retry.detail
     assert EmbeddingModel.objects.get(pk=model_id).live_revision == retry.metadata["revision"]
-    assert_settled(model_id, mlserver.url)
+    assert_settled(model_id)
     assert traffic.sent > 0 and traffic.failures == []
     print(f"\nSIGKILL at {stage}: recovered (retry done) {recovered_in:.1f}s after the kill; blue {traffic.sent} ok")
 
 
 def test_a_paused_worker_that_wakes_after_its_retry_changes_nothing(
-    drill_settings, qcluster, mlserver, minilm_dir, sources_root, tmp_path
+    drill_settings, qcluster, mlserver, envoy, minilm_dir, sources_root, tmp_path
 ):
     """SIGSTOP the busy worker after fetch, past its lease; the retry deploys; SIGCONT: the stale worker
     finds its fence lost at its first write and stops. Proof: the repository tree (paths, sizes,
@@ -95,9 +95,9 @@ def test_a_paused_worker_that_wakes_after_its_retry_changes_nothing(
     model_id = "paused-worker"
     live_model(model_id, minilm_dir, sources_root)
     hold = tmp_path / "hold"
-    cluster = qcluster(**{HOLD_AT_ENV: "stage_green", HOLD_FILE_ENV: str(hold)})
+    cluster = qcluster(**{HOLD_AT_ENV: "load_green", HOLD_FILE_ENV: str(hold)})
 
-    with BlueTraffic(mlserver.url, model_id) as traffic:
+    with BlueTraffic(envoy.url, model_id) as traffic:
         first = services.submit_deployment(model_id).task
         worker = held_worker_pid(hold)
         os.kill(worker, signal.SIGSTOP)
@@ -118,5 +118,5 @@ def test_a_paused_worker_that_wakes_after_its_retry_changes_nothing(
         wait_for(stale_attempt_returned, 60, "the stale worker to stop", cluster.log_tail)
 
     assert (repository_tree(repository), served(mlserver.url), rows(model_id)) == before
-    assert_settled(model_id, mlserver.url)
+    assert_settled(model_id)
     assert traffic.sent > 0 and traffic.failures == []

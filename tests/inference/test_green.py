@@ -1,4 +1,5 @@
-"""Green deploys and deletes against a real MLServer serving the packaged all-MiniLM-L6-v2."""
+"""Green deploys and deletes on a fleet of one real MLServer behind a real Envoy, serving the packaged
+all-MiniLM-L6-v2. Several replicas: test_fleet.py."""
 
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ import pytest
 
 from deployments.inference import (
     DeployFailed,
+    Fleet,
     GreenDeployer,
-    LoadFailed,
     ModelNotFound,
     StageEvent,
     V2Client,
     open_source,
+    served_name,
 )
 from deployments.inference.green import DEPLOY_STAGES
-from deployments.inference.repository import STABLE
 from deployments.inference.runtime_markers import count_instances
 from deployments.inference.server import free_port
 
@@ -44,19 +45,27 @@ def copy_model(minilm_dir: Path, sources: Path, name: str, note: str | None = No
 
 
 @pytest.fixture
-def deployer(v2_client, model_repository, minilm_dir, sources) -> GreenDeployer:
-    return GreenDeployer(v2_client, model_repository, allowed_roots=[minilm_dir.parent, sources], ready_timeout=120)
+def deployer(fleet, model_repository, minilm_dir, sources) -> GreenDeployer:
+    return GreenDeployer(fleet, model_repository, allowed_roots=[minilm_dir.parent, sources], ready_timeout=120)
 
 
-def assert_no_green_left(v2_client: V2Client, deployer: GreenDeployer, model_id: str) -> None:
-    names = {entry["name"]: entry["state"] for entry in v2_client.index()}
-    greens = {name: state for name, state in names.items() if name.startswith(f"{model_id}~green")}
-    assert set(greens.values()) <= {"UNAVAILABLE", "UNLOADED"}, names
-    assert not any(v2_client.model_ready(name) for name in greens)
-    assert deployer.repository.staging_tags(model_id) == []  # no attempt's staging settings left
+@pytest.fixture
+def front(envoy) -> V2Client:
+    """A client of the fleet's one address, Envoy: what callers use."""
+    with V2Client(envoy.url, timeout=30) as client:
+        yield client
 
 
-def test_minilm_deploys_end_to_end_and_gives_real_embeddings(deployer, v2_client, minilm_dir):
+def assert_only_live_loaded(v2_client: V2Client, deployer: GreenDeployer, model_id: str) -> None:
+    """The replica has exactly the live revision of ``model_id`` ready, and the repository only its settings."""
+    live = deployer.live_revision(model_id)
+    ready = {entry["name"] for entry in v2_client.index() if entry.get("state") == "READY"}
+    expected = {served_name(model_id, live)} if live else set()
+    assert {name for name in ready if name.startswith(f"{model_id}~")} == expected
+    assert deployer.repository.loadable_revisions(model_id) == ([live] if live else [])
+
+
+def test_minilm_deploys_end_to_end_and_gives_real_embeddings(deployer, v2_client, front, minilm_dir):
     events: list[StageEvent] = []
     result = deployer.deploy("minilm-e2e", str(minilm_dir), expected_dimensions=384, progress=events.append)
 
@@ -65,17 +74,18 @@ def test_minilm_deploys_end_to_end_and_gives_real_embeddings(deployer, v2_client
     assert [e.stage for e in events if e.state == "done"] == list(DEPLOY_STAGES)
     assert set(result.timings) == set(DEPLOY_STAGES)
 
-    vectors = v2_client.infer("minilm-e2e", ["cat", "kitten", "stock market"]).embeddings
+    answer = front.infer("minilm-e2e", ["cat", "kitten", "stock market"])
+    assert answer.parameters["revision"] == result.revision
+    vectors = answer.embeddings
     assert vectors.shape == (3, 384) and vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4), "MiniLM's config normalises"
     cat, kitten, stocks = vectors
     assert cat @ kitten > cat @ stocks + 0.2
-    assert_no_green_left(v2_client, deployer, "minilm-e2e")
+    assert result.replicas == [v2_client.base_url] and result.switch_ms is not None
+    assert_only_live_loaded(v2_client, deployer, "minilm-e2e")
 
 
-def test_redeploying_under_traffic_drops_no_request(
-    deployer, v2_client, minilm_dir, sources, mlserver, instance_markers
-):
+def test_redeploying_under_traffic_drops_no_request(deployer, minilm_dir, sources, envoy, instance_markers):
     blue = deployer.deploy("minilm-live", str(minilm_dir))
     green_source = copy_model(minilm_dir, sources, "minilm-v2", note="second revision")
 
@@ -85,7 +95,7 @@ def test_redeploying_under_traffic_drops_no_request(
     stop = threading.Event()
 
     def fire() -> None:
-        with V2Client(mlserver.url, timeout=30) as client:
+        with V2Client(envoy.url, timeout=30) as client:
             while not stop.is_set():
                 try:
                     outcomes.append(client.infer("minilm-live", ["steady traffic"]).parameters.get("revision"))
@@ -115,7 +125,7 @@ def test_redeploying_under_traffic_drops_no_request(
     assert len(outcomes) > 20
     assert outcomes[0] == blue.revision and outcomes[-1] == green.revision
     assert set(outcomes) == {blue.revision, green.revision}
-    assert most_instances == 2, "blue plus one, never three"
+    assert most_instances == 2, "blue plus green, never three"
     assert count_instances(instance_markers, "minilm-live") == 1
 
 
@@ -131,14 +141,14 @@ def _break_config(path: Path) -> None:
     ("breakage", "expected_dimensions", "stage", "named"),
     [
         # What the reason must name: the runtime's load error (not, say, a timeout), or both dimensions.
-        (_corrupt_weights, None, "stage_green", ["sentence-transformers"]),
-        (_break_config, None, "stage_green", ["sentence-transformers"]),
+        (_corrupt_weights, None, "load_green", ["sentence-transformers"]),
+        (_break_config, None, "load_green", ["sentence-transformers"]),
         (None, 512, "smoke_test", ["512", "384"]),
     ],
     ids=["corrupt-weights", "load-raises", "wrong-dimensions"],
 )
 def test_a_failing_green_leaves_blue_serving_and_no_green_behind(
-    deployer, v2_client, minilm_dir, sources, breakage, expected_dimensions, stage, named, instance_markers
+    deployer, v2_client, front, minilm_dir, sources, breakage, expected_dimensions, stage, named, instance_markers
 ):
     blue = deployer.deploy("minilm-guarded", str(minilm_dir))
     broken = copy_model(minilm_dir, sources, "broken", note="broken")
@@ -151,51 +161,79 @@ def test_a_failing_green_leaves_blue_serving_and_no_green_behind(
 
     assert failure.value.stage == stage and not failure.value.refused
     assert all(part in failure.value.reason for part in named), failure.value.reason
+    assert v2_client.base_url in failure.value.reason, "the reason names the replica"
     assert events[-1] == StageEvent(stage, "failed", failure.value.reason, events[-1].duration_s)
     assert deployer.live_revision("minilm-guarded") == blue.revision
-    answer = v2_client.infer("minilm-guarded", ["still here"])
+    answer = front.infer("minilm-guarded", ["still here"])
     assert answer.parameters["revision"] == blue.revision
     assert answer.embeddings.shape == (1, 384)
-    assert_no_green_left(v2_client, deployer, "minilm-guarded")
+    assert_only_live_loaded(v2_client, deployer, "minilm-guarded")
     assert count_instances(instance_markers, "minilm-guarded") == 1
 
 
-def test_a_crash_mid_deploy_converges_when_run_again(deployer, v2_client, minilm_dir, sources, instance_markers):
+def test_a_crash_mid_deploy_converges_when_run_again(deployer, v2_client, front, minilm_dir, sources, instance_markers):
     blue = deployer.deploy("minilm-crash", str(minilm_dir))
     green_source = copy_model(minilm_dir, sources, "crash-v2", note="after crash")
-    # Simulate a worker that died right after loading its green: the revision exists, green is loaded.
+    # A worker that died right after loading its green: the revision exists, green is loaded and has a cluster.
     revision = deployer.repository.create_revision("minilm-crash", open_source(str(green_source), [sources]))
-    deployer._load_green("minilm-crash", revision, "g1")
+    deployer._load_green("minilm-crash", revision.revision, blue.revision, [v2_client.base_url])
     assert count_instances(instance_markers, "minilm-crash") == 2
 
-    result = deployer.deploy("minilm-crash", str(green_source), attempt_tag="g2")  # the next attempt
+    result = deployer.deploy("minilm-crash", str(green_source))  # the next attempt
 
     assert result.revision == revision.revision and result.previous_revision == blue.revision
-    assert v2_client.infer("minilm-crash", ["x"]).parameters["revision"] == revision.revision
-    assert_no_green_left(v2_client, deployer, "minilm-crash")
+    assert front.infer("minilm-crash", ["x"]).parameters["revision"] == revision.revision
+    assert_only_live_loaded(v2_client, deployer, "minilm-crash")
     assert count_instances(instance_markers, "minilm-crash") == 1
 
 
-class FailingPromoteClient(V2Client):
-    """Injects a fault the real server will not produce on demand: the stable name refuses to reload."""
+def test_a_crash_after_the_switch_keeps_the_new_revision_and_retires_the_old(
+    deployer, v2_client, front, minilm_dir, sources
+):
+    blue = deployer.deploy("minilm-midswitch", str(minilm_dir))
+    green_source = copy_model(minilm_dir, sources, "mid-v2", note="mid switch")
+    revision = deployer.repository.create_revision("minilm-midswitch", open_source(str(green_source), [sources]))
+    # The worker died after the switch, during the bake: green is live, blue is still loaded.
+    deployer._load_green("minilm-midswitch", revision.revision, blue.revision, [v2_client.base_url])
+    deployer._switch("minilm-midswitch", revision.revision, blue.revision)
 
-    def load(self, name: str, timeout: float | None = None) -> None:
-        if "~" not in name and getattr(self, "armed", False):
+    result = deployer.deploy("minilm-midswitch", str(green_source))
+
+    assert result.revision == revision.revision and result.previous_revision == revision.revision
+    assert deployer.served_revision("minilm-midswitch") == revision.revision
+    # The old blue was a leftover to the next attempt: retired, so one revision is loaded again.
+    assert_only_live_loaded(v2_client, deployer, "minilm-midswitch")
+
+
+class SilentRouterFleet(Fleet):
+    """Injects a fault the real router will not produce on demand: it silently ignores the switch."""
+
+    armed = False
+    blue = ""
+
+    def publish(self, repository, timeout: float = 10.0) -> str:
+        if self.armed and repository.live_revision("minilm-switch") != self.blue:
             self.armed = False
-            raise LoadFailed(f"injected failure loading {name!r}")
-        super().load(name, timeout)
+            return "ignored"
+        return super().publish(repository, timeout)
 
 
-def test_a_failed_promote_puts_blue_back(model_repository, mlserver, minilm_dir, sources, v2_client):
-    with FailingPromoteClient(mlserver.url) as client:
-        deployer = GreenDeployer(client, model_repository, allowed_roots=[minilm_dir.parent, sources])
-        blue = deployer.deploy("minilm-promote", str(minilm_dir))
-        client.armed = True
+def test_a_switch_the_router_does_not_confirm_puts_blue_back(
+    envoy, mlserver, model_repository, minilm_dir, sources, front, monkeypatch
+):
+    monkeypatch.setattr("deployments.inference.green.SWITCH_CONFIRM_TIMEOUT", 0.5)
+    fleet = SilentRouterFleet(envoy.url, [mlserver.url], envoy.routes)
+    try:
+        deployer = GreenDeployer(fleet, model_repository, allowed_roots=[minilm_dir.parent, sources])
+        blue = deployer.deploy("minilm-switch", str(minilm_dir))
+        fleet.blue, fleet.armed = blue.revision, True
         with pytest.raises(DeployFailed) as failure:
-            deployer.deploy("minilm-promote", str(copy_model(minilm_dir, sources, "p2", note="p2")))
-    assert failure.value.stage == "promote"
-    assert deployer.live_revision("minilm-promote") == blue.revision
-    assert v2_client.infer("minilm-promote", ["x"]).parameters["revision"] == blue.revision
+            deployer.deploy("minilm-switch", str(copy_model(minilm_dir, sources, "p2", note="p2")))
+    finally:
+        fleet.close()
+    assert failure.value.stage == "switch" and "still answers" in failure.value.reason
+    assert deployer.live_revision("minilm-switch") == blue.revision
+    assert front.infer("minilm-switch", ["x"]).parameters["revision"] == blue.revision
 
 
 def test_old_revisions_are_pruned_but_the_live_and_previous_are_kept(deployer, minilm_dir, sources):
@@ -207,14 +245,19 @@ def test_old_revisions_are_pruned_but_the_live_and_previous_are_kept(deployer, m
     assert set(deployer.repository.list_revisions("minilm-prune")) == {revisions[1].revision, revisions[2].revision}
 
 
-def test_delete_unloads_every_name_and_removes_every_revision(deployer, v2_client, minilm_dir, model_repository):
-    deployer.deploy("minilm-delete", str(minilm_dir))
-    result = deployer.delete("minilm-delete")
-    assert result.was_deployed and result.unloaded == ["minilm-delete"] and len(result.removed_revisions) == 1
+def test_delete_unroutes_then_unloads_every_revision_and_removes_them(
+    deployer, v2_client, front, minilm_dir, model_repository
+):
+    deployed = deployer.deploy("minilm-delete", str(minilm_dir))
+    events: list[StageEvent] = []
+    result = deployer.delete("minilm-delete", progress=events.append)
+    assert [e.stage for e in events if e.state == "done"] == ["validate", "unroute", "unload", "remove", "done"]
+    assert result.was_deployed and result.unloaded == [served_name("minilm-delete", deployed.revision)]
+    assert len(result.removed_revisions) == 1
     with pytest.raises(ModelNotFound):
-        v2_client.infer("minilm-delete", ["gone"])
+        front.infer("minilm-delete", ["gone"])
+    assert not v2_client.model_ready(served_name("minilm-delete", deployed.revision))
     assert not model_repository.model_dir("minilm-delete").exists()
-    assert not any(p.name.startswith("minilm-delete") for p in model_repository.root.iterdir())
 
 
 def test_deleting_a_model_that_is_not_deployed_is_harmless(deployer):
@@ -245,38 +288,43 @@ def test_an_escaping_source_is_refused(deployer, tmp_path):
     assert not deployer.repository.model_dir("escapee").exists()
 
 
-def test_a_server_that_is_down_fails_the_deploy_with_a_clear_reason(model_repository, minilm_dir):
-    with V2Client(f"http://127.0.0.1:{free_port()}", timeout=1) as client:
-        deployer = GreenDeployer(client, model_repository, allowed_roots=[minilm_dir.parent])
-        with pytest.raises(DeployFailed, match="not ready") as failure:
+def test_a_fleet_with_no_replica_up_fails_the_deploy_with_a_clear_reason(envoy, model_repository, minilm_dir):
+    down = f"http://127.0.0.1:{free_port()}"
+    fleet = Fleet(envoy.url, [down], envoy.routes, timeout=1)
+    try:
+        deployer = GreenDeployer(fleet, model_repository, allowed_roots=[minilm_dir.parent])
+        with pytest.raises(DeployFailed, match="no inference replica is ready") as failure:
             deployer.deploy("unreachable", str(minilm_dir))
-    assert failure.value.stage == "validate" and not failure.value.refused
+    finally:
+        fleet.close()
+    assert failure.value.stage == "validate" and not failure.value.refused and down in failure.value.reason
 
 
-def test_the_server_says_which_revision_it_serves(deployer, v2_client, minilm_dir):
+def test_the_router_says_which_revision_it_serves(deployer, front, minilm_dir):
     result = deployer.deploy("minilm-meta", str(minilm_dir))
-    metadata = v2_client.model_metadata("minilm-meta")
+    metadata = front.model_metadata("minilm-meta")
     assert metadata["parameters"]["revision"] == result.revision
     assert metadata["outputs"][0]["shape"] == [-1, 384]
     assert deployer.served_revision("minilm-meta") == result.revision
     assert deployer.served_revision("never-deployed") is None
 
 
-def test_restore_serves_the_live_revision_again_after_a_server_restart(deployer, v2_client, minilm_dir):
+def test_restore_serves_the_live_revision_again_after_a_replica_restart(deployer, v2_client, front, minilm_dir):
     result = deployer.deploy("minilm-restore", str(minilm_dir))
-    v2_client.unload("minilm-restore")  # what a restarted server looks like: nothing loaded
-    assert deployer.served_revision("minilm-restore") is None
-    assert deployer.live_revision("minilm-restore") == result.revision
+    name = served_name("minilm-restore", result.revision)
+    v2_client.unload(name)  # what a restarted replica looks like: nothing loaded
+    assert "not ready on" in deployer.out_of_step("minilm-restore")
 
     assert deployer.restore("minilm-restore") == result.revision
-    assert v2_client.infer("minilm-restore", ["back"]).parameters["revision"] == result.revision
+    assert deployer.out_of_step("minilm-restore") is None
+    assert front.infer("minilm-restore", ["back"]).parameters["revision"] == result.revision
     assert deployer.restore("minilm-restore") == result.revision  # already served: nothing to do
     assert deployer.restore("never-deployed") is None
 
 
 def test_restore_refuses_a_revision_that_no_longer_matches_its_checksums(deployer, v2_client, minilm_dir):
     result = deployer.deploy("minilm-tampered", str(minilm_dir))
-    v2_client.unload("minilm-tampered")
+    v2_client.unload(served_name("minilm-tampered", result.revision))
     tokenizer = deployer.repository.revision_path("minilm-tampered", result.revision) / "tokenizer.json"
     tokenizer.chmod(0o644)
     tokenizer.write_text("{}")
@@ -284,44 +332,73 @@ def test_restore_refuses_a_revision_that_no_longer_matches_its_checksums(deploye
         deployer.restore("minilm-tampered")
     assert failure.value.stage == "restore"
     assert result.revision in failure.value.reason and "tokenizer.json" in failure.value.reason  # which file
-    assert deployer.served_revision("minilm-tampered") is None
+    assert not v2_client.model_ready(served_name("minilm-tampered", result.revision))
 
 
-def test_after_a_crash_mid_promote_the_previous_revision_is_what_was_served(deployer, minilm_dir, sources):
-    blue = deployer.deploy("minilm-midpromote", str(minilm_dir))
-    green_source = copy_model(minilm_dir, sources, "mid-v2", note="mid promote")
-    revision = deployer.repository.create_revision("minilm-midpromote", open_source(str(green_source), [sources]))
-    # The worker died after pointing the stable settings at green, before reloading the stable name.
-    deployer.repository.write_settings("minilm-midpromote", STABLE, revision.revision)
-
-    result = deployer.deploy("minilm-midpromote", str(green_source))
-
-    assert result.revision == revision.revision
-    assert result.previous_revision == blue.revision
-    assert deployer.served_revision("minilm-midpromote") == revision.revision
+def test_a_kept_revision_deploys_again_without_a_fetch(deployer, v2_client, front, minilm_dir, sources):
+    first = deployer.deploy("minilm-back", str(minilm_dir))
+    second = deployer.deploy("minilm-back", str(copy_model(minilm_dir, sources, "back-v2", note="v2")))
+    events: list[StageEvent] = []
+    rolled_back = deployer.deploy("minilm-back", "", revision=first.revision, progress=events.append)
+    assert rolled_back.revision == first.revision and rolled_back.previous_revision == second.revision
+    fetch = next(e for e in events if e.stage == "fetch" and e.state == "done")
+    assert "kept, not fetched again" in fetch.message
+    assert front.infer("minilm-back", ["x"]).parameters["revision"] == first.revision
+    assert_only_live_loaded(v2_client, deployer, "minilm-back")
 
 
-class ExplodingSmokeClient(V2Client):
-    """Injects what the real server will not produce on demand: an unexpected error in the smoke test."""
-
-    def infer(self, name: str, texts: list[str]):
-        if "~green" in name and getattr(self, "armed", False):
-            raise RuntimeError("injected: the client broke")
-        return super().infer(name, texts)
+@pytest.mark.parametrize(("revision", "refused"), [("0123456789abcdef", "not kept"), ("../../etc", "revision must be")])
+def test_a_revision_that_is_not_kept_is_refused(deployer, minilm_dir, revision, refused):
+    deployer.deploy("minilm-nokept", str(minilm_dir))
+    with pytest.raises(DeployFailed, match=refused) as failure:
+        deployer.deploy("minilm-nokept", "", revision=revision)
+    assert failure.value.refused
 
 
 def test_an_unexpected_error_in_a_stage_is_recorded_there_and_leaves_no_green(
-    model_repository, mlserver, minilm_dir, sources, v2_client
+    deployer, minilm_dir, sources, v2_client, front, monkeypatch
 ):
-    with ExplodingSmokeClient(mlserver.url) as client:
-        deployer = GreenDeployer(client, model_repository, allowed_roots=[minilm_dir.parent, sources])
-        blue = deployer.deploy("minilm-boom", str(minilm_dir))
-        client.armed = True
-        events = []
-        green_source = copy_model(minilm_dir, sources, "boom-v2", note="boom")
-        with pytest.raises(RuntimeError):
-            deployer.deploy("minilm-boom", str(green_source), progress=events.append, attempt_tag="g7")
+    blue = deployer.deploy("minilm-boom", str(minilm_dir))
+
+    def explode(*args, **kwargs):  # what the real replica will not produce on demand: a bug in our own code
+        raise RuntimeError("injected: the smoke test broke")
+
+    monkeypatch.setattr(deployer, "_smoke_test", explode)
+    events = []
+    green_source = copy_model(minilm_dir, sources, "boom-v2", note="boom")
+    with pytest.raises(RuntimeError):
+        deployer.deploy("minilm-boom", str(green_source), progress=events.append)
     assert (events[-1].stage, events[-1].state) == ("smoke_test", "failed")
     assert "RuntimeError" in events[-1].message
-    assert_no_green_left(v2_client, deployer, "minilm-boom")
-    assert v2_client.infer("minilm-boom", ["still blue"]).parameters["revision"] == blue.revision
+    assert_only_live_loaded(v2_client, deployer, "minilm-boom")
+    assert front.infer("minilm-boom", ["still blue"]).parameters["revision"] == blue.revision
+
+
+def test_a_rollback_asked_for_during_the_bake_is_a_switch_and_loads_nothing(
+    deployer, front, minilm_dir, sources, instance_markers
+):
+    blue = deployer.deploy("minilm-bakeback", str(minilm_dir))
+    baking = threading.Event()
+
+    def note_bake(event: StageEvent) -> None:
+        if (event.stage, event.state) == ("bake", "started"):
+            baking.set()
+
+    with pytest.raises(DeployFailed) as failure:
+        deployer.deploy(
+            "minilm-bakeback",
+            str(copy_model(minilm_dir, sources, "bakeback-v2", note="v2")),
+            bake_seconds=60,
+            progress=note_bake,
+            rollback_requested=lambda revision: f"an operator asks for {revision}" if baking.is_set() else None,
+        )
+    assert failure.value.stage == "bake"
+    assert failure.value.reason == f"rolled back: an operator asks for {blue.revision}"
+    assert failure.value.metadata["previous_revision"] == blue.revision
+    assert front.infer("minilm-bakeback", ["x"]).parameters["revision"] == blue.revision
+
+    events: list[StageEvent] = []
+    again = deployer.deploy("minilm-bakeback", "", revision=blue.revision, progress=events.append)
+    assert again.revision == blue.revision
+    assert "(was loaded)" in next(e.message for e in events if e.stage == "load_green" and e.state == "done")
+    assert count_instances(instance_markers, "minilm-bakeback") == 1

@@ -1,6 +1,7 @@
 import pytest
 
-from deployments.inference import InvalidModelId, staging_name, validate_model_id
+from deployments.inference import InvalidModelId, validate_model_id
+from deployments.inference.ids import served_name, validate_revision
 
 
 @pytest.mark.parametrize("model_id", ["minilm", "all-MiniLM-L6-v2", "a", "model_1.2", "9lives", "x" * 128])
@@ -38,8 +39,19 @@ def test_non_string_ids_are_refused():
         validate_model_id(42)
 
 
-def test_staging_name_cannot_collide_with_any_valid_id():
-    name = staging_name("minilm")
-    assert name != "minilm"
+def test_a_served_name_cannot_collide_with_any_valid_id():
+    name = served_name("minilm", "0123456789abcdef")
+    assert name == "minilm~0123456789abcdef"
     with pytest.raises(InvalidModelId):
         validate_model_id(name)
+
+
+@pytest.mark.parametrize("revision", ["0123456789abcdef", "ffffffffffffffff"])
+def test_revision_ids_are_16_hex_digits(revision):
+    assert validate_revision(revision) == revision
+
+
+@pytest.mark.parametrize("revision", ["", "0123456789ABCDEF", "../../etc/passwd", "0123", None, "0123456789abcdefa"])
+def test_anything_else_is_not_a_revision(revision):
+    with pytest.raises(InvalidModelId, match="revision"):
+        validate_revision(revision)

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from deployments.inference import ChecksumMismatch, InvalidModelId, ModelRepository, SourceRefused, open_source
-from deployments.inference.repository import MANIFEST_NAME, STABLE, STAGING, STALE_INCOMING_SECONDS
+from deployments.inference.repository import MANIFEST_NAME, STALE_INCOMING_SECONDS
 
 
 @pytest.fixture
@@ -99,18 +99,34 @@ def test_an_empty_source_is_refused(repo, tmp_path):
     assert repo.list_revisions("m1") == []
 
 
-def test_settings_point_each_name_at_its_revision(repo, source_dir):
-    revision = repo.create_revision("m1", source(source_dir))
-    stable = json.loads(repo.write_settings("m1", STABLE, revision.revision).read_text())
-    staging = json.loads(repo.write_settings("m1", STAGING, revision.revision).read_text())
-    assert stable["name"] == "m1" and staging["name"] == "m1~green"
-    assert stable["parameters"]["uri"] == str(revision.path)
-    assert "version" not in stable["parameters"], "a version bump on a serving name breaks traffic"
-    assert repo.settings_revision("m1", STABLE) == revision.revision
+def test_each_revision_is_loadable_under_its_own_name(repo, source_dir):
+    first = repo.create_revision("m1", source(source_dir))
+    (source_dir / "README.md").write_text("second")
+    second = repo.create_revision("m1", source(source_dir))
+    settings = json.loads(repo.write_settings("m1", first.revision).read_text())
+    repo.write_settings("m1", second.revision)
+    assert settings["name"] == f"m1~{first.revision}"
+    assert settings["parameters"]["uri"] == str(first.path)
+    assert settings["parameters"]["extra"] == {"model_id": "m1", "revision": first.revision}
+    assert "version" not in settings["parameters"]
+    assert repo.loadable_revisions("m1") == sorted([first.revision, second.revision])
     # Atomic writes leave no temporary files for the server's glob to trip over.
     assert not [p for p in repo.model_dir("m1").rglob(".tmp-*")]
-    assert repo.remove_settings("m1", STAGING) is True
-    assert repo.settings_revision("m1", STAGING) is None
+    assert repo.remove_settings("m1", first.revision) is True
+    assert repo.remove_settings("m1", first.revision) is False
+    assert repo.loadable_revisions("m1") == [second.revision]
+    assert repo.model_ids() == ["m1"]
+
+
+def test_the_live_pointer_names_one_revision_or_none(repo, source_dir):
+    revision = repo.create_revision("m1", source(source_dir))
+    assert repo.live_revision("m1") is None
+    repo.set_live("m1", revision.revision)
+    assert repo.live_revision("m1") == revision.revision
+    (repo.model_dir("m1") / "live.json").write_text("{ torn")
+    assert repo.live_revision("m1") is None, "an unreadable pointer is no revision, not a crash"
+    repo.set_live("m1", None)
+    assert repo.live_revision("m1") is None
 
 
 def test_prune_keeps_the_newest_and_the_protected(repo, source_dir):
@@ -128,7 +144,8 @@ def test_prune_keeps_the_newest_and_the_protected(repo, source_dir):
 def test_remove_model_deletes_everything_of_that_model_only(repo, source_dir):
     kept = repo.create_revision("other", source(source_dir))
     revision = repo.create_revision("m1", source(source_dir))
-    repo.write_settings("m1", STABLE, revision.revision)
+    repo.write_settings("m1", revision.revision)
+    repo.set_live("m1", revision.revision)
     assert repo.remove_model("m1") == [revision.revision]
     assert not repo.model_dir("m1").exists()
     repo.verify(kept.path)

@@ -15,7 +15,7 @@ import pytest
 from deployments.inference import InferenceError, V2Client
 from deployments.inference.router import LocalEnvoy, ModelRoute, RouteTable, route_config, routes_version
 from deployments.inference.server import LocalMLServer
-from tests.support.routing import INFER_BODY, Traffic, write_versioned_settings
+from tests.support.routing import INFER_BODY, Traffic, publish_one, write_versioned_settings
 
 MODEL = "routed"
 
@@ -25,7 +25,7 @@ def replica_address(server: LocalMLServer) -> str:
 
 
 def test_route_config_rewrites_both_paths_and_ends_in_a_404():
-    route = ModelRoute("m", "m~abc", ("127.0.0.1:9000",))
+    route = ModelRoute("m", "m~abc")
     config = route_config([route], routes_version([route]))["resources"][0]
     routes = config["virtual_hosts"][0]["routes"]
     assert [(r["match"], r["route"]["prefix_rewrite"]) for r in routes[:2]] == [
@@ -38,19 +38,25 @@ def test_route_config_rewrites_both_paths_and_ends_in_a_404():
 
 
 def test_route_versions_name_what_is_served():
-    first = ModelRoute("m", "m~r1", ("127.0.0.1:9000",))
-    second = ModelRoute("m", "m~r2", ("127.0.0.1:9000",))
+    first = ModelRoute("m", "m~r1")
+    second = ModelRoute("m", "m~r2")
     assert routes_version([first]) == routes_version([first])
     assert routes_version([first]) != routes_version([second])
 
 
-@pytest.mark.parametrize(
-    ("served_name", "replicas"),
-    [("other~r1", ("127.0.0.1:1",)), ("m~", ("127.0.0.1:1",)), ("m~r1", ()), ("m~r1", ("no-port",))],
-)
-def test_a_route_that_cannot_be_served_is_refused(served_name, replicas):
+@pytest.mark.parametrize("served_name", ["other~r1", "m~", "m", "m~a/b"])
+def test_a_route_to_another_model_or_no_revision_is_refused(served_name):
     with pytest.raises(InferenceError):
-        ModelRoute("m", served_name, replicas)
+        ModelRoute("m", served_name)
+
+
+def test_a_table_whose_route_has_no_cluster_or_a_bad_replica_is_refused(tmp_path):
+    table = RouteTable(tmp_path)
+    with pytest.raises(InferenceError, match="no cluster"):
+        table.publish([ModelRoute("m", "m~r1")], {})
+    with pytest.raises(InferenceError, match="host:port"):
+        table.publish([ModelRoute("m", "m~r1")], {"m~r1": ["no-port"]})
+    assert not table.routes_path.exists(), "nothing is written for a refused table"
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +103,7 @@ def test_an_unrouted_model_is_a_404_json_from_envoy(envoy):
 def test_envoy_serves_the_published_revision_and_a_flip_switches_it(envoy, mlserver, two_revisions):
     r1, r2 = two_revisions
     replicas = (replica_address(mlserver),)
-    version = envoy.publish([ModelRoute(MODEL, r1, replicas)])
+    version = publish_one(envoy.routes, MODEL, r1, replicas, also=[r2])
     assert envoy.served_routes().version == version
     assert envoy.served_routes().served_names == {MODEL: r1}
     assert infer_revision(envoy.url) == "r1"
@@ -107,7 +113,7 @@ def test_envoy_serves_the_published_revision_and_a_flip_switches_it(envoy, mlser
     assert httpx.get(f"{envoy.url}/v2/models/{MODEL}/ready").status_code == 200
 
     started = time.monotonic()
-    envoy.publish([ModelRoute(MODEL, r2, replicas)])
+    publish_one(envoy.routes, MODEL, r2, replicas, also=[r1])
     while infer_revision(envoy.url) != "r2":
         assert time.monotonic() - started < 2.0, "Envoy still routes to r1 two seconds after the flip"
     assert envoy.served_routes().served_names == {MODEL: r2}
@@ -122,14 +128,14 @@ def test_envoy_serves_the_published_revision_and_a_flip_switches_it(envoy, mlser
 @pytest.mark.mlserver
 def test_route_flips_under_traffic_fail_no_request(envoy, mlserver, two_revisions):
     replicas = (replica_address(mlserver),)
-    envoy.publish([ModelRoute(MODEL, two_revisions[0], replicas)])
+    publish_one(envoy.routes, MODEL, two_revisions[0], replicas, also=two_revisions)
     flips: list[tuple[float, float, str]] = []  # (publish called, publish returned, revision)
     with Traffic(envoy.url, MODEL) as traffic:
         time.sleep(0.3)
         for flip in range(10):
             served_name = two_revisions[(flip + 1) % 2]
             called = time.monotonic()
-            envoy.publish([ModelRoute(MODEL, served_name, replicas)])  # returns once Envoy serves it
+            publish_one(envoy.routes, MODEL, served_name, replicas, also=two_revisions)  # returns once served
             flips.append((called, time.monotonic(), served_name.rsplit("~", 1)[1]))
             time.sleep(0.3)
     assert traffic.failures == []
@@ -145,10 +151,7 @@ def test_route_flips_under_traffic_fail_no_request(envoy, mlserver, two_revision
 def second_replica(mlserver: LocalMLServer, tmp_path: Path) -> Iterator[LocalMLServer]:
     """A second MLServer on the same repository root (one process, light)."""
     replica = LocalMLServer(mlserver.repository_root, tmp_path / "replica", extra_env=mlserver.extra_env)
-    try:
-        replica.start()
-    finally:
-        mlserver.write_settings()  # the shared settings.json is the session server's again
+    replica.start()
     try:
         yield replica
     finally:
@@ -176,7 +179,7 @@ def test_a_replica_sigkilled_under_traffic_fails_no_request_through_envoy(
     with V2Client(second_replica.url) as client:
         client.load(served_name, timeout=120)
     replicas = (replica_address(mlserver), replica_address(second_replica))
-    envoy.publish([ModelRoute(MODEL, served_name, replicas)])
+    publish_one(envoy.routes, MODEL, served_name, replicas)
 
     with Traffic(envoy.url, MODEL) as traffic:
         time.sleep(1.0)
@@ -194,9 +197,9 @@ def test_a_replica_sigkilled_under_traffic_fails_no_request_through_envoy(
 def test_a_new_route_table_takes_over_a_running_envoy(envoy, mlserver, two_revisions):
     """A deployer that restarted knows nothing of what it wrote before: publishing still converges."""
     replicas = (replica_address(mlserver),)
-    envoy.publish([ModelRoute(MODEL, two_revisions[0], replicas)])
+    publish_one(envoy.routes, MODEL, two_revisions[0], replicas, also=two_revisions)
     restarted = RouteTable(envoy.routes.config_dir, admin_url=envoy.admin_url)
-    restarted.publish([ModelRoute(MODEL, two_revisions[1], replicas)], timeout=5)
+    publish_one(restarted, MODEL, two_revisions[1], replicas)
     assert envoy.served_routes().served_names == {MODEL: two_revisions[1]}
     assert infer_revision(envoy.url) == "r2"
 
@@ -210,7 +213,7 @@ def rds_rejections(envoy: LocalEnvoy) -> int:
 @pytest.mark.mlserver
 def test_a_route_file_envoy_rejects_leaves_the_last_good_routes_serving(envoy, mlserver, two_revisions):
     replicas = (replica_address(mlserver),)
-    version = envoy.publish([ModelRoute(MODEL, two_revisions[0], replicas)])
+    version = publish_one(envoy.routes, MODEL, two_revisions[0], replicas, also=two_revisions)
     rejected_before = rds_rejections(envoy)
     broken = envoy.routes.routes_dir / ".broken.json"
     broken.write_text('{"version_info": "broken", "resources": [{"@type": "not-a-type"}]}')

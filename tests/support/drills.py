@@ -7,13 +7,15 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from deployments.inference import InferenceError, V2Client
+from django.conf import settings
+
+from deployments.inference import InferenceError, V2Client, served_name
 from deployments.models import TERMINAL_STATUSES, EmbeddingModel, Task
 from tests.support.processes import wait_for
 
 
 class BlueTraffic:
-    """Requests to a model's stable name from a background thread, counting the ones that failed."""
+    """Requests to a model's URL (through the router) from a background thread, counting the ones that failed."""
 
     def __init__(self, server_url: str, model_id: str):
         self.server_url = server_url
@@ -48,20 +50,18 @@ def held_worker_pid(hold_file: Path, timeout: float = 120) -> int:
     return int(hold_file.read_text())
 
 
-def assert_settled(embedding_model_id: str, server_url: str) -> None:
-    """Every task of the model ended, and the server serves exactly what the registry says is live."""
+def assert_settled(embedding_model_id: str) -> None:
+    """Every task of the model ended; the router serves exactly what the registry says is live, and every
+    replica has that revision ready and no other revision of the model."""
     unfinished = Task.objects.filter(embedding_model_id=embedding_model_id).exclude(status__in=TERMINAL_STATUSES)
     assert not unfinished.exists(), list(unfinished.values("pk", "status", "detail"))
     model = EmbeddingModel.objects.get(pk=embedding_model_id)
-    with V2Client(server_url) as client:
-        metadata = client.model_metadata(embedding_model_id) if model.live_revision else None
-        served = (metadata or {}).get("parameters", {}).get("revision")
-        greens = [entry["name"] for entry in client.index() if entry["name"].startswith(f"{embedding_model_id}~")]
+    with V2Client(settings.INFERENCE_SERVER_URL) as front:
+        metadata = front.model_metadata(embedding_model_id)
+    served = (metadata or {}).get("parameters", {}).get("revision")
     assert served == (model.live_revision or None), (served, model.live_revision)
-    loaded_greens = [name for name in greens if client_ready(server_url, name)]
-    assert loaded_greens == [], loaded_greens
-
-
-def client_ready(server_url: str, name: str) -> bool:
-    with V2Client(server_url) as client:
-        return client.model_ready(name)
+    expected = {served_name(embedding_model_id, model.live_revision)} if model.live_revision else set()
+    for url in settings.INFERENCE_REPLICA_URLS:
+        with V2Client(url) as replica:
+            ready = {e["name"] for e in replica.index() if e.get("state") == "READY"}
+        assert {name for name in ready if name.startswith(f"{embedding_model_id}~")} == expected, url

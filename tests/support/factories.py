@@ -64,7 +64,7 @@ class FinishedDeploymentFactory(DeploymentTaskFactory):
             "revision": "rev-1",
             "endpoint": f"http://127.0.0.1:8080/v2/models/{o.embedding_model_id}/infer",
             "dimensions": 384,
-            "timings": {"validate": 0.01, "fetch": 0.4, "stage_green": 1.2, "smoke_test": 0.3, "promote": 0.5},
+            "timings": {"validate": 0.01, "fetch": 0.4, "load_green": 1.2, "smoke_test": 0.3, "switch": 0.01},
         }
     )
 

@@ -12,11 +12,6 @@ from typing import Any
 from deployments.inference import DEPLOY_STAGES, DeleteResult, DeployResult, GreenDeployer, StageEvent
 
 
-class _NoClient:
-    def close(self) -> None:
-        pass
-
-
 class ProbeDeployer:
     """Walks through the deploy stages with a short pause each; no server involved.
 
@@ -25,9 +20,11 @@ class ProbeDeployer:
     """
 
     def __init__(self, ready_timeout: float | None = None):
-        self.client = _NoClient()
         self.pause = float(os.environ.get("PROBE_STAGE_PAUSE", "0.01"))
         self.guard: Any = lambda: None
+
+    def close(self) -> None:
+        pass
 
     def fenced(self, guard: Any) -> ProbeDeployer:
         self.guard = guard

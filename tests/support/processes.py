@@ -40,6 +40,10 @@ def worker_env(**overrides: str) -> dict[str, str]:
             "DATABASE_URL": database_url(),
             "SECRET_KEY": settings.SECRET_KEY,  # django-q2 signs queue messages with it
             "INFERENCE_SERVER_URL": settings.INFERENCE_SERVER_URL,
+            "INFERENCE_REPLICA_URLS": ",".join(settings.INFERENCE_REPLICA_URLS),
+            "ROUTER_ADMIN_URL": settings.ROUTER_ADMIN_URL,
+            "ROUTER_CONFIG_DIR": str(settings.ROUTER_CONFIG_DIR),
+            "INFERENCE_BAKE_SECONDS": str(settings.INFERENCE_BAKE_SECONDS),
             "MODEL_REPOSITORY_ROOT": str(settings.MODEL_REPOSITORY_ROOT),
             "ALLOWED_SOURCE_ROOTS": ",".join(str(p) for p in settings.ALLOWED_SOURCE_ROOTS),
             "INFERENCE_READY_TIMEOUT": str(settings.INFERENCE_READY_TIMEOUT),

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
 
 from deployments.inference.repository import DEFAULT_RUNTIME
+from deployments.inference.router import ModelRoute, RouteTable
 
 # One text to embed, as a V2 infer request body.
 INFER_BODY = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["through the front door"]}]}
@@ -27,6 +29,16 @@ def write_versioned_settings(repository_root: Path, model_id: str, revision: str
     }
     (folder / "model-settings.json").write_text(json.dumps(settings))
     return name
+
+
+def publish_one(
+    table: RouteTable, model_id: str, served_name: str, replicas: Iterable[str], also: Iterable[str] = ()
+) -> str:
+    """Route ``model_id`` to ``served_name`` on ``replicas``; the names in ``also`` keep a cluster there too
+    (requests in flight on them finish, and flipping back is a route update alone)."""
+    replicas = tuple(replicas)
+    clusters = {name: replicas for name in {served_name, *also}}
+    return table.publish([ModelRoute(model_id, served_name)], clusters)
 
 
 class Traffic:
