@@ -150,21 +150,26 @@ class Fleet:
 
     # -- the router -----------------------------------------------------------------------------
 
-    def publish(self, repository: ModelRepository, timeout: float = 10.0) -> str:
+    def publish(self, repository: ModelRepository, timeout: float = 10.0, routes_only: bool = False) -> str:
         """Publish the whole route table as the repository and the replicas say it is now.
 
         Under the table's lock, so concurrent publishers (other workers, the reconciler) serialise
-        and the last one carries every change.
+        and the last one carries every change. ``routes_only`` keeps the clusters Envoy has and asks
+        no replica: a rollback to a revision whose cluster is still there is a route update alone.
         """
         with self.routes.locked():
-            view = self.view()
-            routes: list[ModelRoute] = []
-            clusters: dict[str, list[str]] = {}
+            if routes_only:
+                clusters = dict(self.routes.published_clusters())
+            else:
+                view = self.view()
+                clusters = {}
+                for model_id in repository.model_ids():
+                    for revision in repository.loadable_revisions(model_id):
+                        name = served_name(model_id, revision)
+                        ready_on = [url for url, names in view.ready.items() if names and name in names]
+                        clusters[name] = tuple(replica_address(url) for url in ready_on)
+            routes = []
             for model_id in repository.model_ids():
-                for revision in repository.loadable_revisions(model_id):
-                    name = served_name(model_id, revision)
-                    ready_on = [url for url, names in view.ready.items() if names and name in names]
-                    clusters[name] = [replica_address(url) for url in ready_on]
                 live = repository.live_revision(model_id)
                 if live and served_name(model_id, live) in clusters:
                     routes.append(ModelRoute(model_id, served_name(model_id, live)))

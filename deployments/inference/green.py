@@ -464,18 +464,17 @@ class GreenDeployer:
         return dimensions
 
     def _switch(self, model_id: str, revision: str, previous: str | None) -> float:
-        """Point the model's URL at ``revision`` in one route update; return the ms until the router
-        answers from it. If it does not, the route goes back to ``previous``."""
-        self.repository.set_live(model_id, revision)
+        """Point the model's URL at ``revision`` in one route update (green's cluster is already warm);
+        return the ms until Envoy serves it, then confirm through Envoy by the revision that answers.
+        If it does not answer from it, the route goes back to ``previous``."""
         try:
-            self.fleet.publish(self.repository, timeout=PUBLISH_TIMEOUT)
-            published = self.fleet.routes.routes_renamed_at or time.monotonic()
+            switch_ms = self._route_to(model_id, revision)
             deadline = time.monotonic() + SWITCH_CONFIRM_TIMEOUT
             while (answered := self._answers_from(model_id)) != revision:
                 if time.monotonic() > deadline:
                     raise DeployFailed("switch", f"the router still answers from {answered!r}, not {revision!r}")
                 time.sleep(0.005)
-            return round((time.monotonic() - published) * 1000, 1)
+            return switch_ms
         except (DeployFailed, InferenceError):
             self._route_to(model_id, previous)
             raise
@@ -487,11 +486,12 @@ class GreenDeployer:
             return None
 
     def _route_to(self, model_id: str, revision: str | None) -> float:
-        """Put the model's URL back on ``revision`` (None: unroute it); return how long it took, in ms."""
-        started = time.monotonic()
+        """Point the model's URL at ``revision`` (None: unroute it), a route update alone (the revision's
+        cluster is there); return the ms from the route file's rename until Envoy serves it."""
         self.repository.set_live(model_id, revision)
-        self.fleet.publish(self.repository, timeout=PUBLISH_TIMEOUT)
-        return round((time.monotonic() - started) * 1000, 1)
+        self.fleet.publish(self.repository, timeout=PUBLISH_TIMEOUT, routes_only=True)
+        renamed = self.fleet.routes.routes_renamed_at or time.monotonic()
+        return round((time.monotonic() - renamed) * 1000, 1)
 
     def _bake(
         self,

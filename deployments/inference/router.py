@@ -42,10 +42,11 @@ ROUTES_FILE = "routes.json"
 CLUSTERS_FILE = "clusters.json"
 # A request is tried at most 1 + NUM_RETRIES times, each time on a replica not tried before.
 NUM_RETRIES = 2
-# Transport failures only: the request never reached a model, so sending it elsewhere is safe.
-# A 404 is not retried: it means a replica lacks the name, which the health check catches; retrying
-# it would hide a route that points at a name the fleet does not serve.
-RETRY_ON = "connect-failure,reset,refused-stream"
+# Transport failures (the request never reached a model) and a 404 (this replica lacks the name: it
+# restarted, or lost the revision, before the health check noticed): another replica may answer, and
+# an embedding call is safe to repeat. When no replica has the name the client still gets the 404.
+RETRY_ON = "connect-failure,reset,refused-stream,retriable-status-codes"
+RETRIABLE_STATUS_CODES = [404]
 ROUTE_TIMEOUT = "60s"
 # Below uvicorn's keep-alive (5 s), so Envoy closes an idle upstream connection before MLServer does.
 UPSTREAM_IDLE_TIMEOUT = "3s"
@@ -110,6 +111,13 @@ def clusters_version(clusters: Mapping[str, Iterable[str]]) -> str:
         for replica in replicas:
             _split_address(replica)
     return _digest(f"{name}@{','.join(sorted(replicas))}" for name, replicas in clusters.items())
+
+
+def _file_version(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("version_info")
+    except (FileNotFoundError, ValueError, AttributeError):
+        return None
 
 
 def _digest(lines: Iterable[str]) -> str:
@@ -179,6 +187,7 @@ def _route_action(route: ModelRoute, rewrite: str) -> dict[str, Any]:
         "timeout": ROUTE_TIMEOUT,
         "retry_policy": {
             "retry_on": RETRY_ON,
+            "retriable_status_codes": RETRIABLE_STATUS_CODES,
             "num_retries": NUM_RETRIES,
             # Each retry goes to a replica not tried yet for this request.
             "retry_host_predicate": [
@@ -329,13 +338,18 @@ def active_clusters(admin_url: str) -> dict[str, tuple[str, ...]]:
     clusters: dict[str, tuple[str, ...]] = {}
     for config in _config_dump(admin_url, "dynamic_active_clusters"):
         cluster = config.get("cluster", {})
-        replicas = []
-        for locality in cluster.get("load_assignment", {}).get("endpoints", []):
-            for endpoint in locality.get("lb_endpoints", []):
-                address = endpoint["endpoint"]["address"]["socket_address"]
-                replicas.append(f"{address['address']}:{address['port_value']}")
-        clusters[cluster.get("name", "")] = tuple(sorted(replicas))
+        clusters[cluster.get("name", "")] = _cluster_replicas(cluster)
     return clusters
+
+
+def _cluster_replicas(cluster: Mapping[str, Any]) -> tuple[str, ...]:
+    """The replicas ("host:port", sorted) of a cluster, as written or as Envoy's config_dump shows it."""
+    replicas = []
+    for locality in cluster.get("load_assignment", {}).get("endpoints", []):
+        for endpoint in locality.get("lb_endpoints", []):
+            address = endpoint["endpoint"]["address"]["socket_address"]
+            replicas.append(f"{address['address']}:{address['port_value']}")
+    return tuple(sorted(replicas))
 
 
 def route_counters(admin_url: str, served_name: str) -> dict[str, int]:
@@ -423,19 +437,34 @@ class RouteTable:
             raise InferenceError(f"no cluster for {', '.join(unrouted)}: a route must lead to a cluster")
         version = routes_version(routes)
         deadline = time.monotonic() + timeout
-        atomic_write_json(self.clusters_path, clusters_config(clusters, clusters_version(clusters)))
-        if self.admin_url:
-            self._wait(lambda: self._clusters_warm(clusters), deadline, "clusters")
-        # Envoy drops a route update whose content it already serves, version and all: the version is
-        # a digest of the content, so an unchanged version means there is nothing to wait for.
-        if self.admin_url and served_routes(self.admin_url).version == version:
-            self.routes_renamed_at = time.monotonic()
-            return version
-        atomic_write_json(self.routes_path, route_config(routes, version))
+        # Versions are digests of the content, so a file whose version is unchanged needs no rewrite
+        # (Envoy would drop the update anyway, version and all) and no wait.
+        cluster_version = clusters_version(clusters)
+        if _file_version(self.clusters_path) != cluster_version:
+            atomic_write_json(self.clusters_path, clusters_config(clusters, cluster_version))
+            if self.admin_url:
+                self._wait(lambda: self._clusters_warm(clusters), deadline, "clusters")
+        if _file_version(self.routes_path) != version:
+            atomic_write_json(self.routes_path, route_config(routes, version))
         self.routes_renamed_at = time.monotonic()
         if self.admin_url:
             self._wait(lambda: served_routes(self.admin_url).version == version, deadline, "routes")
         return version
+
+    def published_clusters(self) -> dict[str, tuple[str, ...]]:
+        """The clusters in the file Envoy watches: served name -> replicas ("host:port")."""
+        try:
+            resources = json.loads(self.clusters_path.read_text())["resources"]
+        except (FileNotFoundError, ValueError, KeyError):
+            return {}
+        clusters = {}
+        for cluster in resources:
+            endpoints = (
+                cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] if cluster.get("load_assignment") else []
+            )
+            addresses = [e["endpoint"]["address"]["socket_address"] for e in endpoints]
+            clusters[cluster["name"]] = tuple(f"{a['address']}:{a['port_value']}" for a in addresses)
+        return clusters
 
     def _clusters_warm(self, clusters: Mapping[str, tuple[str, ...]]) -> bool:
         # Compared by content, not version: Envoy keeps an unchanged cluster with the version that brought it.

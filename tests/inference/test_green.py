@@ -211,11 +211,11 @@ class SilentRouterFleet(Fleet):
     armed = False
     blue = ""
 
-    def publish(self, repository, timeout: float = 10.0) -> str:
+    def publish(self, repository, timeout: float = 10.0, routes_only: bool = False) -> str:
         if self.armed and repository.live_revision("minilm-switch") != self.blue:
             self.armed = False
             return "ignored"
-        return super().publish(repository, timeout)
+        return super().publish(repository, timeout, routes_only)
 
 
 def test_a_switch_the_router_does_not_confirm_puts_blue_back(
