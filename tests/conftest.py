@@ -59,12 +59,8 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMLServer
 @pytest.fixture(scope="session")
 def envoy(mlserver: LocalMLServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvoy]:
     """A real Envoy in front of the session's MLServer: the address clients call."""
-    router = LocalEnvoy(tmp_path_factory.mktemp("envoy"))
-    router.start()
-    try:
+    with LocalEnvoy(tmp_path_factory.mktemp("envoy")) as router:
         yield router
-    finally:
-        router.stop()
 
 
 @pytest.fixture

@@ -421,7 +421,9 @@ class GreenDeployer:
             self._retire(model_id, leftover)
         name = served_name(model_id, green)
         self.repository.write_settings(model_id, green)
-        missing = [url for url in self.fleet.view().missing(name) if url in replicas]
+        ready = self.fleet.view().ready
+        # A replica of this deploy that stopped answering since validate is loaded too: its failure names it.
+        missing = [url for url in replicas if name not in (ready.get(url) or ())]
         if failures := self.fleet.load(name, self.ready_timeout, missing):
             raise DeployFailed("load_green", f"{name} failed to load: {_by_replica(failures)}")
         # Envoy gets green's cluster now, while the route still leads to blue: the switch is then a route update.

@@ -73,12 +73,8 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
 
 @pytest.fixture(scope="module")
 def fleet_envoy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvoy]:
-    router = LocalEnvoy(tmp_path_factory.mktemp("fleet-envoy"))
-    router.start()
-    try:
+    with LocalEnvoy(tmp_path_factory.mktemp("fleet-envoy")) as router:
         yield router
-    finally:
-        router.stop()
 
 
 @pytest.fixture

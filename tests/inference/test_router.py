@@ -61,12 +61,8 @@ def test_a_table_whose_route_has_no_cluster_or_a_bad_replica_is_refused(tmp_path
 
 @pytest.fixture(scope="module")
 def envoy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvoy]:
-    router = LocalEnvoy(tmp_path_factory.mktemp("envoy"))
-    router.start()
-    try:
+    with LocalEnvoy(tmp_path_factory.mktemp("envoy")) as router:
         yield router
-    finally:
-        router.stop()
 
 
 @pytest.fixture(scope="module")
