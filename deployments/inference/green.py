@@ -32,10 +32,10 @@ from .errors import (
     ServerUnavailable,
     SourceRefused,
 )
-from .fleet import Fleet
+from .fleet import Fleet, FleetView
 from .ids import served_name, validate_model_id, validate_revision
 from .repository import ModelRepository, Revision
-from .sources import open_source
+from .sources import ModelSource, open_source
 
 DEPLOY_STAGES = ("validate", "fetch", "load_green", "smoke_test", "switch", "bake", "retire_blue", "done")
 DELETE_STAGES = ("validate", "unroute", "unload", "remove", "done")
@@ -244,7 +244,7 @@ class GreenDeployer:
 
     # -- keeping the fleet on the live revision ---------------------------------------------------
 
-    def out_of_step(self, model_id: str, view: Any = None) -> str | None:
+    def out_of_step(self, model_id: str, view: FleetView | None = None) -> str | None:
         """What differs between the live revision and what the fleet serves, or None when nothing does."""
         view = view or self.fleet.view()
         live = self.live_revision(model_id)
@@ -313,7 +313,8 @@ class GreenDeployer:
             skipped = [url for url, up in ready.items() if not up]
             if not replicas:
                 raise DeployFailed("validate", f"no inference replica is ready ({', '.join(skipped)})")
-            closing.append(f"source {source or f'kept revision {revision}'}; {len(replicas)} replica(s) ready")
+            closing.append(f"source {source.uri if source else f'kept revision {revision}'}")
+            closing.append(f"{len(replicas)} replica(s) ready")
             if skipped:
                 closing.append(f"not answering, left to the reconciler: {', '.join(skipped)}")
 
@@ -344,8 +345,11 @@ class GreenDeployer:
             raise
 
         with timeline.stage("bake", f"{bake:g}s, blue {blue or 'none'} kept loaded") as closing:
-            self._bake(model_id, green.revision, blue, bake, replicas, rollback_requested)
-            closing.append("no failure seen" if bake else "no bake asked for")
+            if green.revision == blue:
+                closing.append("the revision was live already: nothing to bake")
+            else:
+                self._bake(model_id, green.revision, blue, bake, replicas, rollback_requested)
+                closing.append("no failure seen" if bake else "no bake asked for")
 
         with timeline.stage("retire_blue") as closing:
             if blue and blue != green.revision:
@@ -380,7 +384,7 @@ class GreenDeployer:
         revision: str | None,
         expected_dimensions: int | None,
         bake_seconds: float,
-    ) -> Any:
+    ) -> ModelSource | None:
         """Check the request; return the opened source (None when a kept revision is asked for)."""
         try:
             validate_model_id(model_id)
@@ -397,7 +401,7 @@ class GreenDeployer:
             raise DeployFailed("validate", f"bake_seconds must be a number >= 0, got {bake_seconds!r}", refused=True)
         return source
 
-    def _fetch(self, model_id: str, source: Any, revision: str | None) -> Revision:
+    def _fetch(self, model_id: str, source: ModelSource | None, revision: str | None) -> Revision:
         if source is not None:
             return self.repository.create_revision(model_id, source, before_publish=self.guard)
         assert revision is not None
@@ -489,11 +493,11 @@ class GreenDeployer:
 
     def _route_to(self, model_id: str, revision: str | None) -> float:
         """Point the model's URL at ``revision`` (None: unroute it), a route update alone (the revision's
-        cluster is there); return the ms from the route file's rename until Envoy serves it."""
+        cluster is there); return the ms until Envoy's admin says it serves the new routes."""
+        started = time.monotonic()
         self.repository.set_live(model_id, revision)
         self.fleet.publish(self.repository, timeout=PUBLISH_TIMEOUT, routes_only=True)
-        renamed = self.fleet.routes.routes_renamed_at or time.monotonic()
-        return round((time.monotonic() - renamed) * 1000, 1)
+        return round((time.monotonic() - started) * 1000, 1)
 
     def _bake(
         self,
@@ -515,7 +519,7 @@ class GreenDeployer:
         while (remaining := deadline - time.monotonic()) > 0:
             time.sleep(min(BAKE_PROBE_INTERVAL, remaining))
             self.guard()
-            reason = rollback_requested(blue) if rollback_requested and blue and blue != green else None
+            reason = rollback_requested(blue) if rollback_requested and blue else None
             reason = reason or self._bake_failure(name, green, replicas, failures_before)
             if reason is None:
                 continue

@@ -446,7 +446,7 @@ class RouteTable:
                 self._wait(lambda: self._clusters_warm(clusters), deadline, "clusters")
         if _file_version(self.routes_path) != version:
             atomic_write_json(self.routes_path, route_config(routes, version))
-        self.routes_renamed_at = time.monotonic()
+            self.routes_renamed_at = time.monotonic()
         if self.admin_url:
             self._wait(lambda: served_routes(self.admin_url).version == version, deadline, "routes")
         return version
