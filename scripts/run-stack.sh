@@ -72,12 +72,12 @@ token=$($BIN/python manage.py drf_create_token admin | awk '{print $3}')
 port_of() { local port=${1##*:}; echo "${port%%/*}"; }
 # Envoy keeps its routes in $ROUTER_CONFIG_DIR (the parent folder is its workdir): restarted, it
 # routes what it routed.
-keep_alive envoy $BIN/python -m deployments.inference.router --workdir "$(dirname "$ROUTER_CONFIG_DIR")" \
+keep_alive envoy $BIN/python -m deployments.inference.cli router --workdir "$(dirname "$ROUTER_CONFIG_DIR")" \
   --port "$(port_of "$INFERENCE_SERVER_URL")" --admin-port "$(port_of "$ROUTER_ADMIN_URL")"
-replica_urls=$($BIN/python manage.py shell -c \
+replica_urls=$($BIN/python manage.py shell -v 0 -c \
   "from django.conf import settings; print(' '.join(settings.INFERENCE_REPLICA_URLS))")
 for replica in $replica_urls; do
-  keep_alive "mlserver:$(port_of "$replica")" $BIN/python -m deployments.inference.server \
+  keep_alive "mlserver:$(port_of "$replica")" $BIN/python -m deployments.inference.cli replica \
     --repository "$MODEL_REPOSITORY_ROOT" --port "$(port_of "$replica")"
 done
 # Fresh replicas load nothing: serve again what the registry says is live, before workers start.

@@ -313,10 +313,10 @@ class GreenDeployer:
             skipped = [url for url, up in ready.items() if not up]
             if not replicas:
                 raise DeployFailed("validate", f"no inference replica is ready ({', '.join(skipped)})")
-            closing.append(f"source {source.uri if source else f'kept revision {revision}'}")
-            closing.append(f"{len(replicas)} replica(s) ready")
+            origin = f"source {source.uri}" if source else f"kept revision {revision}"
+            closing.append(f"{origin}; {len(replicas)} replica(s) ready")
             if skipped:
-                closing.append(f"not answering, left to the reconciler: {', '.join(skipped)}")
+                closing.append(f"({', '.join(skipped)} not answering: left to the reconciler)")
 
         with timeline.stage("fetch") as closing:
             green = self._fetch(model_id, source, revision)

