@@ -13,7 +13,6 @@ from django.utils.html import format_html_join
 from django.utils.safestring import SafeString
 
 from deployments.admin.display import audit_change_lines, audit_object_link
-from deployments.admin.filters import CappedCountPaginator
 from deployments.admin.history import ReadOnlyAdminMixin
 from deployments.models import AuditEntry
 
@@ -28,7 +27,6 @@ class AuditEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     search_help_text = "An exact task id, embedding model id or actor."
     ordering = ("-at", "-id")
     list_per_page = 100
-    paginator = CappedCountPaginator
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     fields = (
