@@ -10,6 +10,7 @@ a service directly) and is recorded as that name, via ``system``.
 from __future__ import annotations
 
 import getpass
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,7 @@ def actor_from_request(request: HttpRequest, via: str) -> Actor:
 
     The address is the connection's (REMOTE_ADDR): a proxy in front has to pass the client's on.
     """
+    remote_addr = request.META.get("REMOTE_ADDR") or ""
     user = request.user
     authenticated = bool(user and user.is_authenticated)
     return Actor(
@@ -54,8 +56,18 @@ def actor_from_request(request: HttpRequest, via: str) -> Actor:
         via=via,
         user_id=user.pk if authenticated else None,
         request_id=request.META.get(REQUEST_ID_HEADER, "")[: AuditEntry._meta.get_field("request_id").max_length],
-        ip=request.META.get("REMOTE_ADDR") or None,
+        ip=remote_addr if _is_ip_address(remote_addr) else None,
     )
+
+
+def _is_ip_address(value: str) -> bool:
+    # A server on a Unix socket has no peer address (REMOTE_ADDR is empty or a path); PostgreSQL's
+    # inet column would refuse it, and with it the change being recorded.
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def command_actor(command_name: str) -> Actor:

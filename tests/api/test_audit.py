@@ -36,6 +36,13 @@ def test_creating_a_task_records_who_asked_for_what_with_the_request(api, operat
     assert AuditEntry.objects.count() == 1  # ...and records nothing
 
 
+def test_a_client_address_that_is_no_ip_address_is_left_out_not_refused(api, packaged_model):
+    # A server on a Unix socket has no peer address; the request must still go through.
+    response = post(api, "/deploy", {"embedding_model_id": "minilm", "task_id": "sock"}, REMOTE_ADDR="unix:")
+    assert response.status_code == 202
+    assert entry_of("sock").ip is None
+
+
 def test_cancel_and_retry_are_recorded_on_the_task_they_act_on(api, operator, packaged_model):
     pending = DeploymentTaskFactory(embedding_model_id="minilm")
     assert post(api, f"/deploy/{pending.pk}/cancel", {}).status_code == 200
