@@ -368,3 +368,61 @@ class EngineEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.cluster or ''}".strip()
+
+
+class AuditEntry(models.Model):
+    """Who did what to a task or to the registry, when, and through which door (API, admin, command).
+
+    Written only by ``deployments.services.audit.record``. Entries outlive what they describe (a pruned
+    task, an unregistered model), so the object is named by kind and id, not by a foreign key.
+    """
+
+    class Via(models.TextChoices):
+        API = "api", "API"
+        ADMIN = "admin", "Admin"
+        COMMAND = "command", "Management command"
+        # No person behind it: the sweeper's automatic retry, code calling a service directly.
+        SYSTEM = "system", "System"
+
+    class Action(models.TextChoices):
+        CREATE = "create", "Create"
+        CANCEL = "cancel", "Cancel"
+        RETRY = "retry", "Retry"
+        CHANGE = "change", "Change"
+        DELETE = "delete", "Delete"
+
+    class ObjectKind(models.TextChoices):
+        DEPLOYMENT = TaskKind.DEPLOYMENT.value, "Deployment task"
+        DELETION = TaskKind.DELETION.value, "Deletion task"
+        EMBEDDING_MODEL = "embedding_model", "Embedding model"
+
+    at = models.DateTimeField(auto_now_add=True)
+    actor = models.CharField(max_length=200, help_text="A user name, or the command and the OS user that ran it.")
+    # Kept when the user is deleted: ``actor`` still names them.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    via = models.CharField(max_length=16, choices=Via.choices)
+    action = models.CharField(max_length=16, choices=Action.choices)
+    object_kind = models.CharField(max_length=32, choices=ObjectKind.choices)
+    object_id = models.CharField(max_length=max(MAX_TASK_ID_LENGTH, MAX_MODEL_ID_LENGTH))
+    embedding_model_id = models.CharField(max_length=MAX_MODEL_ID_LENGTH)
+    changes = models.JSONField(
+        default=dict, blank=True, help_text='What changed: {"field": [old, new]}, or what was asked for.'
+    )
+    request_id = models.CharField(max_length=100, blank=True, help_text="The request's X-Request-ID, if it had one.")
+    ip = models.GenericIPAddressField(null=True, blank=True, help_text="The client's address, for API and admin.")
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name_plural = "audit entries"
+        indexes = [
+            # A model's trail (its admin page, GET /audit?embedding_model_id=), newest first.
+            models.Index(fields=["embedding_model_id", "-at", "-id"], name="audit_model_at"),
+            # A task's trail (its admin page, GET /audit?task_id=).
+            models.Index(fields=["object_id", "-at", "-id"], name="audit_object_at"),
+            models.Index(fields=["-at", "-id"], name="audit_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.actor} {self.action} {self.object_kind} {self.object_id}"

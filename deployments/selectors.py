@@ -12,6 +12,7 @@ from django.db.models.functions import Coalesce, Greatest, Now
 
 from deployments.models import (
     ACTIVE_STATUSES,
+    AuditEntry,
     Drift,
     EmbeddingModel,
     EngineEvent,
@@ -168,6 +169,29 @@ def filter_tasks(
 def latest_attempts(tasks: QuerySet[Task]) -> QuerySet[Task]:
     """Only tasks that have not been retried yet (no newer attempt links to them)."""
     return tasks.filter(~Exists(Task.objects.filter(retry_of=OuterRef("pk"))))
+
+
+# -- The audit trail ---------------------------------------------------------------------------------
+
+
+def audit_entries(
+    *,
+    embedding_model_id: str | None = None,
+    task_id: str | None = None,
+    actions: Sequence[str] | None = None,
+    via: Sequence[str] | None = None,
+) -> QuerySet[AuditEntry]:
+    """Audit entries, newest first: a model's (its registry entries and its tasks'), or one task's."""
+    entries = AuditEntry.objects.all()
+    if embedding_model_id:
+        entries = entries.filter(embedding_model_id=embedding_model_id)
+    if task_id:
+        entries = entries.filter(object_id=task_id, object_kind__in=TaskKind.values)
+    if actions:
+        entries = entries.filter(action__in=actions)
+    if via:
+        entries = entries.filter(via__in=via)
+    return entries.order_by("-at", "-id")
 
 
 # -- The task engine's own health: worker clusters, their events, tasks waiting for a worker ----------

@@ -1,22 +1,29 @@
-"""How tasks and models look in the admin: coloured badges, links, durations, the stage timeline
-and the metadata summary. Pure presentation; the one query here is a task's timeline."""
+"""How tasks and models look in the admin: coloured badges, links, durations, the stage timeline,
+the metadata summary and the audit trail. Pure presentation; the queries here are a task's timeline
+and an audit trail's latest entries."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib.admin.utils import quote
+from django.db.models import QuerySet
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from deployments import selectors
-from deployments.models import TASK_PROXIES, EmbeddingModel, Task, TaskStatus
+from deployments.models import TASK_PROXIES, AuditEntry, EmbeddingModel, Task, TaskKind, TaskStatus
 
 # Messages name at most this many tasks, then say how many more.
 MAX_NAMED_IN_MESSAGE = 20
+
+# A task's or a model's page shows this many of its latest audit entries, then links to all of them.
+AUDIT_ENTRIES_SHOWN = 50
 
 STATUS_COLOURS = {
     TaskStatus.PENDING: "#6b7280",
@@ -146,3 +153,52 @@ def metadata_context(metadata: dict[str, Any]) -> dict[str, Any]:
     ]
     timings = [(stage, human_duration(seconds)) for stage, seconds in (metadata.get("timings") or {}).items()]
     return {"facts": facts, "timings": timings, "raw": pretty_json(metadata)}
+
+
+# -- The audit trail ----------------------------------------------------------------------------------
+
+
+def audit_list_url(**filters: str) -> str:
+    """The audit entries' list in the admin, narrowed by field lookups (e.g. embedding_model_id=...)."""
+    return f"{reverse('admin:deployments_auditentry_changelist')}?{urlencode(filters)}"
+
+
+def audit_object_link(entry: AuditEntry) -> SafeString:
+    if entry.object_kind in TaskKind.values:
+        return format_html("{} {}", entry.object_kind, task_link(entry.object_kind, entry.object_id))
+    return format_html("model {}", model_link(entry.object_id))
+
+
+def audit_change_lines(entry: AuditEntry) -> list[str]:
+    """One line per change: ``field: old → new`` for a registry field, ``key: value`` for what a task was asked."""
+
+    def shown(value: Any) -> str:
+        return "—" if value is None or value == "" else json.dumps(value, sort_keys=True, default=str).strip('"')
+
+    lines = []
+    for name, value in entry.changes.items():
+        if entry.object_kind == AuditEntry.ObjectKind.EMBEDDING_MODEL and isinstance(value, list) and len(value) == 2:
+            lines.append(f"{name}: {shown(value[0])} → {shown(value[1])}")
+        else:
+            lines.append(f"{name}: {shown(value)}")
+    return lines
+
+
+def audit_trail(entries: QuerySet[AuditEntry], all_entries_url: str) -> str:
+    """The latest entries as a table (one query), and a link to the rest when there are more."""
+    latest = list(entries[: AUDIT_ENTRIES_SHOWN + 1])
+    rows = [
+        {
+            "at": entry.at,
+            "actor": entry.actor,
+            "via": entry.get_via_display(),
+            "action": entry.get_action_display(),
+            "object": audit_object_link(entry),
+            "changes": audit_change_lines(entry),
+            "ip": entry.ip or "",
+            "request_id": entry.request_id,
+        }
+        for entry in latest[:AUDIT_ENTRIES_SHOWN]
+    ]
+    context = {"rows": rows, "more": len(latest) > AUDIT_ENTRIES_SHOWN, "all_entries_url": all_entries_url}
+    return render_to_string("admin/deployments/audit_trail.html", context)

@@ -17,7 +17,10 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
+from deployments import selectors
 from deployments.admin.display import (
+    audit_list_url,
+    audit_trail,
     metadata_context,
     model_link,
     pretty_json,
@@ -29,7 +32,8 @@ from deployments.admin.display import (
     timeline_rows,
 )
 from deployments.admin.filters import CappedCountPaginator, CreatedFilter, KindFilter, ModelFilter
-from deployments.models import DeletionTask, DeploymentTask, Task
+from deployments.models import AuditEntry, DeletionTask, DeploymentTask, Task
+from deployments.services.audit import Actor, actor_from_request
 from deployments.services.bulk import BulkOutcome, TaskVerdict, cancel_many, retry_many
 from deployments.task_ids import is_valid_task_id
 
@@ -72,6 +76,7 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         ),
         ("Timeline", {"fields": ("timeline",)}),
         ("Outcome", {"fields": ("outcome",)}),
+        ("Audit", {"fields": ("audit",)}),
         ("Request", {"fields": ("config_json", "sequence", "lease_owner")}),
         ("Times", {"fields": ("created_at", "dispatched_at", "started_at", "finished_at", "duration", "updated_at")}),
     )
@@ -85,6 +90,7 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "requested_by",
         "timeline",
         "outcome",
+        "audit",
         "config_json",
         "sequence",
         "lease_owner",
@@ -174,6 +180,11 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def outcome(self, task: Task) -> str:
         return render_to_string("admin/deployments/task_metadata.html", metadata_context(task.metadata))
 
+    @admin.display(description="who did what")
+    def audit(self, task: Task) -> str:
+        entries = selectors.audit_entries(task_id=task.pk)
+        return audit_trail(entries, audit_list_url(object_id=task.pk, object_kind=task.kind))
+
     @admin.display(description="config")
     def config_json(self, task: Task) -> SafeString:
         return pretty_json(task.config) if task.config else mark_safe("<span class='quiet'>none (defaults)</span>")
@@ -185,7 +196,7 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         tasks = self._selected(request, queryset)
         if tasks is None:
             return
-        outcome = retry_many(tasks, requested_by=request.user.get_username())
+        outcome = retry_many(tasks, requested_by=admin_actor(request))
         self._report(request, outcome, "Retried", "Not retried", retried_as)
         if noted := [verdict for verdict in outcome.acted if verdict.note]:
             items = [f"{retried_as(verdict)} ({verdict.note})" for verdict in noted]
@@ -196,7 +207,7 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         tasks = self._selected(request, queryset)
         if tasks is None:
             return
-        outcome = cancel_many(tasks, by=request.user.get_username())
+        outcome = cancel_many(tasks, by=admin_actor(request))
         self._report(request, outcome, "Canceled", "Not canceled", lambda v: short(v.task))
 
     def _selected(self, request: HttpRequest, queryset: QuerySet) -> list[Task] | None:
@@ -217,6 +228,11 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         if outcome.skipped:
             items = [f"{short(verdict.task)} ({verdict.reason})" for verdict in outcome.skipped]
             self.message_user(request, summarize(f"{did_not} {len(items)} task(s)", items), messages.WARNING)
+
+
+def admin_actor(request: HttpRequest) -> Actor:
+    """The staff user acting on an admin page, as the audit trail names them."""
+    return actor_from_request(request, AuditEntry.Via.ADMIN)
 
 
 def retried_as(verdict: TaskVerdict) -> str:

@@ -18,12 +18,15 @@ from deployments import selectors, services
 from deployments.admin.display import (
     DRIFT_COLOUR,
     STATE_COLOURS,
+    audit_list_url,
+    audit_trail,
     badge,
     status_badge,
     summarize,
     task_link,
     task_list_url,
 )
+from deployments.admin.history import admin_actor
 from deployments.models import Drift, EmbeddingModel, TaskKind
 
 
@@ -56,7 +59,7 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
     list_filter = ("state",)
     search_fields = ("id", "name")
     fields = ("id", "name", "source", "dimensions", "state", "live_revision", "endpoint", "created_at", "updated_at")
-    readonly_fields = ("state", "live_revision", "endpoint", "created_at", "updated_at")
+    readonly_fields = ("state", "live_revision", "endpoint", "created_at", "updated_at", "audit")
     actions = ["deploy_selected", "delete_selected_deployments"]
 
     def get_inlines(self, request: HttpRequest, obj: EmbeddingModel | None) -> list[type[admin.TabularInline]]:
@@ -65,6 +68,10 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[EmbeddingModel]:
         # The latest task of each kind comes with the page's rows, not one query per row.
         return selectors.with_open_drift(selectors.with_latest_tasks(super().get_queryset(request)))
+
+    def get_fields(self, request: HttpRequest, obj: EmbeddingModel | None = None) -> tuple[str, ...]:
+        # A model being registered has no trail yet.
+        return self.fields if obj is None else (*self.fields, "audit")
 
     def get_readonly_fields(self, request: HttpRequest, obj: EmbeddingModel | None = None) -> tuple[str, ...]:
         readonly = tuple(super().get_readonly_fields(request, obj))
@@ -91,13 +98,14 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
 
     # Writes go through the registry service, as the API's do.
     def save_model(self, request: HttpRequest, obj: EmbeddingModel, form: Any, change: bool) -> None:
+        by = admin_actor(request)
         if change:
-            services.update_model(obj, name=obj.name, source=obj.source, dimensions=obj.dimensions)
+            services.update_model(obj, by=by, name=obj.name, source=obj.source, dimensions=obj.dimensions)
         else:
-            services.register_model(obj.id, obj.source, name=obj.name, dimensions=obj.dimensions)
+            services.register_model(obj.id, obj.source, name=obj.name, dimensions=obj.dimensions, by=by)
 
     def delete_model(self, request: HttpRequest, obj: EmbeddingModel) -> None:
-        services.unregister_model(obj)
+        services.unregister_model(obj, by=admin_actor(request))
 
     def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict | None = None) -> HttpResponse:
         try:
@@ -107,6 +115,12 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
             return HttpResponseRedirect(reverse("admin:deployments_embeddingmodel_change", args=[object_id]))
 
     # -- columns
+
+    @admin.display(description="who did what")
+    def audit(self, model: EmbeddingModel) -> str:
+        # The model's registry entries and those of its tasks.
+        entries = selectors.audit_entries(embedding_model_id=model.pk)
+        return audit_trail(entries, audit_list_url(embedding_model_id=model.pk))
 
     @admin.display(description="state", ordering="state")
     def coloured_state(self, model: EmbeddingModel) -> SafeString:
@@ -174,7 +188,7 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
         for model in models:
             # Exactly what POST /deploy and POST /delete do: one service call per model, on commit to the queue.
             try:
-                submission = submit(model.id, config={}, requested_by=request.user.get_username())
+                submission = submit(model.id, config={}, requested_by=admin_actor(request))
                 created.append(f"{model.id} (task {str(submission.task.pk)[:8]})")
             except services.TaskHandOffFailed as exc:
                 # Created all the same: it stays pending and the sweeper sends it.

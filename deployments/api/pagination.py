@@ -13,3 +13,10 @@ class TaskCursorPagination(CursorPagination):
 class ModelCursorPagination(CursorPagination):
     ordering = "id"
     page_size = 100
+
+
+class AuditCursorPagination(CursorPagination):
+    ordering = ("-at", "-id")
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500

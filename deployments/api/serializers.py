@@ -9,7 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from deployments.inference import InvalidModelId, SourceRefused, validate_model_id
-from deployments.models import Drift, EmbeddingModel, InferenceServer, TaskEvent, TaskStatus
+from deployments.models import AuditEntry, Drift, EmbeddingModel, InferenceServer, TaskEvent, TaskStatus
 from deployments.services.registry import check_source
 from deployments.task_config import (
     DeletionConfigSerializer,
@@ -117,6 +117,33 @@ class TaskEventSerializer(serializers.ModelSerializer):
     class Meta:
         model = TaskEvent
         fields = ["stage", "state", "message", "duration_s", "created_at"]
+        read_only_fields = fields
+
+
+class AuditEntrySerializer(serializers.ModelSerializer):
+    """Who did what to a task or a registered model, when, and through which door."""
+
+    changes = serializers.JSONField(
+        read_only=True,
+        help_text='For a model: {"field": [old, new]} per field that changed (null on the side where it did not '
+        'exist). For a task: its config when created, "retried_as" and "attempt" when retried.',
+    )
+
+    class Meta:
+        model = AuditEntry
+        fields = [
+            "id",
+            "at",
+            "actor",
+            "via",
+            "action",
+            "object_kind",
+            "object_id",
+            "embedding_model_id",
+            "changes",
+            "request_id",
+            "ip",
+        ]
         read_only_fields = fields
 
 

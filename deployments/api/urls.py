@@ -26,6 +26,7 @@ urlpatterns = [
     path("delete/<str:task_id>/events", deletions.as_view({"get": "events"}), name="delete-events"),
     path("models", models.as_view({"get": "list", "post": "create"}), name="model-list"),
     path("servers", views.InferenceServerViewSet.as_view({"get": "list"}), name="server-list"),
+    path("audit", views.AuditEntryViewSet.as_view({"get": "list"}), name="audit-list"),
     path(
         "models/<str:embedding_model_id>",
         models.as_view({"get": "retrieve", "put": "update", "patch": "partial_update", "delete": "destroy"}),

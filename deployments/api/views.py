@@ -18,8 +18,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from deployments import selectors, services
-from deployments.api.pagination import ModelCursorPagination
+from deployments.api.pagination import AuditCursorPagination, ModelCursorPagination
 from deployments.api.serializers import (
+    AuditEntrySerializer,
     DeletionRequestSerializer,
     DeploymentRequestSerializer,
     EmbeddingModelSerializer,
@@ -29,7 +30,16 @@ from deployments.api.serializers import (
     TaskSerializer,
 )
 from deployments.inference import InvalidModelId, validate_model_id
-from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, InferenceServer, Task, TaskStatus
+from deployments.models import (
+    AuditEntry,
+    DeletionTask,
+    DeploymentTask,
+    EmbeddingModel,
+    InferenceServer,
+    Task,
+    TaskStatus,
+)
+from deployments.services.audit import Actor, actor_from_request
 from deployments.services.registry import RegistryError
 from deployments.task_ids import TASK_ID_PATTERN, InvalidTaskId, validate_task_id
 
@@ -48,6 +58,19 @@ def _model_id_from_path(value: str) -> str:
 
 def _task_id_from_path(value: str) -> str:
     return _id_from_path(value, validate_task_id, InvalidTaskId, "task_id")
+
+
+def _choices_from_query(request: Request, name: str, allowed: list[str]) -> list[str]:
+    """``?name=a,b``: the values, each one of ``allowed``; an unknown one is a 400 naming the parameter."""
+    values = [value for value in request.query_params.get(name, "").split(",") if value]
+    if unknown := sorted(set(values) - set(allowed)):
+        raise ValidationError({name: [f"unknown {name} {', '.join(unknown)}; one of {', '.join(allowed)}"]})
+    return values
+
+
+def api_actor(request: Request) -> Actor:
+    """The caller as the audit trail names it: the token's (or session's) user, via the API."""
+    return actor_from_request(request, AuditEntry.Via.API)
 
 
 class TaskViewSet(viewsets.GenericViewSet):
@@ -80,7 +103,7 @@ class TaskViewSet(viewsets.GenericViewSet):
                 embedding_model_id=data["embedding_model_id"],
                 config=data.get("config") or {},
                 task_id=data.get("task_id"),
-                requested_by=request.user.get_username(),
+                requested_by=api_actor(request),
             )
         except services.ModelNotRegistered as exc:
             raise ValidationError({"embedding_model_id": [str(exc)]}) from exc
@@ -102,25 +125,20 @@ class TaskViewSet(viewsets.GenericViewSet):
         model_id = request.query_params.get("embedding_model_id")
         if model_id is not None:
             model_id = _model_id_from_path(model_id)
-        statuses = [s for s in request.query_params.get("status", "").split(",") if s]
-        unknown = sorted(set(statuses) - set(TaskStatus.values))
-        if unknown:
-            raise ValidationError(
-                {"status": [f"unknown status {', '.join(unknown)}; one of {', '.join(TaskStatus.values)}"]}
-            )
+        statuses = _choices_from_query(request, "status", TaskStatus.values)
         tasks = selectors.filter_tasks(kinds=[self.task_model.KIND], embedding_model_id=model_id, statuses=statuses)
         page = self.paginate_queryset(tasks)
         return self.get_paginated_response(TaskSerializer(page, many=True).data)
 
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, task_id: str) -> Response:
-        task = services.cancel_task(self._get_task(task_id), by=request.user.get_username())
+        task = services.cancel_task(self._get_task(task_id), by=api_actor(request))
         return Response(TaskSerializer(task).data)
 
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, task_id: str) -> Response:
         try:
-            task = services.retry_task(self._get_task(task_id), requested_by=request.user.get_username())
+            task = services.retry_task(self._get_task(task_id), requested_by=api_actor(request))
         except services.ModelNotRegistered as exc:
             raise ValidationError({"embedding_model_id": [str(exc)]}) from exc
         return Response(TaskSerializer(task).data, status=status.HTTP_202_ACCEPTED)
@@ -376,16 +394,22 @@ class EmbeddingModelViewSet(viewsets.ModelViewSet):
         data = serializer.validated_data
         try:
             serializer.instance = services.register_model(
-                data["id"], data["source"], name=data.get("name", ""), dimensions=data.get("dimensions")
+                data["id"],
+                data["source"],
+                name=data.get("name", ""),
+                dimensions=data.get("dimensions"),
+                by=api_actor(self.request),
             )
         except RegistryError as exc:
             raise ValidationError({"id": [str(exc)]}) from exc
 
     def perform_update(self, serializer: EmbeddingModelSerializer) -> None:
-        serializer.instance = services.update_model(serializer.instance, **serializer.validated_data)
+        serializer.instance = services.update_model(
+            serializer.instance, by=api_actor(self.request), **serializer.validated_data
+        )
 
     def perform_destroy(self, instance: EmbeddingModel) -> None:
-        services.unregister_model(instance)
+        services.unregister_model(instance, by=api_actor(self.request))
 
 
 @extend_schema_view(
@@ -404,3 +428,45 @@ class InferenceServerViewSet(viewsets.GenericViewSet):
 
     def list(self, request: Request) -> Response:
         return Response(InferenceServerSerializer(self.get_queryset(), many=True).data)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        operation_id="list_audit_entries",
+        summary="The audit trail, newest first: who created, canceled or retried tasks and changed the registry",
+        description="One entry per action on a task (create, cancel, retry) or a registered model (create, change "
+        "with each field's old and new value, delete), naming the actor (a user, or a management command and the "
+        "OS user that ran it) and how they acted (api, admin, command, or system for the sweeper's retries). "
+        "Filter by model (its registry entries and its tasks'), by task, by action and by via.",
+        parameters=[
+            OpenApiParameter("embedding_model_id", OpenApiTypes.STR, description="Only this model's entries."),
+            OpenApiParameter("task_id", OpenApiTypes.STR, description="Only this task's entries."),
+            OpenApiParameter(
+                "action", OpenApiTypes.STR, description=f"Comma-separated: {', '.join(AuditEntry.Action.values)}."
+            ),
+            OpenApiParameter(
+                "via", OpenApiTypes.STR, description=f"Comma-separated: {', '.join(AuditEntry.Via.values)}."
+            ),
+        ],
+        responses={200: AuditEntrySerializer(many=True), 400: ERROR, 401: ERROR},
+        tags=["Audit"],
+    )
+)
+class AuditEntryViewSet(viewsets.GenericViewSet):
+    serializer_class = AuditEntrySerializer
+    pagination_class = AuditCursorPagination
+
+    def get_queryset(self) -> QuerySet[AuditEntry]:
+        return selectors.audit_entries()
+
+    def list(self, request: Request) -> Response:
+        model_id = request.query_params.get("embedding_model_id")
+        task_id = request.query_params.get("task_id")
+        entries = selectors.audit_entries(
+            embedding_model_id=_model_id_from_path(model_id) if model_id is not None else None,
+            task_id=_task_id_from_path(task_id) if task_id is not None else None,
+            actions=_choices_from_query(request, "action", AuditEntry.Action.values),
+            via=_choices_from_query(request, "via", AuditEntry.Via.values),
+        )
+        page = self.paginate_queryset(entries)
+        return self.get_paginated_response(AuditEntrySerializer(page, many=True).data)

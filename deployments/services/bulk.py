@@ -18,7 +18,8 @@ from django.db import transaction
 from django.db.models import Count, F, Window
 from django.db.models.functions import RowNumber
 
-from deployments.models import TERMINAL_STATUSES, Task
+from deployments.models import TERMINAL_STATUSES, AuditEntry, Task
+from deployments.services.audit import Actor, record
 from deployments.services.errors import RetryRefused, TaskError, TaskHandOffFailed
 from deployments.services.leases import allocate_sequences
 from deployments.services.tasks import ID_CHUNK, cancel_task, ensure_registered, hand_off, new_task, retry_task
@@ -28,7 +29,7 @@ def submit_many(
     kind: str,
     embedding_model_ids: Iterable[str],
     config: dict[str, Any] | None = None,
-    requested_by: str = "",
+    requested_by: Actor | str = "",
 ) -> list[Task]:
     """One task per distinct model, created in one transaction and handed over on commit.
 
@@ -43,10 +44,11 @@ def submit_many(
     with transaction.atomic():
         positions = allocate_sequences(model_ids)
         tasks = [
-            new_task(kind, model_id, dict(config or {}), positions[model_id], requested_by=requested_by)
+            new_task(kind, model_id, dict(config or {}), positions[model_id], requested_by=str(requested_by))
             for model_id in model_ids
         ]
         Task.objects.bulk_create(tasks, batch_size=ID_CHUNK)
+        record(requested_by, AuditEntry.Action.CREATE, *tasks, changes={"config": dict(config or {})})
         transaction.on_commit(partial(hand_off, tasks))
     return tasks
 
@@ -79,7 +81,7 @@ class BulkOutcome:
         return [verdict for verdict in self.verdicts if not verdict.acted]
 
 
-def retry_many(tasks: Sequence[Task], requested_by: str = "") -> BulkOutcome:
+def retry_many(tasks: Sequence[Task], requested_by: Actor | str = "") -> BulkOutcome:
     """Retry each task by ``retry_task`` and its one rule (failed, refused or canceled; once).
 
     A task that already has a newer attempt (retried by someone else, or by the sweeper) is skipped,
@@ -100,7 +102,7 @@ def retry_many(tasks: Sequence[Task], requested_by: str = "") -> BulkOutcome:
     return outcome
 
 
-def cancel_many(tasks: Sequence[Task], by: str = "") -> BulkOutcome:
+def cancel_many(tasks: Sequence[Task], by: Actor | str = "") -> BulkOutcome:
     """Cancel each pending task (``cancel_task``); say why for the others."""
     outcome = BulkOutcome()
     for task in tasks:

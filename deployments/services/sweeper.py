@@ -114,7 +114,7 @@ def _resolve_lost_attempt(task: Task, reason: str, report: SweepReport) -> None:
     record_event(task, stages[-1] if stages else "worker", "failed", detail, actor=SWEEPER)
     report.failed.append(str(task.pk))
     if retry_id:
-        retry_lost_attempt(task, retry_id)
+        retry_lost_attempt(task, retry_id, by=SWEEPER)
         report.retried.append(str(retry_id))
     else:
         _sync_model_after_giving_up(task.embedding_model_id)

@@ -23,7 +23,8 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from deployments import selectors
-from deployments.models import EmbeddingModel, Task, TaskKind, TaskStatus
+from deployments.models import AuditEntry, EmbeddingModel, Task, TaskKind, TaskStatus
+from deployments.services.audit import Actor, record
 from deployments.services.errors import ModelNotRegistered, RetryRefused, TaskConflict, TaskHandOffFailed
 from deployments.services.leases import allocate_sequence, lease_is_held
 from deployments.services.transitions import transition
@@ -56,7 +57,7 @@ def submit_deployment(
     embedding_model_id: str,
     config: dict[str, Any] | None = None,
     task_id: str | None = None,
-    requested_by: str = "",
+    requested_by: Actor | str = "",
 ) -> Submission:
     return submit_task(TaskKind.DEPLOYMENT, embedding_model_id, config, task_id, requested_by)
 
@@ -65,7 +66,7 @@ def submit_deletion(
     embedding_model_id: str,
     config: dict[str, Any] | None = None,
     task_id: str | None = None,
-    requested_by: str = "",
+    requested_by: Actor | str = "",
 ) -> Submission:
     return submit_task(TaskKind.DELETION, embedding_model_id, config, task_id, requested_by)
 
@@ -75,7 +76,7 @@ def submit_task(
     embedding_model_id: str,
     config: dict[str, Any] | None = None,
     task_id: str | None = None,
-    requested_by: str = "",
+    requested_by: Actor | str = "",
 ) -> Submission:
     """Create a task (or return the one already created under ``task_id``) and dispatch it on commit.
 
@@ -92,7 +93,8 @@ def submit_task(
             sequence = allocate_sequence(embedding_model_id)
             if task_id is not None and (existing := _existing_submission(kind, embedding_model_id, config, task_id)):
                 return existing
-            task = _create_task(kind, embedding_model_id, config, sequence, task_id, requested_by)
+            task = _create_task(kind, embedding_model_id, config, sequence, task_id, str(requested_by))
+            record(requested_by, AuditEntry.Action.CREATE, task, changes={"config": config})
     except IntegrityError:
         # The same task_id was inserted concurrently for another model's queue: idempotency still holds.
         if task_id is not None and (existing := _existing_submission(kind, embedding_model_id, config, task_id)):
@@ -176,7 +178,7 @@ def new_task(
         sequence=sequence,
         attempt=attempt,
         retry_of=retry_of,
-        requested_by=requested_by,
+        requested_by=requested_by[: Task._meta.get_field("requested_by").max_length],
         metadata=metadata,
     )
 
@@ -238,14 +240,15 @@ def dispatch_next_task(embedding_model_id: str) -> Task | None:
     return head
 
 
-def cancel_task(task: Task, by: str = "") -> Task:
+def cancel_task(task: Task, by: Actor | str = "") -> Task:
     """Cancel a pending task. A task already running cannot be canceled (the server is mid-change)."""
     if task.status != TaskStatus.PENDING:
         raise TaskConflict(f"only a pending task can be canceled; this one is {task.status}")
     with transaction.atomic():
-        if not transition(task, TaskStatus.CANCELED, detail="canceled before it started", by=by):
+        if not transition(task, TaskStatus.CANCELED, detail="canceled before it started", by=str(by)):
             task.refresh_from_db()
             raise TaskConflict(f"only a pending task can be canceled; this one is {task.status}")
+        record(by, AuditEntry.Action.CANCEL, task)
         # The canceled task may have been first in line: let the next one go.
         transaction.on_commit(partial(dispatch_next_task, task.embedding_model_id))
     return task
@@ -265,7 +268,7 @@ def ensure_retryable(task: Task) -> None:
         raise RetryRefused(task, f"it was already retried as {newer.pk} (attempt {newer.attempt})", newer)
 
 
-def retry_task(task: Task, requested_by: str = "") -> Task:
+def retry_task(task: Task, requested_by: Actor | str = "") -> Task:
     """Run a failed, refused or canceled task again as a new attempt linked to it, at the back of the
     model's queue. Once only: a double click, or two operators at once, make one attempt."""
     ensure_retryable(task)  # refuse the obvious cases before taking any lock
@@ -275,24 +278,32 @@ def retry_task(task: Task, requested_by: str = "") -> Task:
         # concurrent retries of one task take turns, and the later one finds the earlier one's attempt.
         sequence = allocate_sequence(task.embedding_model_id)
         ensure_retryable(task)
-        return _create_task(
+        attempt = _create_task(
             task.kind,
             task.embedding_model_id,
             task.config,
             sequence,
             None,
-            requested_by,
+            str(requested_by),
             attempt=task.attempt + 1,
             retry_of=task,
         )
+        _record_retry(requested_by, task, attempt)
+    return attempt
 
 
-def retry_lost_attempt(task: Task, task_id: str | None = None) -> Task:
+def _record_retry(by: Actor | str, task: Task, attempt: Task) -> None:
+    # On the task that was retried ("who retried this one?"), naming the attempt it made.
+    record(by, AuditEntry.Action.RETRY, task, changes={"retried_as": attempt.pk, "attempt": attempt.attempt})
+
+
+def retry_lost_attempt(task: Task, task_id: str | None = None, by: Actor | str = "") -> Task:
     """The sweeper's automatic retry: a new attempt that keeps the lost one's place in the queue.
 
-    Never withdrawn: if the queue refuses it, it stays pending and a later sweep sends it.
+    Never withdrawn: if the queue refuses it, it stays pending and a later sweep sends it. The new
+    attempt keeps the lost one's requester; ``by`` (the sweeper) is who retried it, for the audit trail.
     """
-    return _create_task(
+    attempt = _create_task(
         task.kind,
         task.embedding_model_id,
         task.config,
@@ -303,3 +314,5 @@ def retry_lost_attempt(task: Task, task_id: str | None = None) -> Task:
         retry_of=task,
         hand_off_with=hand_off_in_background,
     )
+    _record_retry(by, task, attempt)
+    return attempt

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import re
 import subprocess
@@ -69,7 +70,7 @@ def test_deploy_models_by_id_creates_and_hands_over_one_task_each(django_capture
     assert set(tasks) == {"cmd-a", "cmd-b"}  # a model named twice gets one task
     assert (tasks["cmd-a"].sequence, tasks["cmd-b"].sequence) == (2, 1)
     for task in tasks.values():
-        assert task.dispatched_at and task.requested_by.startswith("cli")
+        assert task.dispatched_at and task.requested_by == f"command:deploy_models (os user: {getpass.getuser()})"
         assert task.metadata == {"attempt": 1, "retry_of": None} and task.config == {}
         assert str(task.pk) in out
     assert numbers(out.splitlines()[0])[0] == 2  # tasks created

@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 
 from deployments import services
-from deployments.models import DeploymentTask, Task, TaskStatus
+from deployments.models import AuditEntry, DeploymentTask, Task, TaskStatus
 from deployments.services import tasks as task_services
 from tests.engine.test_engine import lose_worker
 from tests.support.factories import DeletionTaskFactory, DeploymentTaskFactory, EmbeddingModelFactory
@@ -71,6 +71,20 @@ def test_an_attempt_the_sweeper_retried_is_not_retried_again(settings):
         services.retry_task(task)
 
     assert task.status == TaskStatus.FAILED and refused.value.newer_attempt == automatic
+
+
+@pytest.mark.django_db
+def test_the_sweepers_retry_is_on_the_audit_trail_as_the_sweeper(settings):
+    settings.TASK_MAX_ATTEMPTS = 2
+    task = services.submit_deployment(EmbeddingModelFactory().id, requested_by="alice").task
+    lose_worker(task)
+    services.sweep_tasks()
+    automatic = DeploymentTask.objects.get(retry_of=task)
+
+    retried = AuditEntry.objects.get(action="retry")
+    assert (retried.actor, retried.via, retried.object_id) == ("sweeper", "system", task.pk)
+    assert retried.changes == {"retried_as": automatic.pk, "attempt": 2}
+    assert automatic.requested_by == "alice"  # the attempt still belongs to whoever asked for the work
 
 
 @pytest.mark.django_db(transaction=True)

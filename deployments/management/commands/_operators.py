@@ -3,7 +3,6 @@ tasks with a progress bar, and plain-text tables. Not a command itself (the lead
 
 from __future__ import annotations
 
-import getpass
 import json
 import logging
 import re
@@ -23,6 +22,7 @@ from deployments import selectors
 from deployments.inference import InvalidModelId, validate_model_id
 from deployments.models import TERMINAL_STATUSES, EmbeddingModel, Task, TaskKind, TaskStatus
 from deployments.services import ModelNotRegistered, TaskHandOffFailed
+from deployments.services.audit import Actor, command_actor
 from deployments.services.bulk import submit_many
 from deployments.services.tasks import ensure_registered
 from deployments.task_config import InvalidTaskConfig, validate_config
@@ -63,11 +63,9 @@ def kinds_option(kinds: list[str]) -> list[str]:
     return check_choices(kinds, TaskKind.values, "--kind") or list(TaskKind.values)
 
 
-def cli_user() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:  # no user name in some containers
-        return "cli"
+def actor_of(command: BaseCommand) -> Actor:
+    """Who acts when a command runs: the command (named as Django found it) and the OS user running it."""
+    return command_actor(type(command).__module__.rsplit(".", 1)[-1])
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int = 70) -> str:
@@ -131,7 +129,7 @@ class TaskSubmissionCommand(BaseCommand):
         started = time.monotonic()
         try:
             with quiet_queue_log(options["verbosity"]):
-                tasks = submit_many(self.kind, model_ids, config, requested_by=cli_user())
+                tasks = submit_many(self.kind, model_ids, config, requested_by=actor_of(self))
         except ModelNotRegistered as exc:  # unregistered between our check and the insert
             raise bad_arguments(str(exc)) from exc
         except TaskHandOffFailed as exc:

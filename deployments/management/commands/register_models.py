@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from deployments import selectors
 from deployments.inference import InvalidModelId, SourceRefused, validate_model_id
-from deployments.management.commands._operators import bad_arguments, format_table
+from deployments.management.commands._operators import actor_of, bad_arguments, format_table
 from deployments.services.registry import check_source, find_sentence_transformers_models, register_many
 
 
@@ -60,5 +60,5 @@ class Command(BaseCommand):
         if options["dry_run"]:
             self.stdout.write(f"Dry run: would register {len(new)} model(s).")
             return
-        register_many(new)
+        register_many(new, by=actor_of(self))
         self.stdout.write(f"Registered {len(new)} model(s); {len(found) - len(new)} already registered.")

@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from deployments.inference import SourceRefused
+from deployments.management.commands._operators import actor_of
 from deployments.services import register_packaged_model
 from deployments.services.registry import RegistryError
 
@@ -10,7 +11,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, **options: object) -> None:
         try:
-            model, created = register_packaged_model()
+            model, created = register_packaged_model(by=actor_of(self))
         except (RegistryError, SourceRefused) as exc:
             raise CommandError(str(exc)) from exc
         verb = "registered" if created else "already registered"

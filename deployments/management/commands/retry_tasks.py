@@ -6,9 +6,9 @@ from django.utils import timezone
 from deployments import selectors
 from deployments.management.commands._operators import (
     TASKS_NOT_DONE,
+    actor_of,
     bad_arguments,
     check_choices,
-    cli_user,
     comma_separated,
     format_table,
     kinds_option,
@@ -64,7 +64,7 @@ class Command(BaseCommand):
             self.stdout.write(format_table(["kind", "task", "model", "status", "created", "detail"], rows))
             self.stdout.write(f"Dry run: would retry {len(tasks)} task(s).")
             return
-        outcome = retry_many(tasks, requested_by=cli_user())
+        outcome = retry_many(tasks, requested_by=actor_of(self))
         rows = [
             (
                 v.task.kind,
