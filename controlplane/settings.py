@@ -246,8 +246,9 @@ LOGGING = {
     "formatters": {
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
-            "fmt": ["asctime", "levelname", "name", "message"],
-            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+            "fmt": ["levelname", "name", "message"],
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": "time",  # ISO 8601, UTC
         },
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["task_context"]}},
