@@ -1,9 +1,11 @@
 """Start and stop a local MLServer: the embedded default's server and the tests' server.
 
 The server listens on 127.0.0.1 only, loads nothing at start-up (the control plane decides what
-is live), has metrics off, and is stopped by its own process group so no worker outlives it.
-Several replicas share one model repository: its ``settings.json`` holds what they have in
-common, and each replica's ports come from its environment (MLSERVER_HTTP_PORT, ...).
+is live), and is stopped by its own process group so no worker outlives it. It serves its own
+Prometheus metrics (requests, inference times, loaded models) at ``/metrics`` on a port of its own
+(``metrics_port``). Several replicas share one model repository: its ``settings.json`` holds what
+they have in common, and each replica's ports come from its environment (MLSERVER_HTTP_PORT,
+MLSERVER_GRPC_PORT, MLSERVER_METRICS_PORT).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from .repository import atomic_write_json
 
 # The folder that holds the ``deployments`` package, so MLServer can import our runtime.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+METRICS_ENDPOINT = "/metrics"
+# Without --metrics-port, a replica serves its metrics on its HTTP port + this (8090 -> 8190).
+METRICS_PORT_OFFSET = 100
 
 
 def free_port() -> int:
@@ -39,6 +44,7 @@ class LocalMLServer(LocalProcess):
         workdir: Path | str,
         http_port: int | None = None,
         grpc_port: int | None = None,
+        metrics_port: int | None = None,
         parallel_workers: int = 0,
         extra_env: dict[str, str] | None = None,
     ):
@@ -46,6 +52,7 @@ class LocalMLServer(LocalProcess):
         self.workdir = Path(workdir).resolve()
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
+        self.metrics_port = metrics_port or free_port()
         self.parallel_workers = parallel_workers
         self.extra_env = extra_env or {}
         super().__init__(self.workdir / "mlserver.log")
@@ -53,6 +60,11 @@ class LocalMLServer(LocalProcess):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """The replica's own Prometheus metrics (MLServer's, not the control plane's)."""
+        return f"http://127.0.0.1:{self.metrics_port}{METRICS_ENDPOINT}"
 
     def write_settings(self) -> Path:
         """Write the replicas' shared settings.json into the repository root.
@@ -67,7 +79,7 @@ class LocalMLServer(LocalProcess):
             "host": "127.0.0.1",
             "model_repository_root": str(self.repository_root),
             "load_models_at_startup": False,
-            "metrics_endpoint": None,
+            "metrics_endpoint": METRICS_ENDPOINT,
             "parallel_workers": self.parallel_workers,
             "debug": False,
         }
@@ -89,8 +101,15 @@ class LocalMLServer(LocalProcess):
                 "MLSERVER_HTTP_PORT": str(self.http_port),
                 # gRPC always binds its port: give it a free one rather than collide on 8081.
                 "MLSERVER_GRPC_PORT": str(self.grpc_port),
+                # Its metrics server binds a port of its own too (MLServer's default, 8082, would collide).
+                "MLSERVER_METRICS_PORT": str(self.metrics_port),
+                # Where parallel inference workers would share metrics: one folder per replica.
+                "MLSERVER_METRICS_DIR": str(self.workdir / "metrics"),
             }
         )
+        # The control plane's own metrics folder is not MLServer's: its files would be merged into the
+        # control plane's /metrics.
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         env.update(self.extra_env)
         mlserver_bin = Path(sys.executable).with_name("mlserver")
         self.spawn([str(mlserver_bin), "start", str(self.repository_root)], cwd=self.workdir, env=env)
@@ -108,13 +127,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", help="folder for the server's log (default: <repository>/../mlserver-<port>)")
     parser.add_argument("--port", type=int, default=8080, help="HTTP port on 127.0.0.1")
     parser.add_argument("--grpc-port", type=int, default=0, help="gRPC port (default: any free port)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help=f"port of its Prometheus metrics at {METRICS_ENDPOINT} (default: the HTTP port + {METRICS_PORT_OFFSET})",
+    )
     args = parser.parse_args(argv)
 
     repository = Path(args.repository)
     workdir = Path(args.workdir) if args.workdir else repository.parent / f"mlserver-{args.port}"
-    server = LocalMLServer(repository, workdir, http_port=args.port, grpc_port=args.grpc_port or None)
+    server = LocalMLServer(
+        repository,
+        workdir,
+        http_port=args.port,
+        grpc_port=args.grpc_port or None,
+        metrics_port=args.metrics_port or args.port + METRICS_PORT_OFFSET,
+    )
     run_in_foreground(
-        server, f"MLServer ready at {server.url} (repository {server.repository_root}, log {server.log_path})"
+        server,
+        f"MLServer ready at {server.url}, metrics at {server.metrics_url} "
+        f"(repository {server.repository_root}, log {server.log_path})",
     )
 
 
