@@ -257,10 +257,13 @@ LOGGING = {
 if LOG_FORMAT == "json":
     LOGGING["handlers"]["console"]["formatter"] = "json"
     # Everything through the one JSON handler: the root (Django's own loggers propagate to it) and
-    # django-q2's logger, which adds a plain handler of its own only when it finds none.
+    # django-q2's logger, which adds a plain handler of its own only when it finds none. Django's default
+    # handlers (plain text) are taken off its loggers, runserver's request lines included.
     LOGGING["root"] = {"handlers": ["console"], "level": LOG_LEVEL}
     LOGGING["loggers"] = {
         "deployments": {"level": LOG_LEVEL},
+        "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+        "django.server": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
         "django-q": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
     }
 
