@@ -10,8 +10,9 @@ import pytest
 from deployments import services
 from deployments.log_context import TaskContextFilter, task_log_context
 from deployments.models import TaskStatus
+from deployments.services.leases import LeaseHeartbeat, claim_model_lease
 from tests.support.factories import EmbeddingModelFactory
-from tests.support.processes import wait_for_status
+from tests.support.processes import wait_for, wait_for_status
 
 
 @pytest.mark.django_db(transaction=True)
@@ -47,3 +48,15 @@ def test_the_task_fields_are_set_only_within_the_context():
 
     assert (record.task_id, record.embedding_model_id, record.attempt) == ("1234", "minilm", 2)
     assert not hasattr(outside, "task_id")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_lease_heartbeat_thread_logs_under_its_task(settings, caplog):
+    settings.TASK_LEASE_SECONDS = 0.2
+    claim_model_lease("m", "someone-else")  # the heartbeat's renewals fail: it logs that the lease is lost
+
+    with task_log_context("1234", "m", 3), LeaseHeartbeat("m", "me") as heartbeat:
+        wait_for(heartbeat.lost.is_set, 10, "the heartbeat to find its lease lost")
+
+    lost = [record for record in caplog.records if "lost by me" in record.getMessage()]
+    assert lost and (lost[0].task_id, lost[0].embedding_model_id, lost[0].attempt) == ("1234", "m", 3)

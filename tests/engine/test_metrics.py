@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
@@ -144,3 +144,17 @@ def test_stage_and_deploy_durations_observed_by_a_worker_process_reach_the_scrap
     assert value(after, "controlplane_deploy_duration_seconds_sum") - (
         value(before, "controlplane_deploy_duration_seconds_sum") or 0
     ) >= 0.02 * len(DEPLOY_STAGES)
+
+
+@pytest.mark.django_db
+def test_a_scrape_still_answers_when_the_database_cannot_be_read(monkeypatch):
+    def unreadable() -> None:
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr("deployments.selectors.control_plane_state", unreadable)
+
+    samples = scrape()
+
+    assert value(samples, "controlplane_database_up") == 0
+    assert value(samples, "controlplane_open_drifts") is None
+    assert any(name.startswith("django_http_") for name, _ in samples)
