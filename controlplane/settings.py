@@ -51,10 +51,13 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "django_q",
+    "django_prometheus",
     "deployments",
 ]
 
 MIDDLEWARE = [
+    # django-prometheus: request counts and latencies by view; first and last so they time the whole stack.
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves the collected static files (the admin's CSS) also with DEBUG=False, where runserver does not.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -64,6 +67,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "controlplane.urls"
@@ -91,7 +95,15 @@ DATABASES = {
         conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")),
     )
 }
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+# django-prometheus's thin subclasses of the same backends count queries, their time and errors; the
+# database is still chosen by DATABASE_URL (only the engine's module changes, its vendor stays).
+METERED_DATABASE_ENGINES = {
+    "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
+    "django.db.backends.postgresql": "django_prometheus.db.backends.postgresql",
+}
+DATABASE_VENDOR_ENGINE = DATABASES["default"]["ENGINE"]
+DATABASES["default"]["ENGINE"] = METERED_DATABASE_ENGINES.get(DATABASE_VENDOR_ENGINE, DATABASE_VENDOR_ENGINE)
+if DATABASE_VENDOR_ENGINE == "django.db.backends.sqlite3":
     # Workers and the web server share one SQLite file: wait for locks instead of failing at once.
     DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
     DATABASES["default"]["CONN_MAX_AGE"] = 0
@@ -188,7 +200,7 @@ INFERENCE_DEPLOYER_FACTORY = os.environ.get(
     "INFERENCE_DEPLOYER_FACTORY", "deployments.services.deployer.build_green_deployer"
 )
 
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+if DATABASE_VENDOR_ENGINE == "django.db.backends.sqlite3":
     # Tests start real workers in subprocesses, so the SQLite test database must be a file they can open.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-controlplane-{os.getpid()}.sqlite3")}
 
@@ -222,9 +234,47 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
+# Logs: plain lines by default; LOG_FORMAT=json writes one JSON object per line (for a log shipper), from
+# our code, Django and django-q2 alike. Lines logged while a task runs carry its task_id, embedding_model_id
+# and attempt (deployments.log_context).
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "text").strip().lower()
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"deployments": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")}},
+    "filters": {"task_context": {"()": "deployments.log_context.TaskContextFilter"}},
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": ["levelname", "name", "message"],
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": "time",  # ISO 8601, UTC
+        },
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["task_context"]}},
+    "loggers": {"deployments": {"handlers": ["console"], "level": LOG_LEVEL}},
 }
+if LOG_FORMAT == "json":
+    LOGGING["handlers"]["console"]["formatter"] = "json"
+    # Everything through the one JSON handler: the root (Django's own loggers propagate to it) and
+    # django-q2's logger, which adds a plain handler of its own only when it finds none. Django's default
+    # handlers (plain text) are taken off its loggers, runserver's request lines included.
+    LOGGING["root"] = {"handlers": ["console"], "level": LOG_LEVEL}
+    LOGGING["loggers"] = {
+        "deployments": {"level": LOG_LEVEL},
+        "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+        "django.server": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+        "django-q": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+    }
+
+# Metrics: GET /metrics in the Prometheus text format. Workers, the reconciler and the web server are
+# separate processes, so prometheus_client's multiprocess mode keeps each process's counters and
+# histograms in files in one folder that /metrics merges. prometheus_client reads the folder from the
+# environment when it is imported (after the settings), and child processes inherit it.
+# scripts/run-stack.sh empties the folder when the stack starts.
+PROMETHEUS_MULTIPROC_DIR = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "prometheus")))
+PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
+# Prometheus usually scrapes without credentials, and /metrics holds counts and ages, no secrets (no
+# tokens, no sources, no task configs): open by default. Set METRICS_TOKEN to require
+# "Authorization: Bearer <token>" where the port is reachable by more than the scraper.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")

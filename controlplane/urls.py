@@ -1,9 +1,13 @@
+import hmac
+
+from django.conf import settings
 from django.contrib import admin
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from deployments.metrics import render_metrics
 from deployments.services.health import readiness
 
 
@@ -19,10 +23,23 @@ def readyz(request: HttpRequest) -> JsonResponse:
     return JsonResponse(report.as_json(), status=200 if report.ok else 503)
 
 
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus metrics (text format). Open unless METRICS_TOKEN is set, then a Bearer token is required."""
+    if settings.METRICS_TOKEN:
+        sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(sent.encode(), settings.METRICS_TOKEN.encode()):
+            response = JsonResponse({"detail": "a valid metrics token is required"}, status=401)
+            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
+    body, content_type = render_metrics()
+    return HttpResponse(body, content_type=content_type)
+
+
 urlpatterns = [
     path("", RedirectView.as_view(url="/api/docs/", permanent=False)),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),

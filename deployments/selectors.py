@@ -5,9 +5,10 @@ The admin's dashboard keeps its own queries in ``deployments.admin.dashboard``."
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Exists, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import Count, Exists, Min, OuterRef, Prefetch, QuerySet, Subquery
 from django.db.models.functions import Coalesce, Greatest, Now
 
 from deployments.models import (
@@ -261,3 +262,44 @@ def longest_waiting_task() -> tuple[Task, datetime] | None:
         .first()
     )
     return (task, task.waiting_since) if task else None
+
+
+# -- /metrics: what the control plane holds right now, read at scrape time ----------------------
+
+
+@dataclass(frozen=True)
+class ControlPlaneState:
+    """The database's answer to a scrape: counts and the moments ages are measured from."""
+
+    tasks: dict[tuple[str, str], int]  # (kind, status) -> tasks
+    oldest_pending_created_at: datetime | None
+    lease_expiries: dict[str, datetime]  # embedding model id -> when its held lease expires
+    clusters: list[WorkerCluster]  # running (not stopped) worker clusters
+    open_drifts: int
+    models_by_state: dict[str, int]
+
+
+def control_plane_state() -> ControlPlaneState:
+    """Six short queries, each an index seek or one grouped scan, whatever the history's size."""
+    tasks = {
+        (row["kind"], row["status"]): row["n"]
+        for row in Task.objects.order_by().values("kind", "status").annotate(n=Count("pk"))
+    }
+    oldest_pending = Task.objects.filter(status=TaskStatus.PENDING).aggregate(oldest=Min("created_at"))["oldest"]
+    lease_expiries = dict(
+        ModelLease.objects.exclude(owner="")
+        .filter(expires_at__isnull=False)
+        .values_list("embedding_model_id", "expires_at")
+    )
+    clusters = list(WorkerCluster.objects.filter(stopped_at__isnull=True).order_by("name"))
+    models_by_state = {
+        row["state"]: row["n"] for row in EmbeddingModel.objects.order_by().values("state").annotate(n=Count("pk"))
+    }
+    return ControlPlaneState(
+        tasks=tasks,
+        oldest_pending_created_at=oldest_pending,
+        lease_expiries=lease_expiries,
+        clusters=clusters,
+        open_drifts=Drift.objects.filter(resolved_at__isnull=True).count(),
+        models_by_state=models_by_state,
+    )

@@ -17,6 +17,11 @@ export ROUTER_CONFIG_DIR=${ROUTER_CONFIG_DIR:-$CONTROLPLANE_VAR_DIR/envoy/xds}
 export INFERENCE_REPLICAS=${INFERENCE_REPLICAS:-1}
 WEB_ADDR=${WEB_ADDR:-127.0.0.1:8000}
 mkdir -p "$CONTROLPLANE_VAR_DIR"
+# Every process of the stack writes its metrics here and /metrics merges them (prometheus_client's
+# multiprocess mode). The files of a previous run belong to processes that are gone: start empty.
+export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-$CONTROLPLANE_VAR_DIR/prometheus}
+mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+find "$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -name '*.db' -delete
 
 pids=()
 # Once this exists, no part is started again: Ctrl-C reaches the parts too, and a part that has
@@ -93,6 +98,7 @@ cat <<INFO
   Control plane:  http://$WEB_ADDR/          API docs: http://$WEB_ADDR/api/docs/
   Admin:          http://$WEB_ADDR/admin/    user admin, password in $password_file
   Health:         http://$WEB_ADDR/readyz    (every part: database, broker, workers, pending tasks, the fleet)
+  Metrics:        http://$WEB_ADDR/metrics   (Prometheus; each MLServer replica's own on its HTTP port + 100)
   Models:         $INFERENCE_SERVER_URL/v2/models/<id>/infer   (Envoy; $INFERENCE_REPLICAS MLServer replica(s) behind it)
   API token:      $token
   Try:  curl -X POST http://$WEB_ADDR/deploy -H "Authorization: Token $token" \\

@@ -15,12 +15,17 @@ echo "== ruff"
 $BIN/ruff check .
 $BIN/ruff format --check .
 
+# Each run's metrics files in a folder of their own, not in the folder of a stack running from this checkout.
+metrics_dirs=$(mktemp -d "${TMPDIR:-/tmp}/controlplane-test-metrics.XXXXXX")
+trap 'rm -rf "$metrics_dirs"' EXIT
+
 echo "== tests on SQLite with the ORM broker"
-env -u DATABASE_URL -u REDIS_URL $BIN/pytest -m "not services_drill" "$@"
+PROMETHEUS_MULTIPROC_DIR=$metrics_dirs/sqlite env -u DATABASE_URL -u REDIS_URL $BIN/pytest -m "not services_drill" "$@"
 
 if $BIN/python scripts/services_answer.py "$PG_URL" "$REDIS"; then
   echo "== tests on PostgreSQL with the Redis broker"
-  DATABASE_URL=$PG_URL REDIS_URL=$REDIS Q_CLUSTER_NAME=controlplane-test $BIN/pytest -m "not drill" "$@"
+  DATABASE_URL=$PG_URL REDIS_URL=$REDIS Q_CLUSTER_NAME=controlplane-test PROMETHEUS_MULTIPROC_DIR=$metrics_dirs/postgresql \
+    $BIN/pytest -m "not drill" "$@"
 elif [ "${CI:-}" = "true" ]; then
   echo "PostgreSQL ($PG_URL) or Redis ($REDIS) does not answer; CI needs both." >&2
   exit 1

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .processes import run_in_foreground
 from .router import LocalEnvoy
-from .server import LocalMLServer
+from .server import METRICS_ENDPOINT, METRICS_PORT_OFFSET, LocalMLServer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,6 +25,12 @@ def main(argv: list[str] | None = None) -> None:
     replica.add_argument("--workdir", help="folder for its log (default: <repository>/../mlserver-<port>)")
     replica.add_argument("--port", type=int, default=8090, help="HTTP port on 127.0.0.1")
     replica.add_argument("--grpc-port", type=int, default=0, help="gRPC port (default: any free port)")
+    replica.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help=f"port of its Prometheus metrics at {METRICS_ENDPOINT} (default: the HTTP port + {METRICS_PORT_OFFSET})",
+    )
     router = parts.add_parser("router", help="the Envoy in front of the replicas")
     router.add_argument("--workdir", required=True, help="folder for its bootstrap, routes and log")
     router.add_argument("--port", type=int, default=8080, help="listener port on 127.0.0.1")
@@ -34,8 +40,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.part == "replica":
         repository = Path(args.repository)
         workdir = Path(args.workdir) if args.workdir else repository.parent / f"mlserver-{args.port}"
-        server = LocalMLServer(repository, workdir, http_port=args.port, grpc_port=args.grpc_port or None)
-        run_in_foreground(server, f"MLServer replica at {server.url} (repository {repository}, log {server.log_path})")
+        server = LocalMLServer(
+            repository,
+            workdir,
+            http_port=args.port,
+            grpc_port=args.grpc_port or None,
+            metrics_port=args.metrics_port or args.port + METRICS_PORT_OFFSET,
+        )
+        run_in_foreground(
+            server,
+            f"MLServer replica at {server.url}, metrics at {server.metrics_url} "
+            f"(repository {repository}, log {server.log_path})",
+        )
     else:
         envoy = LocalEnvoy(args.workdir, listener_port=args.port, admin_port=args.admin_port)
         run_in_foreground(envoy, f"Envoy routing at {envoy.url} (admin {envoy.admin_url}, log {envoy.log_path})")

@@ -1,9 +1,11 @@
 """Start and stop a local MLServer: the embedded default's server and the tests' server.
 
 The server listens on 127.0.0.1 only, loads nothing at start-up (the control plane decides what
-is live), has metrics off, and is stopped by its own process group so no worker outlives it.
-Several replicas share one model repository: its ``settings.json`` holds what they have in
-common, and each replica's ports come from its environment (MLSERVER_HTTP_PORT, ...).
+is live), and is stopped by its own process group so no worker outlives it. It serves its own
+Prometheus metrics (requests, inference times, loaded models) at ``/metrics`` on a port of its own
+(``metrics_port``). Several replicas share one model repository: its ``settings.json`` holds what
+they have in common, and each replica's ports come from its environment (MLSERVER_HTTP_PORT,
+MLSERVER_GRPC_PORT, MLSERVER_METRICS_PORT).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from .repository import atomic_write_json
 
 # The folder that holds the ``deployments`` package, so MLServer can import our runtime.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+METRICS_ENDPOINT = "/metrics"
+# Without --metrics-port, a replica serves its metrics on its HTTP port + this (8090 -> 8190).
+METRICS_PORT_OFFSET = 100
 
 
 class LocalMLServer(LocalProcess):
@@ -31,6 +36,7 @@ class LocalMLServer(LocalProcess):
         workdir: Path | str,
         http_port: int | None = None,
         grpc_port: int | None = None,
+        metrics_port: int | None = None,
         parallel_workers: int = 0,
         extra_env: dict[str, str] | None = None,
     ):
@@ -38,6 +44,7 @@ class LocalMLServer(LocalProcess):
         self.workdir = Path(workdir).resolve()
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
+        self.metrics_port = metrics_port or free_port()
         self.parallel_workers = parallel_workers
         self.extra_env = extra_env or {}
         super().__init__(self.workdir / "mlserver.log")
@@ -45,6 +52,11 @@ class LocalMLServer(LocalProcess):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """The replica's own Prometheus metrics (MLServer's, not the control plane's)."""
+        return f"http://127.0.0.1:{self.metrics_port}{METRICS_ENDPOINT}"
 
     def write_settings(self) -> Path:
         """Write the replicas' shared settings.json into the repository root.
@@ -59,7 +71,7 @@ class LocalMLServer(LocalProcess):
             "host": "127.0.0.1",
             "model_repository_root": str(self.repository_root),
             "load_models_at_startup": False,
-            "metrics_endpoint": None,
+            "metrics_endpoint": METRICS_ENDPOINT,
             "parallel_workers": self.parallel_workers,
             "debug": False,
         }
@@ -81,8 +93,15 @@ class LocalMLServer(LocalProcess):
                 "MLSERVER_HTTP_PORT": str(self.http_port),
                 # gRPC always binds its port: give it a free one rather than collide on 8081.
                 "MLSERVER_GRPC_PORT": str(self.grpc_port),
+                # Its metrics server binds a port of its own too (MLServer's default, 8082, would collide).
+                "MLSERVER_METRICS_PORT": str(self.metrics_port),
+                # Where parallel inference workers would share metrics: one folder per replica.
+                "MLSERVER_METRICS_DIR": str(self.workdir / "metrics"),
             }
         )
+        # The control plane's own metrics folder is not MLServer's: its files would be merged into the
+        # control plane's /metrics.
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         env.update(self.extra_env)
         mlserver_bin = Path(sys.executable).with_name("mlserver")
         self.spawn([str(mlserver_bin), "start", str(self.repository_root)], cwd=self.workdir, env=env)

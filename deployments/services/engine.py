@@ -11,8 +11,9 @@ import logging
 
 from django.utils import timezone
 
-from deployments import selectors
+from deployments import metrics, selectors
 from deployments.inference import FenceLost
+from deployments.log_context import task_log_context
 from deployments.models import Task, TaskKind, TaskStatus
 from deployments.services.leases import Fence, Lease, LeaseHeartbeat, claim_lease, new_lease_owner, release_lease
 from deployments.services.pipelines import run_deletion, run_deployment
@@ -33,6 +34,11 @@ def run_task(task_id: str) -> str:
         return "missing"
     if task.status != TaskStatus.PENDING:
         return f"already {task.status}"
+    with task_log_context(task.pk, task.embedding_model_id, task.attempt):
+        return _run_in_turn(task)
+
+
+def _run_in_turn(task: Task) -> str:
     if selectors.earlier_unfinished_task_exists(task):
         return "waiting: an earlier task of this model is unfinished"
     owner = new_lease_owner()
@@ -101,6 +107,8 @@ def finish_task(task: Task, outcome: Outcome, fence: Fence | None = None) -> boo
         by=task.lease_owner,
         only_if=fence.condition if fence is not None else None,
     )
+    if finished and task.kind == TaskKind.DEPLOYMENT and outcome.status == TaskStatus.DONE and task.started_at:
+        metrics.observe_deploy(task.metadata["timings"]["total"])
     if not finished:
         logger.warning(
             "%s task %s was resolved by the sweeper before %s finished it", task.kind, task.pk, task.lease_owner

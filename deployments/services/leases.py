@@ -16,6 +16,7 @@ is about all models at once, has a table of its own (``CapacityLock``).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import socket
@@ -184,7 +185,10 @@ class LeaseHeartbeat:
         self.interval = max(0.05, settings.TASK_LEASE_SECONDS / 4)
         self.lost = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{embedding_model_id}", daemon=True)
+        # In a copy of the caller's context, so its log lines name the task it keeps alive (log_context).
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(self._run,), name=f"lease-{embedding_model_id}", daemon=True
+        )
 
     def __enter__(self) -> LeaseHeartbeat:
         self._thread.start()

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from deployments import metrics
 from deployments.inference import StageEvent
 from deployments.models import Task, TaskEvent, TaskStatus
 from deployments.services.faults import hold_if_asked
@@ -66,5 +67,7 @@ class TaskRecorder:
         if self.fence is not None:
             rows = rows.filter(self.fence.condition)
         rows.update(metadata=self.task.metadata, updated_at=timezone.now())
+        if event.state != "started" and event.duration_s is not None:
+            metrics.observe_stage(self.task.kind, event.stage, event.state, event.duration_s)
         if event.state == "started":
             hold_if_asked(event.stage, self.task.attempt)
