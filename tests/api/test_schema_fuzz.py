@@ -43,19 +43,23 @@ _fresh_ids = itertools.count()
 
 def name_what_exists(case: schemathesis.Case) -> None:
     """Valid requests name what exists, as a real client's do: the schema cannot say which models are
-    registered or which sources the server may read, so a valid body names the registered model, the
-    packaged model's folder as source and, to register, an id not taken yet. Invalid requests stay as
-    generated."""
-    body = case.body
-    if case.meta is None or not case.meta.generation.mode.is_positive or not isinstance(body, dict):
+    registered or which sources the server may read, so a valid request names the registered model,
+    the packaged model's folder as source and, to register, an id not taken yet. Invalid requests stay
+    as generated."""
+    if case.meta is None or not case.meta.generation.mode.is_positive:
         return
-    if case.operation.path in ("/deploy", "/delete"):
+    path, body = case.operation.path, case.body
+    if path == "/models/{embedding_model_id}" and case.path_parameters:
+        case.path_parameters["embedding_model_id"] = REGISTERED_MODEL
+    if not isinstance(body, dict):
+        return
+    if path in ("/deploy", "/delete"):
         for key in ("embedding_model_id", "model_id"):
             if key in body:
                 body[key] = REGISTERED_MODEL
-    if case.operation.path.startswith("/models") and "source" in body:
+    if path.startswith("/models") and "source" in body:
         body["source"] = str(packaged_model_dir())
-    if case.operation.path == "/models" and isinstance(body.get("id"), str):
+    if path == "/models" and isinstance(body.get("id"), str):
         body["id"] = f"{body['id'][:100]}-{next(_fresh_ids)}"
 
 
