@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from deployments.inference import InvalidModelId, deploy_time_bound
-from deployments.inference.ids import validate_revision
+from deployments.inference.ids import REVISION_PATTERN, validate_revision
 
 
 class InvalidTaskConfig(ValueError):
@@ -39,6 +40,11 @@ class StrictNumberField(serializers.FloatField):
         return super().to_internal_value(data)
 
 
+@extend_schema_field({"type": "string", "pattern": REVISION_PATTERN, "example": "5d41402abc4b7a2f"})
+class RevisionField(serializers.CharField):
+    """A revision id, documented with its pattern (the serializer checks it with validate_revision)."""
+
+
 class NoUnknownKeysMixin:
     """Reject keys the serializer does not know, naming them (a typo must not be silently ignored)."""
 
@@ -52,6 +58,8 @@ class NoUnknownKeysMixin:
 
 
 class DeploymentConfigSerializer(NoUnknownKeysMixin, serializers.Serializer):
+    """Options of one deploy; each defaults to the server's setting."""
+
     expected_dimensions = StrictIntegerField(
         min_value=1,
         max_value=65536,
@@ -62,7 +70,8 @@ class DeploymentConfigSerializer(NoUnknownKeysMixin, serializers.Serializer):
         min_value=1,
         max_value=3600,
         required=False,
-        help_text="Seconds to wait for green to load and become ready (default INFERENCE_READY_TIMEOUT).",
+        help_text="Seconds to wait for green to load and become ready (default INFERENCE_READY_TIMEOUT). With "
+        "bake_seconds a deploy must stay below the worker timeout (TASK_TIMEOUT), else the config is a 400.",
     )
 
     bake_seconds = StrictNumberField(
@@ -72,7 +81,7 @@ class DeploymentConfigSerializer(NoUnknownKeysMixin, serializers.Serializer):
         help_text="Seconds the new revision is watched after the switch, blue still loaded, before blue is "
         "unloaded; a failure meanwhile rolls the route back (default INFERENCE_BAKE_SECONDS).",
     )
-    revision = serializers.CharField(
+    revision = RevisionField(
         required=False,
         help_text="Deploy this revision the repository keeps (a rollback) instead of fetching the source again.",
     )

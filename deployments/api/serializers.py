@@ -8,7 +8,13 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from deployments.inference import InvalidModelId, SourceRefused, validate_model_id
+from deployments.inference import (
+    MAX_MODEL_ID_LENGTH,
+    MODEL_ID_PATTERN,
+    InvalidModelId,
+    SourceRefused,
+    validate_model_id,
+)
 from deployments.models import AuditEntry, Drift, EmbeddingModel, InferenceServer, TaskEvent, TaskStatus
 from deployments.services.registry import check_source
 from deployments.task_config import (
@@ -46,6 +52,9 @@ class CheckedIdField(serializers.CharField):
             raise serializers.ValidationError(str(exc)) from exc
 
 
+@extend_schema_field(
+    {"type": "string", "pattern": MODEL_ID_PATTERN, "maxLength": MAX_MODEL_ID_LENGTH, "example": "all-minilm-l6-v2"}
+)
 class ModelIdField(CheckedIdField):
     """An embedding model id, checked by the serving layer's own rule (validate_model_id)."""
 
@@ -62,6 +71,8 @@ class TaskIdField(CheckedIdField):
 
 
 class TaskRequestSerializer(NoUnknownKeysMixin, serializers.Serializer):
+    """A deploy or delete request: the model (by embedding_model_id or model_id), a task_id, a config."""
+
     embedding_model_id = ModelIdField(required=False, help_text="The embedding model to act on.")
     model_id = ModelIdField(required=False, help_text="Alias of embedding_model_id (the spec's examples use it).")
     task_id = TaskIdField(
@@ -94,6 +105,17 @@ class DeploymentRequestSerializer(TaskRequestSerializer):
 
 class DeletionRequestSerializer(TaskRequestSerializer):
     config_serializer_class = DeletionConfigSerializer
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Every error answer (deployments.api.exceptions): detail says what is wrong; a 400 names each field."""
+
+    detail = serializers.CharField(help_text="What went wrong, in one line ('field: problem; ...' for a 400).")
+    errors = serializers.DictField(
+        child=serializers.JSONField(),
+        required=False,
+        help_text="A 400 only: each field with its problems; a nested object (config) nests the same way.",
+    )
 
 
 class TaskSerializer(serializers.Serializer):
@@ -166,6 +188,8 @@ class DriftSerializer(serializers.ModelSerializer):
 
 
 class EmbeddingModelSerializer(NoUnknownKeysMixin, serializers.ModelSerializer):
+    """A registered embedding model: where it comes from, and what of it is live."""
+
     id = ModelIdField(help_text="The embedding model id (letters, digits, '.', '_', '-'; at most 128).")
     dimensions = StrictIntegerField(min_value=1, max_value=65536, required=False, allow_null=True)
     drift = serializers.SerializerMethodField(help_text="The open drift, or null while the server serves it as live.")

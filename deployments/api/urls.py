@@ -8,6 +8,9 @@ deployments = views.DeploymentTaskViewSet
 deletions = views.DeletionTaskViewSet
 models = views.EmbeddingModelViewSet
 
+# A task's timeline is a few events per stage: answered whole, as one JSON list (and so documented).
+WHOLE = {"pagination_class": None}
+
 # <str:...> never matches '/', so an id cannot smuggle a path separator into a lookup.
 urlpatterns = [
     # The spec
@@ -20,10 +23,10 @@ urlpatterns = [
     # Beyond the spec
     path("deploy/<str:task_id>/cancel", deployments.as_view({"post": "cancel"}), name="deploy-cancel"),
     path("deploy/<str:task_id>/retry", deployments.as_view({"post": "retry"}), name="deploy-retry"),
-    path("deploy/<str:task_id>/events", deployments.as_view({"get": "events"}), name="deploy-events"),
+    path("deploy/<str:task_id>/events", deployments.as_view({"get": "events"}, **WHOLE), name="deploy-events"),
     path("delete/<str:task_id>/cancel", deletions.as_view({"post": "cancel"}), name="delete-cancel"),
     path("delete/<str:task_id>/retry", deletions.as_view({"post": "retry"}), name="delete-retry"),
-    path("delete/<str:task_id>/events", deletions.as_view({"get": "events"}), name="delete-events"),
+    path("delete/<str:task_id>/events", deletions.as_view({"get": "events"}, **WHOLE), name="delete-events"),
     path("models", models.as_view({"get": "list", "post": "create"}), name="model-list"),
     path("servers", views.InferenceServerViewSet.as_view({"get": "list"}), name="server-list"),
     path("audit", views.AuditEntryViewSet.as_view({"get": "list"}), name="audit-list"),

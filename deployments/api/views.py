@@ -19,17 +19,19 @@ from rest_framework.response import Response
 
 from deployments import selectors, services
 from deployments.api.pagination import AuditCursorPagination, ModelCursorPagination
+from deployments.api.schema import TaskAutoSchema
 from deployments.api.serializers import (
     AuditEntrySerializer,
     DeletionRequestSerializer,
     DeploymentRequestSerializer,
     EmbeddingModelSerializer,
+    ErrorSerializer,
     InferenceServerSerializer,
     TaskEventSerializer,
     TaskRequestSerializer,
     TaskSerializer,
 )
-from deployments.inference import InvalidModelId, validate_model_id
+from deployments.inference import MAX_MODEL_ID_LENGTH, MODEL_ID_PATTERN, InvalidModelId, validate_model_id
 from deployments.models import (
     AuditEntry,
     DeletionTask,
@@ -79,6 +81,7 @@ class TaskViewSet(viewsets.GenericViewSet):
     task_model: type[Task]
     request_serializer_class: type[TaskRequestSerializer]
     serializer_class = TaskSerializer
+    schema = TaskAutoSchema()
     # cancel changes a task; retry creates one
     permission_verbs = {"create": "add", "retry": "add", "cancel": "change"}
 
@@ -163,10 +166,41 @@ TASK_ID = OpenApiParameter(
         OpenApiExample("Given by the server", value="3f1c9a5e-8a47-4a53-9d7e-2b0c6f1e4d21"),
     ],
 )
+MODEL_ID_SCHEMA = {"type": "string", "pattern": MODEL_ID_PATTERN, "maxLength": MAX_MODEL_ID_LENGTH}
 MODEL_ID = OpenApiParameter(
-    "embedding_model_id", OpenApiTypes.STR, OpenApiParameter.PATH, description="The embedding model's id."
+    "embedding_model_id",
+    MODEL_ID_SCHEMA,
+    OpenApiParameter.PATH,
+    description="The embedding model's id. An id that breaks the model id rule is a 400 naming embedding_model_id.",
 )
-ERROR = OpenApiResponse(OpenApiTypes.OBJECT, description='JSON: {"detail": "...", "errors": {field: [...]}}')
+
+
+def _error(description: str) -> OpenApiResponse:
+    return OpenApiResponse(ErrorSerializer, description=description)
+
+
+# What each error status means; every one has the body ErrorSerializer documents.
+ERRORS = {
+    400: _error("Bad input: detail sums it up, errors names each field with its problems."),
+    401: _error("No credentials, or an unknown token; answered with WWW-Authenticate: Token."),
+    403: _error("The user may read but lacks the permission this change needs (or a session without CSRF token)."),
+    404: _error("No such task or model (detail names the id), or a page cursor the server did not give."),
+    409: _error("Conflicts with the current state; detail says which."),
+    415: _error("The body is not JSON: send Content-Type: application/json."),
+}
+
+
+def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
+    return {code: ERRORS[code] for code in codes}
+
+
+def comma_separated(name: str, values: list[str], description: str) -> OpenApiParameter:
+    """A query parameter taking one or more of ``values``, comma-separated (``?status=pending,failed``)."""
+    return OpenApiParameter(
+        name, OpenApiTypes.STR, enum=values, many=True, style="form", explode=False, description=description
+    )
+
+
 RETRY_AFTER = OpenApiParameter(
     "Retry-After",
     OpenApiTypes.INT,
@@ -263,10 +297,7 @@ def _task_docs(kind: str, noun: str, request_serializer: type, spec_names: dict[
             responses={
                 202: TaskSerializer,
                 200: TaskSerializer,
-                400: ERROR,
-                401: ERROR,
-                403: ERROR,
-                409: ERROR,
+                **error_responses(400, 401, 403, 409, 415),
                 503: HANDED_OFF_LATER,
             },
             examples=[*request_examples, response_example],
@@ -276,7 +307,7 @@ def _task_docs(kind: str, noun: str, request_serializer: type, spec_names: dict[
             operation_id=spec_names["retrieve"],
             summary=f"Get a {kind} task",
             parameters=[TASK_ID],
-            responses={200: TaskSerializer, 400: ERROR, 404: ERROR},
+            responses={200: TaskSerializer, **error_responses(400, 401, 404)},
             examples=[response_example],
             tags=tags,
         ),
@@ -285,7 +316,7 @@ def _task_docs(kind: str, noun: str, request_serializer: type, spec_names: dict[
             summary=f"Latest {kind} task of an embedding model",
             description=f"The most recently submitted {kind} task of the model (not the first one).",
             parameters=[MODEL_ID],
-            responses={200: TaskSerializer, 400: ERROR, 404: ERROR},
+            responses={200: TaskSerializer, **error_responses(400, 401, 404)},
             examples=[response_example],
             tags=tags,
         ),
@@ -293,11 +324,10 @@ def _task_docs(kind: str, noun: str, request_serializer: type, spec_names: dict[
             operation_id=f"list_{kind}_tasks",
             summary=f"List {kind} tasks, newest first",
             parameters=[
-                OpenApiParameter("embedding_model_id", OpenApiTypes.STR, description="Only this model's tasks."),
-                OpenApiParameter(
-                    "status", OpenApiTypes.STR, description="Comma-separated statuses, e.g. pending,processing."
-                ),
+                OpenApiParameter("embedding_model_id", MODEL_ID_SCHEMA, description="Only this model's tasks."),
+                comma_separated("status", TaskStatus.values, "Only tasks in these statuses, e.g. pending,processing."),
             ],
+            responses={200: TaskSerializer(many=True), **error_responses(400, 401, 404)},
             tags=tags,
         ),
         "cancel": extend_schema(
@@ -305,7 +335,7 @@ def _task_docs(kind: str, noun: str, request_serializer: type, spec_names: dict[
             summary=f"Cancel a pending {kind} task",
             request=None,
             parameters=[TASK_ID],
-            responses={200: TaskSerializer, 400: ERROR, 404: ERROR, 409: ERROR},
+            responses={200: TaskSerializer, **error_responses(400, 401, 403, 404, 409)},
             tags=tags,
         ),
         "retry": extend_schema(
@@ -318,14 +348,19 @@ def _task_docs(kind: str, noun: str, request_serializer: type, spec_names: dict[
             ),
             request=None,
             parameters=[TASK_ID, RETRY_AFTER],
-            responses={202: TaskSerializer, 400: ERROR, 404: ERROR, 409: RETRY_CONFLICT, 503: HANDED_OFF_LATER},
+            responses={
+                202: TaskSerializer,
+                **error_responses(400, 401, 403, 404),
+                409: RETRY_CONFLICT,
+                503: HANDED_OFF_LATER,
+            },
             tags=tags,
         ),
         "events": extend_schema(
             operation_id=f"{kind}_task_events",
             summary=f"Stage-by-stage timeline of a {kind} task",
             parameters=[TASK_ID],
-            responses={200: TaskEventSerializer(many=True), 400: ERROR, 404: ERROR},
+            responses={200: TaskEventSerializer(many=True), **error_responses(400, 401, 404)},
             tags=tags,
         ),
     }
@@ -364,13 +399,41 @@ class DeletionTaskViewSet(TaskViewSet):
 
 
 @extend_schema_view(
-    list=extend_schema(summary="List registered embedding models", tags=["Models"]),
-    create=extend_schema(summary="Register an embedding model", tags=["Models"]),
-    retrieve=extend_schema(summary="Get an embedding model", parameters=[MODEL_ID], tags=["Models"]),
-    partial_update=extend_schema(summary="Change name, source or dimensions", parameters=[MODEL_ID], tags=["Models"]),
-    update=extend_schema(summary="Replace name, source and dimensions", parameters=[MODEL_ID], tags=["Models"]),
+    list=extend_schema(
+        summary="List registered embedding models",
+        responses={200: EmbeddingModelSerializer(many=True), **error_responses(401, 404)},
+        tags=["Models"],
+    ),
+    create=extend_schema(
+        summary="Register an embedding model",
+        description="400 also when the id is registered already or the source is not under an allowed root.",
+        responses={201: EmbeddingModelSerializer, **error_responses(400, 401, 403, 415)},
+        tags=["Models"],
+    ),
+    retrieve=extend_schema(
+        summary="Get an embedding model",
+        parameters=[MODEL_ID],
+        responses={200: EmbeddingModelSerializer, **error_responses(400, 401, 404)},
+        tags=["Models"],
+    ),
+    partial_update=extend_schema(
+        summary="Change name, source or dimensions",
+        parameters=[MODEL_ID],
+        responses={200: EmbeddingModelSerializer, **error_responses(400, 401, 403, 404, 415)},
+        tags=["Models"],
+    ),
+    update=extend_schema(
+        summary="Replace name, source and dimensions",
+        parameters=[MODEL_ID],
+        responses={200: EmbeddingModelSerializer, **error_responses(400, 401, 403, 404, 415)},
+        tags=["Models"],
+    ),
     destroy=extend_schema(
-        summary="Unregister an embedding model (only when not deployed)", parameters=[MODEL_ID], tags=["Models"]
+        summary="Unregister an embedding model (only when not deployed)",
+        description="409 while the model is deployed or has unfinished tasks.",
+        parameters=[MODEL_ID],
+        responses={204: None, **error_responses(400, 401, 403, 404, 409)},
+        tags=["Models"],
     ),
 )
 class EmbeddingModelViewSet(viewsets.ModelViewSet):
@@ -416,6 +479,7 @@ class EmbeddingModelViewSet(viewsets.ModelViewSet):
     list=extend_schema(
         summary="List the inference servers: does each answer, what has it loaded",
         description="As the reconciler last saw them (INFERENCE_REPLICA_URLS), every few seconds.",
+        responses={200: InferenceServerSerializer(many=True), **error_responses(401)},
         tags=["Servers"],
     )
 )
@@ -439,16 +503,14 @@ class InferenceServerViewSet(viewsets.GenericViewSet):
         "OS user that ran it) and how they acted (api, admin, command, or system for the sweeper's retries). "
         "Filter by model (its registry entries and its tasks'), by task, by action and by via.",
         parameters=[
-            OpenApiParameter("embedding_model_id", OpenApiTypes.STR, description="Only this model's entries."),
-            OpenApiParameter("task_id", OpenApiTypes.STR, description="Only this task's entries."),
+            OpenApiParameter("embedding_model_id", MODEL_ID_SCHEMA, description="Only this model's entries."),
             OpenApiParameter(
-                "action", OpenApiTypes.STR, description=f"Comma-separated: {', '.join(AuditEntry.Action.values)}."
+                "task_id", {"type": "string", "pattern": TASK_ID_PATTERN}, description="Only this task's entries."
             ),
-            OpenApiParameter(
-                "via", OpenApiTypes.STR, description=f"Comma-separated: {', '.join(AuditEntry.Via.values)}."
-            ),
+            comma_separated("action", AuditEntry.Action.values, "Only these actions."),
+            comma_separated("via", AuditEntry.Via.values, "Only entries made this way."),
         ],
-        responses={200: AuditEntrySerializer(many=True), 400: ERROR, 401: ERROR},
+        responses={200: AuditEntrySerializer(many=True), **error_responses(400, 401, 404)},
         tags=["Audit"],
     )
 )

@@ -28,7 +28,7 @@ from .green import (
     StageEvent,
     deploy_time_bound,
 )
-from .ids import MAX_MODEL_ID_LENGTH, served_name, validate_model_id
+from .ids import MAX_MODEL_ID_LENGTH, MODEL_ID_PATTERN, served_name, validate_model_id
 from .repository import ModelRepository, Revision
 from .sources import ModelSource, open_source
 
@@ -36,6 +36,7 @@ __all__ = [
     "DELETE_STAGES",
     "DEPLOY_STAGES",
     "MAX_MODEL_ID_LENGTH",
+    "MODEL_ID_PATTERN",
     "ChecksumMismatch",
     "DeleteResult",
     "DeployFailed",

@@ -8,9 +8,12 @@ MAX_MODEL_ID_LENGTH = 128
 # Letters, digits and . _ - only: safe in a URL path segment and a file name on every platform.
 # '~' is deliberately excluded so that a served name "<id>~<revision>" can never collide with an id.
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# The same rule as one anchored pattern for OpenAPI's `pattern`: dots only single, between the other characters.
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*\.?$"
 REVISION_SEPARATOR = "~"
 # A revision id: the first 16 hex digits of its manifest's digest.
-_REVISION = re.compile(r"[0-9a-f]{16}")
+REVISION_PATTERN = r"^[0-9a-f]{16}$"
+_REVISION = re.compile(REVISION_PATTERN)
 
 
 def validate_model_id(model_id: object) -> str:

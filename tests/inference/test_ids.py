@@ -1,6 +1,8 @@
+import re
+
 import pytest
 
-from deployments.inference import InvalidModelId, validate_model_id
+from deployments.inference import MODEL_ID_PATTERN, InvalidModelId, validate_model_id
 from deployments.inference.ids import served_name, validate_revision
 
 
@@ -32,6 +34,20 @@ def test_safe_ids_are_accepted(model_id):
 def test_unsafe_ids_are_refused_with_a_reason(model_id, complaint):
     with pytest.raises(InvalidModelId, match=complaint):
         validate_model_id(model_id)
+
+
+@pytest.mark.parametrize(
+    "model_id",
+    ["minilm", "a", "model_1.2", "a.", "a.-b", "a._b", "x" * 128, "", "a..b", ".a", "-a", "a b", "a/b", "a~b", "é"],
+)
+def test_the_documented_pattern_is_the_rule(model_id):
+    """Clients generated from the OpenAPI schema check ids with MODEL_ID_PATTERN (and maxLength 128)."""
+    try:
+        validate_model_id(model_id)
+        valid = True
+    except InvalidModelId:
+        valid = False
+    assert valid == (len(model_id) <= 128 and re.fullmatch(MODEL_ID_PATTERN, model_id) is not None)
 
 
 def test_non_string_ids_are_refused():
