@@ -75,7 +75,7 @@ port_of() { local port=${1##*:}; echo "${port%%/*}"; }
 # routes what it routed.
 keep_alive envoy $BIN/python -m deployments.inference.router --workdir "$(dirname "$ROUTER_CONFIG_DIR")" \
   --port "$(port_of "$INFERENCE_SERVER_URL")" --admin-port "$(port_of "$ROUTER_ADMIN_URL")"
-replica_urls=$($BIN/python manage.py shell -c \
+replica_urls=$($BIN/python manage.py shell -v 0 -c \
   "from django.conf import settings; print(' '.join(settings.INFERENCE_REPLICA_URLS))")
 for replica in $replica_urls; do
   keep_alive "mlserver:$(port_of "$replica")" $BIN/python -m deployments.inference.server \
