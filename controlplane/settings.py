@@ -5,6 +5,8 @@ MiniLM model's folder as the one allowed source root.
 
 import os
 import secrets
+import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -24,21 +26,60 @@ def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
+def write_secret_once(path: Path, content: str) -> None:
+    """Create ``path`` holding ``content``, readable and writable by its owner alone from its first byte.
+
+    The content goes to a temporary file in the same folder (mkstemp creates it 0600, whatever the
+    umask), which is then hard-linked to ``path``: the link is atomic and fails when ``path`` exists,
+    so a reader never sees a half-written file and, of two processes racing, the first one's content
+    stays (the second one's link fails and it reads the first one's).
+    """
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(content)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process made it first: its secret wins
+    finally:
+        os.unlink(temporary)
+
+
+def secret_key_file(path: Path) -> str:
+    """The secret key kept in ``path``, generated there on first use (see write_secret_once)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_secret_once(path, secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
 def _secret_key() -> str:
     """SECRET_KEY from the environment; otherwise one generated once and kept in var/ (never in the code)."""
-    if key := os.environ.get("SECRET_KEY"):
-        return key
-    key_file = VAR_DIR / "secret_key"
-    if not key_file.exists():
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(secrets.token_urlsafe(50))
-        key_file.chmod(0o600)
-    return key_file.read_text().strip()
+    return os.environ.get("SECRET_KEY") or secret_key_file(VAR_DIR / "secret_key")
 
 
 SECRET_KEY = _secret_key()
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost")
+
+# Behind a TLS-terminating proxy or load balancer (README, "The web server, behind a proxy"). Every
+# switch is off by default, so the embedded default serves plain http on 127.0.0.1; `manage.py check
+# --deploy` is clean once they are on (tests/web/test_settings.py).
+if env_bool("TRUST_X_FORWARDED_PROTO"):
+    # Only when the proxy sets this header itself on every request (never passing the client's own).
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")  # e.g. https://controlplane.example.com
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT")
+# Probes of the web process may come over plain http from inside (kubelet, the load balancer).
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "0"))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS")
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD")
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE")
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -48,7 +89,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
     "drf_spectacular",
     "django_q",
     "django_prometheus",
@@ -106,7 +147,9 @@ DATABASES["default"]["ENGINE"] = METERED_DATABASE_ENGINES.get(DATABASE_VENDOR_EN
 if DATABASE_VENDOR_ENGINE == "django.db.backends.sqlite3":
     # Workers and the web server share one SQLite file: wait for locks instead of failing at once.
     DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # A connection per request unless DATABASE_CONN_MAX_AGE says otherwise (the web server does, in
+    # controlplane/gunicorn.conf.py: opening a SQLite file costs more than a status lookup).
+    DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ.get("DATABASE_CONN_MAX_AGE", "0"))
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -206,8 +249,9 @@ if DATABASE_VENDOR_ENGINE == "django.db.backends.sqlite3":
 
 REST_FRAMEWORK = {
     # Token first: a request without credentials gets 401 with "WWW-Authenticate: Token", not 403.
+    # Tokens are django-rest-knox's: stored as a SHA-512 digest, with an optional expiry.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "deployments.api.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["deployments.api.permissions.ReadAuthenticatedWriteWithModelPermission"],
@@ -220,6 +264,15 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "deployments.api.pagination.TaskCursorPagination",
     "PAGE_SIZE": 50,
+}
+
+# API tokens (`manage.py create_token USER [--expires-days N]`, or the admin's "Auth tokens"): the
+# header stays `Authorization: Token <key>`. create_token's default expiry is API_TOKEN_TTL_DAYS
+# (unset: never); a token added in the admin expires when its form says.
+REST_KNOX = {
+    "AUTH_HEADER_PREFIX": "Token",
+    "TOKEN_TTL": timedelta(days=float(ttl)) if (ttl := os.environ.get("API_TOKEN_TTL_DAYS")) else None,
+    "AUTO_REFRESH": False,  # a request never writes to the token's row
 }
 
 SPECTACULAR_SETTINGS = {

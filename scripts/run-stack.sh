@@ -3,9 +3,9 @@
 # Envoy on 127.0.0.1:8080 (admin :9901) in front of INFERENCE_REPLICAS MLServer replicas on
 # 127.0.0.1:8090, 8091, ... (serving again the models that were live when they last stopped), the
 # django-q2 workers under their watchdog (run_workers), the packaged MiniLM registered, the web
-# server on 127.0.0.1:8000, and the reconciler (which gives a restarted replica back the live
-# revisions, then the router sends it traffic again). A part that dies is started again after a
-# short backoff. Ctrl-C stops everything.
+# server (gunicorn) on 127.0.0.1:8000, and the reconciler (which gives a restarted replica back the
+# live revisions, then the router sends it traffic again). A part that dies is started again after
+# a short backoff. Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -15,7 +15,7 @@ export INFERENCE_SERVER_URL=${INFERENCE_SERVER_URL:-http://127.0.0.1:8080}
 export ROUTER_ADMIN_URL=${ROUTER_ADMIN_URL:-http://127.0.0.1:9901}
 export ROUTER_CONFIG_DIR=${ROUTER_CONFIG_DIR:-$CONTROLPLANE_VAR_DIR/envoy/xds}
 export INFERENCE_REPLICAS=${INFERENCE_REPLICAS:-1}
-WEB_ADDR=${WEB_ADDR:-127.0.0.1:8000}
+export WEB_ADDR=${WEB_ADDR:-127.0.0.1:8000}
 mkdir -p "$CONTROLPLANE_VAR_DIR"
 # Every process of the stack writes its metrics here and /metrics merges them (prometheus_client's
 # multiprocess mode). The files of a previous run belong to processes that are gone: start empty.
@@ -72,7 +72,8 @@ fi
 DJANGO_SUPERUSER_USERNAME=admin DJANGO_SUPERUSER_EMAIL=admin@localhost \
   DJANGO_SUPERUSER_PASSWORD=$(cat "$password_file") \
   $BIN/python manage.py createsuperuser --noinput >/dev/null 2>&1 || true
-token=$($BIN/python manage.py drf_create_token admin | awk '{print $3}')
+# A new API token for the operator each run (stored hashed, so it is printed now or never).
+token=$($BIN/python manage.py create_token admin --expires-days 30)
 
 port_of() { local port=${1##*:}; echo "${port%%/*}"; }
 # Envoy keeps its routes in $ROUTER_CONFIG_DIR (the parent folder is its workdir): restarted, it
@@ -105,5 +106,7 @@ cat <<INFO
              -H "Content-Type: application/json" -d '{"embedding_model_id": "all-minilm-l6-v2"}'
 
 INFO
-keep_alive web $BIN/python manage.py runserver "$WEB_ADDR" --noreload
+# gunicorn: WEB_CONCURRENCY workers (2) of WEB_THREADS threads (4) on WEB_ADDR, one access-log line
+# per request on stdout (controlplane/gunicorn.conf.py).
+keep_alive web $BIN/python -m gunicorn -c controlplane/gunicorn.conf.py
 wait

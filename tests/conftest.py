@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Permission
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 from rest_framework.test import APIClient
 
 from deployments.inference import Fleet, ModelRepository, V2Client
@@ -102,7 +102,8 @@ def operator(db):
 def api(operator) -> APIClient:
     """A client authenticated with the operator's token, as scripts do."""
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=operator).key}")
+    _, key = AuthToken.objects.create(user=operator, expiry=None)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     return client
 
 

@@ -5,6 +5,7 @@
 - leases:    the engine's per-model leases, to look at
 - engine:    the supervised worker clusters and their starts, restarts and stops
 - audit:     who created, canceled or retried tasks and changed the registry, via what
+- tokens:    the API tokens (hashed), their expiry; deleting one revokes it
 - filters:   list filters and the paginator that keep a million-row history fast
 - display:   badges, links, durations, the stage timeline and the metadata summary
 - dashboard: what the admin index shows first (rendered by the ``control_room`` template tag)
@@ -15,9 +16,9 @@ through selectors or the dashboard's own queries.
 
 from django.contrib import admin
 
-from deployments.admin import audit, engine, history, leases, registry
+from deployments.admin import audit, engine, history, leases, registry, tokens
 
 # The history's columns need the page's width more than a second copy of the index's app list does.
 admin.site.enable_nav_sidebar = False
 
-__all__ = ["audit", "engine", "history", "leases", "registry"]
+__all__ = ["audit", "engine", "history", "leases", "registry", "tokens"]

@@ -12,7 +12,6 @@ from datetime import timedelta
 import pytest
 from django.core.management import call_command
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from deployments import services
@@ -56,13 +55,6 @@ def test_reading_needs_a_login_writing_needs_the_model_permission(reader, packag
     assert post(reader, "/delete", {"embedding_model_id": "minilm"}).status_code == 403
     assert post(reader, f"/deploy/{task.pk}/cancel", {}).status_code == 403
     assert DeploymentTask.objects.count() == 1
-
-
-def test_drf_create_token_works(operator, packaged_model):
-    call_command("drf_create_token", operator.username)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get(user=operator).key}")
-    assert post(client, "/deploy", {"embedding_model_id": "minilm"}).status_code == 202
 
 
 # -- POST /deploy and POST /delete ------------------------------------------------------------

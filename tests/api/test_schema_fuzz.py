@@ -19,7 +19,7 @@ from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_headers_conformance,
@@ -83,7 +83,7 @@ def operator_headers(operator, settings) -> dict[str, str]:
     # Every documented ready_timeout and bake_seconds together (the bound on their sum is tested in test_api).
     settings.TASK_TIMEOUT = 10_000
     EmbeddingModelFactory(id=REGISTERED_MODEL)
-    return {"Authorization": f"Token {Token.objects.create(user=operator).key}"}
+    return {"Authorization": f"Token {AuthToken.objects.create(user=operator, expiry=None)[1]}"}
 
 
 @schema.parametrize()
@@ -116,7 +116,8 @@ def call(method: str, path: str, headers: dict[str, str] | None = None, **reques
 
 
 def test_refusals_are_documented(operator_headers):
-    reader = {"Authorization": f"Token {Token.objects.create(user=UserFactory(username='reader')).key}"}
+    reader_key = AuthToken.objects.create(user=UserFactory(username="reader"), expiry=None)[1]
+    reader = {"Authorization": f"Token {reader_key}"}
     body = {"embedding_model_id": REGISTERED_MODEL}
     assert call("POST", "/deploy", body=body).status_code == 401
     assert call("POST", "/deploy", {"Authorization": "Token nope"}, body=body).status_code == 401

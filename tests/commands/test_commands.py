@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import json
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -17,6 +18,8 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from knox.models import AuthToken
+from rest_framework.test import APIClient
 
 from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, TaskEvent, TaskStatus
 from tests.support.factories import (
@@ -25,6 +28,7 @@ from tests.support.factories import (
     EmbeddingModelFactory,
     FailedDeploymentFactory,
     FinishedDeploymentFactory,
+    UserFactory,
 )
 from tests.support.processes import PROJECT_ROOT, worker_env
 
@@ -465,3 +469,38 @@ def test_tasks_prints_recent_tasks_newest_first_with_filters():
     assert not any(str(t.pk) in out for t in (failed, done, deletion, other))
     unknown = bad("tasks", "--status", "lost")
     assert unknown.startswith("--status:") and "lost" in unknown
+
+
+# -- create_token, as make run calls it -----------------------------------------------------------------
+
+
+def run_stack_token_command() -> list[str]:
+    """The arguments scripts/run-stack.sh gives manage.py to make the API token it prints."""
+    script = (PROJECT_ROOT / "scripts" / "run-stack.sh").read_text()
+    (line,) = re.findall(r"^token=\$\(\$BIN/python manage\.py (create_token [^)]*)\)$", script, re.MULTILINE)
+    return shlex.split(line)
+
+
+@pytest.mark.django_db(transaction=True)  # the command runs in another process
+def test_the_token_make_run_prints_works():
+    UserFactory(username="admin", is_staff=True, is_superuser=True)
+    EmbeddingModelFactory(id="minilm")
+    args = run_stack_token_command()
+    assert args[:2] == ["create_token", "admin"]
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=PROJECT_ROOT,
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    key = result.stdout.strip()  # $(...) keeps stdout alone
+    assert re.fullmatch(r"[0-9a-f]{64}", key)
+    assert "expires" in result.stderr and key not in result.stderr
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    response = client.get("/models/minilm")
+    assert response.status_code == 200 and response.json()["id"] == "minilm"
+    assert AuthToken.objects.get().expiry is not None  # make run's token expires (--expires-days)

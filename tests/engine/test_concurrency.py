@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.db import connection
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 from rest_framework.test import APIClient
 
 from deployments.models import TERMINAL_STATUSES, DeploymentTask, TaskStatus
@@ -27,7 +27,7 @@ def test_20_concurrent_deploys_of_one_model_run_serialized_in_order(operator, se
     settings.INFERENCE_DEPLOYER_FACTORY = "tests.support.probes.build_probe_deployer"
     model = EmbeddingModelFactory(id="contended")
     EmbeddingModelFactory(id="bystander")
-    token = Token.objects.create(user=operator).key
+    _, token = AuthToken.objects.create(user=operator, expiry=None)
     start = threading.Barrier(SUBMITTERS)
 
     def submit(i: int) -> int:

@@ -1,5 +1,5 @@
-"""Real processes for the tests: qcluster workers (bare or under run_workers) on the test database, and waiting
-for what they do."""
+"""Real processes for the tests: qcluster workers (bare or under run_workers) and the web server (gunicorn) on the
+test database, and waiting for what they do."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
+import httpx
 import psutil
 from django.conf import settings
 from django.db import connection
 
+from deployments.inference.server import free_port
 from deployments.models import Task
 from deployments.services.watchdog import kill_process_group, process_group
 
@@ -154,3 +156,61 @@ def wait_for_status(task: Task, statuses: set[str], timeout: float, cluster: QCl
         (lambda: cluster.log_tail()) if cluster else str,
     )
     return task
+
+
+# What switches the web server to "behind a TLS proxy" (settings.py); a test's server starts without them.
+PROXY_SWITCHES = (
+    "TRUST_X_FORWARDED_PROTO",
+    "CSRF_TRUSTED_ORIGINS",
+    "SECURE_SSL_REDIRECT",
+    "SECURE_HSTS_SECONDS",
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+    "SECURE_HSTS_PRELOAD",
+    "SESSION_COOKIE_SECURE",
+    "CSRF_COOKIE_SECURE",
+)
+
+
+class WebServer:
+    """gunicorn as ``make run`` starts it (controlplane/gunicorn.conf.py) on a free port, on the test
+    database, with its own var folder; access log and error log kept apart."""
+
+    def __init__(self, workdir: Path, **env_overrides: str):
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {name: value for name, value in worker_env().items() if name not in PROXY_SWITCHES}
+        self.env.update({"CONTROLPLANE_VAR_DIR": str(workdir), "WEB_ADDR": f"127.0.0.1:{self.port}"})
+        self.env.update(env_overrides)
+        self.stdout_path, self.stderr_path = workdir / "stdout.log", workdir / "stderr.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> Self:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", "controlplane/gunicorn.conf.py"],
+                cwd=PROJECT_ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+        wait_for(self._answers, timeout, f"gunicorn on {self.url}", lambda: self.stderr_path.read_text())
+        return self
+
+    def _answers(self) -> bool:
+        assert self.process and self.process.poll() is None, self.stderr_path.read_text()
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
