@@ -159,16 +159,17 @@ def wait_for_status(task: Task, statuses: set[str], timeout: float, cluster: QCl
 
 
 # What switches the web server to "behind a TLS proxy" (settings.py); a test's server starts without them.
-PROXY_SWITCHES = (
-    "TRUST_X_FORWARDED_PROTO",
-    "CSRF_TRUSTED_ORIGINS",
-    "SECURE_SSL_REDIRECT",
-    "SECURE_HSTS_SECONDS",
-    "SECURE_HSTS_INCLUDE_SUBDOMAINS",
-    "SECURE_HSTS_PRELOAD",
-    "SESSION_COOKIE_SECURE",
-    "CSRF_COOKIE_SECURE",
-)
+# Everything README's "behind a proxy" section asks for, switched on, for a proxy serving https://cp.example.com.
+PROXY_ENV = {
+    "TRUST_X_FORWARDED_PROTO": "true",
+    "CSRF_TRUSTED_ORIGINS": "https://cp.example.com",
+    "SECURE_SSL_REDIRECT": "true",
+    "SECURE_HSTS_SECONDS": "31536000",
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true",
+    "SECURE_HSTS_PRELOAD": "true",
+    "SESSION_COOKIE_SECURE": "true",
+    "CSRF_COOKIE_SECURE": "true",
+}
 
 
 class WebServer:
@@ -179,7 +180,7 @@ class WebServer:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {name: value for name, value in worker_env().items() if name not in PROXY_SWITCHES}
+        self.env = {name: value for name, value in worker_env().items() if name not in PROXY_ENV}
         self.env.update({"CONTROLPLANE_VAR_DIR": str(workdir), "WEB_ADDR": f"127.0.0.1:{self.port}"})
         self.env.update(env_overrides)
         self.stdout_path, self.stderr_path = workdir / "stdout.log", workdir / "stderr.log"

@@ -12,22 +12,11 @@ import pytest
 from knox.models import AuthToken
 
 from tests.support.factories import DeploymentTaskFactory, EmbeddingModelFactory, UserFactory
-from tests.support.processes import WebServer
+from tests.support.processes import PROXY_ENV, WebServer
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the server reads what the test wrote
 
 PASSWORD = "correct horse battery staple"
-PROXY_ENV = {
-    "ALLOWED_HOSTS": "cp.example.com,127.0.0.1",
-    "TRUST_X_FORWARDED_PROTO": "true",
-    "CSRF_TRUSTED_ORIGINS": "https://cp.example.com",
-    "SECURE_SSL_REDIRECT": "true",
-    "SECURE_HSTS_SECONDS": "31536000",
-    "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true",
-    "SECURE_HSTS_PRELOAD": "true",
-    "SESSION_COOKIE_SECURE": "true",
-    "CSRF_COOKIE_SECURE": "true",
-}
 # What the proxy adds to every request it forwards from https://cp.example.com.
 VIA_PROXY = {"Host": "cp.example.com", "X-Forwarded-Proto": "https"}
 
@@ -113,7 +102,7 @@ def test_the_default_serves_plain_http_with_static_files_and_an_access_log(web_s
 
 
 def test_behind_a_proxy_https_is_required_marked_and_trusted_from_the_header(web_server, stocked):
-    server = web_server(**PROXY_ENV)
+    server = web_server(ALLOWED_HOSTS="cp.example.com,127.0.0.1", **PROXY_ENV)
     auth = {"Authorization": f"Token {stocked}"}
 
     plain = httpx.get(f"{server.url}/deploy", headers={"Host": "cp.example.com", **auth})

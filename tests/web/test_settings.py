@@ -13,29 +13,17 @@ import sys
 from pathlib import Path
 
 from controlplane.settings import secret_key_file, write_secret_once
-from tests.support.processes import PROJECT_ROOT, PROXY_SWITCHES
-
-# Everything README's "Behind a proxy" asks for, switched on.
-PROXY_ENV = {
-    "TRUST_X_FORWARDED_PROTO": "true",
-    "CSRF_TRUSTED_ORIGINS": "https://controlplane.example.com",
-    "SECURE_SSL_REDIRECT": "true",
-    "SECURE_HSTS_SECONDS": "31536000",
-    "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true",
-    "SECURE_HSTS_PRELOAD": "true",
-    "SESSION_COOKIE_SECURE": "true",
-    "CSRF_COOKIE_SECURE": "true",
-}
+from tests.support.processes import PROJECT_ROOT, PROXY_ENV
 
 
 def check_deploy(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     """`manage.py check --deploy --fail-level WARNING` with DEBUG off, a strong key and ``env``."""
-    base = {name: value for name, value in os.environ.items() if name not in PROXY_SWITCHES}
+    base = {name: value for name, value in os.environ.items() if name not in PROXY_ENV}
     base.update(
         {
             "DEBUG": "false",
             "SECRET_KEY": secrets.token_urlsafe(50),
-            "ALLOWED_HOSTS": "controlplane.example.com",
+            "ALLOWED_HOSTS": "cp.example.com",
             "CONTROLPLANE_VAR_DIR": str(tmp_path),
             "PYTHONPATH": str(PROJECT_ROOT),
         }
