@@ -124,7 +124,8 @@ class DeployResult:
     dimensions: int
     replicas: list[str] = field(default_factory=list)  # the replicas that serve the revision
     skipped_replicas: list[str] = field(default_factory=list)  # did not answer; the reconciler catches them up
-    switch_ms: float | None = None  # route published until the router answered from the revision
+    switch_ms: float | None = None  # the deployer's route update until Envoy serves it
+    source: dict[str, str] = field(default_factory=dict)  # the URI fetched and what it resolved to (a commit)
     timings: dict[str, float] = field(default_factory=dict)
     pruned_revisions: list[str] = field(default_factory=list)
 
@@ -137,6 +138,7 @@ class DeployResult:
             "replicas": self.replicas,
             "skipped_replicas": self.skipped_replicas,
             "switch_ms": self.switch_ms,
+            "source": self.source,
             "timings": self.timings,
             "pruned_revisions": self.pruned_revisions,
         }
@@ -323,6 +325,8 @@ class GreenDeployer:
             closing.append(f"revision {green.revision}: {green.files} files, {green.size_bytes} bytes, verified")
             if source is None:
                 closing.append("(kept, not fetched again)")
+            elif source.resolved:
+                closing.append("from " + ", ".join(f"{key} {value}" for key, value in source.resolved.items()))
 
         blue = self.live_revision(model_id)
         name = served_name(model_id, green.revision)
@@ -373,6 +377,7 @@ class GreenDeployer:
             replicas=replicas,
             skipped_replicas=skipped,
             switch_ms=switch_ms,
+            source={"uri": source.uri, **source.resolved} if source else {},
             timings=timeline.timings,
             pruned_revisions=pruned,
         )

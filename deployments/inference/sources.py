@@ -1,16 +1,22 @@
 """Where model artifacts come from. A source knows how to list and copy its files; nothing else.
 
-Only local directories exist today. A registry (MLflow, S3, ...) is added by writing another
-``ModelSource`` and registering its URI scheme in ``SOURCE_SCHEMES``.
+Local directories (an absolute path or ``file://``) and the local Hugging Face cache (``hf://``).
+A registry (MLflow, S3, ...) is added by writing another ``ModelSource`` and registering its URI
+scheme in ``SOURCE_SCHEMES``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
+
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
 from .errors import SourceRefused
 
@@ -22,6 +28,9 @@ class ModelSource(Protocol):
     """A place model artifacts are copied from."""
 
     uri: str
+    # What the URI pointed at when it was opened (a commit, a registry version): kept with the deploy,
+    # because a branch or an alias can move later.
+    resolved: dict[str, str]
 
     def files(self) -> Iterator[tuple[Path, str]]:
         """Yield (absolute file path, path relative to the model root) for every file to copy."""
@@ -35,6 +44,7 @@ class LocalDirectorySource:
         self.uri = path.as_uri() if path.is_absolute() else str(path)
         self.allowed_roots = list(allowed_roots)
         self.root = _confine(path, self.allowed_roots)
+        self.resolved: dict[str, str] = {}
         if not self.root.is_dir():
             raise SourceRefused(f"source {path} is not a directory")
 
@@ -91,12 +101,48 @@ def _local_source(uri: str, allowed_roots: Sequence[Path]) -> ModelSource:
     return LocalDirectorySource(path, allowed_roots)
 
 
+# hf://<org>/<repo>@<revision>: a repo id as the Hub spells it, a branch, tag or commit.
+_HF_URI = re.compile(r"hf://(?P<repo>[A-Za-z0-9][\w.-]*(?:/[A-Za-z0-9][\w.-]*)?)(?:@(?P<revision>[\w.-]+))?")
+
+
+class HuggingFaceCacheSource:
+    """A snapshot of a Hugging Face repo in the local cache (``HF_HUB_CACHE`` / ``HF_HOME``), resolved
+    offline to the immutable ``snapshots/<commit>`` folder; no network is ever used."""
+
+    def __init__(self, uri: str, cache_dir: Path | None = None):
+        match = _HF_URI.fullmatch(uri)
+        if match is None:
+            raise SourceRefused(f"source {uri!r} must look like hf://<org>/<repo>@<revision>")
+        repo_id, revision = match["repo"], match["revision"] or "main"
+        self.cache_dir = Path(cache_dir or hf_constants.HF_HUB_CACHE).resolve()
+        try:
+            snapshot = Path(
+                snapshot_download(repo_id, revision=revision, cache_dir=self.cache_dir, local_files_only=True)
+            )
+        except (LocalEntryNotFoundError, HFValidationError) as exc:
+            raise SourceRefused(
+                f"{repo_id}@{revision} is not in the local Hugging Face cache ({self.cache_dir}); "
+                f"nothing is downloaded: put it there first (huggingface-cli download {repo_id} --revision {revision})"
+            ) from exc
+        self.uri = uri
+        self.resolved = {"repo": repo_id, "revision": revision, "commit": snapshot.name}
+        self._directory = LocalDirectorySource(snapshot, [self.cache_dir])
+
+    def files(self) -> Iterator[tuple[Path, str]]:
+        # The snapshot's files are symlinks into the cache's blobs: followed, and confined to the cache.
+        return self._directory.files()
+
+
+def _hf_source(uri: str, allowed_roots: Sequence[Path]) -> ModelSource:
+    return HuggingFaceCacheSource(uri)
+
+
 SourceFactory = Callable[[str, Sequence[Path]], ModelSource]
-SOURCE_SCHEMES: dict[str, SourceFactory] = {"": _local_source, "file": _local_source}
+SOURCE_SCHEMES: dict[str, SourceFactory] = {"": _local_source, "file": _local_source, "hf": _hf_source}
 
 
 def open_source(uri: str, allowed_roots: Sequence[Path]) -> ModelSource:
-    """Turn a source URI (an absolute path or ``file://``) into a ModelSource, or raise SourceRefused."""
+    """Turn a source URI (an absolute path, ``file://`` or ``hf://``) into a ModelSource, or raise SourceRefused."""
     if not isinstance(uri, str) or not uri.strip():
         raise SourceRefused("source must be a non-empty path or URI")
     scheme = urlparse(uri).scheme

@@ -17,6 +17,7 @@ from rest_framework.test import APIClient
 from deployments import services
 from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, Task, TaskStatus
 from tests.support.factories import DeletionTaskFactory, DeploymentTaskFactory, EmbeddingModelFactory
+from tests.support.sources import lay_out_hf_cache
 
 pytestmark = pytest.mark.django_db
 
@@ -391,6 +392,19 @@ def test_register_update_and_unregister_a_model(api, minilm_dir):
     EmbeddingModel.objects.filter(pk="mini").update(state="not_deployed", live_revision="")
     assert api.delete("/models/mini").status_code == 204
     assert api.get("/models/mini").status_code == 404
+
+
+def test_a_model_from_the_hugging_face_cache_registers_only_when_the_cache_holds_it(
+    api, minilm_dir, tmp_path, monkeypatch
+):
+    cache = tmp_path / "hf-cache"
+    lay_out_hf_cache(cache, "sentence-transformers/all-MiniLM-L6-v2", minilm_dir)
+    monkeypatch.setattr("deployments.inference.sources.hf_constants.HF_HUB_CACHE", str(cache))
+    source = "hf://sentence-transformers/all-MiniLM-L6-v2@main"
+    assert post(api, "/models", {"id": "mini-hf", "source": source}).status_code == 201
+    missing = post(api, "/models", {"id": "other-hf", "source": "hf://acme/absent@main"})
+    assert missing.status_code == 400
+    assert "not in the local Hugging Face cache" in missing.json()["errors"]["source"][0]
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ from deployments.inference import (
 from deployments.inference.green import DEPLOY_STAGES
 from deployments.inference.runtime_markers import count_instances
 from deployments.inference.server import free_port
+from tests.support.sources import COMMIT, lay_out_hf_cache
 
 pytestmark = pytest.mark.mlserver
 
@@ -402,3 +403,21 @@ def test_a_rollback_asked_for_during_the_bake_is_a_switch_and_loads_nothing(
     assert again.revision == blue.revision
     assert "(was loaded)" in next(e.message for e in events if e.stage == "load_green" and e.state == "done")
     assert count_instances(instance_markers, "minilm-bakeback") == 1
+
+
+def test_a_model_deploys_from_the_hugging_face_cache_and_records_its_commit(
+    deployer, front, minilm_dir, tmp_path, monkeypatch
+):
+    cache = tmp_path / "hf-cache"
+    lay_out_hf_cache(cache, "sentence-transformers/all-MiniLM-L6-v2", minilm_dir)
+    monkeypatch.setattr("deployments.inference.sources.hf_constants.HF_HUB_CACHE", str(cache))
+    events: list[StageEvent] = []
+    result = deployer.deploy("minilm-hf", "hf://sentence-transformers/all-MiniLM-L6-v2@main", progress=events.append)
+    assert result.source == {
+        "uri": "hf://sentence-transformers/all-MiniLM-L6-v2@main",
+        "repo": "sentence-transformers/all-MiniLM-L6-v2",
+        "revision": "main",
+        "commit": COMMIT,
+    }
+    assert f"commit {COMMIT}" in next(e.message for e in events if e.stage == "fetch" and e.state == "done")
+    assert front.infer("minilm-hf", ["from the cache"]).embeddings.shape == (1, 384)

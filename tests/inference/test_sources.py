@@ -1,9 +1,11 @@
 import os
 
 import pytest
+from huggingface_hub import scan_cache_dir
 
 from deployments.inference import SourceRefused, open_source
 from deployments.inference.sources import RESERVED_FILE_NAMES
+from tests.support.sources import COMMIT, lay_out_hf_cache
 
 
 @pytest.fixture
@@ -108,3 +110,60 @@ def test_a_file_is_not_a_model_directory(roots):
     allowed, model, _ = roots
     with pytest.raises(SourceRefused, match="not a directory"):
         open_source(os.fspath(model / "config.json"), [allowed])
+
+
+# -- hf://: the local Hugging Face cache ---------------------------------------------------------
+
+
+@pytest.fixture
+def hf_cache(tmp_path, roots, monkeypatch):
+    _, model, _ = roots
+    cache = tmp_path / "hf-cache"
+    lay_out_hf_cache(cache, "acme/embedder", model)
+    monkeypatch.setattr("deployments.inference.sources.hf_constants.HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_an_hf_uri_resolves_offline_to_the_snapshot_of_its_commit(hf_cache):
+    source = open_source("hf://acme/embedder@main", [])
+    assert source.resolved == {"repo": "acme/embedder", "revision": "main", "commit": COMMIT}
+    assert relpaths(source) == ["config.json", "sub/weights.bin"]
+    # The cache huggingface_hub itself reads back: the layout is the real one.
+    (repo,) = scan_cache_dir(hf_cache).repos
+    assert repo.repo_id == "acme/embedder" and {rev.commit_hash for rev in repo.revisions} == {COMMIT}
+
+
+def test_a_commit_or_no_revision_resolves_too(hf_cache):
+    assert open_source(f"hf://acme/embedder@{COMMIT}", []).resolved["commit"] == COMMIT
+    assert open_source("hf://acme/embedder", []).resolved["revision"] == "main"
+
+
+def test_the_commit_recorded_stays_when_the_branch_moves(hf_cache, roots):
+    _, model, _ = roots
+    first = open_source("hf://acme/embedder@main", [])
+    (model / "config.json").write_text('{"v": 2}')
+    lay_out_hf_cache(hf_cache, "acme/embedder", model, commit="f" * 40)
+    assert open_source("hf://acme/embedder@main", []).resolved["commit"] == "f" * 40
+    assert first.resolved["commit"] == COMMIT
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        ("hf://acme/unknown@main", "not in the local Hugging Face cache"),
+        ("hf://acme/embedder@no-such-branch", "not in the local Hugging Face cache"),
+        ("hf://acme/../etc@main", "must look like"),
+        ("hf://", "must look like"),
+    ],
+)
+def test_what_the_cache_does_not_hold_is_refused_without_a_download(hf_cache, uri, reason):
+    with pytest.raises(SourceRefused, match=reason):
+        open_source(uri, [])
+
+
+def test_a_snapshot_link_that_leaves_the_cache_is_refused(hf_cache, roots):
+    _, _, outside = roots
+    snapshot = hf_cache / "models--acme--embedder" / "snapshots" / COMMIT
+    (snapshot / "stolen.txt").symlink_to(outside / "secret.txt")
+    with pytest.raises(SourceRefused, match="outside the allowed roots"):
+        relpaths(open_source("hf://acme/embedder@main", []))
