@@ -113,6 +113,10 @@ def _reconcile_one(deployer: GreenDeployer, view: FleetView, model: EmbeddingMod
         _note_drift(model, routed, f"the fleet could not be read: {exc}", "none: will try again")
         return
     if gap is None:
+        if down := view.down():
+            # A replica that did not answer may lack the revision: nothing is in step until it answers.
+            report.failed[model_id] = f"cannot check {', '.join(down)}: not answering"
+            return
         _resolve_drift(model, "in step again")
         report.already_served.append(model_id)
         return

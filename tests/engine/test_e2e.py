@@ -60,11 +60,11 @@ def test_post_deploy_to_real_embeddings_and_delete_again(api, inference_settings
 def test_a_worker_killed_mid_deploy_is_detected_and_its_task_retried_while_blue_serves(
     api, inference_settings, qcluster, envoy, mlserver, tmp_path
 ):
-    inference_settings.TASK_LEASE_SECONDS = 2
     model = EmbeddingModelFactory(id="cp-killed")
     blue = services.submit_deployment(model.id).task
     assert services.run_task(blue.pk) == TaskStatus.DONE
     blue.refresh_from_db()
+    inference_settings.TASK_LEASE_SECONDS = 2  # for the worker below: its lease runs out soon after the kill
 
     # A real worker held (by the fault hook) once green is loaded, and then killed with SIGKILL.
     hold = tmp_path / "hold"

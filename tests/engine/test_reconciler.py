@@ -81,3 +81,15 @@ def test_a_server_that_is_down_opens_a_drift_for_every_deployed_model(inference_
         reconcile_models()
     drift = Drift.objects.get(embedding_model_id="rc-down", resolved_at__isnull=True)
     assert drift.registered_revision == "feedface" and down in drift.detail
+
+
+def test_a_replica_that_does_not_answer_keeps_a_model_from_counting_as_in_step(inference_settings, mlserver):
+    deploy("rc-degraded")
+    down = f"http://127.0.0.1:{free_port()}"
+    inference_settings.INFERENCE_REPLICA_URLS = [mlserver.url, down]
+
+    report = reconcile_models()
+
+    assert report.already_served == [] and down in report.failed["rc-degraded"]
+    inference_settings.INFERENCE_REPLICA_URLS = [mlserver.url]
+    assert reconcile_models().already_served == ["rc-degraded"]
