@@ -34,6 +34,19 @@ def find_task(task_id: str, kind: str | None = None) -> Task | None:
     return tasks.first()
 
 
+def live_deployment(model: EmbeddingModel) -> Task | None:
+    """The finished deployment that made the model's live revision live (its metadata says from where)."""
+    if not model.live_revision:
+        return None
+    done = Task.objects.filter(
+        kind=TaskKind.DEPLOYMENT,
+        embedding_model_id=model.pk,
+        status=TaskStatus.DONE,
+        metadata__revision=model.live_revision,
+    )
+    return done.order_by("-finished_at").first()
+
+
 def latest_task_for_model(kind: str, embedding_model_id: str) -> Task | None:
     """The most recently submitted task of that kind for the model (the origin returned the first one).
 

@@ -59,7 +59,7 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
     list_filter = ("state",)
     search_fields = ("id", "name")
     fields = ("id", "name", "source", "dimensions", "state", "live_revision", "endpoint", "created_at", "updated_at")
-    readonly_fields = ("state", "live_revision", "endpoint", "created_at", "updated_at", "audit")
+    readonly_fields = ("state", "live_revision", "deployed_from", "endpoint", "created_at", "updated_at", "audit")
     actions = ["deploy_selected", "delete_selected_deployments"]
 
     def get_inlines(self, request: HttpRequest, obj: EmbeddingModel | None) -> list[type[admin.TabularInline]]:
@@ -70,8 +70,8 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
         return selectors.with_open_drift(selectors.with_latest_tasks(super().get_queryset(request)))
 
     def get_fields(self, request: HttpRequest, obj: EmbeddingModel | None = None) -> tuple[str, ...]:
-        # A model being registered has no trail yet.
-        return self.fields if obj is None else (*self.fields, "audit")
+        # A model being registered has no deploy and no trail yet.
+        return self.fields if obj is None else (*self.fields, "deployed_from", "audit")
 
     def get_readonly_fields(self, request: HttpRequest, obj: EmbeddingModel | None = None) -> tuple[str, ...]:
         readonly = tuple(super().get_readonly_fields(request, obj))
@@ -117,6 +117,22 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
     # -- columns
 
     @admin.display(description="who did what")
+    @admin.display(description="live revision deployed from")
+    def deployed_from(self, model: EmbeddingModel) -> SafeString:
+        # What the source resolved to when the live revision was fetched (a branch or alias may have moved since).
+        task = selectors.live_deployment(model)
+        source = (task.metadata.get("source") or {}) if task else {}
+        if not source:
+            return mark_safe("—")
+        details = ", ".join(f"{key} {value}" for key, value in source.items() if key != "uri")
+        return format_html(
+            "<code>{}</code>{}{} (task {})",
+            source.get("uri", ""),
+            " — " if details else "",
+            details,
+            task_link(task.kind, task.pk),
+        )
+
     def audit(self, model: EmbeddingModel) -> str:
         # The model's registry entries and those of its tasks.
         entries = selectors.audit_entries(embedding_model_id=model.pk)

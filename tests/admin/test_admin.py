@@ -542,3 +542,21 @@ def test_engine_events_and_clusters_are_shown_but_not_editable(admin_client):
     assert b"/admin/deployments/engineevent/add/" not in events.content
     assert clusters.status_code == 200 and cluster.name.encode() in clusters.content
     assert b"/admin/deployments/workercluster/add/" not in clusters.content
+
+
+def test_a_models_page_says_what_its_live_revision_was_deployed_from(admin_client):
+    model = EmbeddingModelFactory(id="from-hf", state="deployed", live_revision="rev-1")
+    source = {"uri": "hf://acme/embedder@main", "repo": "acme/embedder", "revision": "main", "commit": "c0ffee"}
+    older = FinishedDeploymentFactory(embedding_model_id=model.id)
+    older.metadata = {**older.metadata, "revision": "rev-0", "source": {"uri": "/old"}}
+    older.save()
+    live = FinishedDeploymentFactory(embedding_model_id=model.id)
+    live.metadata = {**live.metadata, "source": source}
+    live.save()
+
+    page = admin_client.get(f"{MODELS_URL}{model.id}/change/").content.decode()
+
+    assert "<code>hf://acme/embedder@main</code>" in page and "commit c0ffee" in page
+    assert f"/admin/deployments/deploymenttask/{live.pk}/change/" in page and "/old" not in page
+    never = admin_client.get(f"{MODELS_URL}{EmbeddingModelFactory(id='never').id}/change/").content.decode()
+    assert "field-deployed_from" in never and "hf://" not in never  # the row is there, empty
