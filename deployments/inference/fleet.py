@@ -129,18 +129,18 @@ class Fleet:
 
     # -- what is where --------------------------------------------------------------------------
 
-    def view(self) -> FleetView:
-        def ready_names(client: V2Client) -> set[str]:
+    def ready_names(self) -> dict[str, set[str] | None]:
+        """What each replica has ready (None: it did not answer): one repository index per replica."""
+
+        def ready(client: V2Client) -> set[str]:
             return {entry["name"] for entry in client.index() if entry.get("state") == "READY"}
 
-        ready = {
-            url: None if isinstance(names, InferenceError) else names
-            for url, names in self.on_each(ready_names).items()
-        }
-        routed = {}
-        if self.routes.admin_url:
-            routed = served_routes(self.routes.admin_url).served_names
-        return FleetView(ready=ready, routed=routed)
+        return {url: None if isinstance(names, InferenceError) else names for url, names in self.on_each(ready).items()}
+
+    def view(self) -> FleetView:
+        """What each replica has ready and what the router routes (one admin call more)."""
+        routed = served_routes(self.routes.admin_url).served_names if self.routes.admin_url else {}
+        return FleetView(ready=self.ready_names(), routed=routed)
 
     def route_failures(self, name: str) -> int:
         """Calls routed to ``name`` that a replica answered with a 5xx, counted by the router."""
@@ -161,12 +161,12 @@ class Fleet:
             if routes_only:
                 clusters = dict(self.routes.published_clusters())
             else:
-                view = self.view()
+                ready = self.ready_names()
                 clusters = {}
                 for model_id in repository.model_ids():
                     for revision in repository.loadable_revisions(model_id):
                         name = served_name(model_id, revision)
-                        ready_on = [url for url, names in view.ready.items() if names and name in names]
+                        ready_on = [url for url, names in ready.items() if names and name in names]
                         clusters[name] = tuple(replica_address(url) for url in ready_on)
             routes = []
             for model_id in repository.model_ids():

@@ -269,7 +269,7 @@ class GreenDeployer:
         if revision is None:
             return None
         name = served_name(model_id, revision)
-        missing = self.fleet.view().missing(name)
+        missing = FleetView(ready=self.fleet.ready_names()).missing(name)
         try:
             if missing:
                 self.repository.verify(self.repository.revision_path(model_id, revision))
@@ -430,7 +430,7 @@ class GreenDeployer:
             self._retire(model_id, leftover)
         name = served_name(model_id, green)
         self.repository.write_settings(model_id, green)
-        ready = self.fleet.view().ready
+        ready = self.fleet.ready_names()
         # A replica of this deploy that stopped answering since validate is loaded too: its failure names it.
         missing = [url for url in replicas if name not in (ready.get(url) or ())]
         if failures := self.fleet.load(name, self.ready_timeout, missing):
@@ -574,7 +574,7 @@ class GreenDeployer:
             closing.append(f"{model_id} answers 404 at the router" if live else "was not routed")
         with timeline.stage("unload") as closing:
             prefix = served_name(model_id, "")
-            loaded = {name for names in self.fleet.view().ready.values() if names for name in names}
+            loaded = {name for names in self.fleet.ready_names().values() if names for name in names}
             revisions = set(self.repository.loadable_revisions(model_id))
             revisions |= {name.removeprefix(prefix) for name in loaded if name.startswith(prefix)}
             for revision in sorted(revisions):

@@ -501,11 +501,6 @@ class LocalEnvoy(LocalProcess):
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
 
-    def publish(
-        self, routes: Iterable[ModelRoute], clusters: Mapping[str, Iterable[str]], timeout: float = 10.0
-    ) -> str:
-        return self.routes.publish(routes, clusters, timeout=timeout)
-
     def served_routes(self) -> ServedRoutes:
         return served_routes(self.admin_url)
 
