@@ -13,19 +13,26 @@ $(INSTALLED): requirements.txt
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $(INSTALLED)
 
+# The tests also run a real MLflow tracking server: the full package, kept out of what `make run` needs.
+TEST_INSTALLED := $(VENV)/.installed-test
+
+$(TEST_INSTALLED): $(INSTALLED) requirements-mlflow.txt
+	$(BIN)/pip install --quiet -r requirements-mlflow.txt
+	touch $(TEST_INSTALLED)
+
 setup: $(INSTALLED)
 
 run: setup
 	scripts/run-stack.sh
 
-test: setup
+test: $(TEST_INSTALLED)
 	scripts/test.sh
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: setup
+bench: $(TEST_INSTALLED)
 	$(BIN)/python bench/bench_fleet.py
 	$(BIN)/python bench/bench_api.py
 	$(BIN)/python bench/bench_operators.py

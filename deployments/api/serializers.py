@@ -15,7 +15,15 @@ from deployments.inference import (
     SourceRefused,
     validate_model_id,
 )
-from deployments.models import AuditEntry, Drift, EmbeddingModel, InferenceServer, TaskEvent, TaskStatus
+from deployments.models import (
+    TRACKING_URI_PATTERN,
+    AuditEntry,
+    Drift,
+    EmbeddingModel,
+    InferenceServer,
+    TaskEvent,
+    TaskStatus,
+)
 from deployments.services.registry import check_source
 from deployments.task_config import (
     DeletionConfigSerializer,
@@ -192,6 +200,13 @@ class EmbeddingModelSerializer(NoUnknownKeysMixin, serializers.ModelSerializer):
 
     id = ModelIdField(help_text="The embedding model id (letters, digits, '.', '_', '-'; at most 128).")
     dimensions = StrictIntegerField(min_value=1, max_value=65536, required=False, allow_null=True)
+    mlflow_tracking_uri = serializers.RegexField(
+        TRACKING_URI_PATTERN,
+        max_length=1024,
+        required=False,
+        allow_blank=True,
+        help_text="The MLflow tracking server of a models:/ or runs:/ source; blank: the server's MLFLOW_TRACKING_URI.",
+    )
     drift = serializers.SerializerMethodField(help_text="The open drift, or null while the server serves it as live.")
 
     class Meta:
@@ -200,6 +215,7 @@ class EmbeddingModelSerializer(NoUnknownKeysMixin, serializers.ModelSerializer):
             "id",
             "name",
             "source",
+            "mlflow_tracking_uri",
             "dimensions",
             "state",
             "live_revision",
@@ -228,8 +244,13 @@ class EmbeddingModelSerializer(NoUnknownKeysMixin, serializers.ModelSerializer):
             raise serializers.ValidationError(f"embedding model {value!r} is already registered.")
         return value
 
-    def validate_source(self, value: str) -> str:
-        try:
-            return check_source(value)
-        except SourceRefused as exc:
-            raise serializers.ValidationError(str(exc)) from exc
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # The source is checked against the model's tracking server, so both fields together.
+        if "source" in attrs or "mlflow_tracking_uri" in attrs:
+            source = attrs.get("source", getattr(self.instance, "source", ""))
+            tracking_uri = attrs.get("mlflow_tracking_uri", getattr(self.instance, "mlflow_tracking_uri", ""))
+            try:
+                check_source(source, tracking_uri)
+            except SourceRefused as exc:
+                raise serializers.ValidationError({"source": [str(exc)]}) from exc
+        return attrs

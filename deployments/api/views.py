@@ -461,6 +461,7 @@ class EmbeddingModelViewSet(viewsets.ModelViewSet):
                 data["source"],
                 name=data.get("name", ""),
                 dimensions=data.get("dimensions"),
+                mlflow_tracking_uri=data.get("mlflow_tracking_uri", ""),
                 by=api_actor(self.request),
             )
         except RegistryError as exc:

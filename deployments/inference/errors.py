@@ -13,6 +13,16 @@ class SourceRefused(InferenceError):
     """A model source that is missing, malformed, or outside the allowed roots."""
 
 
+class SourceUnavailable(InferenceError):
+    """A model source that exists, or may, but could not be reached now (a registry that did not answer):
+    the same request can succeed later."""
+
+
+class InvalidArtifacts(InferenceError):
+    """Artifacts that were fetched but are not a model the runtime can load; the message names the file
+    and what to do. Retrying the same source gives the same result, until its artifacts are fixed."""
+
+
 class ChecksumMismatch(InferenceError):
     """A revision whose files do not match the manifest written when it was copied."""
 

@@ -187,6 +187,9 @@ class _Timeline:
         except DeployFailed as exc:
             self._finish(name, "failed", exc.reason, started)
             raise
+        except SourceRefused as exc:  # at fetch: a registry that names nothing, artifacts that are no model
+            self._finish(name, "failed", str(exc), started)
+            raise DeployFailed(name, str(exc), refused=True) from exc
         except InferenceError as exc:
             self._finish(name, "failed", str(exc), started)
             raise DeployFailed(name, str(exc)) from exc
@@ -295,6 +298,7 @@ class GreenDeployer:
         bake_seconds: float | None = None,
         progress: ProgressCallback | None = None,
         rollback_requested: RollbackRequest | None = None,
+        tracking_uri: str | None = None,
     ) -> DeployResult:
         """Deploy ``source_uri`` (or, with ``revision``, a revision the repository keeps: a rollback,
         nothing is fetched) as ``model_id``. Raises DeployFailed (``.stage``, ``.reason``) on failure.
@@ -309,7 +313,7 @@ class GreenDeployer:
         bake = self.bake_seconds if bake_seconds is None else bake_seconds
 
         with timeline.stage("validate") as closing:
-            source = self._validate(model_id, source_uri, revision, expected_dimensions, bake)
+            source = self._validate(model_id, source_uri, revision, expected_dimensions, bake, tracking_uri)
             ready = self.fleet.ready_replicas()
             replicas = [url for url, up in ready.items() if up]
             skipped = [url for url, up in ready.items() if not up]
@@ -389,11 +393,12 @@ class GreenDeployer:
         revision: str | None,
         expected_dimensions: int | None,
         bake_seconds: float,
+        tracking_uri: str | None = None,
     ) -> ModelSource | None:
         """Check the request; return the opened source (None when a kept revision is asked for)."""
         try:
             validate_model_id(model_id)
-            source = None if revision is not None else open_source(source_uri, self.allowed_roots)
+            source = None if revision is not None else open_source(source_uri, self.allowed_roots, tracking_uri)
             if revision is not None:
                 validate_revision(revision)
         except (InvalidModelId, SourceRefused) as exc:

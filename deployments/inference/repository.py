@@ -37,6 +37,7 @@ from .ids import REVISION_SEPARATOR, served_name, validate_model_id
 from .sources import ModelSource
 
 MANIFEST_NAME = "MANIFEST.sha256"
+PROVENANCE_NAME = "PROVENANCE.json"
 SETTINGS_NAME = "model-settings.json"
 LIVE_NAME = "live.json"
 DEFAULT_RUNTIME = "deployments.inference.runtime.SentenceTransformerRuntime"
@@ -150,17 +151,24 @@ class ModelRepository:
         self._remove_incoming(model_id)
         incoming = self.model_dir(model_id) / f".incoming-{uuid.uuid4().hex}"
         incoming.mkdir()
+        # Where a source that downloads puts its files; the same file system, so they are moved in.
+        scratch = incoming.with_name(incoming.name + ".download")
         try:
             copies: list[tuple[str, Future[str], Future[str], int]] = []
             with ThreadPoolExecutor(max_workers=2, thread_name_prefix="checksum") as hashing:
-                for src, relpath in source.files():
+                for src, relpath in source.files(scratch):
                     dest = incoming / relpath
                     if not dest.resolve().is_relative_to(incoming.resolve()):
                         raise SourceRefused(f"source file {relpath!r} would be written outside the revision")
                     dest.parent.mkdir(parents=True, exist_ok=True)
-                    source_checksum = hashing.submit(_sha256_file, src)
-                    shutil.copyfile(src, dest)  # follows a (confined) symlink: the revision holds real files
-                    copies.append((relpath, source_checksum, hashing.submit(_sha256_file, dest), dest.stat().st_size))
+                    if source.disposable:
+                        os.replace(src, dest)  # the source's own download: nothing to compare it with
+                        copy_checksum = source_checksum = hashing.submit(_sha256_file, dest)
+                    else:
+                        source_checksum = hashing.submit(_sha256_file, src)
+                        shutil.copyfile(src, dest)  # follows a (confined) symlink: the revision holds real files
+                        copy_checksum = hashing.submit(_sha256_file, dest)
+                    copies.append((relpath, source_checksum, copy_checksum, dest.stat().st_size))
             if not copies:
                 raise SourceRefused(f"source {source.uri} has no files")
             for relpath, source_checksum, copy_checksum, _ in copies:
@@ -169,6 +177,9 @@ class ModelRepository:
             manifest = sorted((relpath, source_checksum.result()) for relpath, source_checksum, _, _ in copies)
             manifest_text = "".join(f"{checksum}  {relpath}\n" for relpath, checksum in manifest)
             (incoming / MANIFEST_NAME).write_text(manifest_text)
+            # Where the bytes came from and what the URI resolved to then (an alias moves later). Not in
+            # the manifest: the same bytes from another source are the same revision.
+            atomic_write_json(incoming / PROVENANCE_NAME, {"uri": source.uri, **source.resolved})
             revision_id = hashlib.sha256(manifest_text.encode()).hexdigest()[:16]
             final = revisions / revision_id
             if before_publish is not None:
@@ -185,8 +196,9 @@ class ModelRepository:
             total = sum(size for *_, size in copies)
             return Revision(model_id, revision_id, final, len(copies), total)
         finally:
-            if incoming.exists():
-                self._rmtree(incoming)
+            for leftover in (incoming, scratch):
+                if leftover.exists():
+                    self._rmtree(leftover)
 
     def verify(self, revision_path: Path) -> None:
         """Raise ChecksumMismatch unless every file of the manifest is present with its checksum."""
@@ -204,6 +216,13 @@ class ModelRepository:
     def manifest(self, revision_path: Path) -> dict[str, str]:
         """The files of a revision and their checksums, as its manifest lists them."""
         return _read_manifest(revision_path)
+
+    def provenance(self, model_id: str, revision: str) -> dict[str, str]:
+        """The source URI a revision was first fetched from and what it resolved to ({} if not recorded)."""
+        try:
+            return json.loads((self.revision_path(model_id, revision) / PROVENANCE_NAME).read_text())
+        except (OSError, ValueError):
+            return {}
 
     def revision_path(self, model_id: str, revision: str) -> Path:
         return self.revisions_dir(model_id) / revision

@@ -1,8 +1,8 @@
 """Where model artifacts come from. A source knows how to list and copy its files; nothing else.
 
-Local directories (an absolute path or ``file://``) and the local Hugging Face cache (``hf://``).
-A registry (MLflow, S3, ...) is added by writing another ``ModelSource`` and registering its URI
-scheme in ``SOURCE_SCHEMES``.
+Local directories (an absolute path or ``file://``), the local Hugging Face cache (``hf://``) and an
+MLflow tracking server (``models:/``, ``runs:/``, in mlflow_source.py). Another registry (S3, ...) is
+added by writing another ``ModelSource`` and registering its URI scheme in ``SOURCE_SCHEMES``.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
-from .errors import SourceRefused
+from .errors import SourceRefused, SourceUnavailable
 
 # Files a source may not bring into the repository: the server treats them as its own configuration.
-RESERVED_FILE_NAMES = frozenset({"model-settings.json", "settings.json"})
+RESERVED_FILE_NAMES = frozenset({"model-settings.json", "settings.json", "MANIFEST.sha256", "PROVENANCE.json"})
 
 
 class ModelSource(Protocol):
@@ -32,8 +32,20 @@ class ModelSource(Protocol):
     # because a branch or an alias can move later.
     resolved: dict[str, str]
 
-    def files(self) -> Iterator[tuple[Path, str]]:
-        """Yield (absolute file path, path relative to the model root) for every file to copy."""
+    # True when the files are the source's own download, which the repository may move rather than copy.
+    disposable: bool
+
+    def resolve(self) -> dict[str, str]:
+        """Find out what the URI points at now (a registry is asked here, not when the source is opened);
+        raise SourceRefused if it points at nothing, SourceUnavailable if that cannot be told now."""
+        ...
+
+    def files(self, scratch: Path | None = None) -> Iterator[tuple[Path, str]]:
+        """Yield (absolute file path, path relative to the model root) for every file to copy.
+
+        ``scratch`` is an empty folder on the repository's file system that a source which downloads
+        may fill; the caller removes it afterwards.
+        """
         ...
 
 
@@ -45,10 +57,14 @@ class LocalDirectorySource:
         self.allowed_roots = list(allowed_roots)
         self.root = _confine(path, self.allowed_roots)
         self.resolved: dict[str, str] = {}
+        self.disposable = False
         if not self.root.is_dir():
             raise SourceRefused(f"source {path} is not a directory")
 
-    def files(self) -> Iterator[tuple[Path, str]]:
+    def resolve(self) -> dict[str, str]:
+        return self.resolved
+
+    def files(self, scratch: Path | None = None) -> Iterator[tuple[Path, str]]:
         for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
             dirnames.sort()
             base = Path(dirpath)
@@ -88,7 +104,7 @@ def _confine(path: Path, allowed_roots: Sequence[Path]) -> Path:
     raise SourceRefused(f"source {path} resolves to {resolved}, outside the allowed roots ({roots})")
 
 
-def _local_source(uri: str, allowed_roots: Sequence[Path]) -> ModelSource:
+def _local_source(uri: str, allowed_roots: Sequence[Path], tracking_uri: str | None) -> ModelSource:
     parsed = urlparse(uri)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
@@ -126,23 +142,43 @@ class HuggingFaceCacheSource:
             ) from exc
         self.uri = uri
         self.resolved = {"repo": repo_id, "revision": revision, "commit": snapshot.name}
+        self.disposable = False
         self._directory = LocalDirectorySource(snapshot, [self.cache_dir])
 
-    def files(self) -> Iterator[tuple[Path, str]]:
+    def resolve(self) -> dict[str, str]:
+        return self.resolved
+
+    def files(self, scratch: Path | None = None) -> Iterator[tuple[Path, str]]:
         # The snapshot's files are symlinks into the cache's blobs: followed, and confined to the cache.
         return self._directory.files()
 
 
-def _hf_source(uri: str, allowed_roots: Sequence[Path]) -> ModelSource:
+def _hf_source(uri: str, allowed_roots: Sequence[Path], tracking_uri: str | None) -> ModelSource:
     return HuggingFaceCacheSource(uri)
 
 
-SourceFactory = Callable[[str, Sequence[Path]], ModelSource]
-SOURCE_SCHEMES: dict[str, SourceFactory] = {"": _local_source, "file": _local_source, "hf": _hf_source}
+def _mlflow_source(uri: str, allowed_roots: Sequence[Path], tracking_uri: str | None) -> ModelSource:
+    try:
+        from .mlflow_source import MlflowSource
+    except ImportError as exc:  # the client is a requirement; this only guards a trimmed install
+        raise SourceRefused(f"source {uri!r} needs the MLflow client (pip install mlflow-skinny): {exc}") from exc
+    return MlflowSource(uri, tracking_uri)
 
 
-def open_source(uri: str, allowed_roots: Sequence[Path]) -> ModelSource:
-    """Turn a source URI (an absolute path, ``file://`` or ``hf://``) into a ModelSource, or raise SourceRefused."""
+SourceFactory = Callable[[str, Sequence[Path], str | None], ModelSource]
+SOURCE_SCHEMES: dict[str, SourceFactory] = {
+    "": _local_source,
+    "file": _local_source,
+    "hf": _hf_source,
+    "models": _mlflow_source,
+    "runs": _mlflow_source,
+}
+
+
+def open_source(uri: str, allowed_roots: Sequence[Path], tracking_uri: str | None = None) -> ModelSource:
+    """Turn a source URI into a ModelSource, or raise SourceRefused. Only parses and checks locally:
+    ``resolve()`` is where a registry is asked. ``tracking_uri`` is the model's own MLflow server, if
+    it has one (else ``MLFLOW_TRACKING_URI``)."""
     if not isinstance(uri, str) or not uri.strip():
         raise SourceRefused("source must be a non-empty path or URI")
     scheme = urlparse(uri).scheme
@@ -152,4 +188,15 @@ def open_source(uri: str, allowed_roots: Sequence[Path]) -> ModelSource:
     if factory is None:
         known = ", ".join(sorted(s or "<absolute path>" for s in SOURCE_SCHEMES))
         raise SourceRefused(f"source scheme {scheme!r} is not supported (supported: {known})")
-    return factory(uri, allowed_roots)
+    return factory(uri, allowed_roots, tracking_uri)
+
+
+def checked_source(uri: str, allowed_roots: Sequence[Path], tracking_uri: str | None = None) -> ModelSource:
+    """Open a source and ask it what it points at now: what registering a model checks. Raises
+    SourceRefused, saying why, also when a registry cannot be asked now (nothing unchecked is registered)."""
+    source = open_source(uri, allowed_roots, tracking_uri)
+    try:
+        source.resolve()
+    except SourceUnavailable as exc:
+        raise SourceRefused(f"cannot be checked now ({exc}); try again once the registry answers") from exc
+    return source

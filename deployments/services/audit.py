@@ -20,7 +20,7 @@ from django.http import HttpRequest
 from deployments.models import AuditEntry, EmbeddingModel, Task
 
 # What a registry entry lists as changed (old -> new): what a person may set on a model.
-REGISTRY_FIELDS = ("name", "source", "dimensions")
+REGISTRY_FIELDS = ("name", "source", "mlflow_tracking_uri", "dimensions")
 
 REQUEST_ID_HEADER = "HTTP_X_REQUEST_ID"
 
@@ -80,7 +80,8 @@ def command_actor(command_name: str) -> Actor:
 
 
 def registry_values(model: EmbeddingModel) -> dict[str, Any]:
-    return {field_name: getattr(model, field_name) for field_name in REGISTRY_FIELDS}
+    # A blank optional field (no tracking URI of its own) is no value: registering it records no change.
+    return {field_name: getattr(model, field_name) or None for field_name in REGISTRY_FIELDS}
 
 
 def changed_fields(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, list[Any]]:

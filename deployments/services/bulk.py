@@ -18,10 +18,11 @@ from django.db import transaction
 from django.db.models import Count, F, Window
 from django.db.models.functions import RowNumber
 
-from deployments.models import TERMINAL_STATUSES, AuditEntry, Task
+from deployments.models import TERMINAL_STATUSES, AuditEntry, Task, TaskKind
 from deployments.services.audit import Actor, record
 from deployments.services.errors import RetryRefused, TaskError, TaskHandOffFailed
 from deployments.services.leases import allocate_sequences
+from deployments.services.registry import register_runs_on_first_use
 from deployments.services.tasks import ID_CHUNK, cancel_task, ensure_registered, hand_off, new_task, retry_task
 
 
@@ -40,6 +41,8 @@ def submit_many(
     model_ids = list(dict.fromkeys(embedding_model_ids))
     if not model_ids:
         return []
+    if kind == TaskKind.DEPLOYMENT:
+        register_runs_on_first_use(model_ids, by=requested_by)
     ensure_registered(model_ids)
     with transaction.atomic():
         positions = allocate_sequences(model_ids)

@@ -44,6 +44,7 @@ def run_deployment(task: Task, recorder: TaskRecorder, fence: Fence) -> Outcome:
                     bake_seconds=config.get("bake_seconds"),
                     progress=recorder,
                     rollback_requested=lambda blue: rollback_waiting(model.id, blue),
+                    tracking_uri=model.mlflow_tracking_uri or None,
                 )
         except DeployFailed as exc:
             return _failure(exc)

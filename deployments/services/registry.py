@@ -3,28 +3,35 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
 
-from deployments.inference import MAX_MODEL_ID_LENGTH, open_source, validate_model_id
+from deployments.inference import MAX_MODEL_ID_LENGTH, validate_model_id
+from deployments.inference.errors import SourceRefused
+from deployments.inference.mlflow_source import RUN_ID
 from deployments.inference.packaged import PACKAGED_MODEL_DIMENSIONS, PACKAGED_MODEL_ID, packaged_model_dir
+from deployments.inference.sources import checked_source
 from deployments.models import ACTIVE_STATUSES, AuditEntry, EmbeddingModel, Task
 from deployments.services.audit import REGISTRY_FIELDS, Actor, changed_fields, record, registry_values
-from deployments.services.errors import TaskConflict, TaskError
+from deployments.services.errors import ModelNotRegistered, TaskConflict, TaskError
+
+logger = logging.getLogger(__name__)
 
 
 class RegistryError(TaskError):
     pass
 
 
-def check_source(source: str) -> str:
-    """The source if the serving layer would accept it (exists, inside ALLOWED_SOURCE_ROOTS); else SourceRefused."""
-    open_source(source, settings.ALLOWED_SOURCE_ROOTS)
+def check_source(source: str, tracking_uri: str | None = None) -> str:
+    """The source if the serving layer would accept it (exists, inside ALLOWED_SOURCE_ROOTS; a registry
+    knows the version or alias it names); else SourceRefused, which says why."""
+    checked_source(source, settings.ALLOWED_SOURCE_ROOTS, tracking_uri or None)
     return source
 
 
@@ -34,10 +41,17 @@ def register_model(
     name: str = "",
     dimensions: int | None = None,
     by: Actor | str = "",
+    mlflow_tracking_uri: str = "",
 ) -> EmbeddingModel:
     validate_model_id(embedding_model_id)
-    check_source(source)
-    model = EmbeddingModel(id=embedding_model_id, source=source, name=name or embedding_model_id, dimensions=dimensions)
+    check_source(source, mlflow_tracking_uri)
+    model = EmbeddingModel(
+        id=embedding_model_id,
+        source=source,
+        name=name or embedding_model_id,
+        dimensions=dimensions,
+        mlflow_tracking_uri=mlflow_tracking_uri,
+    )
     model.full_clean()
     with transaction.atomic():
         if EmbeddingModel.objects.select_for_update().filter(pk=embedding_model_id).exists():
@@ -47,13 +61,44 @@ def register_model(
     return model
 
 
+def register_runs_on_first_use(embedding_model_ids: Collection[str], by: Actor | str = "") -> list[EmbeddingModel]:
+    """Register each MLflow run id among ``embedding_model_ids`` that is not registered yet, from
+    MLFLOW_RUN_SOURCE_TEMPLATE (e.g. ``runs:/{id}/model``): a run deployed by its id, as the origin did.
+
+    Does nothing unless that setting is on. A run the tracking server does not know stays
+    unregistered, and the request fails as for any unregistered id, with MLflow's reason.
+    """
+    template = settings.MLFLOW_RUN_SOURCE_TEMPLATE
+    run_ids = {model_id for model_id in embedding_model_ids if RUN_ID.fullmatch(model_id)} if template else set()
+    if not run_ids:
+        return []
+    run_ids -= set(EmbeddingModel.objects.filter(pk__in=run_ids).values_list("pk", flat=True))
+    registered = []
+    for run_id in sorted(run_ids):
+        source = template.format(id=run_id)
+        try:
+            model = register_model(run_id, source, name=f"MLflow run {run_id}", by=by)
+        except SourceRefused as exc:
+            raise ModelNotRegistered(
+                f"embedding model {run_id!r} is not registered, and as an MLflow run it cannot be: {exc}"
+            ) from exc
+        except RegistryError:
+            continue  # registered meanwhile by a concurrent request: that registration stands
+        logger.info("registered MLflow run %s on first use, from %s", run_id, source)
+        registered.append(model)
+    return registered
+
+
 def update_model(model: EmbeddingModel, *, by: Actor | str = "", **changes: object) -> EmbeddingModel:
     """Change name, source or dimensions; takes effect at the next deployment.
 
     The audit entry names each field that changed, old -> new; a save that changes nothing records nothing.
     """
-    if "source" in changes:
-        check_source(str(changes["source"]))
+    if "source" in changes or "mlflow_tracking_uri" in changes:
+        check_source(
+            str(changes.get("source", model.source)),
+            str(changes.get("mlflow_tracking_uri", model.mlflow_tracking_uri)),
+        )
     for field_name in REGISTRY_FIELDS:
         if field_name in changes:
             setattr(model, field_name, changes[field_name])
@@ -62,7 +107,8 @@ def update_model(model: EmbeddingModel, *, by: Actor | str = "", **changes: obje
         # The old values come from the row: the admin hands over a model its form has already changed.
         before = EmbeddingModel.objects.select_for_update().filter(pk=model.pk).values(*REGISTRY_FIELDS).first()
         model.save(update_fields=[*REGISTRY_FIELDS, "updated_at"])
-        if changed := changed_fields(before or {}, registry_values(model)):
+        before = {field_name: value or None for field_name, value in (before or {}).items()}  # as registry_values
+        if changed := changed_fields(before, registry_values(model)):
             record(by, AuditEntry.Action.CHANGE, model, changes=changed)
     return model
 

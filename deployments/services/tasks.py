@@ -27,6 +27,7 @@ from deployments.models import AuditEntry, EmbeddingModel, Task, TaskKind, TaskS
 from deployments.services.audit import Actor, record
 from deployments.services.errors import ModelNotRegistered, RetryRefused, TaskConflict, TaskHandOffFailed
 from deployments.services.leases import allocate_sequence, lease_is_held
+from deployments.services.registry import register_runs_on_first_use
 from deployments.services.transitions import transition
 from deployments.task_ids import new_task_id
 
@@ -85,6 +86,8 @@ def submit_task(
     Raises TaskHandOffFailed, after the commit, when the queue refused the new task (it stays pending).
     """
     config = config or {}
+    if kind == TaskKind.DEPLOYMENT:
+        register_runs_on_first_use([embedding_model_id], by=requested_by)
     ensure_registered([embedding_model_id])
     try:
         with transaction.atomic():

@@ -559,4 +559,4 @@ def test_a_models_page_says_what_its_live_revision_was_deployed_from(admin_clien
     assert "<code>hf://acme/embedder@main</code>" in page and "commit c0ffee" in page
     assert f"/admin/deployments/deploymenttask/{live.pk}/change/" in page and "/old" not in page
     never = admin_client.get(f"{MODELS_URL}{EmbeddingModelFactory(id='never').id}/change/").content.decode()
-    assert "field-deployed_from" in never and "hf://" not in never  # the row is there, empty
+    assert "field-deployed_from" in never and "hf://acme" not in never  # the row is there, empty

@@ -29,32 +29,12 @@ from tests.support.sources import COMMIT, lay_out_hf_cache
 pytestmark = pytest.mark.mlserver
 
 
-@pytest.fixture
-def sources(tmp_path: Path) -> Path:
-    """An allowed source root holding copies of MiniLM we can vary per test."""
-    root = tmp_path / "sources"
-    root.mkdir()
-    return root
-
-
 def copy_model(minilm_dir: Path, sources: Path, name: str, note: str | None = None) -> Path:
     target = sources / name
     shutil.copytree(minilm_dir, target)
     if note is not None:  # a different file set makes a different revision of the same weights
         (target / "RELEASE_NOTES.txt").write_text(note)
     return target
-
-
-@pytest.fixture
-def deployer(fleet, model_repository, minilm_dir, sources) -> GreenDeployer:
-    return GreenDeployer(fleet, model_repository, allowed_roots=[minilm_dir.parent, sources], ready_timeout=120)
-
-
-@pytest.fixture
-def front(envoy) -> V2Client:
-    """A client of the fleet's one address, Envoy: what callers use."""
-    with V2Client(envoy.url, timeout=30) as client:
-        yield client
 
 
 def assert_only_live_loaded(v2_client: V2Client, deployer: GreenDeployer, model_id: str) -> None:

@@ -1,0 +1,202 @@
+"""Models from an MLflow tracking server: ``models:/<name>/<version>``, ``models:/<name>@<alias>`` and
+``runs:/<run_id>/<path>``.
+
+Opening a source only parses its URI, so a request is checked without the network. ``resolve()``
+asks the server what the URI points at *now* (an alias moves; the version it named is what gets
+deployed and recorded); ``files()`` downloads with MLflow's own client into a scratch folder that
+the repository then moves into the new revision. The artifacts are either a sentence-transformers
+folder or an MLflow model whose ``sentence_transformers`` flavor holds one.
+
+The server comes from the model's own tracking URI, else ``MLFLOW_TRACKING_URI``; credentials from
+the variables MLflow itself reads (``MLFLOW_TRACKING_TOKEN``, ``MLFLOW_TRACKING_USERNAME`` ...).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from .errors import InferenceError, InvalidArtifacts, SourceRefused, SourceUnavailable
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+_MODEL_VERSION = re.compile(r"models:/(?P<name>[^/@]+)/(?P<version>[1-9][0-9]*)/?")
+_MODEL_ALIAS = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[A-Za-z0-9_-]+)/?")
+_RUN = re.compile(r"runs:/(?P<run_id>[0-9a-f]{32})(?:/(?P<path>[^\x00]*?))?/?")
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+# MLflow answers these when the thing named does not exist: the request is at fault, not the server.
+_NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND", "BAD_REQUEST"})
+
+
+class MlflowSource:
+    """A registered model version, an alias's current version, or a run's artifacts on an MLflow server."""
+
+    # Its files are its own download: the repository moves them into the revision instead of copying.
+    disposable = True
+
+    def __init__(self, uri: str, tracking_uri: str | None = None):
+        self.uri = uri
+        self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+        if not self.tracking_uri:
+            raise SourceRefused(f"source {uri!r} needs an MLflow tracking server: set MLFLOW_TRACKING_URI")
+        self.name: str | None = None
+        self.version: str | None = None
+        self.alias: str | None = None
+        self.run_id: str | None = None
+        self.path = ""
+        if match := _MODEL_VERSION.fullmatch(uri):
+            self.name, self.version = match["name"], match["version"]
+        elif match := _MODEL_ALIAS.fullmatch(uri):
+            self.name, self.alias = match["name"], match["alias"]
+        elif match := _RUN.fullmatch(uri):
+            self.run_id, self.path = match["run_id"], (match["path"] or "").strip("/")
+            if any(part in ("..", ".") for part in self.path.split("/")):
+                raise SourceRefused(f"source {uri!r}: the artifact path may not contain '.' or '..'")
+        else:
+            raise SourceRefused(
+                f"source {uri!r} must look like models:/<name>/<version>, models:/<name>@<alias> "
+                "or runs:/<run_id>/<path>"
+            )
+        self.resolved: dict[str, str] = {}
+        self._artifact_uri = ""
+
+    # -- resolving ---------------------------------------------------------------------------
+
+    def resolve(self) -> dict[str, str]:
+        """Ask the server what the URI names now; SourceRefused if it names nothing, SourceUnavailable if the
+        server does not answer. Returns (and keeps) what was resolved."""
+        if self.resolved:
+            return self.resolved
+        client = self._client()
+        with _mlflow_errors(self.uri, self.tracking_uri):
+            if self.run_id is not None:
+                run = client.get_run(self.run_id)
+                resolved = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
+                if self.path:
+                    resolved["artifact_path"] = self.path
+                artifact_uri = f"runs:/{self.run_id}/{self.path}".rstrip("/")
+            else:
+                if self.alias is not None:
+                    found = client.get_model_version_by_alias(self.name, self.alias)
+                else:
+                    found = client.get_model_version(self.name, self.version)
+                resolved = {"registered_model": found.name, "version": str(found.version)}
+                if self.alias is not None:
+                    resolved["alias"] = self.alias  # and the version it pointed at, just above
+                if found.run_id:
+                    resolved["run_id"] = found.run_id
+                # The version's own artifacts: an alias moved during the download cannot mix two versions.
+                artifact_uri = client.get_model_version_download_uri(found.name, found.version)
+            # A run with no artifacts makes download_artifacts wait forever (mlflow#16467): look first.
+            from mlflow.artifacts import list_artifacts
+
+            if not list_artifacts(artifact_uri=artifact_uri, tracking_uri=self.tracking_uri):
+                raise SourceRefused(f"{self.uri} has no artifacts on {self.tracking_uri} ({artifact_uri} is empty)")
+        self._artifact_uri = artifact_uri
+        self.resolved = {**resolved, "tracking_uri": self.tracking_uri}
+        return self.resolved
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    def files(self, scratch: Path | None = None) -> Iterator[tuple[Path, str]]:
+        if scratch is None:
+            raise SourceRefused(f"source {self.uri} downloads its artifacts: it needs a scratch folder")
+        self.resolve()
+        from mlflow.artifacts import download_artifacts
+
+        scratch.mkdir(parents=True, exist_ok=True)
+        with _mlflow_errors(self.uri, self.tracking_uri):
+            downloaded = Path(
+                download_artifacts(
+                    artifact_uri=self._artifact_uri,
+                    dst_path=str(scratch),
+                    tracking_uri=self.tracking_uri,
+                    registry_uri=self.tracking_uri,
+                )
+            )
+        root = _sentence_transformers_folder(downloaded, self.uri)
+        for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
+            if path.is_symlink() or not path.resolve().is_relative_to(scratch.resolve()):
+                raise InvalidArtifacts(
+                    f"{self.uri}: artifact {path.relative_to(root)} is a link; artifacts must be files"
+                )
+            yield path, path.relative_to(root).as_posix()
+
+    def _client(self) -> MlflowClient:
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+
+def mlflow_ui_url(resolved: dict[str, str]) -> str:
+    """The MLflow UI's page of what a source resolved to ('' when the tracking URI is not a web server)."""
+    base = resolved.get("tracking_uri", "")
+    if not base.startswith(("http://", "https://")):
+        return ""
+    base = base.rstrip("/")
+    if "registered_model" in resolved and "version" in resolved:
+        return f"{base}/#/models/{quote(resolved['registered_model'])}/versions/{resolved['version']}"
+    if "experiment_id" in resolved and "run_id" in resolved:
+        return f"{base}/#/experiments/{resolved['experiment_id']}/runs/{resolved['run_id']}"
+    return ""
+
+
+def _sentence_transformers_folder(downloaded: Path, uri: str) -> Path:
+    """The folder to deploy: the download itself, or an MLflow model's sentence-transformers data folder."""
+    if not downloaded.is_dir():
+        raise InvalidArtifacts(f"{uri} is a single file, not a sentence-transformers folder")
+    mlmodel = downloaded / "MLmodel"
+    if mlmodel.is_file():
+        import yaml  # MLflow's own dependency, as the file is its own format
+
+        try:
+            flavors = yaml.safe_load(mlmodel.read_text()).get("flavors", {})
+        except (yaml.YAMLError, AttributeError) as exc:
+            raise InvalidArtifacts(f"{uri}: its MLmodel file does not parse: {exc}") from exc
+        flavor = flavors.get("sentence_transformers")
+        if not isinstance(flavor, dict):
+            raise InvalidArtifacts(
+                f"{uri} is an MLflow model with flavors {sorted(flavors)}, not sentence_transformers: "
+                "log it with mlflow.sentence_transformers.log_model, or log the model's folder as artifacts"
+            )
+        data = downloaded / str(flavor.get("data", "model.sentence_transformer"))
+        if not data.resolve().is_relative_to(downloaded.resolve()) or not data.is_dir():
+            raise InvalidArtifacts(f"{uri}: its MLmodel names a data folder {flavor.get('data')!r} that is not there")
+        return data
+    if not any((downloaded / marker).is_file() for marker in ("modules.json", "config_sentence_transformers.json")):
+        present = ", ".join(sorted(p.name for p in downloaded.iterdir())[:8]) or "nothing"
+        raise InvalidArtifacts(
+            f"{uri} is not a sentence-transformers folder (no modules.json or MLmodel; it holds {present}): "
+            "log the folder that SentenceTransformer.save() wrote"
+        )
+    return downloaded
+
+
+class _mlflow_errors:
+    """Turn MLflow's exceptions into ours: a name that does not exist is refused, the rest is unavailable."""
+
+    def __init__(self, uri: str, tracking_uri: str):
+        self.uri, self.tracking_uri = uri, tracking_uri
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if exc is None or isinstance(exc, InferenceError):  # ours already
+            return False
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(exc, MlflowException | OSError):
+            return False
+        code = getattr(exc, "error_code", "")
+        message = getattr(exc, "message", None) or str(exc)
+        if code in _NOT_FOUND_CODES:
+            raise SourceRefused(f"{self.uri}: MLflow says {message}") from exc
+        server = self.tracking_uri
+        raise SourceUnavailable(f"{self.uri}: the MLflow tracking server {server} failed: {message}") from exc

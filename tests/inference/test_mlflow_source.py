@@ -1,0 +1,219 @@
+"""models:/ and runs:/ sources against a real MLflow tracking server (tests/support/mlflow.py): MiniLM
+logged as a run's artifacts and registered, as a training pipeline does; deploys on the real fleet."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from deployments.inference import DeployFailed, ModelRepository, SourceRefused, open_source
+from deployments.inference.errors import InvalidArtifacts, SourceUnavailable
+from deployments.inference.mlflow_source import mlflow_ui_url
+from deployments.inference.server import free_port
+from tests.support.mlflow import log_model_folder, register_version, set_alias
+
+pytestmark = pytest.mark.mlflow
+
+NAME = "minilm-embedder"
+
+
+@pytest.fixture(scope="module")
+def registry(mlflow_server, minilm_dir, tmp_path_factory) -> dict[str, str]:
+    """MiniLM as version 1 and, with a release note more, version 2; the alias champion on version 1."""
+    second = tmp_path_factory.mktemp("v2") / "model"
+    shutil.copytree(minilm_dir, second)
+    (second / "RELEASE_NOTES.txt").write_text("v2")
+    uri = mlflow_server.url
+    run1, run2 = log_model_folder(uri, minilm_dir), log_model_folder(uri, second)
+    assert (register_version(uri, NAME, run1), register_version(uri, NAME, run2)) == ("1", "2")
+    set_alias(uri, NAME, "champion", "1")
+    return {"uri": uri, "run1": run1, "run2": run2}
+
+
+@pytest.fixture(autouse=True)
+def champion_on_version_1(request):
+    """Tests that move the alias leave it as they found it."""
+    yield
+    if "registry" in request.fixturenames:
+        registry = request.getfixturevalue("registry")
+        set_alias(registry["uri"], NAME, "champion", "1")
+
+
+@pytest.fixture
+def no_retries(monkeypatch):
+    # An unanswered call fails at once instead of after MLflow's retries.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+
+
+def files_of(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_a_version_is_downloaded_into_a_revision_that_records_what_it_resolved_to(registry, minilm_dir, tmp_path):
+    repository = ModelRepository(tmp_path / "repository")
+    source = open_source(f"models:/{NAME}/1", [], registry["uri"])
+
+    revision = repository.create_revision("from-mlflow", source)
+
+    expected = {"registered_model": NAME, "version": "1", "run_id": registry["run1"], "tracking_uri": registry["uri"]}
+    assert source.resolved == expected
+    assert repository.provenance("from-mlflow", revision.revision) == {"uri": f"models:/{NAME}/1", **expected}
+    assert sorted(repository.manifest(revision.path)) == [
+        name for name in files_of(minilm_dir) if name not in ("MANIFEST.sha256", "PROVENANCE.json")
+    ]
+    repository.verify(revision.path)
+    # The download was moved in, not left behind or copied twice.
+    assert [p.name for p in repository.model_dir("from-mlflow").iterdir()] == ["revisions"]
+
+
+def test_an_alias_is_resolved_to_the_version_it_names_at_that_moment(registry):
+    first = open_source(f"models:/{NAME}@champion", [], registry["uri"])
+    assert first.resolve()["version"] == "1" and first.resolved["alias"] == "champion"
+
+    set_alias(registry["uri"], NAME, "champion", "2")
+
+    assert first.resolved["version"] == "1"  # what was resolved stays what it was
+    assert open_source(f"models:/{NAME}@champion", [], registry["uri"]).resolve()["version"] == "2"
+
+
+def test_a_run_resolves_to_its_artifacts(registry, tmp_path):
+    source = open_source(f"runs:/{registry['run2']}/model", [], registry["uri"])
+    revision = ModelRepository(tmp_path).create_revision("run", source)
+    assert "RELEASE_NOTES.txt" in ModelRepository(tmp_path).manifest(revision.path)
+    assert source.resolved["run_id"] == registry["run2"] and source.resolved["artifact_path"] == "model"
+    assert mlflow_ui_url(source.resolved) == (
+        f"{registry['uri']}/#/experiments/{source.resolved['experiment_id']}/runs/{registry['run2']}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        ("models:/no-such-model/1", "not found"),
+        (f"models:/{NAME}/99", "not found"),
+        (f"models:/{NAME}@no-such-alias", "alias no-such-alias not found"),
+        (f"runs:/{'0' * 32}/model", "not found"),
+    ],
+)
+def test_a_name_mlflow_does_not_know_is_refused_with_its_reason(registry, uri, reason):
+    with pytest.raises(SourceRefused, match=f"MLflow says .*{reason}"):
+        open_source(uri, [], registry["uri"]).resolve()
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "models:/",
+        "models:/name",
+        "models:/name/0",
+        "models:/name/v1",
+        "runs:/not-a-run-id/model",
+        "runs:/" + "a" * 32 + "/../x",
+    ],
+)
+def test_malformed_uris_are_refused_without_asking_the_server(uri):
+    with pytest.raises(SourceRefused):
+        open_source(uri, [], "http://127.0.0.1:9")  # nothing listens there: no call is made
+
+
+def test_without_a_tracking_server_an_mlflow_source_is_refused(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(SourceRefused, match="set MLFLOW_TRACKING_URI"):
+        open_source("models:/name/1", [])
+
+
+def test_an_unreachable_tracking_server_is_unavailable_not_refused(no_retries):
+    source = open_source("models:/name/1", [], f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(SourceUnavailable, match=r"tracking server .* failed"):
+        source.resolve()
+
+
+def test_a_run_without_artifacts_is_refused_at_once_rather_than_waited_on(registry):
+    """mlflow#16467 (open): download_artifacts of a run with no artifacts never returns. We look first."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(registry["uri"])
+    run = client.create_run(experiment_id="0")
+    client.set_terminated(run.info.run_id)
+    outcome: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            open_source(f"runs:/{run.info.run_id}/model", [], registry["uri"]).resolve()
+        except BaseException as exc:  # handed to the test's thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=fetch, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "resolving a run without artifacts hung"
+    assert len(outcome) == 1 and isinstance(outcome[0], SourceRefused) and "has no artifacts" in str(outcome[0])
+
+
+def test_artifacts_that_are_not_a_sentence_transformers_folder_say_what_they_hold(registry, tmp_path):
+    folder = tmp_path / "pickle"
+    folder.mkdir()
+    (folder / "model.pkl").write_bytes(b"\x80\x04N.")
+    run_id = log_model_folder(registry["uri"], folder)
+    source = open_source(f"runs:/{run_id}/model", [], registry["uri"])
+    with pytest.raises(InvalidArtifacts, match=r"not a sentence-transformers folder .*model\.pkl"):
+        ModelRepository(tmp_path / "repository").create_revision("pickled", source)
+
+
+def test_an_mlflow_model_with_the_sentence_transformers_flavor_deploys_its_data_folder(registry, minilm_dir, tmp_path):
+    """The layout mlflow.sentence_transformers.log_model writes: MLmodel, and the model in a data folder."""
+    logged = tmp_path / "logged"
+    shutil.copytree(minilm_dir, logged / "model.sentence_transformer")
+    (logged / "MLmodel").write_text(
+        "flavors:\n  sentence_transformers:\n    data: model.sentence_transformer\n  python_function: {}\n"
+    )
+    run_id = log_model_folder(registry["uri"], logged)
+    repository = ModelRepository(tmp_path / "repository")
+    revision = repository.create_revision("flavored", open_source(f"runs:/{run_id}/model", [], registry["uri"]))
+    assert sorted(repository.manifest(revision.path)) == files_of(minilm_dir)
+
+
+# -- deploys on the real fleet -------------------------------------------------------------------
+
+
+@pytest.mark.mlserver
+def test_deploys_by_version_and_by_alias_keep_the_version_resolved_when_the_alias_moves(registry, deployer, front):
+    by_alias = deployer.deploy("mlflow-live", f"models:/{NAME}@champion", tracking_uri=registry["uri"])
+    assert (by_alias.source["version"], by_alias.source["alias"]) == ("1", "champion")
+    assert front.infer("mlflow-live", ["from the registry"]).embeddings.shape == (1, 384)
+
+    set_alias(registry["uri"], NAME, "champion", "2")
+
+    # What was deployed still has its answer: version 1, in the deploy's record and on the revision.
+    assert by_alias.source["version"] == "1"
+    assert deployer.repository.provenance("mlflow-live", by_alias.revision)["version"] == "1"
+    moved = deployer.deploy("mlflow-live", f"models:/{NAME}@champion", tracking_uri=registry["uri"])
+    assert moved.source["version"] == "2" and moved.revision != by_alias.revision
+    by_version = deployer.deploy("mlflow-live", f"models:/{NAME}/1", tracking_uri=registry["uri"])
+    assert by_version.revision == by_alias.revision  # the same bytes are the same revision
+    assert front.infer("mlflow-live", ["back on one"]).parameters["revision"] == by_alias.revision
+
+
+@pytest.mark.mlserver
+def test_fetch_failures_are_refused_or_failed_as_retrying_could_help(registry, deployer, tmp_path, no_retries):
+    with pytest.raises(DeployFailed) as unknown:
+        deployer.deploy("mlflow-bad", f"models:/{NAME}@nobody", tracking_uri=registry["uri"])
+    assert (unknown.value.stage, unknown.value.refused) == ("fetch", True)
+    assert "alias nobody not found" in unknown.value.reason
+
+    with pytest.raises(DeployFailed) as unreachable:
+        deployer.deploy("mlflow-bad", f"models:/{NAME}/1", tracking_uri=f"http://127.0.0.1:{free_port()}")
+    assert (unreachable.value.stage, unreachable.value.refused) == ("fetch", False)  # retry when it answers
+    assert "tracking server" in unreachable.value.reason
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "README.md").write_text("no model here")
+    run_id = log_model_folder(registry["uri"], folder)
+    with pytest.raises(DeployFailed) as not_a_model:
+        deployer.deploy("mlflow-bad", f"runs:/{run_id}/model", tracking_uri=registry["uri"])
+    assert (not_a_model.value.stage, not_a_model.value.refused) == ("fetch", False)
+    assert "not a sentence-transformers folder" in not_a_model.value.reason and "README.md" in not_a_model.value.reason
