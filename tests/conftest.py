@@ -18,7 +18,7 @@ from deployments.inference.router import LocalEnvoy
 from deployments.inference.runtime_markers import INSTANCE_MARKER_DIR_ENV
 from deployments.inference.server import LocalMLServer
 from tests.support.factories import EmbeddingModelFactory, UserFactory
-from tests.support.mlflow import LocalMlflowServer
+from tests.support.mlflow import LocalMlflowServer, seed_registry
 from tests.support.processes import ManagedCommand, QCluster, SupervisedWorkers, worker_env
 
 WRITE_PERMISSIONS = [
@@ -49,6 +49,12 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMlf
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_registry(mlflow_server, minilm_dir, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The session's MLflow server holding MiniLM as two versions of one registered model (seed_registry)."""
+    return seed_registry(mlflow_server.url, minilm_dir, tmp_path_factory.mktemp("mlflow-seed"))
 
 
 @pytest.fixture(scope="session")

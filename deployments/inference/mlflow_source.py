@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .errors import InferenceError, InvalidArtifacts, SourceRefused, SourceUnavailable
@@ -132,6 +132,42 @@ class MlflowSource:
         from mlflow import MlflowClient
 
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+
+def registered_versions(tracking_uri: str, name: str) -> list[str]:
+    """Every version of the registered model ``name``, oldest first (SourceRefused if there is no such model)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    with _mlflow_errors(f"models:/{name}", tracking_uri):
+        client.get_registered_model(name)  # an unknown name is refused, not an empty list
+        versions = _all_pages(lambda token: client.search_model_versions(f"name = '{_quoted(name)}'", page_token=token))
+    return sorted((str(v.version) for v in versions), key=int)
+
+
+def models_with_alias(tracking_uri: str, alias: str) -> dict[str, str]:
+    """Every registered model that carries ``alias``, and the version it names now."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    with _mlflow_errors(f"models:/*@{alias}", tracking_uri):
+        models = _all_pages(lambda token: client.search_registered_models(page_token=token))
+    return {model.name: str(model.aliases[alias]) for model in models if alias in (model.aliases or {})}
+
+
+def _all_pages(search: Callable[[str | None], Any]) -> list[Any]:
+    items: list[Any] = []
+    token = None
+    while True:
+        page = search(token)
+        items.extend(page)
+        token = page.token
+        if not token:
+            return items
+
+
+def _quoted(value: str) -> str:
+    return value.replace("'", "\\'")
 
 
 def mlflow_ui_url(resolved: dict[str, str]) -> str:

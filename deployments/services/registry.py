@@ -14,7 +14,7 @@ from django.db import transaction
 
 from deployments.inference import MAX_MODEL_ID_LENGTH, validate_model_id
 from deployments.inference.errors import SourceRefused
-from deployments.inference.mlflow_source import RUN_ID
+from deployments.inference.mlflow_source import RUN_ID, models_with_alias, registered_versions
 from deployments.inference.packaged import PACKAGED_MODEL_DIMENSIONS, PACKAGED_MODEL_ID, packaged_model_dir
 from deployments.inference.sources import checked_source
 from deployments.models import ACTIVE_STATUSES, AuditEntry, EmbeddingModel, Task
@@ -154,9 +154,12 @@ SENTENCE_TRANSFORMERS_MARKERS = ("modules.json", "config_sentence_transformers.j
 
 @dataclass(frozen=True)
 class FoundModel:
+    """A model to register: its id, its source URI or path, and its tracking server if it names one."""
+
     embedding_model_id: str
-    path: Path
-    dimensions: int | None
+    source: str
+    dimensions: int | None = None
+    mlflow_tracking_uri: str = ""
 
 
 def find_sentence_transformers_models(root: Path, max_depth: int = 4) -> list[FoundModel]:
@@ -169,7 +172,7 @@ def find_sentence_transformers_models(root: Path, max_depth: int = 4) -> list[Fo
 
     def visit(folder: Path, depth: int) -> None:
         if any((folder / marker).is_file() for marker in SENTENCE_TRANSFORMERS_MARKERS):
-            found.append(FoundModel(model_id_for_folder(folder.name), folder, _embedding_dimensions(folder)))
+            found.append(FoundModel(model_id_for_folder(folder.name), str(folder), _embedding_dimensions(folder)))
             return
         if depth < max_depth:
             for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -177,6 +180,31 @@ def find_sentence_transformers_models(root: Path, max_depth: int = 4) -> list[Fo
 
     visit(root, 0)
     return found
+
+
+def find_mlflow_models(
+    tracking_uri: str, *, registered_model: str | None = None, alias: str | None = None, own_server: bool = False
+) -> list[FoundModel]:
+    """What an MLflow registry holds: every version of ``registered_model`` (ids ``<name>-v<version>``,
+    sources ``models:/<name>/<version>``), or every model carrying ``alias`` (ids ``<name>``, sources
+    ``models:/<name>@<alias>``, so each deploy takes the version the alias names then). ``own_server``
+    keeps ``tracking_uri`` on each model rather than leaving it to MLFLOW_TRACKING_URI."""
+    server = tracking_uri if own_server else ""
+    if registered_model is not None:
+        return [
+            FoundModel(
+                model_id_for_folder(f"{registered_model}-v{version}"),
+                f"models:/{registered_model}/{version}",
+                None,
+                server,
+            )
+            for version in registered_versions(tracking_uri, registered_model)
+        ]
+    assert alias is not None
+    return [
+        FoundModel(model_id_for_folder(name), f"models:/{name}@{alias}", None, server)
+        for name in sorted(models_with_alias(tracking_uri, alias))
+    ]
 
 
 def model_id_for_folder(folder_name: str) -> str:
@@ -202,6 +230,12 @@ def register_many(found: Sequence[FoundModel], by: Actor | str = "") -> list[Emb
     """Register each model through ``register_model``, all in one transaction: all or none."""
     with transaction.atomic():
         return [
-            register_model(model.embedding_model_id, str(model.path), dimensions=model.dimensions, by=by)
+            register_model(
+                model.embedding_model_id,
+                model.source,
+                dimensions=model.dimensions,
+                mlflow_tracking_uri=model.mlflow_tracking_uri,
+                by=by,
+            )
             for model in found
         ]

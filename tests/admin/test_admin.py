@@ -544,6 +544,26 @@ def test_engine_events_and_clusters_are_shown_but_not_editable(admin_client):
     assert b"/admin/deployments/workercluster/add/" not in clusters.content
 
 
+def test_a_models_page_links_the_mlflow_version_its_live_revision_came_from(admin_client):
+    model = EmbeddingModelFactory(id="from-mlflow", state="deployed", live_revision="rev-1")
+    live = FinishedDeploymentFactory(embedding_model_id=model.id)
+    source = {
+        "uri": "models:/embedder@champion",
+        "registered_model": "embedder",
+        "version": "7",
+        "alias": "champion",
+        "run_id": "a" * 32,
+        "tracking_uri": "http://mlflow.internal:5000",
+    }
+    live.metadata = {**live.metadata, "source": source}
+    live.save()
+
+    page = admin_client.get(f"{MODELS_URL}{model.id}/change/").content.decode()
+
+    assert "<code>models:/embedder@champion</code>" in page and "version 7" in page and "alias champion" in page
+    assert 'href="http://mlflow.internal:5000/#/models/embedder/versions/7"' in page
+
+
 def test_a_models_page_says_what_its_live_revision_was_deployed_from(admin_client):
     model = EmbeddingModelFactory(id="from-hf", state="deployed", live_revision="rev-1")
     source = {"uri": "hf://acme/embedder@main", "repo": "acme/embedder", "revision": "main", "commit": "c0ffee"}

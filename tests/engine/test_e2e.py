@@ -57,6 +57,32 @@ def test_post_deploy_to_real_embeddings_and_delete_again(api, inference_settings
         assert not client.model_ready("cp-e2e")
 
 
+@pytest.mark.mlflow
+def test_a_run_deployed_by_its_id_from_mlflow_serves_and_records_its_run(
+    api, inference_settings, qcluster, envoy, mlflow_registry, monkeypatch
+):
+    """As the origin did: the run id is the model id; the first deploy registers it (opted in)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_registry["uri"])  # the worker inherits it
+    inference_settings.MLFLOW_RUN_SOURCE_TEMPLATE = "runs:/{id}/model"
+    run_id = mlflow_registry["run1"]
+    cluster = qcluster()
+
+    response = post(api, "/deploy", {"embedding_model_id": run_id})
+    assert response.status_code == 202, response.json()
+    task = DeploymentTask.objects.get(pk=response.json()["task_id"])
+    wait_for_status(task, set(TERMINAL_STATUSES), timeout=180, cluster=cluster)
+
+    assert task.status == TaskStatus.DONE, f"{task.detail}\n{cluster.log_tail()}"
+    source = task.metadata["source"]
+    assert (source["uri"], source["run_id"], source["tracking_uri"]) == (
+        f"runs:/{run_id}/model",
+        run_id,
+        mlflow_registry["uri"],
+    )
+    with V2Client(envoy.url) as client:
+        assert client.infer(run_id, ["deployed from a run"]).embeddings.shape == (1, 384)
+
+
 def test_a_worker_killed_mid_deploy_is_detected_and_its_task_retried_while_blue_serves(
     api, inference_settings, qcluster, envoy, mlserver, tmp_path
 ):

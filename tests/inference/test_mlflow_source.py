@@ -13,24 +13,14 @@ from deployments.inference import DeployFailed, ModelRepository, SourceRefused, 
 from deployments.inference.errors import InvalidArtifacts, SourceUnavailable
 from deployments.inference.mlflow_source import mlflow_ui_url
 from deployments.inference.server import free_port
-from tests.support.mlflow import log_model_folder, register_version, set_alias
+from tests.support.mlflow import NAME, log_model_folder, set_alias
 
 pytestmark = pytest.mark.mlflow
 
-NAME = "minilm-embedder"
 
-
-@pytest.fixture(scope="module")
-def registry(mlflow_server, minilm_dir, tmp_path_factory) -> dict[str, str]:
-    """MiniLM as version 1 and, with a release note more, version 2; the alias champion on version 1."""
-    second = tmp_path_factory.mktemp("v2") / "model"
-    shutil.copytree(minilm_dir, second)
-    (second / "RELEASE_NOTES.txt").write_text("v2")
-    uri = mlflow_server.url
-    run1, run2 = log_model_folder(uri, minilm_dir), log_model_folder(uri, second)
-    assert (register_version(uri, NAME, run1), register_version(uri, NAME, run2)) == ("1", "2")
-    set_alias(uri, NAME, "champion", "1")
-    return {"uri": uri, "run1": run1, "run2": run2}
+@pytest.fixture
+def registry(mlflow_registry) -> dict[str, str]:
+    return mlflow_registry
 
 
 @pytest.fixture(autouse=True)

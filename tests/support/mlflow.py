@@ -93,3 +93,17 @@ def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> None:
     from mlflow import MlflowClient
 
     MlflowClient(tracking_uri, registry_uri=tracking_uri).set_registered_model_alias(name, alias, version)
+
+
+NAME = "minilm-embedder"
+
+
+def seed_registry(tracking_uri: str, minilm_dir: Path, workdir: Path) -> dict[str, str]:
+    """MiniLM as version 1 of NAME and, with a release note more, version 2; the alias champion on version 1."""
+    second = workdir / "v2" / "model"
+    shutil.copytree(minilm_dir, second)
+    (second / "RELEASE_NOTES.txt").write_text("v2")
+    run1, run2 = log_model_folder(tracking_uri, minilm_dir), log_model_folder(tracking_uri, second)
+    assert (register_version(tracking_uri, NAME, run1), register_version(tracking_uri, NAME, run2)) == ("1", "2")
+    set_alias(tracking_uri, NAME, "champion", "1")
+    return {"uri": tracking_uri, "run1": run1, "run2": run2}

@@ -1,3 +1,6 @@
+from __future__ import annotations
+
+import os
 from pathlib import Path
 from typing import Any
 
@@ -5,53 +8,65 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from deployments import selectors
 from deployments.inference import InvalidModelId, SourceRefused, validate_model_id
+from deployments.inference.errors import SourceUnavailable
 from deployments.management.commands._operators import actor_of, bad_arguments, format_table
-from deployments.services.registry import check_source, find_sentence_transformers_models, register_many
+from deployments.services.registry import (
+    FoundModel,
+    check_source,
+    find_mlflow_models,
+    find_sentence_transformers_models,
+    register_many,
+)
 
 
 class Command(BaseCommand):
     help = (
-        "Scan a directory for sentence-transformers models (folders with modules.json) and register each, "
-        "named after its folder. Models already registered are left as they are. The directory must lie in "
-        "ALLOWED_SOURCE_ROOTS. Example: manage.py register_models var/sources"
+        "Register many models at once: every sentence-transformers folder (with modules.json) under a "
+        "directory, named after its folder; or every version of an MLflow registered model "
+        "(--mlflow-model NAME: ids NAME-v1, NAME-v2 ...); or every MLflow model carrying an alias "
+        "(--mlflow-alias champion: ids after the model names, each deploy taking the version the alias "
+        "names then). Models already registered are left as they are; all or nothing. "
+        "Examples: manage.py register_models var/sources; manage.py register_models --mlflow-alias champion --dry-run"
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("directory", type=Path)
+        parser.add_argument("directory", type=Path, nargs="?", help="A directory inside ALLOWED_SOURCE_ROOTS.")
+        parser.add_argument("--mlflow-model", metavar="NAME", help="Every version of this MLflow registered model.")
+        parser.add_argument("--mlflow-alias", metavar="ALIAS", help="Every MLflow registered model with this alias.")
+        parser.add_argument(
+            "--tracking-uri",
+            help="The MLflow tracking server (default MLFLOW_TRACKING_URI); given, it is kept on each model.",
+        )
         parser.add_argument("--dry-run", action="store_true", help="List what would be registered; register nothing.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        root: Path = options["directory"].expanduser().resolve()
-        if not root.is_dir():
-            raise bad_arguments(f"{options['directory']} is not a directory")
-        try:
-            check_source(str(root))
-        except SourceRefused as exc:
-            raise bad_arguments(str(exc)) from exc
-        found = find_sentence_transformers_models(root)
-        if not found:
-            raise bad_arguments(f"no sentence-transformers model (a folder with modules.json) under {root}")
+        chosen = [name for name in ("directory", "mlflow_model", "mlflow_alias") if options[name]]
+        if len(chosen) != 1:
+            raise bad_arguments("name exactly one of: a directory, --mlflow-model NAME, --mlflow-alias ALIAS")
+        if options["tracking_uri"] and options["directory"]:
+            raise bad_arguments("--tracking-uri is for --mlflow-model and --mlflow-alias, not a directory")
+        found = self._from_directory(options["directory"]) if options["directory"] else self._from_mlflow(options)
         # Check every candidate before registering any: all or nothing.
-        seen: dict[str, Path] = {}
+        seen: dict[str, str] = {}
         for model in found:
             if model.embedding_model_id in seen:
                 raise bad_arguments(
-                    f"{seen[model.embedding_model_id]} and {model.path} would both be {model.embedding_model_id!r}; "
-                    "rename one folder"
+                    f"{seen[model.embedding_model_id]} and {model.source} would both be {model.embedding_model_id!r}; "
+                    "rename one"
                 )
-            seen[model.embedding_model_id] = model.path
+            seen[model.embedding_model_id] = model.source
             try:
                 validate_model_id(model.embedding_model_id)
-                check_source(str(model.path))
+                check_source(model.source, model.mlflow_tracking_uri)
             except (InvalidModelId, SourceRefused) as exc:
-                raise bad_arguments(f"{model.path}: {exc}") from exc
+                raise bad_arguments(f"{model.source}: {exc}") from exc
         registered = set(selectors.embedding_model_ids())
         new = [model for model in found if model.embedding_model_id not in registered]
         rows = [
             (
                 model.embedding_model_id,
                 model.dimensions,
-                model.path,
+                model.source,
                 "already registered" if model.embedding_model_id in registered else "new",
             )
             for model in found
@@ -62,3 +77,35 @@ class Command(BaseCommand):
             return
         register_many(new, by=actor_of(self))
         self.stdout.write(f"Registered {len(new)} model(s); {len(found) - len(new)} already registered.")
+
+    def _from_directory(self, directory: Path) -> list[FoundModel]:
+        root = directory.expanduser().resolve()
+        if not root.is_dir():
+            raise bad_arguments(f"{directory} is not a directory")
+        try:
+            check_source(str(root))
+        except SourceRefused as exc:
+            raise bad_arguments(str(exc)) from exc
+        found = find_sentence_transformers_models(root)
+        if not found:
+            raise bad_arguments(f"no sentence-transformers model (a folder with modules.json) under {root}")
+        return found
+
+    def _from_mlflow(self, options: dict[str, Any]) -> list[FoundModel]:
+        tracking_uri = options["tracking_uri"] or os.environ.get("MLFLOW_TRACKING_URI", "")
+        if not tracking_uri:
+            raise bad_arguments("no MLflow tracking server: set MLFLOW_TRACKING_URI or pass --tracking-uri")
+        try:
+            found = find_mlflow_models(
+                tracking_uri,
+                registered_model=options["mlflow_model"],
+                alias=options["mlflow_alias"],
+                own_server=bool(options["tracking_uri"]),
+            )
+        except (SourceRefused, SourceUnavailable) as exc:
+            raise bad_arguments(str(exc)) from exc
+        if not found:
+            if options["mlflow_model"]:
+                raise bad_arguments(f"{options['mlflow_model']} has no version on {tracking_uri}")
+            raise bad_arguments(f"no registered model has the alias {options['mlflow_alias']!r} on {tracking_uri}")
+        return found
