@@ -36,6 +36,7 @@ bench: $(TEST_INSTALLED)
 	$(BIN)/python bench/bench_fleet.py
 	$(BIN)/python bench/bench_api.py
 	$(BIN)/python bench/bench_operators.py
+	$(BIN)/python bench/bench_sources.py
 
 clean:
 	rm -rf var .pytest_cache
