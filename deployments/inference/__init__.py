@@ -12,11 +12,13 @@ from .errors import (
     FenceLost,
     InferenceError,
     InferenceFailed,
+    InvalidArtifacts,
     InvalidModelId,
     LoadFailed,
     ModelNotFound,
     ServerUnavailable,
     SourceRefused,
+    SourceUnavailable,
 )
 from .fleet import Fleet, FleetView
 from .green import (
@@ -48,6 +50,7 @@ __all__ = [
     "InferenceError",
     "InferenceFailed",
     "InferenceResult",
+    "InvalidArtifacts",
     "InvalidModelId",
     "LoadFailed",
     "ModelNotFound",
@@ -56,6 +59,7 @@ __all__ = [
     "Revision",
     "ServerUnavailable",
     "SourceRefused",
+    "SourceUnavailable",
     "StageEvent",
     "V2Client",
     "deploy_time_bound",

@@ -26,9 +26,9 @@ def registry(mlflow_registry) -> dict[str, str]:
 @pytest.fixture(autouse=True)
 def champion_on_version_1(request):
     """Tests that move the alias leave it as they found it."""
+    registry = request.getfixturevalue("mlflow_registry") if "registry" in request.fixturenames else None
     yield
-    if "registry" in request.fixturenames:
-        registry = request.getfixturevalue("registry")
+    if registry is not None:
         set_alias(registry["uri"], NAME, "champion", "1")
 
 
