@@ -15,10 +15,25 @@ through selectors or the dashboard's own queries.
 """
 
 from django.contrib import admin
+from django_q.models import Failure, OrmQ, Schedule, Success
 
 from deployments.admin import audit, engine, history, leases, registry, tokens
 
+# The product's name (the README's title) on every page, not "Django administration".
+admin.site.site_header = "Embedding deployments"
+admin.site.site_title = "Embedding deployments"
+admin.site.index_title = "Control room"
+
 # The history's columns need the page's width more than a second copy of the index's app list does.
 admin.site.enable_nav_sidebar = False
+
+# django-q2's own pages are the queue's bookkeeping, not the deployments': its "Failed tasks" stays at 0
+# while deployments fail (a task records its own failure and ends normally), its results and queued
+# messages hold nothing but task ids, and its one schedule (the sweeper) is made by code on every
+# migrate. Operators read the task lists instead. (django_q is installed before deployments, so its
+# admin is registered by the time this runs.)
+for queue_model in (Failure, Success, Schedule, OrmQ):
+    if admin.site.is_registered(queue_model):
+        admin.site.unregister(queue_model)
 
 __all__ = ["audit", "engine", "history", "leases", "registry", "tokens"]
