@@ -21,6 +21,7 @@ from deployments.admin.display import (
     audit_list_url,
     audit_trail,
     badge,
+    revision_code,
     status_badge,
     summarize,
     task_link,
@@ -34,12 +35,20 @@ class DriftInline(admin.TabularInline):
     """The model's drifts, newest first: when the server stopped serving what is live, and what was done."""
 
     model = Drift
-    fields = ("detected_at", "resolved_at", "registered_revision", "served_revision", "detail", "action")
+    fields = ("detected_at", "resolved_at", "registered", "served", "detail", "action")
     readonly_fields = fields
     extra = 0
     max_num = 0
     can_delete = False
     ordering = ("-detected_at",)
+
+    @admin.display(description="registered revision")
+    def registered(self, drift: Drift) -> SafeString:
+        return revision_code(drift.registered_revision)
+
+    @admin.display(description="served revision")
+    def served(self, drift: Drift) -> SafeString:
+        return revision_code(drift.served_revision, empty="nothing")
 
 
 @admin.register(EmbeddingModel)
@@ -48,7 +57,7 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
         "id",
         "name",
         "coloured_state",
-        "short_revision",
+        "revision",
         "endpoint",
         "dimensions",
         "latest_deployment",
@@ -58,8 +67,8 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
     )
     list_filter = ("state",)
     search_fields = ("id", "name")
-    fields = ("id", "name", "source", "dimensions", "state", "live_revision", "endpoint", "created_at", "updated_at")
-    readonly_fields = ("state", "live_revision", "deployed_from", "endpoint", "created_at", "updated_at", "audit")
+    fields = ("id", "name", "source", "dimensions", "state", "revision", "endpoint", "created_at", "updated_at")
+    readonly_fields = ("state", "revision", "deployed_from", "endpoint", "created_at", "updated_at", "audit")
     actions = ["deploy_selected", "delete_selected_deployments"]
 
     def get_inlines(self, request: HttpRequest, obj: EmbeddingModel | None) -> list[type[admin.TabularInline]]:
@@ -143,10 +152,8 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
         return badge(model.get_state_display(), STATE_COLOURS.get(model.state, "#444"))
 
     @admin.display(description="live revision", ordering="live_revision")
-    def short_revision(self, model: EmbeddingModel) -> SafeString:
-        if not model.live_revision:
-            return mark_safe("—")
-        return format_html('<code title="{}">{}</code>', model.live_revision, model.live_revision[:12])
+    def revision(self, model: EmbeddingModel) -> SafeString:
+        return revision_code(model.live_revision)
 
     @admin.display(description="drift")
     def drift_badge(self, model: EmbeddingModel) -> SafeString:

@@ -242,7 +242,10 @@ def test_task_detail_shows_the_stage_timeline_and_readable_metadata(admin_client
     positions = [page.index(f"<strong>{stage}</strong>") for stage in stages]
     assert positions == sorted(positions)  # in the order they ran
     assert "load_green ok" in page and "1.2 s" in page  # each stage's message and duration
-    assert "<dt>revision</dt><dd>rev-1</dd>" in page and "<dt>dimensions</dt><dd>384</dd>" in page
+    assert (
+        '<dt>revision</dt><dd><code class="cr-revision">rev-1</code></dd>' in page
+        and "<dt>dimensions</dt><dd>384</dd>" in page
+    )
     assert f"/admin/deployments/deploymenttask/{retry.pk}/change/" in page  # "retried as"
 
 

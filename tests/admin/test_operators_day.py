@@ -1,0 +1,64 @@
+"""An operator's day in the admin: the product's name, no internal rows, one revision length, short-id search,
+bulk actions that account for every selected task, and actions on the task's and the model's own page."""
+
+from __future__ import annotations
+
+import pytest
+
+from deployments.models import ModelLease
+from tests.admin.test_admin import DEPLOYS_URL, MODELS_URL, run_action
+from tests.support.factories import (
+    EmbeddingModelFactory,
+    FinishedDeploymentFactory,
+)
+
+pytestmark = pytest.mark.django_db
+
+REVISION = "0123456789abcdef"
+
+
+# -- the header, internal rows ----------------------------------------------------------------------
+
+
+def test_every_page_carries_the_products_name(admin_client):
+    index = admin_client.get("/admin/").content.decode()
+    assert "<title>Control room | Embedding deployments</title>" in index
+    assert '<a href="/admin/">Embedding deployments</a>' in index and "Django administration" not in index
+    models = admin_client.get(MODELS_URL).content.decode()
+    assert "| Embedding deployments</title>" in models
+
+
+def test_the_queues_own_pages_are_not_in_the_control_room(admin_client):
+    index = admin_client.get("/admin/").content.decode()
+    assert "/admin/django_q/" not in index and "Failed tasks" not in index
+    for page in ("failure", "success", "schedule", "ormq"):
+        assert admin_client.get(f"/admin/django_q/{page}/").status_code == 404
+
+
+def test_the_leases_list_shows_models_leases_not_the_old_capacity_row(admin_client):
+    ModelLease.objects.create(embedding_model_id="lease-me", owner="host:1:abc")
+    ModelLease.objects.create(embedding_model_id="~capacity")
+    response = admin_client.get("/admin/deployments/modellease/")
+    assert [lease.pk for lease in response.context["cl"].result_list] == ["lease-me"]
+    assert "~capacity" not in response.content.decode()
+
+
+# -- one revision length -----------------------------------------------------------------------------
+
+
+def test_a_revision_is_shown_whole_on_every_page(admin_client):
+    model = EmbeddingModelFactory(id="rev", state="deployed", live_revision=REVISION)
+    task = FinishedDeploymentFactory(embedding_model_id=model.id)
+    task.metadata = {**task.metadata, "revision": REVISION, "previous_revision": "fedcba9876543210"}
+    task.save()
+    whole = f'<code class="cr-revision">{REVISION}</code>'
+
+    assert whole in admin_client.get(MODELS_URL).content.decode()
+    assert whole in admin_client.get(f"{MODELS_URL}{model.pk}/change/").content.decode()
+    detail = admin_client.get(f"{DEPLOYS_URL}{task.pk}/change/").content.decode()
+    assert whole in detail and '<code class="cr-revision">fedcba9876543210</code>' in detail
+    assert whole in admin_client.get("/admin/").content.decode()  # the dashboard's deployed models
+    confirm = run_action(admin_client, MODELS_URL, "deploy_selected", [model]).content.decode()
+    assert whole in confirm
+    for page in (MODELS_URL, "/admin/"):
+        assert REVISION[:12] + "<" not in admin_client.get(page).content.decode()  # never cut short
