@@ -180,6 +180,36 @@ def filter_tasks(
     return tasks.order_by("-created_at")
 
 
+# Model ids a partial model id may stand for: past this many, the operator's term is too vague to help.
+MAX_MODELS_MATCHED = 500
+
+
+def model_ids_containing(part: str) -> list[str]:
+    """Registered model ids containing ``part`` (any case). The registry is small, so ``icontains`` reads
+    few rows; the task table is then read by its model index, never scanned for a substring."""
+    models = EmbeddingModel.objects.filter(pk__icontains=part).order_by("pk")
+    return list(models.values_list("pk", flat=True)[:MAX_MODELS_MATCHED])
+
+
+def search_tasks(
+    tasks: QuerySet[Task], *, task_id_prefix: str | None = None, model_id_part: str | None = None
+) -> QuerySet[Task]:
+    """Narrow ``tasks`` as operators name them: by the start of the id (the 8 characters the admin and the
+    commands show, or the whole id) and by part of the model id. The admin's search and ``manage.py tasks``
+    both go through here.
+
+    The id is a prefix match (``LIKE 'x%'``, served on PostgreSQL by the primary key's pattern index);
+    ``startswith``, not ``istartswith``, since an upper-cased column would defeat that index and ids are
+    shown as they are stored. A model id part matches the registered models containing it, and the model
+    id itself (whose tasks outlive an unregistered model).
+    """
+    if task_id_prefix:
+        tasks = tasks.filter(pk__startswith=task_id_prefix)
+    if model_id_part:
+        tasks = tasks.filter(embedding_model_id__in=[*model_ids_containing(model_id_part), model_id_part])
+    return tasks
+
+
 def latest_attempts(tasks: QuerySet[Task]) -> QuerySet[Task]:
     """Only tasks that have not been retried yet (no newer attempt links to them)."""
     return tasks.filter(~Exists(Task.objects.filter(retry_of=OuterRef("pk"))))

@@ -66,7 +66,8 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
         "updated_at",
     )
     list_filter = ("state",)
-    search_fields = ("id", "name")
+    search_fields = ("id", "name")  # icontains: the registry is small
+    search_help_text = "Part of a model id or name."
     fields = ("id", "name", "source", "dimensions", "state", "revision", "endpoint", "created_at", "updated_at")
     readonly_fields = ("state", "revision", "deployed_from", "endpoint", "created_at", "updated_at", "audit")
     actions = ["deploy_selected", "delete_selected_deployments"]

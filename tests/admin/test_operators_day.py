@@ -9,6 +9,7 @@ from deployments.models import ModelLease
 from tests.admin.test_admin import DEPLOYS_URL, MODELS_URL, run_action
 from tests.support.factories import (
     EmbeddingModelFactory,
+    FailedDeploymentFactory,
     FinishedDeploymentFactory,
 )
 
@@ -62,3 +63,27 @@ def test_a_revision_is_shown_whole_on_every_page(admin_client):
     assert whole in confirm
     for page in (MODELS_URL, "/admin/"):
         assert REVISION[:12] + "<" not in admin_client.get(page).content.decode()  # never cut short
+
+
+# -- search by what the pages show --------------------------------------------------------------------
+
+
+def test_task_lists_find_a_task_by_the_short_id_they_show_and_a_model_by_part_of_its_id(admin_client):
+    minilm = EmbeddingModelFactory(id="all-minilm-l6-v2")
+    wanted = FailedDeploymentFactory(embedding_model_id=minilm.id)
+    other = FinishedDeploymentFactory(embedding_model_id=EmbeddingModelFactory(id="bge-small").id)
+
+    def listed(url: str, term: str) -> set:
+        response = admin_client.get(url, {"q": term})
+        assert response.status_code == 200
+        return {row.pk for row in response.context["cl"].result_list}
+
+    shown = admin_client.get(DEPLOYS_URL).content.decode()
+    short_id = str(wanted.pk)[:8]
+    assert f">{short_id}</code>" in shown  # what the list shows is what the search takes
+    assert listed(DEPLOYS_URL, short_id) == {wanted.pk}
+    assert listed(DEPLOYS_URL, str(wanted.pk)) == {wanted.pk}
+    assert listed(DEPLOYS_URL, "minilm") == listed(DEPLOYS_URL, "MiniLM") == {wanted.pk}
+    assert listed(DEPLOYS_URL, "small") == {other.pk}
+    assert listed(DEPLOYS_URL, "a b") == listed(DEPLOYS_URL, ".hidden") == set()  # not a task id: nothing
+    assert listed(MODELS_URL, "minilm") == {"all-minilm-l6-v2"}
