@@ -7,6 +7,7 @@ filters. History itself is never edited: retry creates a new attempt, cancel fin
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib import admin, messages
@@ -193,41 +194,68 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.action(description="Retry selected failed, refused or canceled tasks", permissions=["retry"])
     def retry_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
-        tasks = self._selected(request, queryset)
-        if tasks is None:
+        selection = self._selected(request, queryset)
+        if selection is None:
             return
-        outcome = retry_many(tasks, requested_by=admin_actor(request))
-        self._report(request, outcome, "Retried", "Not retried", retried_as)
+        outcome = retry_many(selection.tasks, requested_by=admin_actor(request))
+        self._report(request, outcome, selection, "Retried", "Not retried", retried_as)
         if noted := [verdict for verdict in outcome.acted if verdict.note]:
             items = [f"{retried_as(verdict)} ({verdict.note})" for verdict in noted]
             self.message_user(request, summarize(f"{len(items)} new attempt(s) wait", items), messages.WARNING)
 
     @admin.action(description="Cancel selected pending tasks", permissions=["cancel"])
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
-        tasks = self._selected(request, queryset)
-        if tasks is None:
+        selection = self._selected(request, queryset)
+        if selection is None:
             return
-        outcome = cancel_many(tasks, by=admin_actor(request))
-        self._report(request, outcome, "Canceled", "Not canceled", lambda v: short(v.task))
+        outcome = cancel_many(selection.tasks, by=admin_actor(request))
+        self._report(request, outcome, selection, "Canceled", "Not canceled", lambda v: short(v.task))
 
-    def _selected(self, request: HttpRequest, queryset: QuerySet) -> list[Task] | None:
-        tasks = list(queryset.order_by("created_at")[: MAX_ACTION_TASKS + 1])
-        if len(tasks) > MAX_ACTION_TASKS:
+    def _selected(self, request: HttpRequest, queryset: QuerySet) -> Selection | None:
+        """The tasks the operator ticked, read again by id. Django hands an action the list's filtered
+        queryset narrowed to the ticked ids, so a task whose status changed since the page was drawn
+        (a pending one that started) would drop out of a status filter without a word; read by id, it
+        is acted on or named with the reason it was not. "Select all matching" means the filter's rows."""
+        if request.POST.get("select_across") == "1":
+            tasks = list(queryset.order_by("created_at")[: MAX_ACTION_TASKS + 1])
+            selection = Selection(tasks, requested=len(tasks))
+        else:
+            ids = list(dict.fromkeys(request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME)))[: MAX_ACTION_TASKS + 1]
+            found = {task.pk: task for task in selectors.tasks_by_ids(ids) if task.kind == self.model.KIND}
+            tasks = sorted(found.values(), key=lambda task: task.created_at)
+            selection = Selection(tasks, requested=len(ids), missing=[pk for pk in ids if pk not in found])
+        if selection.requested > MAX_ACTION_TASKS:
             self.message_user(
                 request,
                 f"Nothing was done: more than {MAX_ACTION_TASKS} tasks are selected. Narrow the filter first.",
                 messages.ERROR,
             )
             return None
-        return tasks
+        return selection
 
-    def _report(self, request: HttpRequest, outcome: BulkOutcome, did: str, did_not: str, describe: Any) -> None:
+    def _report(
+        self, request: HttpRequest, outcome: BulkOutcome, selection: Selection, did: str, did_not: str, describe: Any
+    ) -> None:
+        # Every selected task is named once: acted on, skipped with its reason, or gone.
+        of = f" of {selection.requested} selected" if selection.requested != len(outcome.acted) else ""
         if outcome.acted:
             items = [describe(verdict) for verdict in outcome.acted]
-            self.message_user(request, summarize(f"{did} {len(items)} task(s)", items), messages.SUCCESS)
+            self.message_user(request, summarize(f"{did} {len(items)}{of} task(s)", items), messages.SUCCESS)
         if outcome.skipped:
             items = [f"{short(verdict.task)} ({verdict.reason})" for verdict in outcome.skipped]
-            self.message_user(request, summarize(f"{did_not} {len(items)} task(s)", items), messages.WARNING)
+            self.message_user(request, summarize(f"{did_not} {len(items)}{of} task(s)", items), messages.WARNING)
+        if selection.missing:
+            items = [f"{str(pk)[:8]} (no such {self.model.KIND} task any more)" for pk in selection.missing]
+            self.message_user(request, summarize(f"{did_not} {len(items)}{of} task(s)", items), messages.WARNING)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The tasks an action acts on, how many the operator selected, and the selected ids no task has now."""
+
+    tasks: list[Task]
+    requested: int
+    missing: list[str] = field(default_factory=list)
 
 
 def admin_actor(request: HttpRequest) -> Actor:

@@ -4,10 +4,12 @@ bulk actions that account for every selected task, and actions on the task's and
 from __future__ import annotations
 
 import pytest
+from django.contrib import messages
 
-from deployments.models import ModelLease
-from tests.admin.test_admin import DEPLOYS_URL, MODELS_URL, run_action
+from deployments.models import AuditEntry, DeploymentTask, ModelLease, TaskStatus
+from tests.admin.test_admin import DEPLOYS_URL, MODELS_URL, reported, run_action, short
 from tests.support.factories import (
+    DeploymentTaskFactory,
     EmbeddingModelFactory,
     FailedDeploymentFactory,
     FinishedDeploymentFactory,
@@ -87,3 +89,45 @@ def test_task_lists_find_a_task_by_the_short_id_they_show_and_a_model_by_part_of
     assert listed(DEPLOYS_URL, "small") == {other.pk}
     assert listed(DEPLOYS_URL, "a b") == listed(DEPLOYS_URL, ".hidden") == set()  # not a task id: nothing
     assert listed(MODELS_URL, "minilm") == {"all-minilm-l6-v2"}
+
+
+# -- bulk actions account for every selected task -------------------------------------------------------
+
+
+def test_cancel_on_a_filtered_list_names_every_selected_task_even_those_the_filter_now_drops(
+    admin_client, django_capture_on_commit_callbacks
+):
+    model = EmbeddingModelFactory(id="ten")
+    selected = [DeploymentTaskFactory(embedding_model_id=model.id) for _ in range(10)]
+    started = selected[:2]  # between drawing the page and clicking: two tasks start
+    DeploymentTask.objects.filter(pk__in=[task.pk for task in started]).update(status=TaskStatus.PROCESSING)
+    pruned = DeploymentTaskFactory(embedding_model_id=model.id)
+    pruned_id = str(pruned.pk)
+    DeploymentTask.objects.filter(pk=pruned_id).delete()  # pruned meanwhile
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = run_action(
+            admin_client, f"{DEPLOYS_URL}?status__exact=pending", "cancel_selected", [*selected, pruned]
+        )
+
+    assert DeploymentTask.objects.filter(status=TaskStatus.CANCELED).count() == 8
+    (done_level, done), (skipped_level, skipped), (gone_level, gone) = reported(response)
+    assert done_level == messages.SUCCESS and done.startswith("Canceled 8 of 11 selected task(s)")
+    assert skipped_level == messages.WARNING and skipped.startswith("Not canceled 2 of 11 selected task(s)")
+    for task in started:
+        assert f"{short(task)} (only a pending task can be canceled; this one is processing)" in skipped
+    assert gone_level == messages.WARNING and f"{pruned_id[:8]} (no such deployment task any more)" in gone
+    assert AuditEntry.objects.filter(action="cancel").count() == 8  # one per task canceled, as before
+
+
+def test_retry_acts_on_the_selected_ids_not_the_filtered_list(admin_client, django_capture_on_commit_callbacks):
+    model = EmbeddingModelFactory(id="sel")
+    failed = FailedDeploymentFactory(embedding_model_id=model.id)
+    refused = DeploymentTaskFactory(embedding_model_id=model.id, status=TaskStatus.REFUSED)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = run_action(admin_client, f"{DEPLOYS_URL}?status__exact=failed", "retry_selected", [failed, refused])
+
+    [(level, message)] = reported(response)
+    assert level == messages.SUCCESS and message.startswith("Retried 2 task(s)")  # every one acted on: no "of"
+    assert DeploymentTask.objects.filter(retry_of__in=[failed, refused]).count() == 2
