@@ -13,6 +13,7 @@ from tests.support.factories import (
     EmbeddingModelFactory,
     FailedDeploymentFactory,
     FinishedDeploymentFactory,
+    RunningDeploymentFactory,
 )
 
 pytestmark = pytest.mark.django_db
@@ -131,3 +132,113 @@ def test_retry_acts_on_the_selected_ids_not_the_filtered_list(admin_client, djan
     [(level, message)] = reported(response)
     assert level == messages.SUCCESS and message.startswith("Retried 2 task(s)")  # every one acted on: no "of"
     assert DeploymentTask.objects.filter(retry_of__in=[failed, refused]).count() == 2
+
+
+# -- Retry and Cancel on the task's own page ----------------------------------------------------------
+
+
+def object_actions(client, task) -> list[str]:
+    response = client.get(f"{DEPLOYS_URL}{task.pk}/change/")
+    assert response.status_code == 200
+    return [action.label for action in response.context["object_actions"]]
+
+
+def test_a_tasks_page_offers_what_its_status_allows(admin_client, viewer_client):
+    model = EmbeddingModelFactory(id="offers")
+    failed = FailedDeploymentFactory(embedding_model_id=model.id)
+    pending = DeploymentTaskFactory(embedding_model_id=model.id)
+    done = FinishedDeploymentFactory(embedding_model_id=model.id)
+    running = RunningDeploymentFactory(embedding_model_id=model.id)
+
+    assert object_actions(admin_client, failed) == ["Retry"]
+    assert object_actions(admin_client, pending) == ["Cancel"]
+    assert object_actions(admin_client, done) == object_actions(admin_client, running) == []
+    page = admin_client.get(f"{DEPLOYS_URL}{failed.pk}/change/").content.decode()
+    assert f'href="{DEPLOYS_URL}{failed.pk}/retry/"' in page and "Close" in page
+    assert object_actions(viewer_client, failed) == object_actions(viewer_client, pending) == []
+    assert viewer_client.post(f"{DEPLOYS_URL}{failed.pk}/retry/", {"post": "yes"}).status_code == 403
+    assert viewer_client.post(f"{DEPLOYS_URL}{pending.pk}/cancel/", {"post": "yes"}).status_code == 403
+    assert not DeploymentTask.objects.filter(retry_of=failed).exists()
+
+
+def test_retry_from_the_tasks_page_asks_first_and_may_change_the_config(
+    admin_client, django_capture_on_commit_callbacks
+):
+    failed = FailedDeploymentFactory(embedding_model_id=EmbeddingModelFactory(id="again").id)
+    failed.config = {"expected_dimensions": 384}
+    failed.save()
+    url = f"{DEPLOYS_URL}{failed.pk}/retry/"
+
+    confirm = admin_client.get(url)
+    assert confirm.status_code == 200 and 'name="expected_dimensions" value="384"' in confirm.content.decode()
+    assert not DeploymentTask.objects.filter(retry_of=failed).exists()  # nothing before the operator confirms
+
+    too_long = admin_client.post(url, {"post": "yes", "expected_dimensions": "384", "ready_timeout": "3600"})
+    assert too_long.status_code == 200 and "ready_timeout" in too_long.context["form"].errors
+    assert "worker timeout" in too_long.content.decode()  # the API's own rule, said on the field
+    assert not DeploymentTask.objects.filter(retry_of=failed).exists()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        done = admin_client.post(url, {"post": "yes", "expected_dimensions": "768", "bake_seconds": "0"}, follow=True)
+
+    attempt = DeploymentTask.objects.get(retry_of=failed)
+    assert attempt.config == {"expected_dimensions": 768, "bake_seconds": 0.0} and attempt.attempt == 2
+    assert attempt.requested_by == "root" and attempt.dispatched_at
+    assert done.redirect_chain[-1][0] == f"{DEPLOYS_URL}{attempt.pk}/change/"
+    [(level, message)] = reported(done)
+    assert level == messages.SUCCESS and short(failed) in message and short(attempt) in message
+    entry = AuditEntry.objects.get(action="retry")  # as the list's Retry and the API record it
+    assert (entry.object_id, entry.via, entry.actor) == (failed.pk, "admin", "root")
+    assert entry.changes == {"retried_as": attempt.pk, "attempt": 2, "config": attempt.config}
+
+
+def test_retry_keeps_the_config_when_the_operator_leaves_it(admin_client, django_capture_on_commit_callbacks):
+    failed = FailedDeploymentFactory(embedding_model_id=EmbeddingModelFactory(id="same").id)
+    failed.config = {"expected_dimensions": 384}
+    failed.save()
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(f"{DEPLOYS_URL}{failed.pk}/retry/", {"post": "yes", "expected_dimensions": "384"})
+    assert DeploymentTask.objects.get(retry_of=failed).config == {"expected_dimensions": 384}
+    assert AuditEntry.objects.get(action="retry").changes == {
+        "retried_as": DeploymentTask.objects.get(retry_of=failed).pk,
+        "attempt": 2,
+    }
+
+
+def test_a_refused_action_from_a_tasks_page_says_why_and_changes_nothing(admin_client):
+    model = EmbeddingModelFactory(id="refuse")
+    done = FinishedDeploymentFactory(embedding_model_id=model.id)
+    running = RunningDeploymentFactory(embedding_model_id=model.id)
+
+    for task, action, why in (
+        (done, "retry", "Not retried: it is done: deploy the model again instead"),
+        (running, "retry", "Not retried: it is processing: it has not finished yet"),
+        (running, "cancel", "Not canceled: only a pending task can be; this one is processing"),
+        (done, "cancel", "Not canceled: only a pending task can be; this one is done"),
+    ):
+        for method in (admin_client.get, admin_client.post):
+            response = method(f"{DEPLOYS_URL}{task.pk}/{action}/", {"post": "yes"}, follow=True)
+            assert response.status_code == 200 and response.redirect_chain[-1][0] == f"{DEPLOYS_URL}{task.pk}/change/"
+            assert reported(response) == [(messages.ERROR, why)]
+    assert DeploymentTask.objects.count() == 2 and not AuditEntry.objects.exists()
+    missing = admin_client.get(f"{DEPLOYS_URL}no-such-task/retry/", follow=True)
+    assert missing.status_code == 200 and "Perhaps it was deleted" in reported(missing)[0][1]
+
+
+def test_cancel_from_a_tasks_page_asks_first_then_cancels(admin_client, django_capture_on_commit_callbacks):
+    pending = DeploymentTaskFactory(embedding_model_id=EmbeddingModelFactory(id="stop").id)
+    url = f"{DEPLOYS_URL}{pending.pk}/cancel/"
+
+    confirm = admin_client.get(url)
+    assert confirm.status_code == 200 and "Yes, cancel deployment" in confirm.content.decode()
+    pending.refresh_from_db()
+    assert pending.status == TaskStatus.PENDING
+
+    with django_capture_on_commit_callbacks(execute=True):
+        done = admin_client.post(url, {"post": "yes"}, follow=True)
+
+    pending.refresh_from_db()
+    assert pending.status == TaskStatus.CANCELED
+    assert reported(done) == [(messages.SUCCESS, f"Canceled stop {short(pending)}")]
+    entry = AuditEntry.objects.get(action="cancel")
+    assert (entry.object_id, entry.via, entry.actor) == (pending.pk, "admin", "root")
