@@ -58,6 +58,19 @@ def latest_task_for_model(kind: str, embedding_model_id: str) -> Task | None:
     )
 
 
+def recent_tasks_for_model(embedding_model_id: str, limit: int) -> list[Task]:
+    """The model's latest ``limit`` tasks of both kinds, newest first: the latest of each kind by its
+    (embedding_model_id, kind, sequence, attempt) index, merged (two seeks, however long the history)."""
+    latest = [
+        task
+        for kind in TaskKind.values
+        for task in Task.objects.filter(embedding_model_id=embedding_model_id, kind=kind).order_by(
+            "-sequence", "-attempt"
+        )[:limit]
+    ]
+    return sorted(latest, key=lambda task: task.created_at, reverse=True)[:limit]
+
+
 def newer_attempt(task: Task) -> Task | None:
     """The attempt that retried ``task`` (by a user or the sweeper), if it was retried."""
     return task.retries.order_by("attempt", "created_at").first()

@@ -4,17 +4,22 @@ actions that create tasks exactly as POST /deploy and POST /delete do."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import quote, unquote
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from deployments import selectors, services
+from deployments.admin.confirm import ObjectAction, confirmation_page, confirmed
 from deployments.admin.display import (
     DRIFT_COLOUR,
     STATE_COLOURS,
@@ -24,11 +29,17 @@ from deployments.admin.display import (
     revision_code,
     status_badge,
     summarize,
+    task_admin_url,
+    task_duration,
     task_link,
     task_list_url,
 )
+from deployments.admin.forms import TaskConfigForm
 from deployments.admin.history import admin_actor
 from deployments.models import Drift, EmbeddingModel, TaskKind
+
+# A model's page lists this many of its latest tasks, then links to the task lists filtered to it.
+TASKS_SHOWN = 10
 
 
 class DriftInline(admin.TabularInline):
@@ -69,8 +80,9 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
     search_fields = ("id", "name")  # icontains: the registry is small
     search_help_text = "Part of a model id or name."
     fields = ("id", "name", "source", "dimensions", "state", "revision", "endpoint", "created_at", "updated_at")
-    readonly_fields = ("state", "revision", "deployed_from", "endpoint", "created_at", "updated_at", "audit")
+    readonly_fields = ("state", "revision", "deployed_from", "endpoint", "created_at", "updated_at", "tasks", "audit")
     actions = ["deploy_selected", "delete_selected_deployments"]
+    change_form_template = "admin/deployments/change_form_with_actions.html"
 
     def get_inlines(self, request: HttpRequest, obj: EmbeddingModel | None) -> list[type[admin.TabularInline]]:
         return [DriftInline] if obj is not None else []  # a model being registered has no drift yet
@@ -81,7 +93,7 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
 
     def get_fields(self, request: HttpRequest, obj: EmbeddingModel | None = None) -> tuple[str, ...]:
         # A model being registered has no deploy and no trail yet.
-        return self.fields if obj is None else (*self.fields, "deployed_from", "audit")
+        return self.fields if obj is None else (*self.fields, "deployed_from", "tasks", "audit")
 
     def get_readonly_fields(self, request: HttpRequest, obj: EmbeddingModel | None = None) -> tuple[str, ...]:
         readonly = tuple(super().get_readonly_fields(request, obj))
@@ -124,9 +136,121 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
             self.message_user(request, f"Not unregistered: {exc}", messages.ERROR)
             return HttpResponseRedirect(reverse("admin:deployments_embeddingmodel_change", args=[object_id]))
 
+    # -- the model's own page: Deploy and Delete beside History
+
+    def get_urls(self) -> list[URLPattern]:
+        name = f"{self.opts.app_label}_{self.opts.model_name}"
+        own = [
+            path("<path:object_id>/deploy/", self.admin_site.admin_view(self.deploy_view), name=f"{name}_deploy"),
+            path(
+                "<path:object_id>/delete-deployment/",
+                self.admin_site.admin_view(self.delete_deployment_view),
+                name=f"{name}_delete_deployment",
+            ),
+        ]
+        return own + super().get_urls()  # before the catch-all "<path:object_id>/" of the change page
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        model = self.get_object(request, unquote(object_id))
+        actions = self.object_actions(request, model) if model is not None else []
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "object_actions": actions})
+
+    def object_actions(self, request: HttpRequest, model: EmbeddingModel) -> list[ObjectAction]:
+        actions = []
+        if self.has_deploy_permission(request):
+            help_text = "Deploy a new revision from the source (green: proven before it takes traffic)."
+            actions.append(ObjectAction("Deploy", self._own_url(model, "deploy"), help_text))
+        if self.has_undeploy_permission(request) and self._is_on_the_server(model):
+            help_text = "Unload it from the inference server and remove its revisions; it stays registered."
+            actions.append(ObjectAction("Delete from server", self._own_url(model, "delete_deployment"), help_text))
+        return actions
+
+    def deploy_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if not self.has_deploy_permission(request):
+            raise PermissionDenied
+        return self._submit_view(request, object_id, TaskKind.DEPLOYMENT)
+
+    def delete_deployment_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if not self.has_undeploy_permission(request):
+            raise PermissionDenied
+        return self._submit_view(request, object_id, TaskKind.DELETION)
+
+    def _submit_view(self, request: HttpRequest, object_id: str, kind: str) -> HttpResponse:
+        model = self.get_object(request, unquote(object_id))
+        if model is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        model_url = reverse("admin:deployments_embeddingmodel_change", args=[quote(model.pk)])
+        form = TaskConfigForm(kind, request.POST if confirmed(request) else None)
+        if confirmed(request) and form.is_valid():
+            # Exactly what POST /deploy and POST /delete do: the same service, its audit entry, its lock
+            # on the model's queue, its hand-off to the queue once the transaction commits.
+            submit = services.submit_deployment if kind == TaskKind.DEPLOYMENT else services.submit_deletion
+            try:
+                task = submit(model.pk, config=form.config, requested_by=admin_actor(request)).task
+            except services.TaskHandOffFailed as exc:
+                task = exc.tasks[0]  # created all the same: it stays pending and the sweeper sends it
+                self.message_user(request, str(exc), messages.WARNING)
+            except services.TaskError as exc:
+                self.message_user(request, f"No {kind} task: {exc}", messages.ERROR)
+                return HttpResponseRedirect(model_url)
+            created = format_html("Created {} task {} for {}", kind, task_link(kind, task.pk), model.pk)
+            self.message_user(request, created, messages.SUCCESS)
+            return HttpResponseRedirect(task_admin_url(kind, task.pk))
+        deploys = kind == TaskKind.DEPLOYMENT
+        return confirmation_page(
+            self,
+            request,
+            verb="deploy" if deploys else "delete from the inference server",
+            object_label=model.pk,
+            object_url=model_url,
+            explanation=(
+                "A deployment task will load a new revision beside the one serving (green), prove it with a real "
+                "inference call, and only then switch the model's name to it; a model that is not deployed yet "
+                "takes a slot on the inference server."
+                if deploys
+                else "A deletion task will unload the model from the inference server and remove its revisions from "
+                "the model repository: clients calling it will get errors. The model stays registered."
+            ),
+            facts=[
+                ("model", model.pk),
+                ("state", model.get_state_display()),
+                ("live revision", revision_code(model.live_revision)),
+                ("endpoint", model.endpoint or "—"),
+                ("source", model.source),
+            ],
+            submit_label=f"Yes, {'deploy' if deploys else 'delete'} {model.pk}",
+            form=form,
+            form_title="Config of this deploy (empty: the server's default)",
+        )
+
+    @staticmethod
+    def _is_on_the_server(model: EmbeddingModel) -> bool:
+        return model.state != EmbeddingModel.State.NOT_DEPLOYED or bool(model.live_revision)
+
+    def _own_url(self, model: EmbeddingModel, action: str) -> str:
+        return reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_{action}", args=[quote(model.pk)])
+
     # -- columns
 
-    @admin.display(description="who did what")
+    @admin.display(description="latest tasks")
+    def tasks(self, model: EmbeddingModel) -> str:
+        rows = [
+            {
+                "task": task,
+                "link": task_link(task.kind, task.pk),
+                "status": status_badge(task.status),
+                "duration": task_duration(task),
+            }
+            for task in selectors.recent_tasks_for_model(model.pk, TASKS_SHOWN)
+        ]
+        all_tasks = [
+            (f"{label.lower()} tasks", f"{task_list_url(kind)}?{urlencode({'model': model.pk})}")
+            for kind, label in TaskKind.choices
+        ]
+        return render_to_string("admin/deployments/model_tasks.html", {"rows": rows, "all_tasks": all_tasks})
+
     @admin.display(description="live revision deployed from")
     def deployed_from(self, model: EmbeddingModel) -> SafeString:
         # What the source resolved to when the live revision was fetched (a branch or alias may have moved since).
@@ -143,6 +267,7 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
             task_link(task.kind, task.pk),
         )
 
+    @admin.display(description="who did what")
     def audit(self, model: EmbeddingModel) -> str:
         # The model's registry entries and those of its tasks.
         entries = selectors.audit_entries(embedding_model_id=model.pk)

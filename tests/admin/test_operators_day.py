@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from django.contrib import messages
 
-from deployments.models import AuditEntry, DeploymentTask, ModelLease, TaskStatus
+from deployments.models import AuditEntry, DeletionTask, DeploymentTask, EmbeddingModel, ModelLease, TaskStatus
 from tests.admin.test_admin import DEPLOYS_URL, MODELS_URL, reported, run_action, short
 from tests.support.factories import (
+    DeletionTaskFactory,
     DeploymentTaskFactory,
     EmbeddingModelFactory,
     FailedDeploymentFactory,
@@ -242,3 +243,100 @@ def test_cancel_from_a_tasks_page_asks_first_then_cancels(admin_client, django_c
     assert reported(done) == [(messages.SUCCESS, f"Canceled stop {short(pending)}")]
     entry = AuditEntry.objects.get(action="cancel")
     assert (entry.object_id, entry.via, entry.actor) == (pending.pk, "admin", "root")
+
+
+# -- a model's page: its tasks, Deploy and Delete -------------------------------------------------------
+
+
+def test_a_models_page_lists_its_latest_tasks_newest_first_and_links_to_all_of_them(admin_client, monkeypatch):
+    monkeypatch.setattr("deployments.admin.registry.TASKS_SHOWN", 3)
+    model = EmbeddingModelFactory(id="hist-page")
+    oldest = FailedDeploymentFactory(embedding_model_id=model.id)
+    middle = FinishedDeploymentFactory(embedding_model_id=model.id)
+    deletion = DeletionTaskFactory(embedding_model_id=model.id)
+    newest = DeploymentTaskFactory(embedding_model_id=model.id)
+    elsewhere = DeploymentTaskFactory(embedding_model_id=EmbeddingModelFactory(id="other").id)
+
+    page = admin_client.get(f"{MODELS_URL}{model.pk}/change/").content.decode()
+    section = page[page.index("field-tasks") : page.index("field-audit")]
+
+    links = [
+        f"/admin/deployments/{kind}task/{task.pk}/change/"
+        for kind, task in (("deployment", newest), ("deletion", deletion), ("deployment", middle))
+    ]
+    assert [section.index(link) for link in links] == sorted(section.index(link) for link in links)
+    assert str(oldest.pk) not in section and str(elsewhere.pk) not in section  # the latest 3, its own
+    assert (
+        f'href="{DEPLOYS_URL}?model=hist-page"' in section
+        and 'href="/admin/deployments/deletiontask/?model=hist-page"' in section
+    )
+    EmbeddingModelFactory(id="quiet")
+    assert "No task has been created" in admin_client.get(f"{MODELS_URL}quiet/change/").content.decode()
+
+
+def test_a_models_page_offers_deploy_and_delete_as_its_state_and_permissions_allow(admin_client, viewer_client):
+    idle = EmbeddingModelFactory(id="idle")
+    live = EmbeddingModelFactory(id="live", state="deployed", live_revision=REVISION)
+
+    def offered(client, model) -> list[str]:
+        return [action.label for action in client.get(f"{MODELS_URL}{model.pk}/change/").context["object_actions"]]
+
+    assert offered(admin_client, idle) == ["Deploy"]
+    assert offered(admin_client, live) == ["Deploy", "Delete from server"]
+    assert offered(viewer_client, live) == []
+    assert viewer_client.post(f"{MODELS_URL}live/deploy/", {"post": "yes"}).status_code == 403
+    assert viewer_client.post(f"{MODELS_URL}live/delete-deployment/", {"post": "yes"}).status_code == 403
+    assert not DeploymentTask.objects.exists()
+
+
+def test_deploy_from_a_models_page_asks_first_then_submits_as_the_api_does(
+    admin_client, django_capture_on_commit_callbacks
+):
+    model = EmbeddingModelFactory(id="one-deploy")
+    url = f"{MODELS_URL}{model.pk}/deploy/"
+
+    confirm = admin_client.get(url)
+    assert confirm.status_code == 200 and 'name="expected_dimensions"' in confirm.content.decode()
+    assert not DeploymentTask.objects.exists()
+    refused = admin_client.post(url, {"post": "yes", "revision": "not-a-revision"})
+    assert refused.status_code == 200 and "16 lowercase hex digits" in str(refused.context["form"].errors["revision"])
+    assert not DeploymentTask.objects.exists()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        done = admin_client.post(url, {"post": "yes", "expected_dimensions": "384"}, follow=True)
+
+    task = DeploymentTask.objects.get()
+    assert (task.embedding_model_id, task.config, task.status) == (
+        "one-deploy",
+        {"expected_dimensions": 384},
+        "pending",
+    )
+    assert task.requested_by == "root" and task.dispatched_at  # handed to the queue on commit
+    assert done.redirect_chain[-1][0] == f"{DEPLOYS_URL}{task.pk}/change/"
+    [(level, message)] = reported(done)
+    assert level == messages.SUCCESS and short(task) in message
+    entry = AuditEntry.objects.get()
+    assert (entry.action, entry.object_id, entry.via, entry.changes) == (
+        "create",
+        task.pk,
+        "admin",
+        {"config": {"expected_dimensions": 384}},
+    )
+
+
+def test_delete_from_a_models_page_asks_first_then_creates_a_deletion(admin_client, django_capture_on_commit_callbacks):
+    model = EmbeddingModelFactory(id="one-delete", state="deployed", live_revision=REVISION)
+    url = f"{MODELS_URL}{model.pk}/delete-deployment/"
+
+    confirm = admin_client.get(url).content.decode()
+    assert "clients calling it will get errors" in confirm and 'name="expected_dimensions"' not in confirm
+    assert not DeletionTask.objects.exists()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        done = admin_client.post(url, {"post": "yes"}, follow=True)
+
+    task = DeletionTask.objects.get()
+    assert (task.embedding_model_id, task.status, task.requested_by) == ("one-delete", "pending", "root")
+    assert done.redirect_chain[-1][0] == f"/admin/deployments/deletiontask/{task.pk}/change/"
+    assert AuditEntry.objects.get().object_kind == "deletion"
+    assert EmbeddingModel.objects.filter(pk="one-delete").exists()  # still registered
