@@ -1,13 +1,15 @@
 """The operators' control room in the Django admin.
 
-- history:   the read-only task history (one list per kind) with retry / cancel actions
-- registry:  the embedding models with deploy / delete actions
-- leases:    the engine's per-model leases, to look at
+- history:   the read-only task history (one list per kind) with retry / cancel actions and buttons
+- registry:  the embedding models with deploy / delete actions and buttons, and each model's tasks
+- leases:    the engine's per-model leases, to look at (models' rows only)
 - engine:    the supervised worker clusters and their starts, restarts and stops
 - audit:     who created, canceled or retried tasks and changed the registry, via what
 - tokens:    the API tokens (hashed), their expiry; deleting one revokes it
 - filters:   list filters and the paginator that keep a million-row history fast
-- display:   badges, links, durations, the stage timeline and the metadata summary
+- display:   badges, links, durations, revisions, the stage timeline and the metadata summary
+- confirm:   the confirmation page of a task's and a model's own buttons (retry, cancel, deploy, delete)
+- forms:     the config keys of a deploy or a retry, drawn from task_config and checked by its rules
 - dashboard: what the admin index shows first (rendered by the ``control_room`` template tag)
 
 Thin, like the API: every action calls the same services the API calls, every list reads
