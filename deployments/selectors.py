@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Count, Exists, Min, OuterRef, Prefetch, QuerySet, Subquery
+from django.db import connection
+from django.db.models import Count, Exists, Min, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce, Greatest, Now
 
 from deployments.models import (
@@ -193,8 +194,10 @@ def filter_tasks(
     return tasks.order_by("-created_at")
 
 
-# Model ids a partial model id may stand for: past this many, the operator's term is too vague to help.
+# Model ids a partial model id, and task ids the start of an id, may stand for: past these, the operator's
+# term is too vague to help (type more of it).
 MAX_MODELS_MATCHED = 500
+MAX_TASKS_MATCHED = 1000
 
 
 def model_ids_containing(part: str) -> list[str]:
@@ -211,16 +214,36 @@ def search_tasks(
     commands show, or the whole id) and by part of the model id. The admin's search and ``manage.py tasks``
     both go through here.
 
-    The id is a prefix match (``LIKE 'x%'``, served on PostgreSQL by the primary key's pattern index);
-    ``startswith``, not ``istartswith``, since an upper-cased column would defeat that index and ids are
-    shown as they are stored. A model id part matches the registered models containing it, and the model
-    id itself (whose tasks outlive an unregistered model).
+    The ids a prefix stands for are looked up first, on the key alone, and the list then narrowed to
+    them: filtered as part of the list's own query (with its kind and order), SQLite walked the kind's
+    index instead, 0.4 s with a million tasks. A model id part matches the registered models containing
+    it, or when none does, a model id as a whole (the tasks of a model no longer registered): the task
+    table is then read by its model index.
     """
     if task_id_prefix:
-        tasks = tasks.filter(pk__startswith=task_id_prefix)
+        matching = Task.objects.filter(_id_starts_with(task_id_prefix)).order_by("pk").values_list("pk", flat=True)
+        tasks = tasks.filter(pk__in=list(matching[:MAX_TASKS_MATCHED]))
     if model_id_part:
-        tasks = tasks.filter(embedding_model_id__in=[*model_ids_containing(model_id_part), model_id_part])
+        tasks = tasks.filter(embedding_model_id__in=model_ids_containing(model_id_part) or [model_id_part])
     return tasks
+
+
+# Above every character a task id may hold (they are ASCII): "<prefix><this>" ends the prefix's range.
+_PAST_ANY_ID_CHARACTER = "\U0010ffff"
+
+
+def _id_starts_with(prefix: str) -> Q:
+    """Ids starting with ``prefix``, as an index seek on either database, case as stored.
+
+    PostgreSQL serves ``LIKE 'x%'`` from the primary key's pattern index (Django makes one for text keys;
+    ``istartswith`` would upper-case the column and scan). SQLite's LIKE ignores case, so it never uses
+    the key's index; there the prefix is a range of the key instead (byte order, which for ASCII ids is
+    exactly "starts with"). A range is not used on PostgreSQL, where a linguistic collation does not
+    sort by prefix.
+    """
+    if connection.vendor == "sqlite":
+        return Q(pk__gte=prefix, pk__lt=prefix + _PAST_ANY_ID_CHARACTER)
+    return Q(pk__startswith=prefix)
 
 
 def latest_attempts(tasks: QuerySet[Task]) -> QuerySet[Task]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 from django.contrib import messages
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from deployments.models import AuditEntry, DeletionTask, DeploymentTask, EmbeddingModel, ModelLease, TaskStatus
 from tests.admin.test_admin import DEPLOYS_URL, MODELS_URL, reported, run_action, short
@@ -340,3 +342,15 @@ def test_delete_from_a_models_page_asks_first_then_creates_a_deletion(admin_clie
     assert done.redirect_chain[-1][0] == f"/admin/deployments/deletiontask/{task.pk}/change/"
     assert AuditEntry.objects.get().object_kind == "deletion"
     assert EmbeddingModel.objects.filter(pk="one-delete").exists()  # still registered
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's query plan")
+def test_a_search_by_the_start_of_a_task_id_is_an_index_seek(admin_client):
+    wanted = FailedDeploymentFactory()
+    with CaptureQueriesContext(connection) as queries:
+        admin_client.get(DEPLOYS_URL, {"q": str(wanted.pk)[:8]})
+    [lookup] = [query["sql"] for query in queries.captured_queries if '"id" >= ' in query["sql"]]
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN QUERY PLAN {lookup}")
+        plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+    assert "SEARCH" in plan and "sqlite_autoindex_deployments_task" in plan and "(id>? AND id<?)" in plan, plan
