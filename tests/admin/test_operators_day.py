@@ -354,3 +354,33 @@ def test_a_search_by_the_start_of_a_task_id_is_an_index_seek(admin_client):
         cursor.execute(f"EXPLAIN QUERY PLAN {lookup}")
         plan = " ".join(str(row[-1]) for row in cursor.fetchall())
     assert "SEARCH" in plan and "sqlite_autoindex_deployments_task" in plan and "(id>? AND id<?)" in plan, plan
+
+
+def test_retrying_a_deletion_from_its_page_has_no_config_to_change(admin_client, django_capture_on_commit_callbacks):
+    failed = DeletionTaskFactory(embedding_model_id=EmbeddingModelFactory(id="gone").id, status=TaskStatus.FAILED)
+    url = f"/admin/deployments/deletiontask/{failed.pk}/retry/"
+
+    confirm = admin_client.get(url).content.decode()
+    assert "Yes, retry deletion" in confirm and "Config of the new attempt" not in confirm
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(url, {"post": "yes"})
+
+    attempt = DeletionTask.objects.get(retry_of=failed)
+    assert (attempt.config, attempt.attempt, attempt.status) == ({}, 2, TaskStatus.PENDING)
+
+
+def test_select_all_matching_acts_on_what_the_filter_shows(admin_client, django_capture_on_commit_callbacks):
+    model = EmbeddingModelFactory(id="across")
+    waiting = [DeploymentTaskFactory(embedding_model_id=model.id) for _ in range(3)]
+    running = RunningDeploymentFactory(embedding_model_id=model.id)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = run_action(
+            admin_client, f"{DEPLOYS_URL}?status__exact=pending", "cancel_selected", waiting[:1], select_across="1"
+        )
+
+    [(level, message)] = reported(response)
+    assert level == messages.SUCCESS and message.startswith("Canceled 3 task(s)")
+    assert DeploymentTask.objects.filter(status=TaskStatus.CANCELED).count() == 3
+    running.refresh_from_db()
+    assert running.status == TaskStatus.PROCESSING
