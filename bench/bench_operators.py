@@ -9,7 +9,8 @@ Everything runs against a throw-away database: a SQLite file in a temporary fold
 1. server time of the admin pages (Django's test client, in process, logged in as a superuser;
    p50 and p99 of --requests requests after a warm-up) with 1,000 deployment tasks and then with
    --rows (default 1,000,000), and the ratio: the task changelist (plain, filtered by status, by
-   model, by date, searched by task id), a task's detail page with its timeline, the dashboard
+   model, by date, searched by a whole task id, by its first 8 characters and by part of a model
+   id), a task's detail page with its timeline, the dashboard
    (admin index) and the models list. Target: changelist under 300 ms with a million rows.
 2. enqueueing 1,000 deploys through the deploy_models command path (one batch) against 1,000
    single submits through the per-task service (what the API does per request), on the default
@@ -192,6 +193,8 @@ def admin_pages(task_id: str) -> dict[str, str]:
         "  filtered: last 24 hours": f"{tasks}?created=24h",
         "  page 5": f"{tasks}?p=5",
         "  search: task id": f"{tasks}?q={task_id}",
+        "  search: short task id": f"{tasks}?q={task_id[:8]}",
+        "  search: part of a model id": f"{tasks}?q=el-0007",
         "deletion changelist": deletions,
         "  filtered: status=failed": f"{deletions}?status__exact=failed",
         "task detail + timeline": f"{tasks}{task_id}/change/",

@@ -13,7 +13,7 @@ from django.db.models import QuerySet
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from deployments import selectors
@@ -64,6 +64,14 @@ def task_admin_url(kind: str, task_id: str) -> str:
 def task_link(kind: str, task_id: str) -> SafeString:
     url = task_admin_url(kind, task_id)
     return format_html('<a href="{}" title="{}"><code>{}</code></a>', url, task_id, str(task_id)[:8])
+
+
+def revision_code(revision: str | None, empty: str = "—") -> SafeString:
+    """A revision as every admin page shows it: whole. A revision is only 16 hex digits, and it is what an
+    operator copies into a deploy's ``revision`` to roll back, which a shortened one would not fit."""
+    if not revision:
+        return format_html("{}", empty)
+    return format_html('<code class="cr-revision">{}</code>', revision)
 
 
 def model_link(embedding_model_id: str) -> SafeString:
@@ -145,9 +153,18 @@ METADATA_FACTS = (
 )
 
 
+REVISION_FACTS = {"revision", "previous_revision", "removed_revisions"}
+
+
 def metadata_context(metadata: dict[str, Any]) -> dict[str, Any]:
+    def shown(key: str, value: Any) -> Any:
+        values = value if isinstance(value, list) else [value]
+        if key in REVISION_FACTS:
+            return format_html_join(", ", "{}", ((revision_code(str(item)),) for item in values))
+        return ", ".join(map(str, values))
+
     facts = [
-        (label, ", ".join(map(str, value)) if isinstance(value, list) else value)
+        (label, shown(key, value))
         for key, label in METADATA_FACTS
         if (value := metadata.get(key)) not in (None, "", [])
     ]

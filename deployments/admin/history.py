@@ -7,17 +7,22 @@ filters. History itself is never edited: retry creates a new attempt, cancel fin
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import quote, unquote
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.loader import render_to_string
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
-from deployments import selectors
+from deployments import selectors, services
+from deployments.admin.confirm import ObjectAction, confirmation_page, confirmed
 from deployments.admin.display import (
     audit_list_url,
     audit_trail,
@@ -27,12 +32,14 @@ from deployments.admin.display import (
     short,
     status_badge,
     summarize,
+    task_admin_url,
     task_duration,
     task_link,
     timeline_rows,
 )
 from deployments.admin.filters import CappedCountPaginator, CreatedFilter, KindFilter, ModelFilter
-from deployments.models import AuditEntry, DeletionTask, DeploymentTask, Task
+from deployments.admin.forms import TaskConfigForm
+from deployments.models import AuditEntry, DeletionTask, DeploymentTask, Task, TaskKind, TaskStatus
 from deployments.services.audit import Actor, actor_from_request
 from deployments.services.bulk import BulkOutcome, TaskVerdict, cancel_many, retry_many
 from deployments.task_ids import is_valid_task_id
@@ -61,14 +68,15 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("short_id", "coloured_status", "model_id_link", "created", "duration", "attempt", "short_detail")
     list_display_links = ("short_id",)
     list_filter = (KindFilter, "status", ModelFilter, CreatedFilter)
-    search_fields = ("id", "embedding_model_id")  # matched exactly in get_search_results
-    search_help_text = "An exact task id or embedding model id."
+    search_fields = ("id", "embedding_model_id")  # matched by selectors.search_tasks in get_search_results
+    search_help_text = "The start of a task id (the 8 characters shown, e.g. 3357e86d) or part of a model id."
     ordering = ("-created_at",)
     list_per_page = 100
     paginator = CappedCountPaginator
     show_full_result_count = False  # no COUNT(*) over the whole table on every page
     show_facets = admin.ShowFacets.NEVER  # facet counts are a COUNT per filter choice
     actions = ["retry_selected", "cancel_selected"]
+    change_form_template = "admin/deployments/change_form_with_actions.html"
     fieldsets = (
         (
             None,
@@ -111,19 +119,140 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         return request.user.has_perm(f"deployments.change_{self.opts.model_name}")
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
-        # Exact matches only: both are index seeks, where icontains would scan every row. Every model id
-        # is also a valid task id, so a term that is not one names nothing.
+        # Index-friendly only (selectors.search_tasks): a term that names tasks by their id's start shows
+        # them; otherwise it is part of a model id. Two narrow queries, where one OR of the two made SQLite
+        # walk the created_at index past a million rows (0.7 s). The start of a task id is a valid task id
+        # too, so a term that is not one names nothing.
         term = search_term.strip()
         if not term:
             return queryset, False
         if not is_valid_task_id(term):
             return queryset.none(), False
-        # A term that names a task shows it; otherwise it is a model id. Two seeks, where one OR of the
-        # two made SQLite walk the created_at index past a million rows (0.7 s).
-        task = queryset.filter(pk=term)
-        if task.exists():
-            return task, False
-        return queryset.filter(embedding_model_id=term), False
+        by_id = selectors.search_tasks(queryset, task_id_prefix=term)
+        if by_id.exists():
+            return by_id, False
+        return selectors.search_tasks(queryset, model_id_part=term), False
+
+    # -- the task's own page: Retry and Cancel beside History and Close
+
+    def get_urls(self) -> list[URLPattern]:
+        name = f"{self.opts.app_label}_{self.opts.model_name}"
+        own = [
+            path("<path:object_id>/retry/", self.admin_site.admin_view(self.retry_view), name=f"{name}_retry"),
+            path("<path:object_id>/cancel/", self.admin_site.admin_view(self.cancel_view), name=f"{name}_cancel"),
+        ]
+        return own + super().get_urls()  # before the catch-all "<path:object_id>/" of the change page
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        task = self.get_object(request, unquote(object_id))
+        actions = self.object_actions(request, task) if task is not None else []
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "object_actions": actions})
+
+    def object_actions(self, request: HttpRequest, task: Task) -> list[ObjectAction]:
+        """What the task's status allows, and the operator's permissions: a retry of a task that finished
+        without delivering (once), a cancel of one that has not started."""
+        actions = []
+        if self.has_retry_permission(request) and self._retry_refusal(task) is None:
+            help_text = "Run it again as a new attempt; its config can be changed first."
+            actions.append(ObjectAction("Retry", self._own_url(task, "retry"), help_text))
+        if self.has_cancel_permission(request) and task.status == TaskStatus.PENDING:
+            actions.append(ObjectAction("Cancel", self._own_url(task, "cancel"), "Finish it before it starts."))
+        return actions
+
+    def retry_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if not self.has_retry_permission(request):
+            raise PermissionDenied
+        task = self.get_object(request, unquote(object_id))
+        if task is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if refusal := self._retry_refusal(task):
+            return self._refused(request, task, f"Not retried: {refusal}")
+        form = TaskConfigForm(task.kind, request.POST if confirmed(request) else None, initial=task.config)
+        if confirmed(request) and form.is_valid():
+            try:
+                attempt = services.retry_task(task, requested_by=admin_actor(request), config=form.config)
+            except services.TaskHandOffFailed as exc:
+                attempt = exc.tasks[0]  # made all the same: it stays pending and the sweeper sends it
+                self.message_user(request, f"{attempt.pk} waits: {exc}", messages.WARNING)
+            except services.RetryRefused as exc:
+                return self._refused(request, task, f"Not retried: {exc.reason}")
+            except services.TaskError as exc:
+                return self._refused(request, task, f"Not retried: {exc}")
+            made = task_link(attempt.kind, attempt.pk)
+            retried = format_html("Retried {} as {} (attempt {})", short(task), made, attempt.attempt)
+            self.message_user(request, retried, messages.SUCCESS)
+            return HttpResponseRedirect(task_admin_url(attempt.kind, attempt.pk))
+        deploys = task.kind == TaskKind.DEPLOYMENT
+        return confirmation_page(
+            self,
+            request,
+            verb="retry",
+            object_label=f"{task.kind} {str(task.pk)[:8]}",
+            object_url=task_admin_url(task.kind, task.pk),
+            explanation=(
+                f"A new attempt (attempt {task.attempt + 1}) of this {task.kind} will be created at the back of "
+                f"model {task.embedding_model_id}'s queue; this task stays as it is."
+                + (" It takes the config below: change what made it fail, or leave it as it was." if deploys else "")
+            ),
+            facts=self._facts(task),
+            submit_label=f"Yes, retry {task.kind} {str(task.pk)[:8]}",
+            form=form,
+            form_title="Config of the new attempt (empty: the server's default)",
+        )
+
+    def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if not self.has_cancel_permission(request):
+            raise PermissionDenied
+        task = self.get_object(request, unquote(object_id))
+        if task is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if task.status != TaskStatus.PENDING:
+            return self._refused(request, task, f"Not canceled: only a pending task can be; this one is {task.status}")
+        if confirmed(request):
+            try:
+                services.cancel_task(task, by=admin_actor(request))
+            except services.TaskError as exc:  # it started meanwhile
+                return self._refused(request, task, f"Not canceled: {exc}")
+            self.message_user(request, f"Canceled {short(task)}", messages.SUCCESS)
+            return HttpResponseRedirect(task_admin_url(task.kind, task.pk))
+        return confirmation_page(
+            self,
+            request,
+            verb="cancel",
+            object_label=f"{task.kind} {str(task.pk)[:8]}",
+            object_url=task_admin_url(task.kind, task.pk),
+            explanation=f"This {task.kind} will be canceled before it starts; the next task of its model goes ahead.",
+            facts=self._facts(task),
+            submit_label=f"Yes, cancel {task.kind} {str(task.pk)[:8]}",
+        )
+
+    @staticmethod
+    def _retry_refusal(task: Task) -> str | None:
+        try:
+            services.ensure_retryable(task)
+        except services.RetryRefused as exc:
+            return exc.reason
+        return None
+
+    def _refused(self, request: HttpRequest, task: Task, message: str) -> HttpResponse:
+        self.message_user(request, message, messages.ERROR)
+        return HttpResponseRedirect(task_admin_url(task.kind, task.pk))
+
+    def _own_url(self, task: Task, action: str) -> str:
+        return reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_{action}", args=[quote(task.pk)])
+
+    @staticmethod
+    def _facts(task: Task) -> list[tuple[str, Any]]:
+        return [
+            ("task", task_link(task.kind, task.pk)),
+            ("model", model_link(task.embedding_model_id)),
+            ("status", status_badge(task.status)),
+            ("attempt", task.attempt),
+            ("detail", task.detail or "—"),
+            ("config", pretty_json(task.config) if task.config else "none (defaults)"),
+        ]
 
     # -- columns
 
@@ -193,41 +322,68 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.action(description="Retry selected failed, refused or canceled tasks", permissions=["retry"])
     def retry_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
-        tasks = self._selected(request, queryset)
-        if tasks is None:
+        selection = self._selected(request, queryset)
+        if selection is None:
             return
-        outcome = retry_many(tasks, requested_by=admin_actor(request))
-        self._report(request, outcome, "Retried", "Not retried", retried_as)
+        outcome = retry_many(selection.tasks, requested_by=admin_actor(request))
+        self._report(request, outcome, selection, "Retried", "Not retried", retried_as)
         if noted := [verdict for verdict in outcome.acted if verdict.note]:
             items = [f"{retried_as(verdict)} ({verdict.note})" for verdict in noted]
             self.message_user(request, summarize(f"{len(items)} new attempt(s) wait", items), messages.WARNING)
 
     @admin.action(description="Cancel selected pending tasks", permissions=["cancel"])
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
-        tasks = self._selected(request, queryset)
-        if tasks is None:
+        selection = self._selected(request, queryset)
+        if selection is None:
             return
-        outcome = cancel_many(tasks, by=admin_actor(request))
-        self._report(request, outcome, "Canceled", "Not canceled", lambda v: short(v.task))
+        outcome = cancel_many(selection.tasks, by=admin_actor(request))
+        self._report(request, outcome, selection, "Canceled", "Not canceled", lambda v: short(v.task))
 
-    def _selected(self, request: HttpRequest, queryset: QuerySet) -> list[Task] | None:
-        tasks = list(queryset.order_by("created_at")[: MAX_ACTION_TASKS + 1])
-        if len(tasks) > MAX_ACTION_TASKS:
+    def _selected(self, request: HttpRequest, queryset: QuerySet) -> Selection | None:
+        """The tasks the operator ticked, read again by id. Django hands an action the list's filtered
+        queryset narrowed to the ticked ids, so a task whose status changed since the page was drawn
+        (a pending one that started) would drop out of a status filter without a word; read by id, it
+        is acted on or named with the reason it was not. "Select all matching" means the filter's rows."""
+        if request.POST.get("select_across") == "1":
+            tasks = list(queryset.order_by("created_at")[: MAX_ACTION_TASKS + 1])
+            selection = Selection(tasks, requested=len(tasks))
+        else:
+            ids = list(dict.fromkeys(request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME)))[: MAX_ACTION_TASKS + 1]
+            found = {task.pk: task for task in selectors.tasks_by_ids(ids) if task.kind == self.model.KIND}
+            tasks = sorted(found.values(), key=lambda task: task.created_at)
+            selection = Selection(tasks, requested=len(ids), missing=[pk for pk in ids if pk not in found])
+        if selection.requested > MAX_ACTION_TASKS:
             self.message_user(
                 request,
                 f"Nothing was done: more than {MAX_ACTION_TASKS} tasks are selected. Narrow the filter first.",
                 messages.ERROR,
             )
             return None
-        return tasks
+        return selection
 
-    def _report(self, request: HttpRequest, outcome: BulkOutcome, did: str, did_not: str, describe: Any) -> None:
+    def _report(
+        self, request: HttpRequest, outcome: BulkOutcome, selection: Selection, did: str, did_not: str, describe: Any
+    ) -> None:
+        # Every selected task is named once: acted on, skipped with its reason, or gone.
+        of = f" of {selection.requested} selected" if selection.requested != len(outcome.acted) else ""
         if outcome.acted:
             items = [describe(verdict) for verdict in outcome.acted]
-            self.message_user(request, summarize(f"{did} {len(items)} task(s)", items), messages.SUCCESS)
+            self.message_user(request, summarize(f"{did} {len(items)}{of} task(s)", items), messages.SUCCESS)
         if outcome.skipped:
             items = [f"{short(verdict.task)} ({verdict.reason})" for verdict in outcome.skipped]
-            self.message_user(request, summarize(f"{did_not} {len(items)} task(s)", items), messages.WARNING)
+            self.message_user(request, summarize(f"{did_not} {len(items)}{of} task(s)", items), messages.WARNING)
+        if selection.missing:
+            items = [f"{str(pk)[:8]} (no such {self.model.KIND} task any more)" for pk in selection.missing]
+            self.message_user(request, summarize(f"{did_not} {len(items)}{of} task(s)", items), messages.WARNING)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The tasks an action acts on, how many the operator selected, and the selected ids no task has now."""
+
+    tasks: list[Task]
+    requested: int
+    missing: list[str] = field(default_factory=list)
 
 
 def admin_actor(request: HttpRequest) -> Actor:

@@ -271,11 +271,17 @@ def ensure_retryable(task: Task) -> None:
         raise RetryRefused(task, f"it was already retried as {newer.pk} (attempt {newer.attempt})", newer)
 
 
-def retry_task(task: Task, requested_by: Actor | str = "") -> Task:
+def retry_task(task: Task, requested_by: Actor | str = "", config: dict[str, Any] | None = None) -> Task:
     """Run a failed, refused or canceled task again as a new attempt linked to it, at the back of the
-    model's queue. Once only: a double click, or two operators at once, make one attempt."""
+    model's queue. Once only: a double click, or two operators at once, make one attempt.
+
+    ``config`` replaces the task's config for the new attempt (a deploy that failed on its config
+    is retried with a better one); the caller validates it (``task_config.validate_config``). Without
+    it the attempt reuses the config that failed.
+    """
     ensure_retryable(task)  # refuse the obvious cases before taking any lock
     ensure_registered([task.embedding_model_id])
+    attempt_config = task.config if config is None else config
     with transaction.atomic():
         # Taking the queue position locks the model's lease row until commit (SQLite: the database), so
         # concurrent retries of one task take turns, and the later one finds the earlier one's attempt.
@@ -284,7 +290,7 @@ def retry_task(task: Task, requested_by: Actor | str = "") -> Task:
         attempt = _create_task(
             task.kind,
             task.embedding_model_id,
-            task.config,
+            attempt_config,
             sequence,
             None,
             str(requested_by),
@@ -296,8 +302,12 @@ def retry_task(task: Task, requested_by: Actor | str = "") -> Task:
 
 
 def _record_retry(by: Actor | str, task: Task, attempt: Task) -> None:
-    # On the task that was retried ("who retried this one?"), naming the attempt it made.
-    record(by, AuditEntry.Action.RETRY, task, changes={"retried_as": attempt.pk, "attempt": attempt.attempt})
+    # On the task that was retried ("who retried this one?"), naming the attempt it made, and its config
+    # when it differs from the one retried.
+    changes: dict[str, Any] = {"retried_as": attempt.pk, "attempt": attempt.attempt}
+    if attempt.config != task.config:
+        changes["config"] = attempt.config
+    record(by, AuditEntry.Action.RETRY, task, changes=changes)
 
 
 def retry_lost_attempt(task: Task, task_id: str | None = None, by: Actor | str = "") -> Task:

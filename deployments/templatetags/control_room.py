@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from django import template
+from django.utils.safestring import SafeString
 
 from deployments.admin.dashboard import dashboard_context
+from deployments.admin.display import revision_code
 
 register = template.Library()
 
@@ -18,3 +20,9 @@ register = template.Library()
 @register.inclusion_tag("admin/deployments/dashboard.html")
 def control_room_dashboard() -> dict[str, Any]:
     return dashboard_context()
+
+
+@register.filter
+def revision(value: str | None, empty: str = "—") -> SafeString:
+    """``{{ model.live_revision|revision }}``: a revision as the admin's lists and pages show it."""
+    return revision_code(value, empty)

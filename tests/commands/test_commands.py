@@ -471,6 +471,22 @@ def test_tasks_prints_recent_tasks_newest_first_with_filters():
     assert unknown.startswith("--status:") and "lost" in unknown
 
 
+@pytest.mark.django_db
+def test_tasks_finds_tasks_by_the_short_id_the_admin_shows_and_by_part_of_a_model_id():
+    minilm = EmbeddingModelFactory(id="all-minilm-l6-v2")
+    wanted = FailedDeploymentFactory(embedding_model_id=minilm.id)
+    other = FinishedDeploymentFactory(embedding_model_id=EmbeddingModelFactory(id="bge-small").id)
+
+    out, _ = run("tasks", "--task", str(wanted.pk)[:8])
+    assert str(wanted.pk) in out and str(other.pk) not in out
+    out, _ = run("tasks", "--model", "MiniLM")
+    assert str(wanted.pk) in out and str(other.pk) not in out
+    out, _ = run("tasks", "--model", "small", "--task", str(wanted.pk)[:8])
+    assert out.strip() == "No task matches."
+    refused = bad("tasks", "--task", "a b")
+    assert refused.startswith("--task:") and "may contain only" in refused
+
+
 # -- create_token, as make run calls it -----------------------------------------------------------------
 
 
