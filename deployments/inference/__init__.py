@@ -7,6 +7,7 @@ tests and benchmarks drive it directly against real MLServer replicas and a real
 
 from .client import InferenceResult, V2Client
 from .errors import (
+    ArtifactsDamaged,
     ChecksumMismatch,
     DeployFailed,
     FenceLost,
@@ -29,6 +30,7 @@ from .green import (
     deploy_time_bound,
 )
 from .ids import MAX_MODEL_ID_LENGTH, MODEL_ID_PATTERN, served_name, validate_model_id
+from .integrity import artifact_problems, check_artifacts, open_whole_source
 from .repository import ModelRepository, Revision
 from .sources import ModelSource, open_source
 
@@ -37,6 +39,7 @@ __all__ = [
     "DEPLOY_STAGES",
     "MAX_MODEL_ID_LENGTH",
     "MODEL_ID_PATTERN",
+    "ArtifactsDamaged",
     "ChecksumMismatch",
     "DeleteResult",
     "DeployFailed",
@@ -58,8 +61,11 @@ __all__ = [
     "SourceRefused",
     "StageEvent",
     "V2Client",
+    "artifact_problems",
+    "check_artifacts",
     "deploy_time_bound",
     "open_source",
+    "open_whole_source",
     "served_name",
     "validate_model_id",
 ]

@@ -13,6 +13,16 @@ class SourceRefused(InferenceError):
     """A model source that is missing, malformed, or outside the allowed roots."""
 
 
+class ArtifactsDamaged(SourceRefused):
+    """A source whose files are not whole: a truncated safetensors file, a JSON config that does not
+    parse, a file a sentence-transformers folder needs that is missing. ``problems`` has one sentence
+    per problem, naming the source and the file."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 class ChecksumMismatch(InferenceError):
     """A revision whose files do not match the manifest written when it was copied."""
 
