@@ -13,7 +13,13 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
-from deployments.inference import MAX_MODEL_ID_LENGTH, InvalidModelId, SourceRefused, open_source, validate_model_id
+from deployments.inference import (
+    MAX_MODEL_ID_LENGTH,
+    InvalidModelId,
+    SourceRefused,
+    open_whole_source,
+    validate_model_id,
+)
 from deployments.task_ids import MAX_TASK_ID_LENGTH, InvalidTaskId, new_task_id, validate_task_id
 
 
@@ -71,9 +77,10 @@ class EmbeddingModel(models.Model):
         return self.id
 
     def clean(self) -> None:
-        # The admin and the API both validate through here: a source must be one the serving layer accepts.
+        # The admin and the API both validate through here: a source must be one the serving layer accepts,
+        # with whole artifacts (a truncated file is refused here, not found at the first deploy).
         try:
-            open_source(self.source, settings.ALLOWED_SOURCE_ROOTS)
+            open_whole_source(self.source, settings.ALLOWED_SOURCE_ROOTS)
         except SourceRefused as exc:
             raise ValidationError({"source": str(exc)}) from exc
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from deployments.inference import MAX_MODEL_ID_LENGTH, open_source, validate_model_id
+from deployments.inference import MAX_MODEL_ID_LENGTH, open_source, open_whole_source, validate_model_id
 from deployments.inference.packaged import PACKAGED_MODEL_DIMENSIONS, PACKAGED_MODEL_ID, packaged_model_dir
 from deployments.models import ACTIVE_STATUSES, AuditEntry, EmbeddingModel, Task
 from deployments.services.audit import REGISTRY_FIELDS, Actor, changed_fields, record, registry_values
@@ -22,9 +22,14 @@ class RegistryError(TaskError):
     pass
 
 
-def check_source(source: str) -> str:
-    """The source if the serving layer would accept it (exists, inside ALLOWED_SOURCE_ROOTS); else SourceRefused."""
-    open_source(source, settings.ALLOWED_SOURCE_ROOTS)
+def check_source(source: str, *, artifacts: bool = True) -> str:
+    """The source if the serving layer would accept it (exists, inside ALLOWED_SOURCE_ROOTS) and, unless
+    ``artifacts`` is False (a folder of models, not one), its artifacts are whole; else SourceRefused
+    (ArtifactsDamaged naming each damaged or missing file)."""
+    if artifacts:
+        open_whole_source(source, settings.ALLOWED_SOURCE_ROOTS)
+    else:
+        open_source(source, settings.ALLOWED_SOURCE_ROOTS)
     return source
 
 

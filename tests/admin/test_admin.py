@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from deployments.admin.filters import CappedCountPaginator
 from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, EngineEvent, TaskStatus, WorkerCluster
+from tests.support.artifacts import small_model_folder
 from tests.support.factories import (
     DeletionTaskFactory,
     DeploymentTaskFactory,
@@ -156,6 +157,17 @@ def test_registering_a_model_in_the_admin_goes_through_the_registry(admin_client
     errors = refused.context["adminform"].form.errors
     assert list(errors) == ["source"] and "/etc" in errors["source"][0]
     assert not EmbeddingModel.objects.filter(pk="elsewhere").exists()
+
+
+def test_a_model_with_damaged_artifacts_is_not_registered_in_the_admin(admin_client, settings, tmp_path):
+    folder = small_model_folder(tmp_path / "sources" / "small")
+    settings.ALLOWED_SOURCE_ROOTS = [tmp_path / "sources"]
+    (folder / "modules.json").write_text('[{"idx": 0')
+    refused = admin_client.post(f"{MODELS_URL}add/", {"id": "damaged", "source": str(folder), "dimensions": ""})
+    assert refused.status_code == 200
+    errors = refused.context["adminform"].form.errors
+    assert list(errors) == ["source"] and errors["source"][0].startswith(f"modules.json in {folder} is not valid JSON")
+    assert not EmbeddingModel.objects.filter(pk="damaged").exists()
 
 
 # -- task history ---------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 
 from deployments import services
 from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, Task, TaskStatus
+from tests.support.artifacts import copy_packaged_model, truncate
 from tests.support.factories import DeletionTaskFactory, DeploymentTaskFactory, EmbeddingModelFactory
 from tests.support.sources import lay_out_hf_cache
 
@@ -405,6 +406,25 @@ def test_a_model_from_the_hugging_face_cache_registers_only_when_the_cache_holds
     missing = post(api, "/models", {"id": "other-hf", "source": "hf://acme/absent@main"})
     assert missing.status_code == 400
     assert "not in the local Hugging Face cache" in missing.json()["errors"]["source"][0]
+
+
+def test_a_model_with_a_truncated_weights_file_is_not_registered(api, settings, tmp_path):
+    folder = copy_packaged_model(tmp_path / "sources" / "minilm")
+    settings.ALLOWED_SOURCE_ROOTS = [tmp_path / "sources"]
+    truncate(folder / "model.safetensors", 751_485)
+    response = post(api, "/models", {"id": "mini-cut", "source": str(folder)})
+    assert response.status_code == 400
+    [reason] = response.json()["errors"]["source"]
+    assert reason.startswith(f"model.safetensors in {folder} is truncated: ") and "copy it again" in reason
+    assert not EmbeddingModel.objects.filter(pk="mini-cut").exists()
+
+    (folder / "model.safetensors").unlink()
+    copy_packaged_model(tmp_path / "whole")
+    (tmp_path / "whole" / "model.safetensors").rename(folder / "model.safetensors")  # copied again
+    assert post(api, "/models", {"id": "mini-cut", "source": str(folder)}).status_code == 201
+    (folder / "config.json").write_text("{")
+    response = api.patch("/models/mini-cut", data={"source": str(folder)}, format="json")
+    assert response.status_code == 400 and "config.json" in response.json()["errors"]["source"][0]
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from deployments import selectors
-from deployments.inference import InvalidModelId, SourceRefused, validate_model_id
+from deployments.inference import ArtifactsDamaged, InvalidModelId, SourceRefused, validate_model_id
 from deployments.management.commands._operators import actor_of, bad_arguments, format_table
 from deployments.services.registry import check_source, find_sentence_transformers_models, register_many
 
@@ -12,7 +12,9 @@ from deployments.services.registry import check_source, find_sentence_transforme
 class Command(BaseCommand):
     help = (
         "Scan a directory for sentence-transformers models (folders with modules.json) and register each, "
-        "named after its folder. Models already registered are left as they are. The directory must lie in "
+        "named after its folder, once its artifacts are checked (a truncated or unparsable file, a missing "
+        "tokenizer or weights file: nothing is registered, each problem is named). "
+        "Models already registered are left as they are. The directory must lie in "
         "ALLOWED_SOURCE_ROOTS. Example: manage.py register_models var/sources"
     )
 
@@ -25,7 +27,7 @@ class Command(BaseCommand):
         if not root.is_dir():
             raise bad_arguments(f"{options['directory']} is not a directory")
         try:
-            check_source(str(root))
+            check_source(str(root), artifacts=False)
         except SourceRefused as exc:
             raise bad_arguments(str(exc)) from exc
         found = find_sentence_transformers_models(root)
@@ -33,6 +35,7 @@ class Command(BaseCommand):
             raise bad_arguments(f"no sentence-transformers model (a folder with modules.json) under {root}")
         # Check every candidate before registering any: all or nothing.
         seen: dict[str, Path] = {}
+        problems: list[str] = []
         for model in found:
             if model.embedding_model_id in seen:
                 raise bad_arguments(
@@ -43,8 +46,13 @@ class Command(BaseCommand):
             try:
                 validate_model_id(model.embedding_model_id)
                 check_source(str(model.path))
+            except ArtifactsDamaged as exc:
+                problems.extend(exc.problems)  # each names its folder and file
             except (InvalidModelId, SourceRefused) as exc:
-                raise bad_arguments(f"{model.path}: {exc}") from exc
+                problems.append(f"{model.path}: {exc}")
+        if problems:
+            # Every bad folder at once, so one pass of fixing is enough.
+            raise bad_arguments(f"nothing registered: {'; '.join(problems)}")
         registered = set(selectors.embedding_model_ids())
         new = [model for model in found if model.embedding_model_id not in registered]
         rows = [
