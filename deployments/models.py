@@ -256,8 +256,14 @@ class DeletionTask(Task):
 TASK_PROXIES: dict[str, type[Task]] = {TaskKind.DEPLOYMENT: DeploymentTask, TaskKind.DELETION: DeletionTask}
 
 
+# The timeline's event for a hand-off the engine sent again: a pending task says why it waits.
+HANDOFF_STAGE = "handoff"
+HANDOFF_RESENT = "resent"
+
+
 class TaskEvent(models.Model):
-    """One step of a task's timeline: a stage the serving layer reported, or a change of status."""
+    """One step of a task's timeline: a stage the serving layer reported, a change of status, or a
+    hand-off sent again (``HANDOFF_STAGE``)."""
 
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="events")
     stage = models.CharField(max_length=32)
