@@ -244,6 +244,32 @@ def test_large_lists_never_count_the_whole_table(admin_client, monkeypatch):
     assert counts and all("LIMIT" in sql.upper() for sql in counts), counts
 
 
+def test_a_pending_task_says_why_it_waits_in_the_list_and_on_its_page(admin_client):
+    model = EmbeddingModelFactory(id="queued")
+    first = DeploymentTaskFactory(embedding_model_id=model.id)
+    second = DeploymentTaskFactory(embedding_model_id=model.id)
+    behind = f"queued behind {first.pk[:8]} (deployment of queued)"
+
+    page = admin_client.get(f"{DEPLOYS_URL}?model=queued").content.decode()
+    assert behind in page
+    assert "not yet sent to the queue (since " in page  # the first: its hand-off never ran here
+    detail = admin_client.get(f"{DEPLOYS_URL}{second.pk}/change/").content.decode()
+    assert behind in detail
+
+
+def test_the_task_list_explains_pending_tasks_with_the_page_not_per_row(admin_client):
+    def queries_for_page() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert admin_client.get(DEPLOYS_URL).status_code == 200
+        return len(queries)
+
+    model = EmbeddingModelFactory(id="many")
+    DeploymentTaskFactory.create_batch(2, embedding_model_id=model.id)
+    few = queries_for_page()
+    DeploymentTaskFactory.create_batch(15, embedding_model_id=model.id)
+    assert queries_for_page() == few
+
+
 def test_task_detail_shows_the_stage_timeline_and_readable_metadata(admin_client):
     task = FinishedDeploymentFactory(embedding_model_id=EmbeddingModelFactory(id="timeline").id)
     retry = DeploymentTaskFactory(embedding_model_id="timeline", retry_of=task, attempt=2)

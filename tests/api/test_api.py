@@ -327,6 +327,26 @@ def test_list_and_filter_tasks(api):
     assert api.get("/delete").json()["results"] == []
 
 
+def test_a_pending_task_says_why_it_waits_wherever_it_is_read(api, django_capture_on_commit_callbacks):
+    EmbeddingModelFactory(id="why")
+    with django_capture_on_commit_callbacks(execute=True):
+        first = post(api, "/deploy", {"embedding_model_id": "why"}).json()["task_id"]
+    with django_capture_on_commit_callbacks(execute=True):
+        second = post(api, "/delete", {"embedding_model_id": "why"}).json()["task_id"]
+    handed_over = Task.objects.get(pk=first).dispatched_at.isoformat(timespec="seconds")
+
+    assert api.get(f"/deploy/{first}").json()["detail"] == f"waiting for a worker since {handed_over}"
+    behind = f"queued behind {first[:8]} (deployment of why)"
+    assert api.get(f"/delete/{second}").json()["detail"] == behind
+    assert api.get("/delete-status/why").json()["detail"] == behind
+    [listed] = api.get("/delete?embedding_model_id=why").json()["results"]
+    assert (listed["task_id"], listed["detail"]) == (second, behind)
+
+    canceled = post(api, f"/deploy/{first}/cancel", {}).json()
+    assert canceled["detail"] == "canceled before it started"  # finished: its outcome, not a wait
+    assert api.get(f"/delete/{second}").json()["detail"].startswith("waiting")  # now first in line
+
+
 def test_cancel_a_pending_task(api):
     task = DeploymentTaskFactory()
     response = post(api, f"/deploy/{task.pk}/cancel", {})

@@ -471,6 +471,19 @@ def test_tasks_prints_recent_tasks_newest_first_with_filters():
     assert unknown.startswith("--status:") and "lost" in unknown
 
 
+@pytest.mark.django_db
+def test_tasks_says_why_a_pending_task_waits():
+    model = EmbeddingModelFactory(id="tw")
+    first = DeploymentTaskFactory(embedding_model_id=model.id)
+    second = DeletionTaskFactory(embedding_model_id=model.id)
+    out, _ = run("tasks", "--model", "tw")
+    [second_line] = [line for line in out.splitlines() if str(second.pk) in line]
+    assert f"queued behind {first.pk[:8]} (deployment of tw)" in second_line
+    [first_line] = [line for line in out.splitlines() if str(first.pk) in line]
+    first.refresh_from_db()
+    assert f"not yet sent to the queue (since {first.created_at.isoformat(timespec='seconds')})" in first_line
+
+
 # -- create_token, as make run calls it -----------------------------------------------------------------
 
 

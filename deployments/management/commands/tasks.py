@@ -36,7 +36,9 @@ class Command(BaseCommand):
             statuses=statuses,
             embedding_model_id=options["model"],
             created_after=timezone.now() - since if since else None,
-        )[: max(1, options["limit"])]
+        )
+        # A pending task's detail says why it waits, read with the rows (no query per row).
+        tasks = selectors.with_waiting_reason(tasks)[: max(1, options["limit"])]
         self.write_drifts()
         if not tasks:
             self.stdout.write("No task matches.")
@@ -50,7 +52,7 @@ class Command(BaseCommand):
                 task.status,
                 task.attempt,
                 took(task),
-                task.detail,
+                selectors.task_detail(task),
             )
             for task in tasks
         ]
