@@ -5,14 +5,16 @@ and only fails when a replica loads it, with the loader's words ("invalid header
 path in the repository. Checked here instead, at registration and at fetch, each problem names the
 source the operator gave, the file in it and what to do.
 
-What is read: the header of each safetensors file (never its tensors), every ``*.json`` file, and
-the names of the files. Nothing is imported from the model's libraries.
+What is read: the header of each safetensors file (never its tensors), the directory of each
+``*.bin`` zip archive (what ``torch.save`` writes), every ``*.json`` file, and the names of the
+files. Nothing is imported from the model's libraries.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
@@ -48,6 +50,7 @@ SAFETENSORS_DTYPE_BYTES = {
     "U64": 8, "I64": 8, "F64": 8,
 }  # fmt: skip
 COPY_AGAIN = "copy it again"
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 def check_artifacts(origin: str, files: Iterable[tuple[Path, str]]) -> None:
@@ -77,13 +80,17 @@ def artifact_problems(origin: str, files: Iterable[tuple[Path, str]]) -> list[st
     for relpath, path in sorted(by_relpath.items()):
         if relpath.endswith(".safetensors"):
             problem = _safetensors_problem(path)
+        elif relpath.endswith(".bin"):
+            problem = _torch_archive_problem(path)
         elif relpath.endswith(".json"):
-            problem, parsed[relpath] = _json_problem(path)
+            problem, value = _json_problem(path)
+            if problem is None:
+                parsed[relpath] = value
         else:
             continue
         if problem:
             problems.append(f"{relpath} in {where} {problem}")
-    problems.extend(_missing_files(where, set(by_relpath), parsed.get("modules.json")))
+    problems.extend(_missing_files(where, set(by_relpath), parsed))
     return problems
 
 
@@ -145,6 +152,19 @@ def _safetensors_problem(path: Path) -> str | None:
     return None
 
 
+def _torch_archive_problem(path: Path) -> str | None:
+    """A ``torch.save`` file (``pytorch_model.bin``) is a zip archive whose directory is at its end, so
+    a truncated copy has none. Files in the legacy pickle format (or not torch's) are left alone."""
+    with open(path, "rb") as handle:
+        if handle.read(4) != ZIP_MAGIC:
+            return None
+    try:
+        with zipfile.ZipFile(path):  # reads the central directory only, not the tensors
+            return None
+    except zipfile.BadZipFile as exc:
+        return f"is truncated or damaged: a torch.save archive without its directory ({exc}; {COPY_AGAIN})"
+
+
 def _tensor_size_problem(name: str, tensor: dict, span: int) -> str | None:
     item_bytes = SAFETENSORS_DTYPE_BYTES.get(tensor.get("dtype"))
     shape = tensor.get("shape")
@@ -166,14 +186,18 @@ def _json_problem(path: Path) -> tuple[str | None, object]:
         return f"is not valid JSON ({exc}; {COPY_AGAIN} or fix it)", None
 
 
-def _missing_files(where: str, relpaths: set[str], modules: object) -> list[str]:
-    """The files a sentence-transformers (or plain transformers) folder needs that are not there."""
+def _missing_files(where: str, relpaths: set[str], parsed: dict[str, object]) -> list[str]:
+    """The files a sentence-transformers (or plain transformers) folder needs that are not there;
+    ``parsed`` holds the JSON files that parsed."""
     if "modules.json" not in relpaths:
         if "config.json" not in relpaths:
             return [f"{where} has neither modules.json nor config.json: it is not a model folder"]
         return _transformer_problems(where, relpaths, "")
-    if not isinstance(modules, list):
-        return []  # reported already as invalid JSON, or not a list of modules (said below)
+    if "modules.json" not in parsed:
+        return []  # reported already: modules.json is not valid JSON
+    modules = parsed["modules.json"]
+    if not isinstance(modules, list) or not modules:
+        return [f"modules.json in {where} names no modules ({COPY_AGAIN} or fix it)"]
     problems: list[str] = []
     transformer_folder: str | None = None
     for module in modules:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,19 @@ def test_a_header_whose_offsets_disagree_with_the_dtype_is_damaged(tmp_path: Pat
     assert "tensor 'embeddings.weight' is F32 [4, 100] (1,600 bytes) but spans 6,144" in problem
 
 
+def test_a_truncated_pytorch_archive_is_named(tmp_path: Path):
+    folder = small_model_folder(tmp_path / "sources" / "bin")
+    (folder / "model.safetensors").unlink()
+    weights = folder / "pytorch_model.bin"
+    with zipfile.ZipFile(weights, "w") as archive:  # the container torch.save writes
+        archive.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+        archive.writestr("archive/data/0", bytes(range(256)) * 64)
+    assert problems_of(folder) == []
+    truncate(weights, weights.stat().st_size // 2)
+    [problem] = problems_of(folder)
+    assert problem.startswith(f"pytorch_model.bin in {folder} is truncated or damaged: a torch.save archive")
+
+
 @pytest.mark.parametrize("name", ["tokenizer_config.json", "config.json", "modules.json", "1_Pooling/config.json"])
 def test_a_json_file_that_does_not_parse_is_named(minilm_copy: Path, name: str):
     path = minilm_copy / name
@@ -105,6 +119,12 @@ def test_a_module_folder_named_in_modules_json_must_be_there(minilm_copy: Path):
     )
     # 2_Normalize is named too and has no folder: a Normalize module saves no files, and that is fine.
     assert not (minilm_copy / "2_Normalize").exists()
+
+
+@pytest.mark.parametrize("modules", ["[]", "{}", "null"])
+def test_a_modules_json_that_names_no_module_is_named(minilm_copy: Path, modules: str):
+    (minilm_copy / "modules.json").write_text(modules)
+    assert problems_of(minilm_copy) == [f"modules.json in {minilm_copy} names no modules (copy it again or fix it)"]
 
 
 def test_weights_and_a_tokenizer_must_be_there(minilm_copy: Path):
