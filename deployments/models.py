@@ -76,9 +76,20 @@ class EmbeddingModel(models.Model):
     def __str__(self) -> str:
         return self.id
 
+    @classmethod
+    def from_db(cls, db: str | None, field_names: Any, values: Any) -> EmbeddingModel:
+        instance = super().from_db(db, field_names, values)
+        # The source as registered: clean() checks a source when it is set, not every later save.
+        instance._registered_source = instance.__dict__.get("source")
+        return instance
+
     def clean(self) -> None:
         # The admin and the API both validate through here: a source must be one the serving layer accepts,
-        # with whole artifacts (a truncated file is refused here, not found at the first deploy).
+        # with whole artifacts (a truncated file is refused here, not found at the first deploy). A change
+        # that keeps the source (a new name) is not refused because its files were damaged since: the
+        # deploy's fetch names them then.
+        if self.source == getattr(self, "_registered_source", None):
+            return
         try:
             open_whole_source(self.source, settings.ALLOWED_SOURCE_ROOTS)
         except SourceRefused as exc:

@@ -57,8 +57,8 @@ def update_model(model: EmbeddingModel, *, by: Actor | str = "", **changes: obje
 
     The audit entry names each field that changed, old -> new; a save that changes nothing records nothing.
     """
-    if "source" in changes:
-        check_source(str(changes["source"]))
+    if "source" in changes and changes["source"] != model.source:
+        check_source(str(changes["source"]))  # a source kept as it is was checked when it was set
     for field_name in REGISTRY_FIELDS:
         if field_name in changes:
             setattr(model, field_name, changes[field_name])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from datetime import timedelta
@@ -15,7 +16,7 @@ from django.utils import timezone
 
 from deployments.admin.filters import CappedCountPaginator
 from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, EngineEvent, TaskStatus, WorkerCluster
-from tests.support.artifacts import small_model_folder
+from tests.support.artifacts import small_model_folder, truncate
 from tests.support.factories import (
     DeletionTaskFactory,
     DeploymentTaskFactory,
@@ -168,6 +169,15 @@ def test_a_model_with_damaged_artifacts_is_not_registered_in_the_admin(admin_cli
     errors = refused.context["adminform"].form.errors
     assert list(errors) == ["source"] and errors["source"][0].startswith(f"modules.json in {folder} is not valid JSON")
     assert not EmbeddingModel.objects.filter(pk="damaged").exists()
+
+    (folder / "modules.json").write_text(json.dumps([{"path": "", "type": "sentence_transformers.models.Transformer"}]))
+    form = {"id": "damaged", "name": "", "source": str(folder), "dimensions": ""}
+    assert admin_client.post(f"{MODELS_URL}add/", form).status_code == 302
+    truncate(folder / "model.safetensors", 100)  # damaged since: a new name is still accepted
+    drifts = {f"drifts-{key}": "0" for key in ("TOTAL_FORMS", "INITIAL_FORMS", "MIN_NUM_FORMS", "MAX_NUM_FORMS")}
+    renamed = admin_client.post(f"{MODELS_URL}damaged/change/", {**form, **drifts, "name": "Damaged"})
+    assert renamed.status_code == 302
+    assert EmbeddingModel.objects.get(pk="damaged").name == "Damaged"
 
 
 # -- task history ---------------------------------------------------------------------------------
