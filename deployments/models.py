@@ -95,8 +95,20 @@ class EmbeddingModel(models.Model):
     def __str__(self) -> str:
         return self.id
 
+    @classmethod
+    def from_db(cls, db: str | None, field_names: Any, values: Any) -> EmbeddingModel:
+        instance = super().from_db(db, field_names, values)
+        # The source as registered: clean() checks a source when it is set, not every later save.
+        instance._registered_source = (instance.__dict__.get("source"), instance.__dict__.get("mlflow_tracking_uri"))
+        return instance
+
     def clean(self) -> None:
-        # The admin and the API both validate through here: a source must be one the serving layer accepts.
+        # The admin and the API both validate through here: a source must be one the serving layer accepts,
+        # with whole artifacts (a truncated file is refused here, not found at the first deploy). A change
+        # that keeps the source (a new name) is not refused because its files were damaged since: the
+        # deploy's fetch names them then.
+        if (self.source, self.mlflow_tracking_uri) == getattr(self, "_registered_source", None):
+            return
         try:
             checked_source(self.source, settings.ALLOWED_SOURCE_ROOTS, self.mlflow_tracking_uri or None)
         except SourceRefused as exc:
@@ -274,8 +286,14 @@ class DeletionTask(Task):
 TASK_PROXIES: dict[str, type[Task]] = {TaskKind.DEPLOYMENT: DeploymentTask, TaskKind.DELETION: DeletionTask}
 
 
+# The timeline's event for a hand-off the engine sent again: a pending task says why it waits.
+HANDOFF_STAGE = "handoff"
+HANDOFF_RESENT = "resent"
+
+
 class TaskEvent(models.Model):
-    """One step of a task's timeline: a stage the serving layer reported, or a change of status."""
+    """One step of a task's timeline: a stage the serving layer reported, a change of status, or a
+    hand-off sent again (``HANDOFF_STAGE``)."""
 
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="events")
     stage = models.CharField(max_length=32)

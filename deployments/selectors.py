@@ -9,11 +9,28 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import connection
-from django.db.models import Count, Exists, Min, OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.db.models import (
+    Case,
+    CharField,
+    Count,
+    DateTimeField,
+    Exists,
+    Field,
+    Min,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+)
 from django.db.models.functions import Coalesce, Greatest, Now
 
 from deployments.models import (
     ACTIVE_STATUSES,
+    HANDOFF_RESENT,
+    HANDOFF_STAGE,
     AuditEntry,
     Drift,
     EmbeddingModel,
@@ -21,18 +38,20 @@ from deployments.models import (
     InferenceServer,
     ModelLease,
     Task,
+    TaskEvent,
     TaskKind,
     TaskStatus,
     WorkerCluster,
 )
 
 
-def find_task(task_id: str, kind: str | None = None) -> Task | None:
-    """The task with that id, of the given kind when one is given (one query either way)."""
+def find_task(task_id: str, kind: str | None = None, *, explain_waiting: bool = False) -> Task | None:
+    """The task with that id, of the given kind when one is given (one query either way); with
+    ``explain_waiting``, annotated for ``waiting_reason`` in the same query."""
     tasks = Task.objects.filter(pk=task_id)
     if kind is not None:
         tasks = tasks.filter(kind=kind)
-    return tasks.first()
+    return (with_waiting_reason(tasks) if explain_waiting else tasks).first()
 
 
 def live_deployment(model: EmbeddingModel) -> Task | None:
@@ -48,15 +67,84 @@ def live_deployment(model: EmbeddingModel) -> Task | None:
     return done.order_by("-finished_at").first()
 
 
-def latest_task_for_model(kind: str, embedding_model_id: str) -> Task | None:
-    """The most recently submitted task of that kind for the model (the origin returned the first one).
+def latest_task_for_model(kind: str, embedding_model_id: str, *, explain_waiting: bool = False) -> Task | None:
+    """The most recently submitted task of that kind for the model (the origin returned the first one);
+    with ``explain_waiting``, annotated for ``waiting_reason`` in the same query.
 
     Served by the (embedding_model_id, kind, sequence, attempt) index read backwards: one seek,
     whatever the number of rows.
     """
-    return (
-        Task.objects.filter(embedding_model_id=embedding_model_id, kind=kind).order_by("-sequence", "-attempt").first()
+    tasks = Task.objects.filter(embedding_model_id=embedding_model_id, kind=kind)
+    return (with_waiting_reason(tasks) if explain_waiting else tasks).order_by("-sequence", "-attempt").first()
+
+
+# -- Why a pending task waits -------------------------------------------------------------------------
+
+
+def _if_pending(subquery: Subquery, output_field: Field) -> Case:
+    # Only a pending task's row evaluates the subquery: finished rows of a long history cost nothing.
+    return Case(When(status=TaskStatus.PENDING, then=subquery), default=Value(None), output_field=output_field)
+
+
+def with_waiting_reason(tasks: QuerySet[Task]) -> QuerySet[Task]:
+    """Each task with what ``waiting_reason`` reads, in the same query (for a page of tasks: no query per
+    row). For a pending task: the first unfinished task ahead of it in its model's queue (an index
+    seek), who holds the model's lease when nothing is ahead, and its latest re-sent hand-off."""
+    ahead = Task.objects.filter(
+        embedding_model_id=OuterRef("embedding_model_id"), status__in=ACTIVE_STATUSES, sequence__lt=OuterRef("sequence")
+    ).order_by("sequence", "attempt")
+    lease = (
+        ModelLease.objects.filter(pk=OuterRef("embedding_model_id"), expires_at__gt=Now())
+        .exclude(owner="")
+        .exclude(task_id=OuterRef("pk"))
     )
+    resent = TaskEvent.objects.filter(task=OuterRef("pk"), stage=HANDOFF_STAGE, state=HANDOFF_RESENT).order_by("-id")
+    return tasks.annotate(
+        waiting_behind_id=_if_pending(Subquery(ahead.values("pk")[:1]), CharField()),
+        waiting_behind_kind=_if_pending(Subquery(ahead.values("kind")[:1]), CharField()),
+        waiting_lease_owner=_if_pending(Subquery(lease.values("owner")[:1]), CharField()),
+        waiting_resent_at=_if_pending(Subquery(resent.values("created_at")[:1]), DateTimeField()),
+    )
+
+
+def waiting_reason(task: Task) -> str:
+    """Why a pending task has not started, in words; "" for any other task.
+
+    - "queued behind <task> (<kind> of <model>)": an earlier task of its model is unfinished;
+    - "waiting for the model's lease, held by <owner>": nothing is ahead, but other work (the
+      reconciler restoring the model) holds its lease;
+    - "hand-off re-sent at <time>": the sweeper sent it to the queue again, no worker took it yet;
+    - "waiting for a worker since <time>": handed to the queue, no worker has taken it;
+    - "not yet sent to the queue (since <time>)": its hand-off failed or is under way (the sweeper
+      sends it).
+
+    Reads the annotations of ``with_waiting_reason``; a task loaded without them costs one query.
+    """
+    if task.status != TaskStatus.PENDING:
+        return ""
+    if not hasattr(task, "waiting_behind_id"):
+        task = with_waiting_reason(Task.objects.filter(pk=task.pk)).first() or task
+        if not hasattr(task, "waiting_behind_id"):
+            return ""  # deleted meanwhile
+    if task.waiting_behind_id:
+        return f"queued behind {task.waiting_behind_id[:8]} ({task.waiting_behind_kind} of {task.embedding_model_id})"
+    if task.waiting_lease_owner:
+        return f"waiting for the model's lease, held by {task.waiting_lease_owner}"
+    resent_at = task.waiting_resent_at
+    if resent_at is not None and (task.dispatched_at is None or resent_at >= task.dispatched_at):
+        return f"hand-off re-sent at {_moment(resent_at)}"
+    if task.dispatched_at is not None:
+        return f"waiting for a worker since {_moment(task.dispatched_at)}"
+    return f"not yet sent to the queue (since {_moment(task.created_at)})"
+
+
+def task_detail(task: Task) -> str:
+    """What a task's detail says: why it waits while pending, its outcome once it has one."""
+    return waiting_reason(task) or task.detail
+
+
+def _moment(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds")
 
 
 def recent_tasks_for_model(embedding_model_id: str, limit: int) -> list[Task]:

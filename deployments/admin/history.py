@@ -80,7 +80,17 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     fieldsets = (
         (
             None,
-            {"fields": ("task_id", "kind", "model_id_link", "coloured_status", "detail", "attempts", "requested_by")},
+            {
+                "fields": (
+                    "task_id",
+                    "kind",
+                    "model_id_link",
+                    "coloured_status",
+                    "current_detail",
+                    "attempts",
+                    "requested_by",
+                )
+            },
         ),
         ("Timeline", {"fields": ("timeline",)}),
         ("Outcome", {"fields": ("outcome",)}),
@@ -93,7 +103,7 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "kind",
         "model_id_link",
         "coloured_status",
-        "detail",
+        "current_detail",
         "attempts",
         "requested_by",
         "timeline",
@@ -276,9 +286,18 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def duration(self, task: Task) -> str:
         return task_duration(task)
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Task]:
+        # Why each pending task waits comes with the page's rows (subqueries), not a query per row.
+        return selectors.with_waiting_reason(super().get_queryset(request))
+
     @admin.display(description="detail")
     def short_detail(self, task: Task) -> str:
-        return task.detail if len(task.detail) <= 90 else f"{task.detail[:89]}…"
+        detail = selectors.task_detail(task)
+        return detail if len(detail) <= 90 else f"{detail[:89]}…"
+
+    @admin.display(description="detail")
+    def current_detail(self, task: Task) -> str:
+        return selectors.task_detail(task)
 
     # -- detail page
 

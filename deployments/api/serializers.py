@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from deployments import selectors
 from deployments.inference import (
     MAX_MODEL_ID_LENGTH,
     MODEL_ID_PATTERN,
@@ -21,6 +23,7 @@ from deployments.models import (
     Drift,
     EmbeddingModel,
     InferenceServer,
+    Task,
     TaskEvent,
     TaskStatus,
 )
@@ -132,7 +135,10 @@ class TaskSerializer(serializers.Serializer):
     task_id = serializers.CharField(source="id", read_only=True, help_text="The client's task_id, or a UUID.")
     embedding_model_id = serializers.CharField(read_only=True)
     status = serializers.ChoiceField(choices=TaskStatus.choices, read_only=True)
-    detail = serializers.CharField(read_only=True)
+    detail = serializers.SerializerMethodField(
+        help_text="Pending: why it waits (queued behind another task of its model, waiting for a worker since "
+        "when, its hand-off re-sent at when). Finished: the outcome, or the stage and reason it failed at."
+    )
     metadata = serializers.JSONField(
         read_only=True,
         help_text="attempt, retry_of, stages (state, message, duration per stage), timings, and on success "
@@ -141,6 +147,10 @@ class TaskSerializer(serializers.Serializer):
     )
     created_at = serializers.DateTimeField(read_only=True)
     updated_at = serializers.DateTimeField(read_only=True)
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_detail(self, task: Task) -> str:
+        return selectors.task_detail(task)
 
 
 class TaskEventSerializer(serializers.ModelSerializer):

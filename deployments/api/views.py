@@ -92,7 +92,7 @@ class TaskViewSet(viewsets.GenericViewSet):
         raise NotImplementedError
 
     def _get_task(self, task_id: str) -> Task:
-        task = selectors.find_task(_task_id_from_path(task_id), kind=self.task_model.KIND)
+        task = selectors.find_task(_task_id_from_path(task_id), kind=self.task_model.KIND, explain_waiting=True)
         if task is None:
             raise NotFound(f"no {self.task_model.KIND} task with id {task_id!r}")
         return task
@@ -119,7 +119,7 @@ class TaskViewSet(viewsets.GenericViewSet):
     @action(detail=False, methods=["get"])
     def latest(self, request: Request, embedding_model_id: str) -> Response:
         model_id = _model_id_from_path(embedding_model_id)
-        task = selectors.latest_task_for_model(self.task_model.KIND, model_id)
+        task = selectors.latest_task_for_model(self.task_model.KIND, model_id, explain_waiting=True)
         if task is None:
             raise NotFound(f"no {self.task_model.KIND} task for embedding model {model_id!r}")
         return Response(TaskSerializer(task).data)
@@ -130,7 +130,7 @@ class TaskViewSet(viewsets.GenericViewSet):
             model_id = _model_id_from_path(model_id)
         statuses = _choices_from_query(request, "status", TaskStatus.values)
         tasks = selectors.filter_tasks(kinds=[self.task_model.KIND], embedding_model_id=model_id, statuses=statuses)
-        page = self.paginate_queryset(tasks)
+        page = self.paginate_queryset(selectors.with_waiting_reason(tasks))
         return self.get_paginated_response(TaskSerializer(page, many=True).data)
 
     @action(detail=True, methods=["post"])

@@ -31,6 +31,7 @@ from .green import (
     deploy_time_bound,
 )
 from .ids import MAX_MODEL_ID_LENGTH, MODEL_ID_PATTERN, served_name, validate_model_id
+from .integrity import artifact_problems, check_artifacts
 from .repository import ModelRepository, Revision
 from .sources import ModelSource, open_source
 
@@ -62,6 +63,8 @@ __all__ = [
     "SourceUnavailable",
     "StageEvent",
     "V2Client",
+    "artifact_problems",
+    "check_artifacts",
     "deploy_time_bound",
     "open_source",
     "served_name",

@@ -18,9 +18,16 @@ class SourceUnavailable(InferenceError):
     the same request can succeed later."""
 
 
-class InvalidArtifacts(InferenceError):
-    """Artifacts that were fetched but are not a model the runtime can load; the message names the file
-    and what to do. Retrying the same source gives the same result, until its artifacts are fixed."""
+class InvalidArtifacts(SourceRefused):
+    """Artifacts that are not a whole model the runtime can load: a truncated safetensors file, a JSON
+    config that does not parse, a file a sentence-transformers folder needs that is missing, a registry
+    entry that holds something else. ``problems`` has one sentence per problem, naming the source and the
+    file. Registering such a source is refused; a deploy that fetched it fails at ``fetch`` (not refused:
+    once the source's files are fixed, the same request succeeds)."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
 
 
 class ChecksumMismatch(InferenceError):

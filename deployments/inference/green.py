@@ -28,6 +28,7 @@ from .errors import (
     DeployFailed,
     FenceLost,
     InferenceError,
+    InvalidArtifacts,
     InvalidModelId,
     ServerUnavailable,
     SourceRefused,
@@ -187,9 +188,11 @@ class _Timeline:
         except DeployFailed as exc:
             self._finish(name, "failed", exc.reason, started)
             raise
-        except SourceRefused as exc:  # at fetch: a registry that names nothing, artifacts that are no model
+        except SourceRefused as exc:
+            # At fetch: a registry that names nothing is refused; artifacts that are not a whole model fail
+            # (once the source's files are fixed, the same request succeeds).
             self._finish(name, "failed", str(exc), started)
-            raise DeployFailed(name, str(exc), refused=True) from exc
+            raise DeployFailed(name, str(exc), refused=not isinstance(exc, InvalidArtifacts)) from exc
         except InferenceError as exc:
             self._finish(name, "failed", str(exc), started)
             raise DeployFailed(name, str(exc)) from exc

@@ -34,6 +34,7 @@ from typing import Any
 
 from .errors import ChecksumMismatch, InferenceError, SourceRefused
 from .ids import REVISION_SEPARATOR, served_name, validate_model_id
+from .integrity import check_artifacts
 from .sources import ModelSource
 
 MANIFEST_NAME = "MANIFEST.sha256"
@@ -141,6 +142,7 @@ class ModelRepository:
 
         Each file is copied by the kernel (sendfile) while a second thread hashes the source; the
         copy is hashed once written, and every pair must match before the manifest is written.
+        The copy's artifacts must be whole (``integrity.check_artifacts``: InvalidArtifacts otherwise).
         Copies go into a hidden folder renamed into place, so a crash never leaves a half-copied
         revision under ``revisions/``. If the same artifacts are already there and verify, that
         revision is reused. ``before_publish`` runs just before the copy becomes visible (the
@@ -174,6 +176,9 @@ class ModelRepository:
             for relpath, source_checksum, copy_checksum, _ in copies:
                 if source_checksum.result() != copy_checksum.result():
                     raise ChecksumMismatch(f"{relpath} differs from its source after copying (changed while copied?)")
+            # The copy is what replicas will load: a truncated or unparsable file stops here, named by
+            # its source, rather than at load time under the repository's path.
+            check_artifacts(source.uri, ((incoming / relpath, relpath) for relpath, *_ in copies))
             manifest = sorted((relpath, source_checksum.result()) for relpath, source_checksum, _, _ in copies)
             manifest_text = "".join(f"{checksum}  {relpath}\n" for relpath, checksum in manifest)
             (incoming / MANIFEST_NAME).write_text(manifest_text)

@@ -19,6 +19,7 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
 from .errors import SourceRefused, SourceUnavailable
+from .integrity import check_artifacts
 
 # Files a source may not bring into the repository: the server treats them as its own configuration.
 RESERVED_FILE_NAMES = frozenset({"model-settings.json", "settings.json", "MANIFEST.sha256", "PROVENANCE.json"})
@@ -191,12 +192,19 @@ def open_source(uri: str, allowed_roots: Sequence[Path], tracking_uri: str | Non
     return factory(uri, allowed_roots, tracking_uri)
 
 
-def checked_source(uri: str, allowed_roots: Sequence[Path], tracking_uri: str | None = None) -> ModelSource:
-    """Open a source and ask it what it points at now: what registering a model checks. Raises
-    SourceRefused, saying why, also when a registry cannot be asked now (nothing unchecked is registered)."""
+def checked_source(
+    uri: str, allowed_roots: Sequence[Path], tracking_uri: str | None = None, *, artifacts: bool = True
+) -> ModelSource:
+    """Open a source, ask it what it points at now and, unless ``artifacts`` is False (a folder of models,
+    not one), check that its files are a whole model: what registering a model checks. Raises
+    SourceRefused saying why (InvalidArtifacts naming each damaged or missing file), also when a
+    registry cannot be asked now: nothing unchecked is registered. A source that downloads (MLflow) is
+    not downloaded here; its artifacts are checked at fetch, on the copy."""
     source = open_source(uri, allowed_roots, tracking_uri)
     try:
         source.resolve()
     except SourceUnavailable as exc:
         raise SourceRefused(f"cannot be checked now ({exc}); try again once the registry answers") from exc
+    if artifacts and not source.disposable:
+        check_artifacts(uri, source.files())
     return source

@@ -28,10 +28,12 @@ class RegistryError(TaskError):
     pass
 
 
-def check_source(source: str, tracking_uri: str | None = None) -> str:
+def check_source(source: str, tracking_uri: str | None = None, *, artifacts: bool = True) -> str:
     """The source if the serving layer would accept it (exists, inside ALLOWED_SOURCE_ROOTS; a registry
-    knows the version or alias it names); else SourceRefused, which says why."""
-    checked_source(source, settings.ALLOWED_SOURCE_ROOTS, tracking_uri or None)
+    knows the version or alias it names) and, unless ``artifacts`` is False (a folder of models, not
+    one), its artifacts are whole; else SourceRefused, which says why (InvalidArtifacts naming each
+    damaged or missing file)."""
+    checked_source(source, settings.ALLOWED_SOURCE_ROOTS, tracking_uri or None, artifacts=artifacts)
     return source
 
 
@@ -94,11 +96,10 @@ def update_model(model: EmbeddingModel, *, by: Actor | str = "", **changes: obje
 
     The audit entry names each field that changed, old -> new; a save that changes nothing records nothing.
     """
-    if "source" in changes or "mlflow_tracking_uri" in changes:
-        check_source(
-            str(changes.get("source", model.source)),
-            str(changes.get("mlflow_tracking_uri", model.mlflow_tracking_uri)),
-        )
+    source = str(changes.get("source", model.source))
+    tracking_uri = str(changes.get("mlflow_tracking_uri", model.mlflow_tracking_uri))
+    if (source, tracking_uri) != (model.source, model.mlflow_tracking_uri):
+        check_source(source, tracking_uri)  # a source kept as it is was checked when it was set
     for field_name in REGISTRY_FIELDS:
         if field_name in changes:
             setattr(model, field_name, changes[field_name])

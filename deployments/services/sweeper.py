@@ -22,7 +22,7 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from deployments import selectors
-from deployments.models import ModelLease, Task, TaskStatus
+from deployments.models import HANDOFF_RESENT, HANDOFF_STAGE, ModelLease, Task, TaskStatus
 from deployments.services.deployer import deployer_session
 from deployments.services.leases import (
     claim_model_lease,
@@ -133,6 +133,7 @@ def _sync_model_after_giving_up(embedding_model_id: str) -> None:
 def resend_lost_handoffs(now: datetime, report: SweepReport, handed_over_before: datetime | None = None) -> None:
     """Hand over again each model's next pending task that has waited too long without starting
     (or, given ``handed_over_before``, that was handed over before then: to a cluster since killed)."""
+    cluster_killed = handed_over_before is not None
     if handed_over_before is None:
         handed_over_before = now - timedelta(seconds=settings.TASK_HANDOFF_GRACE_SECONDS)
     for embedding_model_id in selectors.models_with_pending_tasks():
@@ -149,6 +150,15 @@ def resend_lost_handoffs(now: datetime, report: SweepReport, handed_over_before:
             report.resent.append(str(head.pk))
         except Exception:
             logger.exception("re-sending %s task %s failed", head.kind, head.pk)
+            continue
+        if cluster_killed:
+            why = "the worker cluster it was handed to was killed"
+        elif head.dispatched_at is None:
+            why = "its first hand-off to the queue had failed"
+        else:
+            why = f"no worker took it within {settings.TASK_HANDOFF_GRACE_SECONDS:g} s"
+        # On the task's timeline, so a task still pending says its hand-off was sent again, and when.
+        record_event(head, HANDOFF_STAGE, HANDOFF_RESENT, f"hand-off re-sent: {why}", actor=SWEEPER)
 
 
 def ensure_sweep_schedule() -> None:

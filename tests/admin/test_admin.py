@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from datetime import timedelta
@@ -15,6 +16,7 @@ from django.utils import timezone
 
 from deployments.admin.filters import CappedCountPaginator
 from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, EngineEvent, TaskStatus, WorkerCluster
+from tests.support.artifacts import small_model_folder, truncate
 from tests.support.factories import (
     DeletionTaskFactory,
     DeploymentTaskFactory,
@@ -158,6 +160,26 @@ def test_registering_a_model_in_the_admin_goes_through_the_registry(admin_client
     assert not EmbeddingModel.objects.filter(pk="elsewhere").exists()
 
 
+def test_a_model_with_damaged_artifacts_is_not_registered_in_the_admin(admin_client, settings, tmp_path):
+    folder = small_model_folder(tmp_path / "sources" / "small")
+    settings.ALLOWED_SOURCE_ROOTS = [tmp_path / "sources"]
+    (folder / "modules.json").write_text('[{"idx": 0')
+    refused = admin_client.post(f"{MODELS_URL}add/", {"id": "damaged", "source": str(folder), "dimensions": ""})
+    assert refused.status_code == 200
+    errors = refused.context["adminform"].form.errors
+    assert list(errors) == ["source"] and errors["source"][0].startswith(f"modules.json in {folder} is not valid JSON")
+    assert not EmbeddingModel.objects.filter(pk="damaged").exists()
+
+    (folder / "modules.json").write_text(json.dumps([{"path": "", "type": "sentence_transformers.models.Transformer"}]))
+    form = {"id": "damaged", "name": "", "source": str(folder), "dimensions": ""}
+    assert admin_client.post(f"{MODELS_URL}add/", form).status_code == 302
+    truncate(folder / "model.safetensors", 100)  # damaged since: a new name is still accepted
+    drifts = {f"drifts-{key}": "0" for key in ("TOTAL_FORMS", "INITIAL_FORMS", "MIN_NUM_FORMS", "MAX_NUM_FORMS")}
+    renamed = admin_client.post(f"{MODELS_URL}damaged/change/", {**form, **drifts, "name": "Damaged"})
+    assert renamed.status_code == 302
+    assert EmbeddingModel.objects.get(pk="damaged").name == "Damaged"
+
+
 # -- task history ---------------------------------------------------------------------------------
 
 
@@ -230,6 +252,32 @@ def test_large_lists_never_count_the_whole_table(admin_client, monkeypatch):
         q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper() and "deployments_task" in q["sql"]
     ]
     assert counts and all("LIMIT" in sql.upper() for sql in counts), counts
+
+
+def test_a_pending_task_says_why_it_waits_in_the_list_and_on_its_page(admin_client):
+    model = EmbeddingModelFactory(id="queued")
+    first = DeploymentTaskFactory(embedding_model_id=model.id)
+    second = DeploymentTaskFactory(embedding_model_id=model.id)
+    behind = f"queued behind {first.pk[:8]} (deployment of queued)"
+
+    page = admin_client.get(f"{DEPLOYS_URL}?model=queued").content.decode()
+    assert behind in page
+    assert "not yet sent to the queue (since " in page  # the first: its hand-off never ran here
+    detail = admin_client.get(f"{DEPLOYS_URL}{second.pk}/change/").content.decode()
+    assert behind in detail
+
+
+def test_the_task_list_explains_pending_tasks_with_the_page_not_per_row(admin_client):
+    def queries_for_page() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert admin_client.get(DEPLOYS_URL).status_code == 200
+        return len(queries)
+
+    model = EmbeddingModelFactory(id="many")
+    DeploymentTaskFactory.create_batch(2, embedding_model_id=model.id)
+    few = queries_for_page()
+    DeploymentTaskFactory.create_batch(15, embedding_model_id=model.id)
+    assert queries_for_page() == few
 
 
 def test_task_detail_shows_the_stage_timeline_and_readable_metadata(admin_client):

@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 
 from deployments import services
 from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, Task, TaskStatus
+from tests.support.artifacts import copy_packaged_model, truncate
 from tests.support.factories import DeletionTaskFactory, DeploymentTaskFactory, EmbeddingModelFactory
 from tests.support.sources import lay_out_hf_cache
 
@@ -326,6 +327,26 @@ def test_list_and_filter_tasks(api):
     assert api.get("/delete").json()["results"] == []
 
 
+def test_a_pending_task_says_why_it_waits_wherever_it_is_read(api, django_capture_on_commit_callbacks):
+    EmbeddingModelFactory(id="why")
+    with django_capture_on_commit_callbacks(execute=True):
+        first = post(api, "/deploy", {"embedding_model_id": "why"}).json()["task_id"]
+    with django_capture_on_commit_callbacks(execute=True):
+        second = post(api, "/delete", {"embedding_model_id": "why"}).json()["task_id"]
+    handed_over = Task.objects.get(pk=first).dispatched_at.isoformat(timespec="seconds")
+
+    assert api.get(f"/deploy/{first}").json()["detail"] == f"waiting for a worker since {handed_over}"
+    behind = f"queued behind {first[:8]} (deployment of why)"
+    assert api.get(f"/delete/{second}").json()["detail"] == behind
+    assert api.get("/delete-status/why").json()["detail"] == behind
+    [listed] = api.get("/delete?embedding_model_id=why").json()["results"]
+    assert (listed["task_id"], listed["detail"]) == (second, behind)
+
+    canceled = post(api, f"/deploy/{first}/cancel", {}).json()
+    assert canceled["detail"] == "canceled before it started"  # finished: its outcome, not a wait
+    assert api.get(f"/delete/{second}").json()["detail"].startswith("waiting")  # now first in line
+
+
 def test_cancel_a_pending_task(api):
     task = DeploymentTaskFactory()
     response = post(api, f"/deploy/{task.pk}/cancel", {})
@@ -405,6 +426,28 @@ def test_a_model_from_the_hugging_face_cache_registers_only_when_the_cache_holds
     missing = post(api, "/models", {"id": "other-hf", "source": "hf://acme/absent@main"})
     assert missing.status_code == 400
     assert "not in the local Hugging Face cache" in missing.json()["errors"]["source"][0]
+
+
+def test_a_model_with_a_truncated_weights_file_is_not_registered(api, settings, tmp_path):
+    folder = copy_packaged_model(tmp_path / "sources" / "minilm")
+    settings.ALLOWED_SOURCE_ROOTS = [tmp_path / "sources"]
+    truncate(folder / "model.safetensors", 751_485)
+    response = post(api, "/models", {"id": "mini-cut", "source": str(folder)})
+    assert response.status_code == 400
+    [reason] = response.json()["errors"]["source"]
+    assert reason.startswith(f"model.safetensors in {folder} is truncated: ") and "copy it again" in reason
+    assert not EmbeddingModel.objects.filter(pk="mini-cut").exists()
+
+    (folder / "model.safetensors").unlink()
+    copy_packaged_model(tmp_path / "whole")
+    (tmp_path / "whole" / "model.safetensors").rename(folder / "model.safetensors")  # copied again
+    assert post(api, "/models", {"id": "mini-cut", "source": str(folder)}).status_code == 201
+    (folder / "config.json").write_text("{")
+    # Damaged since it was registered: renaming the model still works (the deploy's fetch names the file) ...
+    assert api.patch("/models/mini-cut", data={"name": "MiniLM cut"}, format="json").status_code == 200
+    # ... and setting a damaged source does not.
+    response = api.patch("/models/mini-cut", data={"source": f"{folder}/"}, format="json")
+    assert response.status_code == 400 and "config.json" in response.json()["errors"]["source"][0]
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from tests.support.factories import DeletionTaskFactory, DeploymentTaskFactory, EmbeddingModelFactory
 
@@ -39,3 +41,21 @@ def test_a_task_of_the_other_kind_is_not_found_for_the_same_cost(api, history, d
         assert api.get(f"/delete/{deployment.pk}").status_code == 404
     with django_assert_num_queries(STATUS_LOOKUP_QUERIES):
         assert api.get(f"/deploy/{deletion.pk}").status_code == 404
+
+
+def test_a_page_of_pending_tasks_costs_the_same_whatever_its_length(api):
+    """Why each pending task waits is read with the page's rows, never a query per row."""
+
+    def queries_for_page() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            results = api.get("/deploy?page_size=100").json()["results"]
+        assert all(result["detail"] for result in results if result["status"] == "pending")
+        return len(queries)
+
+    model = EmbeddingModelFactory(id="queue")
+    DeploymentTaskFactory.create_batch(2, embedding_model_id=model.id)
+    few = queries_for_page()
+    DeploymentTaskFactory.create_batch(20, embedding_model_id=model.id)
+    for _ in range(5):
+        DeploymentTaskFactory()
+    assert queries_for_page() == few

@@ -4,7 +4,6 @@ name and the OS user that ran it, via command."""
 from __future__ import annotations
 
 import getpass
-import json
 from io import StringIO
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from django.core.management import call_command
 
 from deployments.inference.packaged import packaged_model_dir
 from deployments.models import AuditEntry, DeletionTask, DeploymentTask, EmbeddingModel
+from tests.support.artifacts import small_model_folder
 from tests.support.factories import EmbeddingModelFactory, FailedDeploymentFactory
 
 pytestmark = pytest.mark.django_db
@@ -76,9 +76,7 @@ def test_retry_tasks_records_each_retry(django_capture_on_commit_callbacks):
 
 
 def test_register_models_records_each_model_it_registers(settings, tmp_path: Path):
-    folder = tmp_path / "models" / "Tiny"
-    folder.mkdir(parents=True)
-    (folder / "modules.json").write_text(json.dumps([]))
+    folder = small_model_folder(tmp_path / "models" / "Tiny", dimensions=8)
     settings.ALLOWED_SOURCE_ROOTS = [tmp_path]
 
     run("register_models", str(tmp_path / "models"))
@@ -90,7 +88,7 @@ def test_register_models_records_each_model_it_registers(settings, tmp_path: Pat
         "embedding_model",
         "tiny",
     )
-    assert entry.changes == {"name": [None, "tiny"], "source": [None, str(folder)]}
+    assert entry.changes == {"name": [None, "tiny"], "source": [None, str(folder)], "dimensions": [None, 8]}
 
 
 def test_register_packaged_model_records_the_registration_and_a_moved_source_only():

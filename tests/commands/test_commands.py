@@ -22,6 +22,7 @@ from knox.models import AuthToken
 from rest_framework.test import APIClient
 
 from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, TaskEvent, TaskStatus
+from tests.support.artifacts import small_model_folder, truncate
 from tests.support.factories import (
     DeletionTaskFactory,
     DeploymentTaskFactory,
@@ -268,24 +269,11 @@ def test_wait_through_the_real_green_deployer_and_mlserver(inference_settings, q
 # -- register_models ------------------------------------------------------------------------------
 
 
-def fake_sentence_transformer(folder: Path, dimensions: int) -> Path:
-    folder.mkdir(parents=True)
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-    ]
-    (folder / "modules.json").write_text(json.dumps(modules))
-    (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": dimensions}))
-    (folder / "model.safetensors").write_bytes(b"weights")
-    return folder
-
-
 @pytest.fixture
 def model_folders(settings, tmp_path: Path) -> Path:
     root = tmp_path / "models"
-    fake_sentence_transformer(root / "MiniLM_L6", 384)
-    fake_sentence_transformer(root / "team" / "e5-large", 1024)
+    small_model_folder(root / "MiniLM_L6", 384)
+    small_model_folder(root / "team" / "e5-large", 1024)
     (root / "notes").mkdir()
     (root / "notes" / "readme.txt").write_text("not a model")
     settings.ALLOWED_SOURCE_ROOTS = [tmp_path]
@@ -308,7 +296,7 @@ def test_register_models_scans_a_directory_and_registers_each(model_folders: Pat
 
 @pytest.mark.django_db
 def test_register_models_checks_everything_before_registering_anything(model_folders: Path, tmp_path: Path):
-    twin = fake_sentence_transformer(model_folders / "other" / "MiniLM_L6", 384)  # same id as another folder
+    twin = small_model_folder(model_folders / "other" / "MiniLM_L6", 384)  # same id as another folder
     clash = bad("register_models", str(model_folders))
     assert "'minilm_l6'" in clash
     assert str((model_folders / "MiniLM_L6").resolve()) in clash and str(twin.resolve()) in clash
@@ -318,6 +306,18 @@ def test_register_models_checks_everything_before_registering_anything(model_fol
     assert str(tmp_path / "missing") in bad("register_models", str(tmp_path / "missing"))
     outside = bad("register_models", "/usr")  # names the source and the allowed root it is not under
     assert "/usr" in outside and str(tmp_path) in outside
+
+
+@pytest.mark.django_db
+def test_register_models_names_every_damaged_file_and_registers_nothing(model_folders: Path):
+    minilm = model_folders / "MiniLM_L6"
+    truncate(minilm / "model.safetensors", 200)
+    (model_folders / "team" / "e5-large" / "tokenizer.json").write_text('{"version": ')
+    refused = bad("register_models", str(model_folders))
+    assert refused.startswith("nothing registered: ")
+    assert f"model.safetensors in {minilm} is truncated" in refused
+    assert f"tokenizer.json in {model_folders / 'team' / 'e5-large'} is not valid JSON" in refused
+    assert not EmbeddingModel.objects.exists()
 
 
 @pytest.mark.django_db
@@ -485,6 +485,19 @@ def test_tasks_finds_tasks_by_the_short_id_the_admin_shows_and_by_part_of_a_mode
     assert out.strip() == "No task matches."
     refused = bad("tasks", "--task", "a b")
     assert refused.startswith("--task:") and "may contain only" in refused
+
+
+@pytest.mark.django_db
+def test_tasks_says_why_a_pending_task_waits():
+    model = EmbeddingModelFactory(id="tw")
+    first = DeploymentTaskFactory(embedding_model_id=model.id)
+    second = DeletionTaskFactory(embedding_model_id=model.id)
+    out, _ = run("tasks", "--model", "tw")
+    [second_line] = [line for line in out.splitlines() if str(second.pk) in line]
+    assert f"queued behind {first.pk[:8]} (deployment of tw)" in second_line
+    [first_line] = [line for line in out.splitlines() if str(first.pk) in line]
+    first.refresh_from_db()
+    assert f"not yet sent to the queue (since {first.created_at.isoformat(timespec='seconds')})" in first_line
 
 
 # -- create_token, as make run calls it -----------------------------------------------------------------

@@ -17,6 +17,7 @@ from deployments.inference import DEPLOY_STAGES, V2Client
 from deployments.models import DeploymentTask, EmbeddingModel, ModelLease, TaskEvent, TaskStatus
 from deployments.services.leases import claim_lease
 from deployments.services.pipelines import reserve_capacity, rollback_waiting
+from tests.support.artifacts import copy_packaged_model, truncate
 from tests.support.factories import DeletionTaskFactory, DeploymentTaskFactory, EmbeddingModelFactory
 
 pytestmark = pytest.mark.django_db
@@ -127,6 +128,23 @@ def test_a_source_outside_the_allowed_roots_is_refused(engine_settings, tmp_path
     assert task.metadata["failed_stage"] == "validate"
     assert str(outside) in task.metadata["reason"]
     assert any(str(root) in task.metadata["reason"] for root in engine_settings.ALLOWED_SOURCE_ROOTS)
+    model.refresh_from_db()
+    assert model.state == "not_deployed"
+
+
+@pytest.mark.mlserver
+def test_a_deploy_of_a_truncated_copy_ends_failed_at_fetch_naming_the_source_file(engine_settings, sources_root):
+    folder = copy_packaged_model(sources_root / "minilm-cut")
+    truncate(folder / "model.safetensors", 751_485)
+    model = EmbeddingModelFactory(id="cp-cut", source=str(folder))  # registered before the copy broke
+    task = submit_deploy(model.id)
+
+    assert services.run_task(task.pk) == TaskStatus.FAILED
+    task.refresh_from_db()
+    assert task.detail.startswith(f"fetch: model.safetensors in {folder} is truncated: ")
+    assert "90,856,960 bytes of tensors" in task.detail and "copy it again" in task.detail
+    assert (task.metadata["failed_stage"], task.metadata["stages"]["fetch"]["state"]) == ("fetch", "failed")
+    assert "load_green" not in task.metadata["stages"]
     model.refresh_from_db()
     assert model.state == "not_deployed"
 

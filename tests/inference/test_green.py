@@ -3,6 +3,7 @@ all-MiniLM-L6-v2. Several replicas: test_fleet.py."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -24,6 +25,7 @@ from deployments.inference import (
 from deployments.inference.green import DEPLOY_STAGES
 from deployments.inference.runtime_markers import count_instances
 from deployments.inference.server import free_port
+from tests.support.artifacts import truncate
 from tests.support.sources import COMMIT, lay_out_hf_cache
 
 pytestmark = pytest.mark.mlserver
@@ -110,23 +112,19 @@ def test_redeploying_under_traffic_drops_no_request(deployer, minilm_dir, source
     assert count_instances(instance_markers, "minilm-live") == 1
 
 
-def _corrupt_weights(path: Path) -> None:
-    (path / "model.safetensors").write_bytes(b"\x00" * 1024)
-
-
-def _break_config(path: Path) -> None:
-    (path / "config.json").write_text("{ this is not json")
+def _unknown_architecture(path: Path) -> None:
+    # Whole artifacts (damaged ones stop at fetch) that still fail to load.
+    (path / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
 
 
 @pytest.mark.parametrize(
     ("breakage", "expected_dimensions", "stage", "named"),
     [
         # What the reason must name: the runtime's load error (not, say, a timeout), or both dimensions.
-        (_corrupt_weights, None, "load_green", ["sentence-transformers"]),
-        (_break_config, None, "load_green", ["sentence-transformers"]),
+        (_unknown_architecture, None, "load_green", ["sentence-transformers"]),
         (None, 512, "smoke_test", ["512", "384"]),
     ],
-    ids=["corrupt-weights", "load-raises", "wrong-dimensions"],
+    ids=["load-raises", "wrong-dimensions"],
 )
 def test_a_failing_green_leaves_blue_serving_and_no_green_behind(
     deployer, v2_client, front, minilm_dir, sources, breakage, expected_dimensions, stage, named, instance_markers
@@ -150,6 +148,27 @@ def test_a_failing_green_leaves_blue_serving_and_no_green_behind(
     assert answer.embeddings.shape == (1, 384)
     assert_only_live_loaded(v2_client, deployer, "minilm-guarded")
     assert count_instances(instance_markers, "minilm-guarded") == 1
+
+
+def test_a_truncated_copy_fails_at_fetch_naming_its_source_file_and_blue_keeps_serving(
+    deployer, v2_client, front, minilm_dir, sources
+):
+    blue = deployer.deploy("minilm-cut", str(minilm_dir))
+    cut = copy_model(minilm_dir, sources, "cut", note="copied in a hurry")
+    truncate(cut / "model.safetensors", 751_485)
+
+    events: list[StageEvent] = []
+    with pytest.raises(DeployFailed) as failure:
+        deployer.deploy("minilm-cut", str(cut), progress=events.append)
+
+    # A damaged copy is the operator's to fix and retry, not a request at fault: failed, not refused.
+    assert failure.value.stage == "fetch" and not failure.value.refused
+    assert failure.value.reason.startswith(f"model.safetensors in {cut} is truncated: ")
+    assert events[-1] == StageEvent("fetch", "failed", failure.value.reason, events[-1].duration_s)
+    assert "load_green" not in {event.stage for event in events}  # nothing was loaded
+    assert deployer.repository.list_revisions("minilm-cut") == [blue.revision]  # the copy went nowhere
+    assert front.infer("minilm-cut", ["still here"]).parameters["revision"] == blue.revision
+    assert_only_live_loaded(v2_client, deployer, "minilm-cut")
 
 
 def test_a_crash_mid_deploy_converges_when_run_again(deployer, v2_client, front, minilm_dir, sources, instance_markers):

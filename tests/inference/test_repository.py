@@ -6,17 +6,21 @@ import time
 
 import pytest
 
-from deployments.inference import ChecksumMismatch, InvalidModelId, ModelRepository, SourceRefused, open_source
+from deployments.inference import (
+    ChecksumMismatch,
+    InvalidArtifacts,
+    InvalidModelId,
+    ModelRepository,
+    SourceRefused,
+    open_source,
+)
 from deployments.inference.repository import MANIFEST_NAME, STALE_INCOMING_SECONDS
+from tests.support.artifacts import small_model_folder, truncate
 
 
 @pytest.fixture
 def source_dir(tmp_path):
-    model = tmp_path / "sources" / "model"
-    model.mkdir(parents=True)
-    (model / "config.json").write_text('{"hidden_size": 4}')
-    (model / "weights.bin").write_bytes(os.urandom(4096))
-    return model
+    return small_model_folder(tmp_path / "sources" / "model")
 
 
 @pytest.fixture
@@ -31,10 +35,17 @@ def source(path):
 def test_a_revision_is_a_verified_read_only_copy(repo, source_dir):
     revision = repo.create_revision("m1", source(source_dir))
     assert revision.path.parent == repo.revisions_dir("m1")
-    assert (revision.path / "weights.bin").read_bytes() == (source_dir / "weights.bin").read_bytes()
+    weights = "model.safetensors"
+    assert (revision.path / weights).read_bytes() == (source_dir / weights).read_bytes()
     manifest = (revision.path / MANIFEST_NAME).read_text().splitlines()
-    assert [line.split("  ")[1] for line in manifest] == ["config.json", "weights.bin"]
-    mode = (revision.path / "weights.bin").stat().st_mode
+    assert [line.split("  ")[1] for line in manifest] == [
+        "1_Pooling/config.json",
+        "config.json",
+        weights,
+        "modules.json",
+        "tokenizer.json",
+    ]
+    mode = (revision.path / weights).stat().st_mode
     assert not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
     repo.verify(revision.path)
 
@@ -57,10 +68,10 @@ def test_changed_artifacts_make_a_new_revision(repo, source_dir):
 
 def test_a_tampered_revision_fails_verification_and_is_replaced(repo, source_dir):
     revision = repo.create_revision("m1", source(source_dir))
-    weights = revision.path / "weights.bin"
+    weights = revision.path / "model.safetensors"
     weights.chmod(0o644)
     weights.write_bytes(b"corrupt")
-    with pytest.raises(ChecksumMismatch, match=r"weights\.bin"):
+    with pytest.raises(ChecksumMismatch, match=r"model\.safetensors"):
         repo.verify(revision.path)
     again = repo.create_revision("m1", source(source_dir))
     assert again.revision == revision.revision
@@ -97,6 +108,17 @@ def test_an_empty_source_is_refused(repo, tmp_path):
     with pytest.raises(SourceRefused, match="no files"):
         repo.create_revision("m1", source(empty))
     assert repo.list_revisions("m1") == []
+
+
+def test_a_copy_with_damaged_artifacts_names_its_source_file_and_is_left_nowhere(repo, source_dir):
+    truncate(source_dir / "model.safetensors", 100)
+    with pytest.raises(InvalidArtifacts) as damaged:
+        repo.create_revision("m1", source(source_dir))
+    # Named by the source the operator gave, not by the repository's copy.
+    assert damaged.value.problems[0].startswith(f"model.safetensors in {source_dir} is truncated")
+    assert str(repo.root) not in str(damaged.value)
+    assert repo.list_revisions("m1") == []
+    assert not list(repo.model_dir("m1").glob(".incoming-*"))
 
 
 def test_each_revision_is_loadable_under_its_own_name(repo, source_dir):

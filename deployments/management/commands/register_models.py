@@ -7,8 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from deployments import selectors
-from deployments.inference import InvalidModelId, SourceRefused, validate_model_id
-from deployments.inference.errors import SourceUnavailable
+from deployments.inference import InvalidArtifacts, InvalidModelId, SourceRefused, SourceUnavailable, validate_model_id
 from deployments.management.commands._operators import actor_of, bad_arguments, format_table
 from deployments.services.registry import (
     FoundModel,
@@ -22,10 +21,12 @@ from deployments.services.registry import (
 class Command(BaseCommand):
     help = (
         "Register many models at once: every sentence-transformers folder (with modules.json) under a "
-        "directory, named after its folder; or every version of an MLflow registered model "
-        "(--mlflow-model NAME: ids NAME-v1, NAME-v2 ...); or every MLflow model carrying an alias "
-        "(--mlflow-alias champion: ids after the model names, each deploy taking the version the alias "
-        "names then). Models already registered are left as they are; all or nothing. "
+        "directory (inside ALLOWED_SOURCE_ROOTS), named after its folder; or every version of an MLflow "
+        "registered model (--mlflow-model NAME: ids NAME-v1, NAME-v2 ...); or every MLflow model carrying "
+        "an alias (--mlflow-alias champion: ids after the model names, each deploy taking the version the "
+        "alias names then). Each source is checked first (a folder's artifacts: a truncated or unparsable "
+        "file, a missing tokenizer or weights file); any problem and nothing is registered, each one named. "
+        "Models already registered are left as they are. "
         "Examples: manage.py register_models var/sources; manage.py register_models --mlflow-alias champion --dry-run"
     )
 
@@ -48,6 +49,7 @@ class Command(BaseCommand):
         found = self._from_directory(options["directory"]) if options["directory"] else self._from_mlflow(options)
         # Check every candidate before registering any: all or nothing.
         seen: dict[str, str] = {}
+        problems: list[str] = []
         for model in found:
             if model.embedding_model_id in seen:
                 raise bad_arguments(
@@ -58,8 +60,13 @@ class Command(BaseCommand):
             try:
                 validate_model_id(model.embedding_model_id)
                 check_source(model.source, model.mlflow_tracking_uri)
+            except InvalidArtifacts as exc:
+                problems.extend(exc.problems)  # each names its folder and file
             except (InvalidModelId, SourceRefused) as exc:
-                raise bad_arguments(f"{model.source}: {exc}") from exc
+                problems.append(f"{model.source}: {exc}")
+        if problems:
+            # Every bad source at once, so one pass of fixing is enough.
+            raise bad_arguments(f"nothing registered: {'; '.join(problems)}")
         registered = set(selectors.embedding_model_ids())
         new = [model for model in found if model.embedding_model_id not in registered]
         rows = [
@@ -83,7 +90,7 @@ class Command(BaseCommand):
         if not root.is_dir():
             raise bad_arguments(f"{directory} is not a directory")
         try:
-            check_source(str(root))
+            check_source(str(root), artifacts=False)  # a folder of models, not one
         except SourceRefused as exc:
             raise bad_arguments(str(exc)) from exc
         found = find_sentence_transformers_models(root)

@@ -45,9 +45,10 @@ class Command(BaseCommand):
             statuses=statuses,
             created_after=timezone.now() - since if since else None,
         )
-        # The admin's search, by the same selector: the short ids both show, part of a model id.
+        # The admin's search, by the same selector: the short ids both show, part of a model id. A pending
+        # task's detail says why it waits, read with the rows (no query per row).
         tasks = selectors.search_tasks(tasks, task_id_prefix=options["task"], model_id_part=options["model"])
-        tasks = tasks[: max(1, options["limit"])]
+        tasks = selectors.with_waiting_reason(tasks)[: max(1, options["limit"])]
         self.write_drifts()
         if not tasks:
             self.stdout.write("No task matches.")
@@ -61,7 +62,7 @@ class Command(BaseCommand):
                 task.status,
                 task.attempt,
                 took(task),
-                task.detail,
+                selectors.task_detail(task),
             )
             for task in tasks
         ]
