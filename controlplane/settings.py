@@ -154,9 +154,12 @@ if DATABASE_VENDOR_ENGINE == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = "UTC"
+# Times are stored in UTC and shown in this zone (an IANA name, e.g. Europe/Paris), labelled with it.
+TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
+# The admin's dates in deployments.clock's format (Django 5 always localizes, so through a format module).
+FORMAT_MODULE_PATH = ["controlplane.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"

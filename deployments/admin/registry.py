@@ -10,7 +10,6 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
@@ -25,6 +24,7 @@ from deployments.admin.display import (
     summarize,
     task_link,
     task_list_url,
+    time_ago,
 )
 from deployments.admin.history import admin_actor
 from deployments.models import Drift, EmbeddingModel, TaskKind
@@ -154,7 +154,7 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
         if not drifts:
             return mark_safe("—")
         drift = drifts[0]
-        since = timezone.localtime(drift.detected_at).strftime("%Y-%m-%d %H:%M:%S")
+        since = time_ago(drift.detected_at)
         return format_html('{} <span title="{}">since {}</span>', badge("drift", DRIFT_COLOUR), drift.detail, since)
 
     @admin.display(description="latest deployment")
