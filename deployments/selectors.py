@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Count, Exists, Min, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import Count, Exists, Min, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce, Greatest, Now
 
 from deployments.models import (
@@ -155,6 +155,27 @@ def tasks_by_ids(task_ids: Sequence[str]) -> list[Task]:
     for start in range(0, len(task_ids), 500):
         tasks.extend(Task.objects.filter(pk__in=task_ids[start : start + 500]))
     return tasks
+
+
+def unresolved_failures(limit: int) -> list[Task]:
+    """The latest failed or refused tasks that nothing has made good since: no later task of the same kind
+    for the same model (its retry, or a new request) has ended done. A retry still on its way is named
+    (``retry_id``, ``retry_status``), so the operator sees the failure is being dealt with.
+
+    Read backwards along the (status, created_at) index; each row's "made good" check is a seek on the
+    (model, status, sequence, attempt) index.
+    """
+    done_later = Task.objects.filter(
+        embedding_model_id=OuterRef("embedding_model_id"), kind=OuterRef("kind"), status=TaskStatus.DONE
+    ).filter(Q(sequence__gt=OuterRef("sequence")) | Q(sequence=OuterRef("sequence"), attempt__gt=OuterRef("attempt")))
+    retry = Task.objects.filter(retry_of=OuterRef("pk")).order_by("-attempt")
+    failures = (
+        Task.objects.filter(status__in=[TaskStatus.FAILED, TaskStatus.REFUSED])
+        .filter(~Exists(done_later))
+        .annotate(retry_id=Subquery(retry.values("pk")[:1]), retry_status=Subquery(retry.values("status")[:1]))
+        .order_by("-created_at")
+    )
+    return list(failures[:limit])
 
 
 def filter_tasks(
