@@ -25,6 +25,9 @@ from deployments.models import (
     WorkerCluster,
 )
 
+# How many tasks an ambiguous short id names, at most.
+SHORT_ID_CANDIDATES = 5
+
 
 def find_task(task_id: str, kind: str | None = None) -> Task | None:
     """The task with that id, of the given kind when one is given (one query either way)."""
@@ -58,9 +61,43 @@ def latest_task_for_model(kind: str, embedding_model_id: str) -> Task | None:
     )
 
 
+class AmbiguousShortId(LookupError):
+    """A short task id that begins more than one task's id; ``task_ids`` names some of them."""
+
+    def __init__(self, short_id: str, task_ids: list[str]):
+        self.short_id, self.task_ids = short_id, task_ids
+        super().__init__(f"{short_id!r} begins more than one task id: {', '.join(task_ids)}")
+
+
+def task_by_short_id(short_id: str) -> Task | None:
+    """The task with that id, or the one task whose id begins with it (the 8 characters lists show).
+
+    Raises AmbiguousShortId when several ids begin with it. A prefix seek on the primary key's index;
+    SQLite's LIKE ignores case, so the prefix is compared again exactly.
+    """
+    if task := find_task(short_id):
+        return task
+    candidates = Task.objects.filter(pk__startswith=short_id).order_by("pk")[:SHORT_ID_CANDIDATES]
+    matches = [task for task in candidates if task.pk.startswith(short_id)]
+    if len(matches) > 1:
+        raise AmbiguousShortId(short_id, [task.pk for task in matches])
+    return matches[0] if matches else None
+
+
 def newer_attempt(task: Task) -> Task | None:
     """The attempt that retried ``task`` (by a user or the sweeper), if it was retried."""
     return task.retries.order_by("attempt", "created_at").first()
+
+
+def attempts_of(task: Task) -> list[Task]:
+    """Every attempt of the request ``task`` belongs to, first to latest (a task is retried at most once,
+    so the attempts form one chain through retry_of); one query per attempt."""
+    chain = [task]
+    while chain[0].retry_of_id and (earlier := find_task(chain[0].retry_of_id)) is not None:
+        chain.insert(0, earlier)
+    while (later := newer_attempt(chain[-1])) is not None:
+        chain.append(later)
+    return chain
 
 
 def task_events(task: Task) -> QuerySet:
