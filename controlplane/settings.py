@@ -308,13 +308,18 @@ LOGGING = {
         },
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["task_context"]}},
-    "loggers": {"deployments": {"handlers": ["console"], "level": LOG_LEVEL}},
+    "loggers": {
+        "deployments": {"handlers": ["console"], "level": LOG_LEVEL},
+        # A request that raised (a 500) with its traceback; Django's own handler for it prints only with DEBUG on.
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+    },
 }
 if LOG_FORMAT == "json":
     LOGGING["handlers"]["console"]["formatter"] = "json"
     # Everything through the one JSON handler: the root (Django's own loggers propagate to it) and
     # django-q2's logger, which adds a plain handler of its own only when it finds none. Django's default
-    # handlers (plain text) are taken off its loggers, runserver's request lines included.
+    # handlers (plain text) are taken off its loggers, runserver's request lines included; a 500's
+    # traceback (django.request) reaches the root through them, as exc_info.
     LOGGING["root"] = {"handlers": ["console"], "level": LOG_LEVEL}
     LOGGING["loggers"] = {
         "deployments": {"level": LOG_LEVEL},
