@@ -91,6 +91,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "knox",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's and ReDoc's files, served from here (the docs work offline)
     "django_q",
     "django_prometheus",
     "deployments",
@@ -288,6 +289,11 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # /api/docs/ loads Swagger UI from our static files (drf-spectacular-sidecar), not from a CDN: the page
+    # works where the control plane has no way out to the internet.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # Logs: plain lines by default; LOG_FORMAT=json writes one JSON object per line (for a log shipper), from
