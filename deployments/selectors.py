@@ -194,20 +194,30 @@ def tasks_by_ids(task_ids: Sequence[str]) -> list[Task]:
     return tasks
 
 
+# The dashboard looks for unresolved failures among this many latest failures: a bounded read, however
+# many failures history holds (an older one is still in the task lists' status filter).
+FAILURES_SCANNED = 200
+
+
 def unresolved_failures(limit: int) -> list[Task]:
     """The latest failed or refused tasks that nothing has made good since: no later task of the same kind
     for the same model (its retry, or a new request) has ended done. A retry still on its way is named
     (``retry_id``, ``retry_status``), so the operator sees the failure is being dealt with.
 
-    Read backwards along the (status, created_at) index; each row's "made good" check is a seek on the
-    (model, status, sequence, attempt) index.
+    Looks among the latest FAILURES_SCANNED failures (the (status, created_at) index); each one's "made
+    good" check is a range seek on the (model, status, sequence, attempt) index from its own position.
     """
+    failed = [TaskStatus.FAILED, TaskStatus.REFUSED]
+    latest = Task.objects.filter(status__in=failed).order_by("-created_at").values("pk")[:FAILURES_SCANNED]
     done_later = Task.objects.filter(
-        embedding_model_id=OuterRef("embedding_model_id"), kind=OuterRef("kind"), status=TaskStatus.DONE
-    ).filter(Q(sequence__gt=OuterRef("sequence")) | Q(sequence=OuterRef("sequence"), attempt__gt=OuterRef("attempt")))
+        embedding_model_id=OuterRef("embedding_model_id"),
+        status=TaskStatus.DONE,
+        sequence__gte=OuterRef("sequence"),
+        kind=OuterRef("kind"),
+    ).filter(Q(sequence__gt=OuterRef("sequence")) | Q(attempt__gt=OuterRef("attempt")))
     retry = Task.objects.filter(retry_of=OuterRef("pk")).order_by("-attempt")
     failures = (
-        Task.objects.filter(status__in=[TaskStatus.FAILED, TaskStatus.REFUSED])
+        Task.objects.filter(pk__in=Subquery(latest))
         .filter(~Exists(done_later))
         .annotate(retry_id=Subquery(retry.values("pk")[:1]), retry_status=Subquery(retry.values("status")[:1]))
         .order_by("-created_at")
