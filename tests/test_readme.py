@@ -71,7 +71,7 @@ ENV_READS = [
     re.compile(r'os\.environ\[\s*"([A-Z][A-Z0-9_]*)"\s*\]'),
     re.compile(r'os\.environ\.setdefault\(\s*"([A-Z][A-Z0-9_]*)"'),
     re.compile(r'os\.getenv\(\s*"([A-Z][A-Z0-9_]*)"'),
-    re.compile(r'\b_?env_?\w*\(\s*"([A-Z][A-Z0-9_]*)"'),  # the settings' helpers: env_bool("X"), env_list("X")
+    re.compile(r'\b_?env_?\w*\(\s*"([A-Z][A-Z0-9_]*)"'),  # the settings' env_bool("X"), env_list("X")
     re.compile(r"\$\{([A-Z][A-Z0-9_]*):-"),  # shell: ${X:-default}
 ]
 
