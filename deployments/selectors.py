@@ -70,7 +70,7 @@ class AmbiguousShortId(LookupError):
 
 
 def task_by_short_id(short_id: str) -> Task | None:
-    """The task with that id, or the one task whose id begins with it (the 8 characters lists show).
+    """The task with that id, or the one task whose id begins with it (the 8 characters the admin shows).
 
     Raises AmbiguousShortId when several ids begin with it. A prefix seek on the primary key's index;
     SQLite's LIKE ignores case, so the prefix is compared again exactly.

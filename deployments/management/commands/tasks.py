@@ -24,7 +24,7 @@ NARROW_CELL = 60
 class Command(BaseCommand):
     help = (
         "A table of recent tasks, newest first, for a terminal; or one task in full when its id (or the first "
-        "characters of it, as the table shows) is given. "
+        "characters of it, as the admin shows them) is given. "
         "Examples: manage.py tasks --status failed,refused --since 24h --limit 50; manage.py tasks 3f2a9c1e"
     )
 
