@@ -91,6 +91,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "knox",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's and ReDoc's files, served from here (the docs work offline)
     "django_q",
     "django_prometheus",
     "deployments",
@@ -154,9 +155,12 @@ if DATABASE_VENDOR_ENGINE == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = "UTC"
+# Times are stored in UTC and shown in this zone (an IANA name, e.g. Europe/Paris), labelled with it.
+TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
+# The admin's dates in deployments.clock's format (Django 5 always localizes, so through a format module).
+FORMAT_MODULE_PATH = ["controlplane.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
@@ -292,6 +296,11 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # /api/docs/ loads Swagger UI from our static files (drf-spectacular-sidecar), not from a CDN: the page
+    # works where the control plane has no way out to the internet.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # Logs: plain lines by default; LOG_FORMAT=json writes one JSON object per line (for a log shipper), from
@@ -312,13 +321,18 @@ LOGGING = {
         },
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["task_context"]}},
-    "loggers": {"deployments": {"handlers": ["console"], "level": LOG_LEVEL}},
+    "loggers": {
+        "deployments": {"handlers": ["console"], "level": LOG_LEVEL},
+        # A request that raised (a 500) with its traceback; Django's own handler for it prints only with DEBUG on.
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+    },
 }
 if LOG_FORMAT == "json":
     LOGGING["handlers"]["console"]["formatter"] = "json"
     # Everything through the one JSON handler: the root (Django's own loggers propagate to it) and
     # django-q2's logger, which adds a plain handler of its own only when it finds none. Django's default
-    # handlers (plain text) are taken off its loggers, runserver's request lines included.
+    # handlers (plain text) are taken off its loggers, runserver's request lines included; a 500's
+    # traceback (django.request) reaches the root through them, as exc_info.
     LOGGING["root"] = {"handlers": ["console"], "level": LOG_LEVEL}
     LOGGING["loggers"] = {
         "deployments": {"level": LOG_LEVEL},

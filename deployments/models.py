@@ -248,6 +248,14 @@ class Task(models.Model):
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
+    @property
+    def stage(self) -> str:
+        """Where the task is: the stage it started and has not ended, else the one it failed at, else the
+        last one it reached ("" before any)."""
+        stages = self.metadata.get("stages") or {}
+        running = next((stage for stage, info in stages.items() if info.get("state") == "started"), "")
+        return running or self.metadata.get("failed_stage") or next(reversed(stages), "")
+
 
 class TaskKindManager(models.Manager):
     """The tasks of one kind: what the proxies' ``objects`` see."""

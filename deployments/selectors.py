@@ -44,6 +44,9 @@ from deployments.models import (
     WorkerCluster,
 )
 
+# How many tasks an ambiguous short id names, at most.
+SHORT_ID_CANDIDATES = 5
+
 
 def find_task(task_id: str, kind: str | None = None, *, explain_waiting: bool = False) -> Task | None:
     """The task with that id, of the given kind when one is given (one query either way); with
@@ -160,9 +163,43 @@ def recent_tasks_for_model(embedding_model_id: str, limit: int) -> list[Task]:
     return sorted(latest, key=lambda task: task.created_at, reverse=True)[:limit]
 
 
+class AmbiguousShortId(LookupError):
+    """A short task id that begins more than one task's id; ``task_ids`` names some of them."""
+
+    def __init__(self, short_id: str, task_ids: list[str]):
+        self.short_id, self.task_ids = short_id, task_ids
+        super().__init__(f"{short_id!r} begins more than one task id: {', '.join(task_ids)}")
+
+
+def task_by_short_id(short_id: str) -> Task | None:
+    """The task with that id, or the one task whose id begins with it (the 8 characters the admin shows).
+
+    Raises AmbiguousShortId when several ids begin with it. A prefix seek on the primary key's index;
+    SQLite's LIKE ignores case, so the prefix is compared again exactly.
+    """
+    if task := find_task(short_id):
+        return task
+    candidates = Task.objects.filter(pk__startswith=short_id).order_by("pk")[:SHORT_ID_CANDIDATES]
+    matches = [task for task in candidates if task.pk.startswith(short_id)]
+    if len(matches) > 1:
+        raise AmbiguousShortId(short_id, [task.pk for task in matches])
+    return matches[0] if matches else None
+
+
 def newer_attempt(task: Task) -> Task | None:
     """The attempt that retried ``task`` (by a user or the sweeper), if it was retried."""
     return task.retries.order_by("attempt", "created_at").first()
+
+
+def attempts_of(task: Task) -> list[Task]:
+    """Every attempt of the request ``task`` belongs to, first to latest (a task is retried at most once,
+    so the attempts form one chain through retry_of); one query per attempt."""
+    chain = [task]
+    while chain[0].retry_of_id and (earlier := find_task(chain[0].retry_of_id)) is not None:
+        chain.insert(0, earlier)
+    while (later := newer_attempt(chain[-1])) is not None:
+        chain.append(later)
+    return chain
 
 
 def task_events(task: Task) -> QuerySet:
@@ -257,6 +294,37 @@ def tasks_by_ids(task_ids: Sequence[str]) -> list[Task]:
     for start in range(0, len(task_ids), 500):
         tasks.extend(Task.objects.filter(pk__in=task_ids[start : start + 500]))
     return tasks
+
+
+# The dashboard looks for unresolved failures among this many latest failures: a bounded read, however
+# many failures history holds (an older one is still in the task lists' status filter).
+FAILURES_SCANNED = 200
+
+
+def unresolved_failures(limit: int) -> list[Task]:
+    """The latest failed or refused tasks that nothing has made good since: no later task of the same kind
+    for the same model (its retry, or a new request) has ended done. A retry still on its way is named
+    (``retry_id``, ``retry_status``), so the operator sees the failure is being dealt with.
+
+    Looks among the latest FAILURES_SCANNED failures (the (status, created_at) index); each one's "made
+    good" check is a range seek on the (model, status, sequence, attempt) index from its own position.
+    """
+    failed = [TaskStatus.FAILED, TaskStatus.REFUSED]
+    latest = Task.objects.filter(status__in=failed).order_by("-created_at").values("pk")[:FAILURES_SCANNED]
+    done_later = Task.objects.filter(
+        embedding_model_id=OuterRef("embedding_model_id"),
+        status=TaskStatus.DONE,
+        sequence__gte=OuterRef("sequence"),
+        kind=OuterRef("kind"),
+    ).filter(Q(sequence__gt=OuterRef("sequence")) | Q(attempt__gt=OuterRef("attempt")))
+    retry = Task.objects.filter(retry_of=OuterRef("pk")).order_by("-attempt")
+    failures = (
+        Task.objects.filter(pk__in=Subquery(latest))
+        .filter(~Exists(done_later))
+        .annotate(retry_id=Subquery(retry.values("pk")[:1]), retry_status=Subquery(retry.values("status")[:1]))
+        .order_by("-created_at")
+    )
+    return list(failures[:limit])
 
 
 def filter_tasks(

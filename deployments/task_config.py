@@ -6,6 +6,7 @@ The rules are DRF serializers so the API can nest them (and document them in its
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from django.conf import settings
@@ -34,8 +35,10 @@ class StrictIntegerField(serializers.IntegerField):
 
 
 class StrictNumberField(serializers.FloatField):
+    """A finite number given as a JSON number (NaN and Infinity, which Python's JSON reader takes, are not)."""
+
     def to_internal_value(self, data: Any) -> float:
-        if isinstance(data, bool) or not isinstance(data, int | float):
+        if isinstance(data, bool) or not isinstance(data, int | float) or not math.isfinite(data):
             self.fail("invalid")
         return super().to_internal_value(data)
 
@@ -66,17 +69,17 @@ class DeploymentConfigSerializer(NoUnknownKeysMixin, serializers.Serializer):
         required=False,
         help_text="Refuse the new revision unless its embeddings have exactly this many dimensions.",
     )
+    # No fixed maximum: the real one depends on TASK_TIMEOUT and the other key (see validate).
     ready_timeout = StrictNumberField(
         min_value=1,
-        max_value=3600,
         required=False,
         help_text="Seconds to wait for green to load and become ready (default INFERENCE_READY_TIMEOUT). With "
-        "bake_seconds a deploy must stay below the worker timeout (TASK_TIMEOUT), else the config is a 400.",
+        "bake_seconds a deploy must stay below the worker timeout (TASK_TIMEOUT), else the config is a 400 "
+        "naming the largest value that fits.",
     )
 
     bake_seconds = StrictNumberField(
         min_value=0,
-        max_value=3600,
         required=False,
         help_text="Seconds the new revision is watched after the switch, blue still loaded, before blue is "
         "unloaded; a failure meanwhile rolls the route back (default INFERENCE_BAKE_SECONDS).",
@@ -96,16 +99,27 @@ class DeploymentConfigSerializer(NoUnknownKeysMixin, serializers.Serializer):
         # Past TASK_TIMEOUT django-q2 kills the worker; the deploy must give up on its own first.
         ready = attrs.get("ready_timeout", settings.INFERENCE_READY_TIMEOUT)
         bake = attrs.get("bake_seconds", settings.INFERENCE_BAKE_SECONDS)
-        if (bound := deploy_time_bound(ready, bake)) >= settings.TASK_TIMEOUT:
-            key = "bake_seconds" if "bake_seconds" in attrs else "ready_timeout"
-            raise serializers.ValidationError(
-                {
-                    key: f"too long: with ready_timeout={ready:g}s and bake_seconds={bake:g}s a deploy may wait "
-                    f"up to {bound:.0f}s on the fleet, which must stay below the worker timeout "
-                    f"(TASK_TIMEOUT={settings.TASK_TIMEOUT}s)."
-                }
-            )
-        return attrs
+        if deploy_time_bound(ready, bake) < settings.TASK_TIMEOUT:
+            return attrs
+        # Name the key that was asked for (ready_timeout when both were and it alone does not fit) and the
+        # largest value of it that fits, given the other.
+        blame_ready = "bake_seconds" not in attrs or (
+            "ready_timeout" in attrs and deploy_time_bound(ready, 0) >= settings.TASK_TIMEOUT
+        )
+        key, value, other, other_value = (
+            ("ready_timeout", ready, "bake_seconds", bake)
+            if blame_ready
+            else ("bake_seconds", bake, "ready_timeout", ready)
+        )
+        fixed = deploy_time_bound(0, 0)
+        limit = settings.TASK_TIMEOUT - fixed - other_value
+        raise serializers.ValidationError(
+            {
+                key: f"{value:g} is too long: it must be below {limit:g} here ({other}={other_value:g}), because the "
+                f"task must finish within TASK_TIMEOUT={settings.TASK_TIMEOUT}s and a deploy may wait "
+                f"ready_timeout + bake_seconds + {fixed:g}s on the fleet."
+            }
+        )
 
 
 class DeletionConfigSerializer(NoUnknownKeysMixin, serializers.Serializer):

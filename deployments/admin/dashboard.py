@@ -28,7 +28,7 @@ class Dashboard:
     in_flight: dict[str, dict[str, int]]  # kind -> status -> count (pending, processing)
     running: list[Task]  # processing tasks, oldest first
     outcomes_24h: dict[str, dict[str, int]]  # kind -> status -> count of tasks created in the last 24 hours
-    latest_failures: list[Task]
+    latest_failures: list[Task]  # failed or refused, not made good since by a later done task (see selectors)
     deployed_models: list[EmbeddingModel]
     slot_count: int  # models holding a slot on the server (deploying, deployed, deleting)
     max_deployed: int
@@ -61,20 +61,12 @@ def dashboard(now: datetime | None = None, *, failures: int = 8) -> Dashboard:
         in_flight=in_flight,
         running=list(Task.objects.filter(status=TaskStatus.PROCESSING).order_by("started_at")[:RUNNING_SHOWN]),
         outcomes_24h=outcomes,
-        latest_failures=list(
-            Task.objects.filter(status__in=[TaskStatus.FAILED, TaskStatus.REFUSED]).order_by("-created_at")[:failures]
-        ),
+        latest_failures=selectors.unresolved_failures(failures),
         deployed_models=selectors.deployed_models(),
         slot_count=EmbeddingModel.objects.filter(state__in=EmbeddingModel.SLOT_STATES).count(),
         max_deployed=settings.MAX_DEPLOYED_MODELS,
         drifts=list(selectors.open_drifts()[:RUNNING_SHOWN]),
     )
-
-
-def current_stage(task: Task) -> str:
-    """The stage a running task is in: the one its metadata records as started and not yet ended."""
-    stages = task.metadata.get("stages") or {}
-    return next((stage for stage, info in stages.items() if info.get("state") == "started"), "")
 
 
 def dashboard_context(now: datetime | None = None) -> dict[str, Any]:
@@ -103,7 +95,7 @@ def dashboard_context(now: datetime | None = None) -> dict[str, Any]:
             "kind": task.kind,
             "url": task_admin_url(task.kind, task.pk),
             "short_id": str(task.pk)[:8],
-            "stage": current_stage(task),
+            "stage": task.stage,
             "duration": human_duration((now - (task.started_at or task.created_at)).total_seconds()),
         }
         for task in dash.running
@@ -115,6 +107,8 @@ def dashboard_context(now: datetime | None = None) -> dict[str, Any]:
             "url": task_admin_url(task.kind, task.pk),
             "short_id": str(task.pk)[:8],
             "colour": STATUS_COLOURS[task.status],
+            "retry_url": task_admin_url(task.kind, task.retry_id) if task.retry_id else "",
+            "retry_short_id": str(task.retry_id or "")[:8],
         }
         for task in dash.latest_failures
     ]

@@ -5,6 +5,7 @@ and an audit trail's latest entries."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -14,9 +15,10 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 from deployments import selectors
+from deployments.clock import format_time, relative_time
 from deployments.models import TASK_PROXIES, AuditEntry, EmbeddingModel, Task, TaskKind, TaskStatus
 
 # Messages name at most this many tasks, then say how many more.
@@ -77,6 +79,15 @@ def revision_code(revision: str | None, empty: str = "—") -> SafeString:
 def model_link(embedding_model_id: str) -> SafeString:
     url = reverse("admin:deployments_embeddingmodel_change", args=[quote(embedding_model_id)])
     return format_html('<a href="{}">{}</a>', url, embedding_model_id)
+
+
+def time_ago(moment: datetime | None, now: datetime | None = None) -> SafeString:
+    """``3 min ago`` for a list an operator scans, the absolute time (deployments.clock) as its tooltip."""
+    if moment is None:
+        return mark_safe("—")
+    return format_html(
+        '<time datetime="{}" title="{}">{}</time>', moment.isoformat(), format_time(moment), relative_time(moment, now)
+    )
 
 
 def human_duration(seconds: float | None) -> str:

@@ -17,7 +17,6 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.loader import render_to_string
 from django.urls import URLPattern, path, reverse
-from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
@@ -35,6 +34,7 @@ from deployments.admin.display import (
     task_admin_url,
     task_duration,
     task_link,
+    time_ago,
     timeline_rows,
 )
 from deployments.admin.filters import CappedCountPaginator, CreatedFilter, KindFilter, ModelFilter
@@ -278,9 +278,9 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def model_id_link(self, task: Task) -> SafeString:
         return model_link(task.embedding_model_id)
 
-    @admin.display(description="created (UTC)", ordering="created_at")
-    def created(self, task: Task) -> str:
-        return timezone.localtime(task.created_at).strftime("%Y-%m-%d %H:%M:%S")
+    @admin.display(description="created", ordering="created_at")
+    def created(self, task: Task) -> SafeString:
+        return time_ago(task.created_at)
 
     @admin.display(description="duration")
     def duration(self, task: Task) -> str:

@@ -22,6 +22,7 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from deployments import selectors
+from deployments.clock import format_time
 from deployments.models import HANDOFF_RESENT, HANDOFF_STAGE, ModelLease, Task, TaskStatus
 from deployments.services.deployer import deployer_session
 from deployments.services.leases import (
@@ -79,7 +80,7 @@ def resolve_expired_leases(now: datetime, report: SweepReport) -> None:
             if task is not None and task.status == TaskStatus.PROCESSING and task.lease_owner == lease.owner:
                 reason = (
                     f"worker {lease.owner} stopped renewing its lease on {lease.pk} "
-                    f"(expired {lease.expires_at.isoformat()})"
+                    f"(expired {format_time(lease.expires_at)})"
                 )
                 _resolve_lost_attempt(task, reason, report)
             release_lease(lease.pk, sweeper)

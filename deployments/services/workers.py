@@ -21,6 +21,7 @@ from django.db.models import F
 from django.utils import timezone
 from django_q.tasks import async_task
 
+from deployments.clock import format_time
 from deployments.models import EngineEvent, WorkerCluster
 from deployments.services.sweeper import SweepReport, resend_lost_handoffs
 
@@ -86,7 +87,9 @@ def _abandon(cluster: WorkerCluster, reason: str) -> bool:
         if not WorkerCluster.objects.filter(pk=cluster.pk, stopped_at__isnull=True).update(stopped_at=timezone.now()):
             return False
         record_event(
-            EngineEvent.Kind.CLUSTER_ABANDONED, cluster, f"{reason}; its last canary ran at {cluster.last_canary_at}"
+            EngineEvent.Kind.CLUSTER_ABANDONED,
+            cluster,
+            f"{reason}; its last canary ran at {format_time(cluster.last_canary_at)}",
         )
     return True
 

@@ -411,6 +411,43 @@ def test_dashboard_shows_in_flight_outcomes_failures_and_deployed_models(admin_c
     assert "Models deployed: 1" in page and "dash-live" in page and "0123456789ab" in page
 
 
+def test_dashboard_lists_only_failures_nothing_has_made_good_since(admin_client, django_capture_on_commit_callbacks):
+    """A failure whose retry ended done, or after which a new task of its kind for its model ended done, is
+    resolved and left out; one whose retry is still on its way stays, naming it."""
+    model = EmbeddingModelFactory(id="dash-flaky")
+    retried_ok = FailedDeploymentFactory(embedding_model_id=model.id, detail="load_green: replica 1 timed out")
+    retried_ok.refresh_from_db()
+    FinishedDeploymentFactory(
+        embedding_model_id=model.id, retry_of=retried_ok, attempt=2, sequence=retried_ok.sequence, detail="ok"
+    )
+    superseded = FailedDeploymentFactory(detail="fetch: checksum mismatch in the source")
+    FinishedDeploymentFactory(embedding_model_id=superseded.embedding_model_id)  # a later deploy made it good
+    retrying = FailedDeploymentFactory(detail="smoke_test: 3 dimensions, expected 384")
+    pending_retry = DeploymentTaskFactory(embedding_model_id=retrying.embedding_model_id, retry_of=retrying, attempt=2)
+    deletion_after = FailedDeploymentFactory(detail="switch: the router did not confirm")
+    FinishedDeletionFactory(embedding_model_id=deletion_after.embedding_model_id)  # another kind: not a fix
+
+    page = admin_client.get("/admin/").content.decode()
+    failures = page[page.index("Latest failures") :]
+
+    assert short(retried_ok) not in failures and "replica 1 timed out" not in failures
+    assert short(superseded) not in failures and "checksum mismatch" not in failures
+    assert short(retrying) in failures and "retried → pending" in failures
+    assert f"/admin/deployments/deploymenttask/{pending_retry.pk}/change/" in failures
+    assert short(deletion_after) in failures and "did not confirm" in failures
+
+
+def test_a_long_failure_reason_wraps_inside_its_panel_with_the_whole_reason_as_tooltip(admin_client):
+    reason = "fetch: " + "/srv/models/" + "x" * 400 + "/model.safetensors is not readable"
+    FailedDeploymentFactory(detail=reason)
+    page = admin_client.get("/admin/").content.decode()
+    assert f'<td class="cr-reason" title="{reason}">' in page  # the whole reason, on hover
+    assert reason not in page.replace(f'title="{reason}"', "")  # the cell itself is cut
+    # Panels may shrink below their longest word, and the failures' cells break long words.
+    assert ".cr-dashboard > * { min-width: 0; }" in page
+    assert "table.cr-failures td { overflow-wrap: anywhere; }" in page
+
+
 def test_dashboard_costs_a_fixed_number_of_queries(admin_client):
     def queries_for_index() -> int:
         with CaptureQueriesContext(connection) as queries:

@@ -454,7 +454,7 @@ def test_tasks_prints_recent_tasks_newest_first_with_filters():
 
     out, _ = run("tasks")
     lines = out.splitlines()
-    assert lines[0].split()[:4] == ["created", "(UTC)", "kind", "task"]
+    assert lines[0].split()[:3] == ["created", "kind", "task"]
     order = [next(i for i, line in enumerate(lines) if str(t.pk) in line) for t in (other, deletion, done, failed)]
     assert order == sorted(order)  # newest first, both kinds merged
 

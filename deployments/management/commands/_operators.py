@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -19,6 +19,7 @@ from django.utils import timezone
 from tqdm import tqdm
 
 from deployments import selectors
+from deployments.clock import format_time
 from deployments.inference import InvalidModelId, validate_model_id
 from deployments.models import TERMINAL_STATUSES, EmbeddingModel, Task, TaskKind, TaskStatus
 from deployments.services import ModelNotRegistered, TaskHandOffFailed
@@ -29,6 +30,10 @@ from deployments.task_config import InvalidTaskConfig, validate_config
 
 BAD_ARGUMENTS = 2
 TASKS_NOT_DONE = 1
+
+# --wait follows the tasks this long at most, checking every WAIT_POLL seconds.
+WAIT_TIMEOUT = 3600.0
+WAIT_POLL = 1.0
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -68,12 +73,15 @@ def actor_of(command: BaseCommand) -> Actor:
     return command_actor(type(command).__module__.rsplit(".", 1)[-1])
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int = 70) -> str:
-    """A plain-text table: columns padded to their widest cell, long cells cut with an ellipsis."""
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int | None = 70) -> str:
+    """A plain-text table: columns padded to their widest cell, cells longer than ``max_width`` cut with an
+    ellipsis (None: never cut), times in the one format (deployments.clock)."""
 
     def cell(value: Any) -> str:
+        if isinstance(value, datetime):
+            value = format_time(value)
         text = "—" if value is None or value == "" else " ".join(str(value).split())
-        return text if len(text) <= max_width else f"{text[: max_width - 1]}…"
+        return text if max_width is None or len(text) <= max_width else f"{text[: max_width - 1]}…"
 
     body = [[cell(value) for value in row] for row in rows]
     widths = [max([len(header)] + [len(row[i]) for row in body]) for i, header in enumerate(headers)]
@@ -96,7 +104,7 @@ class TaskSubmissionCommand(BaseCommand):
 
     kind: str
     verb: str  # "deploy" / "delete"
-    config_help: str
+    config_help: str | None = None  # the --config option's help; None: the kind takes no options, no --config
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("model_ids", nargs="*", metavar="MODEL_ID", help="Embedding model ids.")
@@ -108,16 +116,22 @@ class TaskSubmissionCommand(BaseCommand):
             metavar="STATE",
             help=f"Registered models in this state ({', '.join(EmbeddingModel.State.values)}); repeatable.",
         )
-        parser.add_argument("--config", help=self.config_help)
+        if self.config_help is not None:
+            parser.add_argument("--config", help=self.config_help)
         parser.add_argument("--wait", action="store_true", help="Follow the tasks to the end; exit 1 unless all done.")
-        parser.add_argument("--timeout", type=float, default=3600, help="Seconds --wait follows (default 3600).")
-        parser.add_argument("--poll", type=float, default=1.0, help="Seconds between --wait's checks (default 1).")
+        parser.add_argument(
+            "--timeout", type=float, help=f"Seconds --wait follows (default {WAIT_TIMEOUT:g}); only with --wait."
+        )
+        parser.add_argument(
+            "--poll", type=float, help=f"Seconds between --wait's checks (default {WAIT_POLL:g}); only with --wait."
+        )
         parser.add_argument("--dry-run", action="store_true", help="Say what would be submitted; submit nothing.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         # Everything is checked before anything is written: a bad argument leaves nothing half-done.
+        check_wait_options(options)
         model_ids = self.select_models(options)
-        config = self.parse_config(options["config"])
+        config = self.parse_config(options.get("config"))
         if not model_ids:
             self.stdout.write("No registered model matches; nothing to do.")
             return
@@ -142,7 +156,8 @@ class TaskSubmissionCommand(BaseCommand):
                 self.stdout.write(f"  {task.pk}  {task.embedding_model_id}")
         if options["wait"]:
             # The bar writes to the raw stream: OutputWrapper.write would end each \r-update with a newline.
-            finished = follow_tasks(tasks, self.stderr._out, options["timeout"], options["poll"])
+            timeout, poll = options["timeout"] or WAIT_TIMEOUT, options["poll"] or WAIT_POLL
+            finished = follow_tasks(tasks, self.stderr._out, timeout, poll)
             report_outcome(self.stdout, finished, started)
 
     def select_models(self, options: dict[str, Any]) -> list[str]:
@@ -184,6 +199,16 @@ class TaskSubmissionCommand(BaseCommand):
             return validate_config(self.kind, config)
         except InvalidTaskConfig as exc:
             raise bad_arguments(f"--config: {exc}") from exc
+
+
+def check_wait_options(options: dict[str, Any]) -> None:
+    """--timeout and --poll tune --wait: given without it they would be silently ignored, so they are refused."""
+    given = [f"--{name}" for name in ("timeout", "poll") if options[name] is not None]
+    if given and not options["wait"]:
+        raise bad_arguments(f"{' and '.join(given)} only apply with --wait (add --wait, or leave them out)")
+    for name in ("timeout", "poll"):
+        if options[name] is not None and not options[name] > 0:
+            raise bad_arguments(f"--{name}: {options[name]:g} is not a number of seconds above 0")
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from django.utils import timezone
 from knox.models import AuthToken
 from knox.settings import knox_settings
 
+from deployments.clock import format_time
 from deployments.management.commands._operators import bad_arguments
 
 
@@ -43,7 +44,7 @@ class Command(BaseCommand):
             AuthToken.objects.filter(user=user, expiry__lte=timezone.now()).delete()
             token, key = AuthToken.objects.create(user=user, expiry=ttl)
         self.stdout.write(key)
-        expiry = f"expires {token.expiry:%Y-%m-%d %H:%M} UTC" if token.expiry else "never expires"
+        expiry = f"expires {format_time(token.expiry)}" if token.expiry else "never expires"
         self.stderr.write(
             f"token {key[:8]}… for {username}: {expiry}; keep it now, it cannot be shown again", style_func=str
         )

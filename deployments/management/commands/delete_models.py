@@ -11,4 +11,3 @@ class Command(TaskSubmissionCommand):
     )
     kind = TaskKind.DELETION
     verb = "delete"
-    config_help = "Deletion config as JSON, as in the API (deletions take no options today: {})."

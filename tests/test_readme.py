@@ -1,0 +1,108 @@
+"""README.md holds: every command it names exists and is written so it runs from a fresh checkout, every
+setting the code reads is in its configuration table, and its layout names what the tree holds."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from django.apps import apps
+from django.core.management import get_commands
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+README = (PROJECT_ROOT / "README.md").read_text()
+
+FENCED = re.compile(r"^```[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
+INLINE = re.compile(r"`([^`\n]+)`")
+# Variables the scripts read that belong to the system, not to the control plane.
+SYSTEM_VARIABLES = {"TMPDIR", "HOME", "PATH"}
+
+
+def section(title: str) -> str:
+    """The README's text from the heading ``## <title>`` to the next heading of that level."""
+    start = README.index(f"\n## {title}\n")
+    end = README.find("\n## ", start + 1)
+    return README[start : end if end != -1 else len(README)]
+
+
+def fenced_blocks() -> list[str]:
+    return FENCED.findall(README)
+
+
+def inline_spans() -> list[str]:
+    return INLINE.findall(FENCED.sub("", README))
+
+
+def test_every_manage_py_command_the_readme_names_exists():
+    code = "\n".join(fenced_blocks() + inline_spans())
+    named = set(re.findall(r"manage\.py\"?,? +\"?([a-z_]+)", code))
+    assert {"deploy_models", "tasks", "create_token", "run_workers", "check"} <= named  # the regex finds them
+    assert sorted(named - set(get_commands())) == []
+
+
+def test_commands_in_code_blocks_run_from_a_fresh_checkout():
+    """manage.py is not on the PATH and its shebang finds the system's Python, which has no Django: a
+    command line says which Python runs it (the virtual environment's, or python in a container)."""
+    for block in fenced_blocks():
+        for line in block.splitlines():
+            for match in re.finditer(r"manage\.py", line):
+                before = line[: match.start()]
+                assert re.search(r'(\.venv/bin/python |bin/python |"python", ")$', before), line
+    for span in inline_spans():
+        # An inline span may name the file or a command (`manage.py check`); one that runs it says which Python.
+        if "manage.py" in span and " " in span and not span.startswith("manage.py "):
+            assert re.search(r"(\.venv/bin/|bin/)python manage\.py", span), span
+
+
+def makefile_targets() -> set[str]:
+    text = (PROJECT_ROOT / "Makefile").read_text()
+    return set(re.findall(r"^([A-Za-z][\w-]*):(?!=)", text, re.MULTILINE))
+
+
+def test_every_make_target_the_readme_names_exists():
+    code = "\n".join(fenced_blocks() + inline_spans())
+    named = set(re.findall(r"(?<![\w-])make +([a-z][\w-]*)", code))
+    assert {"run", "test", "bench", "setup"} <= named
+    assert sorted(named - makefile_targets()) == []
+
+
+ENV_READS = [
+    re.compile(r'os\.environ\.get\(\s*"([A-Z][A-Z0-9_]*)"'),
+    re.compile(r'os\.environ\[\s*"([A-Z][A-Z0-9_]*)"\s*\]'),
+    re.compile(r'os\.environ\.setdefault\(\s*"([A-Z][A-Z0-9_]*)"'),
+    re.compile(r'os\.getenv\(\s*"([A-Z][A-Z0-9_]*)"'),
+    re.compile(r'\b_?env_?\w*\(\s*"([A-Z][A-Z0-9_]*)"'),  # the settings' env_bool("X"), env_list("X")
+    re.compile(r"\$\{([A-Z][A-Z0-9_]*):-"),  # shell: ${X:-default}
+]
+
+
+def variables_read() -> set[str]:
+    sources = [PROJECT_ROOT / "controlplane" / "settings.py", PROJECT_ROOT / "controlplane" / "gunicorn.conf.py"]
+    sources += sorted((PROJECT_ROOT / "scripts").glob("*.sh"))
+    found = {name for source in sources for pattern in ENV_READS for name in pattern.findall(source.read_text())}
+    return found - SYSTEM_VARIABLES
+
+
+def test_every_setting_the_code_reads_is_in_the_configuration_table():
+    read = variables_read()
+    assert {"DATABASE_URL", "ALLOWED_HOSTS", "WEB_ADDR", "CONTROLPLANE_VAR_DIR", "TEST_DATABASE_URL"} <= read
+    table_rows = [line for line in section("Configuration").splitlines() if line.startswith("| `")]
+    documented = {name for row in table_rows for name in re.findall(r"`([A-Z][A-Z0-9_]*)`", row.split(" | ")[0])}
+    assert sorted(read - documented) == []
+
+
+def test_the_layout_names_every_model_and_every_part_of_the_app():
+    layout = section("Layout")
+    models = [model.__name__ for model in apps.get_app_config("deployments").get_models(include_auto_created=False)]
+    assert "Task" in models and "DeploymentTask" in models
+    assert sorted(name for name in models if not re.search(rf"\b{name}\b", layout)) == []
+    # The models.py entry names models only (a name there that is no model is a stale one).
+    entry = re.search(r"^  models\.py(.*?)(?=^  \S)", layout, re.MULTILINE | re.DOTALL).group(1)
+    named = set(re.findall(r"\b([A-Z][a-z]+(?:[A-Z][a-z]+)+|Task)\b", entry))
+    assert sorted(named - set(models)) == []
+    parts = [
+        path.name + ("/" if path.is_dir() else "")
+        for path in (PROJECT_ROOT / "deployments").iterdir()
+        if not path.name.startswith(("_", ".")) and path.name not in {"apps.py", "migrations"}
+    ]
+    assert sorted(part for part in parts if part not in layout) == []
