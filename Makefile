@@ -29,6 +29,7 @@ bench: setup
 	$(BIN)/python bench/bench_fleet.py
 	$(BIN)/python bench/bench_api.py
 	$(BIN)/python bench/bench_operators.py
+	$(BIN)/python bench/bench_scale.py
 
 clean:
 	rm -rf var .pytest_cache
