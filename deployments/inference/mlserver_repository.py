@@ -41,7 +41,7 @@ class LayoutModelRepository(ModelRepository):
         """Where the settings of served name ``name`` live, or None when ``name`` is not one of ours."""
         model_id, separator, revision = name.partition(REVISION_SEPARATOR)
         # The whole name is one folder under the model's: no separator, no NUL, nothing that climbs.
-        if not separator or not revision or "/" in name or os.sep in name or "\0" in name:
+        if not separator or not revision or "/" in name or "\0" in name:
             return None
         try:
             validate_model_id(model_id)

@@ -113,6 +113,7 @@ def test_settings_that_cannot_be_read_are_not_found_as_with_the_default(laid_out
 # -- touching nothing else ------------------------------------------------------------------------
 
 _touched: list[tuple[str, str]] | None = None  # (audit event, path) while a test records them
+_hooked = False
 
 
 def _record(event: str, args: tuple) -> None:
@@ -120,12 +121,13 @@ def _record(event: str, args: tuple) -> None:
         _touched.append((event, str(args[0])))
 
 
-sys.addaudithook(_record)  # the interpreter's own audit events: every open and every directory listing
-
-
 def files_touched(coroutine) -> tuple[object, list[tuple[str, str]]]:
-    """Run ``coroutine``; return its result (or exception) and the files and folders it opened or listed."""
-    global _touched
+    """Run ``coroutine``; return its result (or exception) and the files and folders it opened or listed,
+    as the interpreter's own audit events report them (every open, every directory listing)."""
+    global _touched, _hooked
+    if not _hooked:  # an audit hook stays for the life of the process: added once, idle unless recording
+        sys.addaudithook(_record)
+        _hooked = True
     _touched = []
     try:
         result = run(coroutine)
