@@ -40,7 +40,7 @@ class LayoutModelRepository(ModelRepository):
     def settings_path(self, name: str) -> str | None:
         """Where the settings of served name ``name`` live, or None when ``name`` is not one of ours."""
         model_id, separator, revision = name.partition(REVISION_SEPARATOR)
-        # The whole name is one folder under the model's: no separator, no NUL, nothing that climbs.
+        # The whole name is one folder under the model's: no '/', no NUL, nothing that climbs.
         if not separator or not revision or "/" in name or "\0" in name:
             return None
         try:
