@@ -1,6 +1,6 @@
 """Fixtures shared by every layer's tests: one real MLServer and one real Envoy in front of it per
-test session (a fleet of one replica), the packaged model and a tiny one, users and API clients, that fleet as the
-configured one, and real qcluster workers."""
+test session (a fleet of one replica), the packaged model and a tiny one, users and API clients,
+that fleet as the configured one, and real qcluster workers."""
 
 from __future__ import annotations
 
