@@ -37,6 +37,7 @@ bench: $(TEST_INSTALLED)
 	$(BIN)/python bench/bench_api.py
 	$(BIN)/python bench/bench_operators.py
 	$(BIN)/python bench/bench_sources.py
+	$(BIN)/python bench/bench_scale.py
 
 clean:
 	rm -rf var .pytest_cache

@@ -1,6 +1,6 @@
 """Fixtures shared by every layer's tests: one real MLServer and one real Envoy in front of it per
-test session (a fleet of one replica), the packaged model, users and API clients, that fleet as the
-configured one, and real qcluster workers."""
+test session (a fleet of one replica), the packaged model and a tiny one, users and API clients,
+that fleet as the configured one, and real qcluster workers."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from deployments.inference.server import LocalMLServer
 from tests.support.factories import EmbeddingModelFactory, UserFactory
 from tests.support.mlflow import LocalMlflowServer, seed_registry
 from tests.support.processes import ManagedCommand, QCluster, SupervisedWorkers, worker_env
+from tests.support.tiny_models import build_tiny_model
 
 WRITE_PERMISSIONS = [
     "add_deploymenttask",
@@ -55,6 +56,13 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMlf
 def mlflow_registry(mlflow_server, minilm_dir, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The session's MLflow server holding MiniLM as two versions of one registered model (seed_registry)."""
     return seed_registry(mlflow_server.url, minilm_dir, tmp_path_factory.mktemp("mlflow-seed"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny sentence-transformers folder (1 layer, 32 dimensions, random seeded weights), built once per
+    session: point as many models at it as a test needs."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model")
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,8 @@ The server listens on 127.0.0.1 only, loads nothing at start-up (the control pla
 is live), and is stopped by its own process group so no worker outlives it. It serves its own
 Prometheus metrics (requests, inference times, loaded models) at ``/metrics`` on a port of its own
 (``metrics_port``). Several replicas share one model repository: its ``settings.json`` holds what
-they have in common, and each replica's ports come from its environment (MLSERVER_HTTP_PORT,
+they have in common, among it the repository class that finds a model by its path in our layout
+(mlserver_repository.py), and each replica's ports come from its environment (MLSERVER_HTTP_PORT,
 MLSERVER_GRPC_PORT, MLSERVER_METRICS_PORT).
 """
 
@@ -23,6 +24,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 METRICS_ENDPOINT = "/metrics"
 # Without --metrics-port, a replica serves its metrics on its HTTP port + this (8090 -> 8190).
 METRICS_PORT_OFFSET = 100
+# The repository class the replicas run: finds a served name by its path in our layout, no scan of the root.
+LAYOUT_REPOSITORY = "deployments.inference.mlserver_repository.LayoutModelRepository"
 
 
 class LocalMLServer(LocalProcess):
@@ -39,6 +42,7 @@ class LocalMLServer(LocalProcess):
         metrics_port: int | None = None,
         parallel_workers: int = 0,
         extra_env: dict[str, str] | None = None,
+        repository_implementation: str | None = LAYOUT_REPOSITORY,
     ):
         self.repository_root = Path(repository_root).resolve()
         self.workdir = Path(workdir).resolve()
@@ -47,6 +51,8 @@ class LocalMLServer(LocalProcess):
         self.metrics_port = metrics_port or free_port()
         self.parallel_workers = parallel_workers
         self.extra_env = extra_env or {}
+        # None: MLServer's own repository class, which globs the whole root on every load (benchmarks compare).
+        self.repository_implementation = repository_implementation
         super().__init__(self.workdir / "mlserver.log")
 
     @property
@@ -75,6 +81,8 @@ class LocalMLServer(LocalProcess):
             "parallel_workers": self.parallel_workers,
             "debug": False,
         }
+        if self.repository_implementation is not None:
+            settings["model_repository_implementation"] = self.repository_implementation
         path = self.repository_root / "settings.json"
         atomic_write_json(path, settings)
         return path

@@ -10,6 +10,7 @@ from mlserver.settings import ModelParameters, ModelSettings
 from mlserver.types import InferenceRequest
 
 from deployments.inference.runtime import SentenceTransformerRuntime, resolve_device
+from tests.support.tiny_models import TINY_DIMENSIONS, build_tiny_model, folder_size
 
 
 def make_runtime(uri: str, revision: str = "r1") -> SentenceTransformerRuntime:
@@ -92,3 +93,26 @@ def test_the_runtime_loads_on_the_device_its_settings_name_and_reports_it(minilm
         return (await runtime.metadata()).parameters.device
 
     assert asyncio.run(scenario()) == "cpu"
+
+
+def embed(uri: str, texts: list[str]) -> np.ndarray:
+    async def scenario():
+        runtime = make_runtime(uri)
+        await runtime.load()
+        response = await runtime.predict(request(texts))
+        await runtime.unload()
+        return response.outputs[0]
+
+    output = asyncio.run(scenario())
+    return np.asarray(output.data, dtype=np.float32).reshape(output.shape)
+
+
+def test_a_tiny_model_is_small_real_and_the_same_from_the_same_seed(tiny_model_dir, tmp_path):
+    again = build_tiny_model(tmp_path / "again")
+    other = build_tiny_model(tmp_path / "other", seed=1)
+    assert folder_size(tiny_model_dir) < 3_000_000
+    texts = ["a tiny model", "still a real one"]
+    vectors = embed(str(tiny_model_dir), texts)
+    assert vectors.shape == (2, TINY_DIMENSIONS) and np.isfinite(vectors).all()
+    assert np.array_equal(embed(str(again), texts), vectors)
+    assert not np.allclose(embed(str(other), texts), vectors)
