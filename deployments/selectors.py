@@ -174,13 +174,12 @@ class AmbiguousShortId(LookupError):
 def task_by_short_id(short_id: str) -> Task | None:
     """The task with that id, or the one task whose id begins with it (the 8 characters the admin shows).
 
-    Raises AmbiguousShortId when several ids begin with it. A prefix seek on the primary key's index;
-    SQLite's LIKE ignores case, so the prefix is compared again exactly.
+    Raises AmbiguousShortId when several ids begin with it. A prefix seek on the primary key's index, as
+    the admin's search does (``_id_starts_with``).
     """
     if task := find_task(short_id):
         return task
-    candidates = Task.objects.filter(pk__startswith=short_id).order_by("pk")[:SHORT_ID_CANDIDATES]
-    matches = [task for task in candidates if task.pk.startswith(short_id)]
+    matches = list(Task.objects.filter(_id_starts_with(short_id)).order_by("pk")[:SHORT_ID_CANDIDATES])
     if len(matches) > 1:
         raise AmbiguousShortId(short_id, [task.pk for task in matches])
     return matches[0] if matches else None
