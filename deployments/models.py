@@ -70,11 +70,12 @@ class EmbeddingModel(models.Model):
         max_length=1024,
         help_text=(
             "Where the artifacts are: an absolute path or file:// URI inside an allowed source root, "
-            "hf://<org>/<repo>@<revision> (the local Hugging Face cache), or an MLflow URI "
-            "(models:/<name>/<version>, models:/<name>@<alias>, runs:/<run_id>/<path>)."
+            "hf://ORG/REPO@REVISION (the local Hugging Face cache), or an MLflow URI "
+            "(models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH)."
         ),
     )
     mlflow_tracking_uri = models.CharField(
+        "MLflow tracking URI",
         max_length=1024,
         blank=True,
         validators=[validate_tracking_uri],

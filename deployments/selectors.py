@@ -27,6 +27,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Coalesce, Greatest, Now
 
+from deployments.clock import format_time
 from deployments.models import (
     ACTIVE_STATUSES,
     HANDOFF_RESENT,
@@ -135,10 +136,10 @@ def waiting_reason(task: Task) -> str:
         return f"waiting for the model's lease, held by {task.waiting_lease_owner}"
     resent_at = task.waiting_resent_at
     if resent_at is not None and (task.dispatched_at is None or resent_at >= task.dispatched_at):
-        return f"hand-off re-sent at {_moment(resent_at)}"
+        return f"hand-off re-sent at {format_time(resent_at)}"
     if task.dispatched_at is not None:
-        return f"waiting for a worker since {_moment(task.dispatched_at)}"
-    return f"not yet sent to the queue (since {_moment(task.created_at)})"
+        return f"waiting for a worker since {format_time(task.dispatched_at)}"
+    return f"not yet sent to the queue (since {format_time(task.created_at)})"
 
 
 def task_detail(task: Task) -> str:
@@ -146,17 +147,14 @@ def task_detail(task: Task) -> str:
     return waiting_reason(task) or task.detail
 
 
-def _moment(moment: datetime) -> str:
-    return moment.isoformat(timespec="seconds")
-
-
 def recent_tasks_for_model(embedding_model_id: str, limit: int) -> list[Task]:
     """The model's latest ``limit`` tasks of both kinds, newest first: the latest of each kind by its
-    (embedding_model_id, kind, sequence, attempt) index, merged (two seeks, however long the history)."""
+    (embedding_model_id, kind, sequence, attempt) index, merged (two seeks, however long the history);
+    a pending one with why it waits (``task_detail``)."""
     latest = [
         task
         for kind in TaskKind.values
-        for task in Task.objects.filter(embedding_model_id=embedding_model_id, kind=kind).order_by(
+        for task in with_waiting_reason(Task.objects.filter(embedding_model_id=embedding_model_id, kind=kind)).order_by(
             "-sequence", "-attempt"
         )[:limit]
     ]

@@ -261,6 +261,7 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
                 "link": task_link(task.kind, task.pk),
                 "status": status_badge(task.status),
                 "duration": task_duration(task),
+                "detail": selectors.task_detail(task),
             }
             for task in selectors.recent_tasks_for_model(model.pk, TASKS_SHOWN)
         ]

@@ -443,9 +443,7 @@ def test_a_long_failure_reason_wraps_inside_its_panel_with_the_whole_reason_as_t
     page = admin_client.get("/admin/").content.decode()
     assert f'<td class="cr-reason" title="{reason}">' in page  # the whole reason, on hover
     assert reason not in page.replace(f'title="{reason}"', "")  # the cell itself is cut
-    # Panels may shrink below their longest word, and the failures' cells break long words.
-    assert ".cr-dashboard > * { min-width: 0; }" in page
-    assert "table.cr-failures td { overflow-wrap: anywhere; }" in page
+    # That it stays inside its panel is measured in a real browser: test_layout.py.
 
 
 def test_dashboard_costs_a_fixed_number_of_queries(admin_client):

@@ -30,15 +30,20 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 
 # Written into the page's body once it is laid out: where the table ends and where its box ends.
 MEASURE = """<script>window.addEventListener("load", () => {
-  const table = document.getElementById("result_list").getBoundingClientRect();
-  const box = document.querySelector(".results").getBoundingClientRect();
-  document.body.dataset.measured = `${Math.round(table.right)} ${Math.round(box.right)} ${window.innerWidth}`;
+  // Where the content ends: a cell's text that does not wrap overflows its box without widening it.
+  const element = document.querySelector("%s");
+  const right = element.getBoundingClientRect().left + Math.max(element.scrollWidth, element.offsetWidth);
+  const box = document.querySelector("%s").getBoundingClientRect();
+  document.body.dataset.measured = `${Math.round(right)} ${Math.round(box.right)} ${window.innerWidth}`;
 });</script></body>"""
 
 
-def laid_out(html: str, tmp_path: Path, width: int) -> tuple[int, int, int]:
+def laid_out(
+    html: str, tmp_path: Path, width: int, table: str = "#result_list", box: str = ".results"
+) -> tuple[int, int, int]:
+    """Where ``table`` ends, where ``box`` ends and the window's width, as Chromium lays the page out."""
     page = tmp_path / "page.html"
-    page.write_text(html.replace("/static/", f"{ADMIN_STATIC.as_uri()}/").replace("</body>", MEASURE))
+    page.write_text(html.replace("/static/", f"{ADMIN_STATIC.as_uri()}/").replace("</body>", MEASURE % (table, box)))
     browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},900"]
     dom = subprocess.run(
         [*browser, "--virtual-time-budget=3000", "--dump-dom", page.as_uri()],
@@ -73,3 +78,14 @@ def test_the_models_list_fits_1400_px(admin_client, tmp_path):
 
     assert viewport == 1400
     assert table_right <= box_right, f"the table overflows its box by {table_right - box_right} px"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium to lay the page out")
+def test_a_long_failure_reason_stays_inside_the_dashboards_panel(admin_client, tmp_path):
+    FailedDeploymentFactory(detail="smoke_test: embeddings have 3 dimensions, expected 384 " * 4)
+    FailedDeploymentFactory(detail="fetch: /srv/models/" + "x" * 200 + "/model.safetensors is not readable")
+    html = admin_client.get("/admin/").content.decode()
+
+    cell_right, panel_right, _ = laid_out(html, tmp_path, 1400, "td.cr-reason", "div.module.cr-wide:has(.cr-failures)")
+
+    assert cell_right <= panel_right, f"a reason runs {cell_right - panel_right} px past its panel"

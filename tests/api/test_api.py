@@ -15,6 +15,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from deployments import services
+from deployments.clock import format_time
 from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, Task, TaskStatus
 from tests.support.artifacts import copy_packaged_model, truncate
 from tests.support.factories import DeletionTaskFactory, DeploymentTaskFactory, EmbeddingModelFactory
@@ -333,7 +334,7 @@ def test_a_pending_task_says_why_it_waits_wherever_it_is_read(api, django_captur
         first = post(api, "/deploy", {"embedding_model_id": "why"}).json()["task_id"]
     with django_capture_on_commit_callbacks(execute=True):
         second = post(api, "/delete", {"embedding_model_id": "why"}).json()["task_id"]
-    handed_over = Task.objects.get(pk=first).dispatched_at.isoformat(timespec="seconds")
+    handed_over = format_time(Task.objects.get(pk=first).dispatched_at)
 
     assert api.get(f"/deploy/{first}").json()["detail"] == f"waiting for a worker since {handed_over}"
     behind = f"queued behind {first[:8]} (deployment of why)"

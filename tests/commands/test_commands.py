@@ -21,6 +21,7 @@ from django.utils import timezone
 from knox.models import AuthToken
 from rest_framework.test import APIClient
 
+from deployments.clock import format_time
 from deployments.models import DeletionTask, DeploymentTask, EmbeddingModel, TaskEvent, TaskStatus
 from tests.support.artifacts import small_model_folder, truncate
 from tests.support.factories import (
@@ -497,7 +498,7 @@ def test_tasks_says_why_a_pending_task_waits():
     assert f"queued behind {first.pk[:8]} (deployment of tw)" in second_line
     [first_line] = [line for line in out.splitlines() if str(first.pk) in line]
     first.refresh_from_db()
-    assert f"not yet sent to the queue (since {first.created_at.isoformat(timespec='seconds')})" in first_line
+    assert f"not yet sent to the queue (since {format_time(first.created_at)})" in first_line
 
 
 # -- create_token, as make run calls it -----------------------------------------------------------------

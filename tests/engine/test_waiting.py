@@ -9,6 +9,7 @@ import pytest
 from django.utils import timezone
 
 from deployments import selectors, services
+from deployments.clock import format_time
 from deployments.models import HANDOFF_STAGE, DeploymentTask, Task, TaskEvent, TaskStatus
 from deployments.services.leases import claim_lease, claim_model_lease
 from deployments.services.sweeper import SWEEPER
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.django_db
 
 def moment(task: Task, field: str) -> str:
     task.refresh_from_db()
-    return getattr(task, field).isoformat(timespec="seconds")
+    return format_time(getattr(task, field))
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def test_a_re_sent_hand_off_says_when_and_the_timeline_says_why(submit, settings
     event = TaskEvent.objects.get(task=task, stage=HANDOFF_STAGE)
     assert (event.state, event.actor) == ("resent", SWEEPER)
     assert event.message == "hand-off re-sent: no worker took it within 30 s"
-    assert selectors.waiting_reason(task) == f"hand-off re-sent at {event.created_at.isoformat(timespec='seconds')}"
+    assert selectors.waiting_reason(task) == f"hand-off re-sent at {format_time(event.created_at)}"
 
     # Handed over afresh later (the task ahead finished, say): the re-send is no longer the news.
     Task.objects.filter(pk=task.pk).update(dispatched_at=timezone.now() + timedelta(seconds=5))
