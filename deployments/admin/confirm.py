@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.contrib import admin
-from django.http import HttpRequest
+from django.contrib.admin.utils import quote, unquote
+from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import reverse
 
 from deployments.admin.forms import TaskConfigForm
 
@@ -25,6 +27,24 @@ class ObjectAction:
     label: str
     url: str
     help: str = ""
+
+
+class ObjectActionsMixin:
+    """A ModelAdmin whose change page shows ``object_actions(request, obj)`` as buttons, each a view of its
+    own registered under ``admin:<app>_<model>_<action>``."""
+
+    def object_actions(self, request: HttpRequest, obj: Any) -> list[ObjectAction]:
+        raise NotImplementedError
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        obj = self.get_object(request, unquote(object_id))
+        actions = self.object_actions(request, obj) if obj is not None else []
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "object_actions": actions})
+
+    def _own_url(self, obj: Any, action: str) -> str:
+        return reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_{action}", args=[quote(obj.pk)])
 
 
 def confirmed(request: HttpRequest) -> bool:

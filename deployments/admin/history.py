@@ -11,17 +11,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib import admin, messages
-from django.contrib.admin.utils import quote, unquote
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.loader import render_to_string
-from django.urls import URLPattern, path, reverse
+from django.urls import URLPattern, path
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
 from deployments import selectors, services
-from deployments.admin.confirm import ObjectAction, confirmation_page, confirmed
+from deployments.admin.confirm import ObjectAction, ObjectActionsMixin, confirmation_page, confirmed
 from deployments.admin.display import (
     audit_list_url,
     audit_trail,
@@ -61,7 +61,7 @@ class ReadOnlyAdminMixin:
         return False
 
 
-class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class TaskAdmin(ObjectActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     """Read-only history of one kind of task. Retry and cancel are actions: they create or finish
     tasks through the services, history itself is never edited."""
 
@@ -98,27 +98,7 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         ("Request", {"fields": ("config_json", "sequence", "lease_owner")}),
         ("Times", {"fields": ("created_at", "dispatched_at", "started_at", "finished_at", "duration", "updated_at")}),
     )
-    readonly_fields = (
-        "task_id",
-        "kind",
-        "model_id_link",
-        "coloured_status",
-        "current_detail",
-        "attempts",
-        "requested_by",
-        "timeline",
-        "outcome",
-        "audit",
-        "config_json",
-        "sequence",
-        "lease_owner",
-        "created_at",
-        "dispatched_at",
-        "started_at",
-        "finished_at",
-        "duration",
-        "updated_at",
-    )
+    readonly_fields = tuple(name for _, options in fieldsets for name in options["fields"])  # all of them
 
     # History is read-only (ReadOnlyAdminMixin); the actions below have their own permissions, as in
     # the API: retry creates a task (add), cancel changes one (change).
@@ -152,13 +132,6 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             path("<path:object_id>/cancel/", self.admin_site.admin_view(self.cancel_view), name=f"{name}_cancel"),
         ]
         return own + super().get_urls()  # before the catch-all "<path:object_id>/" of the change page
-
-    def change_view(
-        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
-    ) -> HttpResponse:
-        task = self.get_object(request, unquote(object_id))
-        actions = self.object_actions(request, task) if task is not None else []
-        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "object_actions": actions})
 
     def object_actions(self, request: HttpRequest, task: Task) -> list[ObjectAction]:
         """What the task's status allows, and the operator's permissions: a retry of a task that finished
@@ -249,9 +222,6 @@ class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def _refused(self, request: HttpRequest, task: Task, message: str) -> HttpResponse:
         self.message_user(request, message, messages.ERROR)
         return HttpResponseRedirect(task_admin_url(task.kind, task.pk))
-
-    def _own_url(self, task: Task, action: str) -> str:
-        return reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_{action}", args=[quote(task.pk)])
 
     @staticmethod
     def _facts(task: Task) -> list[tuple[str, Any]]:

@@ -18,7 +18,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
 from deployments import selectors, services
-from deployments.admin.confirm import ObjectAction, confirmation_page, confirmed
+from deployments.admin.confirm import ObjectAction, ObjectActionsMixin, confirmation_page, confirmed
 from deployments.admin.display import (
     DRIFT_COLOUR,
     STATE_COLOURS,
@@ -64,7 +64,7 @@ class DriftInline(admin.TabularInline):
 
 
 @admin.register(EmbeddingModel)
-class EmbeddingModelAdmin(admin.ModelAdmin):
+class EmbeddingModelAdmin(ObjectActionsMixin, admin.ModelAdmin):
     # Fits 1400 px beside the filter: the name under the id (when it says more), the endpoint cut to the
     # column with the whole URL in its tooltip, both latest tasks in one column, the drift's detail and
     # since when in its badge's tooltip. When it changed is on the model's page.
@@ -169,13 +169,6 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
         ]
         return own + super().get_urls()  # before the catch-all "<path:object_id>/" of the change page
 
-    def change_view(
-        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
-    ) -> HttpResponse:
-        model = self.get_object(request, unquote(object_id))
-        actions = self.object_actions(request, model) if model is not None else []
-        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "object_actions": actions})
-
     def object_actions(self, request: HttpRequest, model: EmbeddingModel) -> list[ObjectAction]:
         actions = []
         if self.has_deploy_permission(request):
@@ -247,9 +240,6 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
     @staticmethod
     def _is_on_the_server(model: EmbeddingModel) -> bool:
         return model.state != EmbeddingModel.State.NOT_DEPLOYED or bool(model.live_revision)
-
-    def _own_url(self, model: EmbeddingModel, action: str) -> str:
-        return reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_{action}", args=[quote(model.pk)])
 
     # -- columns
 
