@@ -44,12 +44,8 @@ def minilm_dir() -> Path:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMlflowServer]:
     """A real MLflow tracking server (SQLite store, artifacts served over HTTP), shared by the session."""
-    server = LocalMlflowServer(tmp_path_factory.mktemp("mlflow"))
-    server.start()
-    try:
+    with LocalMlflowServer(tmp_path_factory.mktemp("mlflow")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
