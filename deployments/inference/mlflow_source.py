@@ -76,11 +76,8 @@ class MlflowSource:
         client = self._client()
         with _mlflow_errors(self.uri, self.tracking_uri):
             if self.run_id is not None:
-                run = client.get_run(self.run_id)
-                resolved = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
-                if self.path:
-                    resolved["artifact_path"] = self.path
-                artifact_uri = f"runs:/{self.run_id}/{self.path}".rstrip("/")
+                run_id, path = self.run_id, self.path
+                resolved: dict[str, str] = {}
             else:
                 if self.alias is not None:
                     found = client.get_model_version_by_alias(self.name, self.alias)
@@ -89,10 +86,22 @@ class MlflowSource:
                 resolved = {"registered_model": found.name, "version": str(found.version)}
                 if self.alias is not None:
                     resolved["alias"] = self.alias  # and the version it pointed at, just above
-                if found.run_id:
-                    resolved["run_id"] = found.run_id
                 # The version's own artifacts: an alias moved during the download cannot mix two versions.
-                artifact_uri = client.get_model_version_download_uri(found.name, found.version)
+                download_uri = str(found.source or "")
+                if not _RUN.fullmatch(download_uri):
+                    download_uri = client.get_model_version_download_uri(found.name, found.version)
+                run_match = _RUN.fullmatch(download_uri)
+                if run_match is None:  # stored elsewhere than in a run (a logged model, a bucket): as MLflow says
+                    run_id, path, artifact_uri = None, "", download_uri
+                else:
+                    run_id, path = run_match["run_id"], (run_match["path"] or "").strip("/")
+            if run_id is not None:
+                # Where the run keeps its artifacts, asked once: listing and downloading then ask nothing more.
+                run = client.get_run(run_id)
+                resolved |= {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
+                if path:
+                    resolved["artifact_path"] = path
+                artifact_uri = "/".join(part for part in (run.info.artifact_uri.rstrip("/"), path) if part)
             # A run with no artifacts makes download_artifacts wait forever (mlflow#16467): look first.
             from mlflow.artifacts import list_artifacts
 

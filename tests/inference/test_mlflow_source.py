@@ -48,7 +48,14 @@ def test_a_version_is_downloaded_into_a_revision_that_records_what_it_resolved_t
 
     revision = repository.create_revision("from-mlflow", source)
 
-    expected = {"registered_model": NAME, "version": "1", "run_id": registry["run1"], "tracking_uri": registry["uri"]}
+    expected = {
+        "registered_model": NAME,
+        "version": "1",
+        "run_id": registry["run1"],
+        "experiment_id": "0",
+        "artifact_path": "model",
+        "tracking_uri": registry["uri"],
+    }
     assert source.resolved == expected
     assert repository.provenance("from-mlflow", revision.revision) == {"uri": f"models:/{NAME}/1", **expected}
     assert sorted(repository.manifest(revision.path)) == [
