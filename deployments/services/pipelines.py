@@ -19,6 +19,7 @@ from deployments.inference import DeployFailed, FenceLost, GreenDeployer, StageE
 from deployments.models import DeploymentTask, EmbeddingModel, Task, TaskStatus
 from deployments.services.deployer import deployer_session
 from deployments.services.leases import Fence, lock_capacity
+from deployments.services.memory import memory_planner, record_footprint
 from deployments.services.recording import Outcome, TaskRecorder
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ def run_deployment(task: Task, recorder: TaskRecorder, fence: Fence) -> Outcome:
             return _refuse(recorder, refusal)
         try:
             with _registry_follows_repository_on_failure(model.id, deployer, fence):
-                result = deployer.fenced(fence.check).deploy(
+                fenced = deployer.fenced(fence.check)
+                result = fenced.deploy(
                     model.id,
                     model.source,
                     expected_dimensions=expected_dimensions,
@@ -45,9 +47,11 @@ def run_deployment(task: Task, recorder: TaskRecorder, fence: Fence) -> Outcome:
                     progress=recorder,
                     rollback_requested=lambda blue: rollback_waiting(model.id, blue),
                     tracking_uri=model.mlflow_tracking_uri or None,
+                    admit=memory_planner(task.pk, fenced, fence),
                 )
         except DeployFailed as exc:
             return _failure(exc)
+    record_footprint(model.id, result.revision, result.memory_bytes)
     _update_registry(
         model.id,
         fence,
