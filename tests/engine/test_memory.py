@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from deployments import jobs, services
-from deployments.inference import V2Client, served_name
+from deployments.inference import ModelRepository, V2Client, open_source, served_name
 from deployments.inference.packaged import packaged_model_dir
 from deployments.models import DeploymentTask, EmbeddingModel, ModelRevision, TaskStatus
+from deployments.services.deployer import deployer_session
+from deployments.services.memory import plan_green
 from tests.support.factories import EmbeddingModelFactory, RunningDeploymentFactory
 from tests.support.tiny_models import TINY_DIMENSIONS
 
@@ -72,10 +74,8 @@ def test_the_footprint_recorded_after_a_deploy_is_the_models_parameter_bytes(mem
     assert expected <= recorded.memory_bytes <= expected * 1.01
     assert task.metadata["memory_bytes"] == recorded.memory_bytes
     # The estimate from the weight files (the tiny model's are float16, loaded as float32) agrees as closely.
-    repository = memory_settings.MODEL_REPOSITORY_ROOT
-    from deployments.inference import ModelRepository
-
-    estimate = ModelRepository(repository).estimated_memory_bytes(model.id, task.metadata["revision"])
+    repository = ModelRepository(memory_settings.MODEL_REPOSITORY_ROOT)
+    estimate = repository.estimated_memory_bytes(model.id, task.metadata["revision"])
     assert expected <= estimate <= expected * 1.01
 
 
@@ -145,3 +145,29 @@ def test_a_running_deploy_of_another_model_holds_its_reservation_until_it_ends(m
 
     DeploymentTask.objects.filter(pk=running.pk).update(status=TaskStatus.FAILED)
     assert deploy(model.id).status == TaskStatus.DONE
+
+
+def test_of_two_deploys_planned_for_the_last_memory_the_second_is_refused_until_the_first_ends(
+    memory_settings, tiny_source, mlserver
+):
+    """The planner's own reservation counts for every later plan (both run under the capacity lock)."""
+    first, second = (
+        EmbeddingModelFactory(id=f"mem-race-{n}", source=str(tiny_source), dimensions=TINY_DIMENSIONS) for n in (1, 2)
+    )
+    first_task, second_task = (RunningDeploymentFactory(embedding_model_id=model.id) for model in (first, second))
+    with deployer_session() as deployer:
+        revisions = [
+            deployer.repository.create_revision(model.id, open_source(str(tiny_source), [tiny_source.parent]))
+            for model in (first, second)
+        ]
+        estimate = deployer.repository.estimated_memory_bytes(first.id, revisions[0].revision)
+        memory_settings.REPLICA_MEMORY_BYTES = int(estimate * 1.5)  # room for one of them
+
+        assert plan_green(first_task.pk, deployer, revisions[0], [mlserver.url]) is None
+        refusal = plan_green(second_task.pk, deployer, revisions[1], [mlserver.url])
+        assert refusal and f"1 revision(s) use {estimate / MB:.1f} MB" in refusal
+        assert f"needs {estimate / MB:.1f} MB, replica {mlserver.url}" in refusal
+
+        DeploymentTask.objects.filter(pk=first_task.pk).update(status=TaskStatus.FAILED)  # it ended, unloaded
+        assert plan_green(second_task.pk, deployer, revisions[1], [mlserver.url]) is None
+    assert ModelRevision.objects.get(pk=served_name(second.id, revisions[1].revision)).loading_task_id == second_task.pk
