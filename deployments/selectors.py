@@ -280,17 +280,28 @@ def revision_footprints(names: Iterable[str]) -> dict[str, int]:
     return dict(ModelRevision.objects.filter(name__in=set(names)).values_list("name", "memory_bytes"))
 
 
-def replica_memory(loaded: Mapping[str, Iterable[str] | None]) -> dict[str, ReplicaMemory]:
+def replica_memory(
+    loaded: Mapping[str, Iterable[str] | None], ended_since: datetime | None = None
+) -> dict[str, ReplicaMemory]:
     """Each replica's memory from the names it has loaded (replica URL -> names; None: did not answer),
-    against REPLICA_MEMORY_BYTES. One query, however many replicas and revisions."""
+    against REPLICA_MEMORY_BYTES. One query, however many replicas and revisions.
+
+    Reserved are the revisions of deploys still running and, with ``ended_since``, of those that ended
+    since then: what they loaded may be missing from names read at that moment.
+    """
     loaded_names = {url: set(names or ()) for url, names in loaded.items()}
     every = set().union(*loaded_names.values())
-    rows = ModelRevision.objects.filter(Q(name__in=every) | Q(loading_task__status=TaskStatus.PROCESSING))
+    reserving = Q(loading_task__status=TaskStatus.PROCESSING)
+    if ended_since is not None:
+        reserving |= Q(loading_task__finished_at__gte=ended_since)
+    rows = ModelRevision.objects.filter(Q(name__in=every) | reserving).annotate(
+        reserved=Case(When(reserving, then=Value(True)), default=Value(False))
+    )
     footprints: dict[str, int] = {}
     reserved: dict[str, int] = {}
-    for name, memory_bytes, loading_status in rows.values_list("name", "memory_bytes", "loading_task__status"):
+    for name, memory_bytes, is_reserved in rows.values_list("name", "memory_bytes", "reserved"):
         footprints[name] = memory_bytes
-        if loading_status == TaskStatus.PROCESSING:
+        if is_reserved:
             reserved[name] = memory_bytes
     memory = {}
     for url, names in loaded_names.items():

@@ -5,16 +5,20 @@ when first planned, then what the runtime counted once a deploy has loaded it (p
 buffers, reported with the smoke test's answer). Just before green loads, the planner adds up, per
 replica, the footprints of the names it has ready (blue among them, during a deploy) and of the
 revisions other running deploys have reserved, and refuses the deploy with the numbers when green
-would not fit; otherwise it reserves green's footprint under the deploy's task. The whole check and
-the reservation hold the capacity lock that slot-taking holds, so two deploys cannot both take the
-last memory.
+would not fit; otherwise it reserves green's footprint under the deploy's task. The check and the
+reservation hold the capacity lock that slot-taking holds, so two deploys cannot both take the last
+memory. The replicas' indexes are read just before the lock, not under it (an index takes seconds
+with thousands of revisions in the repository): a deploy that ended meanwhile may have loaded what
+they miss, so reservations of deploys that ended since a moment before the read count too.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from django.db import transaction
+from django.utils import timezone
 
 from deployments import selectors
 from deployments.inference import GreenDeployer, Revision, served_name
@@ -24,6 +28,10 @@ from deployments.models import EmbeddingModel, ModelRevision
 from deployments.services.leases import Fence, lock_capacity
 
 logger = logging.getLogger(__name__)
+
+# Taken off the moment the replicas' indexes are read, for the clocks of the workers' hosts: a deploy's
+# end is stamped by its own host.
+CLOCK_MARGIN = timedelta(seconds=5)
 
 
 def megabytes(size: int) -> str:
@@ -45,17 +53,17 @@ def plan_green(
 ) -> str | None:
     """Why ``green`` does not fit on one of ``replicas`` (the numbers), or None once its memory is reserved."""
     name = served_name(green.model_id, green.revision)
+    read_at = timezone.now() - CLOCK_MARGIN
+    ready = deployer.fleet.ready_names()
+    loaded = {url: ready.get(url) or set() for url in replicas}
     with transaction.atomic():
         lock_capacity()
         if fence is not None:
             fence.check()
-        # Read under the lock: a deploy that finished a moment ago is counted by what it loaded.
-        ready = deployer.fleet.ready_names()
-        loaded = {url: ready.get(url) or set() for url in replicas}
         _record_estimates(deployer, set().union(*loaded.values()) | {name})
         # A revision whose files could not be read is counted by their size on disk.
         need = selectors.revision_footprints([name]).get(name, green.size_bytes)
-        for url, memory in selectors.replica_memory(loaded).items():
+        for url, memory in selectors.replica_memory(loaded, ended_since=read_at).items():
             held = {other: size for other, size in memory.held.items() if other != name}
             used = sum(held.values())
             if name not in loaded[url] and used + need > memory.budget_bytes:

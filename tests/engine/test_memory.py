@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
-from deployments import jobs, services
+from deployments import jobs, selectors, services
 from deployments.inference import ModelRepository, V2Client, open_source, served_name
 from deployments.inference.packaged import packaged_model_dir
 from deployments.models import DeploymentTask, EmbeddingModel, ModelRevision, TaskStatus
@@ -171,3 +173,31 @@ def test_of_two_deploys_planned_for_the_last_memory_the_second_is_refused_until_
         DeploymentTask.objects.filter(pk=first_task.pk).update(status=TaskStatus.FAILED)  # it ended, unloaded
         assert plan_green(second_task.pk, deployer, revisions[1], [mlserver.url]) is None
     assert ModelRevision.objects.get(pk=served_name(second.id, revisions[1].revision)).loading_task_id == second_task.pk
+
+
+def test_a_deploy_that_ended_after_the_replicas_were_read_still_counts_for_what_they_may_miss(memory_settings):
+    """The planner reads the replicas before taking the lock: what a deploy ending meanwhile loaded
+    is not in that read, so its reservation still counts; one that ended before the read does not."""
+    memory_settings.REPLICA_MEMORY_BYTES = 100 * MB
+    read_at = timezone.now()
+    ended = {"mem-ended-after": read_at + timedelta(seconds=1), "mem-ended-before": read_at - timedelta(seconds=1)}
+    for model_id, finished_at in ended.items():
+        model = EmbeddingModelFactory(id=model_id)
+        task = RunningDeploymentFactory(embedding_model_id=model.id, status=TaskStatus.DONE, finished_at=finished_at)
+        ModelRevision.objects.create(
+            name=served_name(model.id, "0123456789abcdef"),
+            embedding_model=model,
+            revision="0123456789abcdef",
+            memory_bytes=30 * MB,
+            loading_task=task,
+        )
+    after = served_name("mem-ended-after", "0123456789abcdef")
+
+    (memory,) = selectors.replica_memory({"http://replica": set()}, ended_since=read_at).values()
+    assert memory.held == {after: 30 * MB} and memory.free_bytes == 70 * MB
+    # Once the read shows it loaded, it is counted once, as loaded.
+    (memory,) = selectors.replica_memory({"http://replica": {after}}, ended_since=read_at).values()
+    assert memory.held == {after: 30 * MB}
+    # The admin's and the metrics' view (no read in progress): ended deploys reserve nothing.
+    (memory,) = selectors.replica_memory({"http://replica": set()}).values()
+    assert memory.held == {} and memory.used_bytes == 0
