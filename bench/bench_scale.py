@@ -1,6 +1,7 @@
 """Costs that must stay flat as the number of models grows, measured side by side in one run.
 
-    .venv/bin/python bench/bench_scale.py [--loads 10] [--models 1000]
+    .venv/bin/python bench/bench_scale.py [--sections load-stall,memory-plan] [--loads 10] [--models 1000]
+        [--memory-loaded 100]
 
 Sections (each a function returning rows of one table, printed at the end):
 
