@@ -117,3 +117,11 @@ def record_footprint(embedding_model_id: str, revision: str, memory_bytes: int |
             "measured": True,
         },
     )
+
+
+def forget_footprints(embedding_model_id: str, revisions: list[str] | None = None) -> None:
+    """Drop the footprints of revisions the repository no longer keeps (all of the model's: None)."""
+    rows = ModelRevision.objects.filter(embedding_model_id=embedding_model_id)
+    if revisions is not None:
+        rows = rows.filter(revision__in=revisions)
+    rows.delete()

@@ -126,6 +126,12 @@ def test_during_a_deploy_blue_and_green_are_both_counted(memory_settings, tiny_s
     green = deploy(model.id)
     assert green.status == TaskStatus.DONE, green.detail
     assert green.metadata["previous_revision"] == blue.metadata["revision"]
+    assert ModelRevision.objects.filter(embedding_model=model).count() == 2  # both kept, both recorded
+
+    # Deleted from the server, its revisions are gone from the repository and their footprints with them.
+    deletion = services.submit_deletion(model.id).task
+    assert jobs.run_task(str(deletion.pk)) == TaskStatus.DONE
+    assert not ModelRevision.objects.filter(embedding_model=model).exists()
 
 
 def test_a_running_deploy_of_another_model_holds_its_reservation_until_it_ends(memory_settings, tiny_source):
