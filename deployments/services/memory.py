@@ -73,7 +73,14 @@ def plan_green(
                     f"{megabytes(memory.budget_bytes)} (REPLICA_MEMORY_BYTES): {len(held)} revision(s) use "
                     f"{megabytes(used)}"
                 )
-        ModelRevision.objects.filter(pk=name).update(loading_task_id=task_id)
+        if not ModelRevision.objects.filter(pk=name).update(loading_task_id=task_id):
+            ModelRevision.objects.create(
+                name=name,
+                embedding_model_id=green.model_id,
+                revision=green.revision,
+                memory_bytes=need,
+                loading_task_id=task_id,
+            )
     return None
 
 
