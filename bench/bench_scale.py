@@ -1,6 +1,7 @@
 """Costs that must stay flat as the number of models grows, measured side by side in one run.
 
-    .venv/bin/python bench/bench_scale.py [--loads 10] [--models 1000]
+    .venv/bin/python bench/bench_scale.py [--sections load-stall,memory-plan] [--loads 10] [--models 1000]
+        [--memory-loaded 100]
 
 Sections (each a function returning rows of one table, printed at the end):
 
@@ -12,6 +13,13 @@ Sections (each a function returning rows of one table, printed at the end):
       at --models models, and their ratio (target for ours <= 1.2), with the load calls' own time.
       The two sizes alternate load by load (the models beyond the first 10 are moved in and out of the
       root between loads), so a drift of the machine's load falls on both alike.
+
+  memory plan: what a deploy's memory check costs (deployments/services/memory.py plan_green: the
+      replica's index, the footprints of what it has loaded, the running deploys' reservations, under
+      the capacity lock), on a throwaway SQLite database registering --models models with 3 revisions
+      each, against one real MLServer replica with 10 and then --memory-loaded tiny models loaded.
+      The database's queries per plan (what holds the lock) must not grow with the models loaded or
+      registered; the replica's index, read before the lock, is most of a plan's time.
 
 The models are built here (tests/support/tiny_models.py: 1-layer 32-dimension BERT, random weights),
 everything lives in a temporary folder, and every server started is stopped at the end. The machine's
@@ -207,10 +215,102 @@ def section_load_stall(args: argparse.Namespace, workdir: Path) -> list[Row]:
     return rows
 
 
+# -- memory plan --------------------------------------------------------------------------------
+
+PLANS_PER_SIZE = 5
+
+
+def section_memory_plan(args: argparse.Namespace, workdir: Path) -> list[Row]:
+    section = "memory plan"
+    workdir.mkdir(parents=True)
+    from bench_operators import setup_django  # the same throwaway database setup
+
+    setup_django(workdir, None)
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from deployments.inference import Fleet, GreenDeployer, Revision, served_name
+    from deployments.inference.router import RouteTable
+    from deployments.models import EmbeddingModel, ModelRevision, Task, TaskKind, TaskStatus
+    from deployments.services.memory import plan_green
+
+    artifact = build_tiny_model(workdir / "tiny-model")
+    root = workdir / "repository"
+    lay_out_models(root, range(args.models), artifact)
+    EmbeddingModel.objects.bulk_create(
+        EmbeddingModel(id=model_name(n), source=str(artifact)) for n in range(args.models + 1)
+    )
+    ModelRevision.objects.bulk_create(
+        ModelRevision(
+            name=served_name(model_name(n), revision(n, r)),
+            embedding_model_id=model_name(n),
+            revision=revision(n, r),
+            memory_bytes=4_019_456,
+            measured=True,
+        )
+        for n in range(args.models + 1)
+        for r in range(REVISIONS_PER_MODEL)
+    )
+    green_id = model_name(args.models)  # registered, with revisions on record, never loaded
+    green = Revision(green_id, revision(args.models, 0), root / green_id, 1, 0)
+    task = Task.objects.create(
+        kind=TaskKind.DEPLOYMENT, embedding_model_id=green_id, status=TaskStatus.PROCESSING, sequence=1
+    )
+    server = LocalMLServer(root, workdir / "server", repository_implementation=LAYOUT_REPOSITORY)
+    rows = []
+    results: dict[int, tuple[float, int]] = {}
+    try:
+        server.start()
+        fleet = Fleet(server.url, [server.url], RouteTable(workdir / "xds"))
+        deployer = GreenDeployer(fleet, ModelRepository(root), allowed_roots=[])
+        loaded = 0
+        with V2Client(server.url, timeout=120) as client:
+            for size in (SMALL_REPOSITORY, args.memory_loaded):
+                for n in range(loaded, size):
+                    client.load(served_name(model_name(n), revision(n, 0)), timeout=120)
+                loaded = size
+                times, queries, query_ms = [], [], []
+                for _ in range(PLANS_PER_SIZE):
+                    with CaptureQueriesContext(connection) as captured:
+                        started = time.perf_counter()
+                        refusal = plan_green(task.pk, deployer, green, [server.url])
+                        times.append((time.perf_counter() - started) * 1000)
+                    assert refusal is None, refusal
+                    queries.append(len(captured))
+                    # The database's part (under the capacity lock); the rest is the replica's index.
+                    query_ms.append(sum(float(query["time"]) for query in captured.captured_queries) * 1000)
+                results[size] = (statistics.median(query_ms), max(queries))
+                rows.append(
+                    Row(
+                        section,
+                        f"{size} loaded, {args.models:,} models registered: one plan",
+                        f"median {statistics.median(times):.0f} ms, of which {max(queries)} queries "
+                        f"{statistics.median(query_ms):.1f} ms (the rest: the replica's index)",
+                    )
+                )
+        fleet.close()
+    finally:
+        server.stop()
+    (small_ms, small_queries), (large_ms, large_queries) = results[SMALL_REPOSITORY], results[args.memory_loaded]
+    rows.append(
+        Row(
+            section,
+            f"queries per plan at {args.memory_loaded} / at {SMALL_REPOSITORY} loaded",
+            f"{large_queries / small_queries:.2f}x ({large_queries} / {small_queries}); "
+            f"their time {large_ms / small_ms:.2f}x",
+            large_queries / small_queries,
+            1.0,
+            "<= 1.0x",
+        )
+    )
+    return rows
+
+
 # -- the table ----------------------------------------------------------------------------------
 
 SECTIONS: dict[str, Callable[[argparse.Namespace, Path], list[Row]]] = {
     "load-stall": section_load_stall,
+    "memory-plan": section_memory_plan,
 }
 
 
@@ -232,6 +332,7 @@ def main() -> None:
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of: {', '.join(SECTIONS)}")
     parser.add_argument("--models", type=int, default=1000, help="models in the large repository (load stall)")
     parser.add_argument("--loads", type=int, default=10, help="loads of B at each repository size (load stall)")
+    parser.add_argument("--memory-loaded", type=int, default=100, help="models loaded on the replica (memory plan)")
     args = parser.parse_args()
     chosen = [name.strip() for name in args.sections.split(",") if name.strip()]
     unknown = set(chosen) - set(SECTIONS)

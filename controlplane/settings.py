@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+import psutil
 
 from deployments.inference.packaged import packaged_model_root
 
@@ -206,6 +207,19 @@ MLFLOW_RUN_SOURCE_TEMPLATE = os.environ.get("MLFLOW_RUN_SOURCE_TEMPLATE", "")
 INFERENCE_READY_TIMEOUT = float(os.environ.get("INFERENCE_READY_TIMEOUT", "300"))
 INFERENCE_KEEP_REVISIONS = int(os.environ.get("INFERENCE_KEEP_REVISIONS", "3"))
 MAX_DEPLOYED_MODELS = int(os.environ.get("MAX_DEPLOYED_MODELS", "20"))
+
+
+def detected_replica_memory(replicas: int) -> int:
+    """A replica's memory budget when REPLICA_MEMORY_BYTES is unset: this machine's memory less 1 GiB for
+    the system and the control plane, shared by the replicas as if they ran here (make run's do), each
+    less 512 MiB for MLServer and torch before any model is loaded."""
+    return max((psutil.virtual_memory().total - 2**30) // max(replicas, 1) - 2**29, 0)
+
+
+# The bytes of model weights one replica may hold: a deploy whose green would not fit is refused.
+REPLICA_MEMORY_BYTES = int(
+    os.environ.get("REPLICA_MEMORY_BYTES") or detected_replica_memory(len(INFERENCE_REPLICA_URLS))
+)
 
 # django-q2: the ORM broker on the same database by default; Redis when REDIS_URL is set.
 # django-q2 kills a job after TASK_TIMEOUT; a deploy's server calls alone may take

@@ -1,4 +1,5 @@
-"""System checks (``manage.py check``, run by every management command) on the task engine's limits."""
+"""System checks (``manage.py check``, run by every management command) on the task engine's limits and the
+replicas' memory budget."""
 
 from __future__ import annotations
 
@@ -39,5 +40,20 @@ def run_source_template_names_the_id(**kwargs: Any) -> list[Error]:
             f"MLFLOW_RUN_SOURCE_TEMPLATE={template!r} must be a runs:/ URI holding {{id}}",
             hint="For example runs:/{id}/model, or leave it unset to deploy registered models only.",
             id="deployments.E002",
+        )
+    ]
+
+
+@register()
+def replica_memory_is_positive(**kwargs: Any) -> list[Error]:
+    """With no memory to give, every deploy would be refused at load_green: say so at start instead."""
+    if settings.REPLICA_MEMORY_BYTES > 0:
+        return []
+    return [
+        Error(
+            f"REPLICA_MEMORY_BYTES={settings.REPLICA_MEMORY_BYTES} leaves no memory for models on a replica",
+            hint="Set REPLICA_MEMORY_BYTES to the bytes of weights one replica may hold (unset, it comes from "
+            "this machine's memory, which is too small for its replicas).",
+            id="deployments.E003",
         )
     ]

@@ -8,7 +8,8 @@ Two sources, merged in one registry per scrape:
   prometheus_client's multiprocess files (PROMETHEUS_MULTIPROC_DIR) that the scrape merges, as do
   django-prometheus's request and database metrics;
 - read from the database when scraped (``ControlPlaneCollector``): tasks by kind and status, the
-  oldest pending task, lease and heartbeat ages, open drifts, models deployed and slots used. The
+  oldest pending task, lease and heartbeat ages, open drifts, models deployed and slots used, each
+  inference server's memory used and budget. The
   database is the source of truth, so every web process answers the same.
 """
 
@@ -138,6 +139,23 @@ class ControlPlaneCollector(Collector):
             "MAX_DEPLOYED_MODELS: the slots there are.",
             value=settings.MAX_DEPLOYED_MODELS,
         )
+
+        memory_used = GaugeMetricFamily(
+            "controlplane_replica_memory_used_bytes",
+            "Per inference server, the recorded footprints of the revisions it has loaded (as the reconciler "
+            "last saw it) and of those running deploys reserved.",
+            labels=["replica"],
+        )
+        memory_budget = GaugeMetricFamily(
+            "controlplane_replica_memory_budget_bytes",
+            "Per inference server, REPLICA_MEMORY_BYTES: the bytes of weights it may hold.",
+            labels=["replica"],
+        )
+        for url, memory in sorted(state.replica_memory.items()):
+            memory_used.add_metric([url], memory.used_bytes)
+            memory_budget.add_metric([url], memory.budget_bytes)
+        yield memory_used
+        yield memory_budget
 
 
 def render_metrics() -> tuple[bytes, str]:

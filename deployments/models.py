@@ -162,6 +162,34 @@ class InferenceServer(models.Model):
         return self.url
 
 
+class ModelRevision(models.Model):
+    """What one revision of a model holds in a replica's memory, and the deploy loading it now.
+
+    ``memory_bytes`` is an estimate from the revision's weight files until a deploy has loaded it,
+    then what the runtime counted (``measured``). The deploy planner adds up these rows for the names
+    a replica has ready, plus ``loading_task``'s reservations, under the capacity lock.
+    """
+
+    name = models.CharField(
+        primary_key=True, max_length=MAX_MODEL_ID_LENGTH + 17, help_text="<model id>~<revision>, as served."
+    )
+    embedding_model = models.ForeignKey(EmbeddingModel, on_delete=models.CASCADE, related_name="revisions")
+    revision = models.CharField(max_length=16)
+    memory_bytes = models.BigIntegerField(help_text="Bytes of weights the revision holds on a replica.")
+    measured = models.BooleanField(default=False, help_text="Counted by the runtime at load, not estimated.")
+    # While this task is processing, the revision's memory is reserved on every replica.
+    loading_task = models.ForeignKey(
+        "Task", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=True
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class TaskStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     PROCESSING = "processing", "Processing"

@@ -4,10 +4,11 @@ The admin's dashboard keeps its own queries in ``deployments.admin.dashboard``."
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import (
     Case,
@@ -38,6 +39,7 @@ from deployments.models import (
     EngineEvent,
     InferenceServer,
     ModelLease,
+    ModelRevision,
     Task,
     TaskEvent,
     TaskKind,
@@ -247,6 +249,69 @@ def list_embedding_models() -> QuerySet[EmbeddingModel]:
 
 def inference_servers() -> QuerySet[InferenceServer]:
     return InferenceServer.objects.order_by("url")
+
+
+# -- Memory: what each replica holds, by the revisions' recorded footprints ---------------------
+
+
+@dataclass(frozen=True)
+class ReplicaMemory:
+    """One replica's memory as the control plane counts it: the footprints of the revisions it has
+    loaded, plus those reserved by deploys still running (they load on every replica)."""
+
+    budget_bytes: int
+    held: dict[str, int]  # served name -> bytes, loaded or reserved
+    unrecorded: tuple[str, ...] = ()  # loaded names with no footprint on record (not counted)
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(self.held.values())
+
+    @property
+    def free_bytes(self) -> int:
+        return max(self.budget_bytes - self.used_bytes, 0)
+
+
+def revision_footprints(names: Iterable[str]) -> dict[str, int]:
+    """The recorded footprint of each of these served names that has one."""
+    return dict(ModelRevision.objects.filter(name__in=set(names)).values_list("name", "memory_bytes"))
+
+
+def replica_memory(
+    loaded: Mapping[str, Iterable[str] | None], ended_since: datetime | None = None
+) -> dict[str, ReplicaMemory]:
+    """Each replica's memory from the names it has loaded (replica URL -> names; None: did not answer),
+    against REPLICA_MEMORY_BYTES. One query, however many replicas and revisions.
+
+    Reserved are the revisions of deploys still running and, with ``ended_since``, of those that ended
+    since then: what they loaded may be missing from names read at that moment.
+    """
+    loaded_names = {url: set(names or ()) for url, names in loaded.items()}
+    every = set().union(*loaded_names.values())
+    reserving = Q(loading_task__status=TaskStatus.PROCESSING)
+    if ended_since is not None:
+        reserving |= Q(loading_task__finished_at__gte=ended_since)
+    rows = ModelRevision.objects.filter(Q(name__in=every) | reserving).annotate(
+        reserved=Case(When(reserving, then=Value(True)), default=Value(False))
+    )
+    footprints: dict[str, int] = {}
+    reserved: dict[str, int] = {}
+    for name, memory_bytes, is_reserved in rows.values_list("name", "memory_bytes", "reserved"):
+        footprints[name] = memory_bytes
+        if is_reserved:
+            reserved[name] = memory_bytes
+    memory = {}
+    for url, names in loaded_names.items():
+        held = {name: footprints[name] for name in names if name in footprints}
+        held |= {name: size for name, size in reserved.items() if name not in names}
+        unrecorded = tuple(sorted(name for name in names if name not in footprints))
+        memory[url] = ReplicaMemory(settings.REPLICA_MEMORY_BYTES, held, unrecorded)
+    return memory
+
+
+def servers_memory(servers: Iterable[InferenceServer]) -> dict[str, ReplicaMemory]:
+    """``replica_memory`` of inference servers as the reconciler last saw them (a down one holds nothing)."""
+    return replica_memory({server.url: server.loaded if server.live else () for server in servers})
 
 
 def open_drifts() -> QuerySet[Drift]:
@@ -509,10 +574,11 @@ class ControlPlaneState:
     clusters: list[WorkerCluster]  # running (not stopped) worker clusters
     open_drifts: int
     models_by_state: dict[str, int]
+    replica_memory: dict[str, ReplicaMemory]  # inference server URL -> its memory
 
 
 def control_plane_state() -> ControlPlaneState:
-    """Six short queries, each an index seek or one grouped scan, whatever the history's size."""
+    """Eight short queries, each an index seek or one grouped scan, whatever the history's size."""
     tasks = {
         (row["kind"], row["status"]): row["n"]
         for row in Task.objects.order_by().values("kind", "status").annotate(n=Count("pk"))
@@ -534,4 +600,5 @@ def control_plane_state() -> ControlPlaneState:
         clusters=clusters,
         open_drifts=Drift.objects.filter(resolved_at__isnull=True).count(),
         models_by_state=models_by_state,
+        replica_memory=servers_memory(inference_servers()),
     )

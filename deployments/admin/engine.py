@@ -7,9 +7,11 @@ from django.contrib import admin
 from django.utils.html import format_html_join
 from django.utils.safestring import SafeString
 
+from deployments import selectors
 from deployments.admin.display import STATUS_COLOURS, badge
 from deployments.admin.history import ReadOnlyAdminMixin
 from deployments.models import EngineEvent, InferenceServer, TaskStatus, WorkerCluster
+from deployments.services.memory import megabytes
 
 
 @admin.register(WorkerCluster)
@@ -44,8 +46,20 @@ class EngineEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 class InferenceServerAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Written by the reconciler at each pass (``INFERENCE_REPLICA_URLS``)."""
 
-    list_display = ("url", "answers", "loaded_names", "checked_at", "last_seen_at", "error")
-    readonly_fields = ("url", "live", "loaded", "error", "checked_at", "last_seen_at")
+    list_display = ("url", "answers", "memory", "loaded_names", "checked_at", "last_seen_at", "error")
+    readonly_fields = ("url", "live", "memory", "loaded", "error", "checked_at", "last_seen_at")
+
+    @admin.display(description="memory")
+    def memory(self, server: InferenceServer) -> str:
+        """Used and free of REPLICA_MEMORY_BYTES, by the recorded footprints of what it has loaded."""
+        memory = selectors.servers_memory([server])[server.url]  # one query; a handful of servers
+        shown = (
+            f"{megabytes(memory.used_bytes)} used of {megabytes(memory.budget_bytes)}, "
+            f"{megabytes(memory.free_bytes)} free ({len(memory.held)} revision(s))"
+        )
+        if memory.unrecorded:
+            shown += f"; {len(memory.unrecorded)} loaded with no footprint on record"
+        return shown
 
     @admin.display(description="answers", ordering="live")
     def answers(self, server: InferenceServer) -> SafeString:

@@ -188,11 +188,32 @@ class AuditEntrySerializer(serializers.ModelSerializer):
 
 
 class InferenceServerSerializer(serializers.ModelSerializer):
-    """An inference server as the reconciler last saw it."""
+    """An inference server as the reconciler last saw it, with its memory (``selectors.ReplicaMemory``
+    set as ``memory`` on each server by the view)."""
+
+    memory_budget_bytes = serializers.IntegerField(
+        source="memory.budget_bytes", read_only=True, help_text="REPLICA_MEMORY_BYTES: the weights it may hold."
+    )
+    memory_used_bytes = serializers.IntegerField(
+        source="memory.used_bytes",
+        read_only=True,
+        help_text="The recorded footprints of the revisions it has loaded, and of those running deploys reserved.",
+    )
+    memory_free_bytes = serializers.IntegerField(source="memory.free_bytes", read_only=True)
 
     class Meta:
         model = InferenceServer
-        fields = ["url", "live", "loaded", "error", "checked_at", "last_seen_at"]
+        fields = [
+            "url",
+            "live",
+            "loaded",
+            "memory_budget_bytes",
+            "memory_used_bytes",
+            "memory_free_bytes",
+            "error",
+            "checked_at",
+            "last_seen_at",
+        ]
         read_only_fields = fields
 
 

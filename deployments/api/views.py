@@ -478,7 +478,7 @@ class EmbeddingModelViewSet(viewsets.ModelViewSet):
 
 @extend_schema_view(
     list=extend_schema(
-        summary="List the inference servers: does each answer, what has it loaded",
+        summary="List the inference servers: does each answer, what has it loaded, its memory used and free",
         description="As the reconciler last saw them (INFERENCE_REPLICA_URLS), every few seconds.",
         responses={200: InferenceServerSerializer(many=True), **error_responses(401)},
         tags=["Servers"],
@@ -492,7 +492,11 @@ class InferenceServerViewSet(viewsets.GenericViewSet):
         return selectors.inference_servers()
 
     def list(self, request: Request) -> Response:
-        return Response(InferenceServerSerializer(self.get_queryset(), many=True).data)
+        servers = list(self.get_queryset())
+        memory = selectors.servers_memory(servers)
+        for server in servers:
+            server.memory = memory[server.url]
+        return Response(InferenceServerSerializer(servers, many=True).data)
 
 
 @extend_schema_view(

@@ -81,6 +81,10 @@ ProgressCallback = Callable[[StageEvent], None]
 # Asked during the bake with blue's revision: a reason to roll back to it now (an operator asked for
 # it), or None.
 RollbackRequest = Callable[[str], "str | None"]
+# Asked just before green loads, with green's revision (its files in the repository) and the replicas it
+# will load on: a reason they cannot hold it (the deploy is refused at load_green), or None to go on.
+# The control plane plans each replica's memory here.
+AdmitGreen = Callable[[Revision, list[str]], "str | None"]
 # Raises FenceLost when the caller's attempt no longer owns the model; called before every stage and write.
 Guard = Callable[[], None]
 
@@ -123,6 +127,7 @@ class DeployResult:
     previous_revision: str | None
     endpoint: str
     dimensions: int
+    memory_bytes: int | None = None  # what the loaded revision holds on a replica (its runtime's count)
     replicas: list[str] = field(default_factory=list)  # the replicas that serve the revision
     skipped_replicas: list[str] = field(default_factory=list)  # did not answer; the reconciler catches them up
     switch_ms: float | None = None  # the deployer's route update until Envoy serves it
@@ -136,6 +141,7 @@ class DeployResult:
             "previous_revision": self.previous_revision,
             "endpoint": self.endpoint,
             "dimensions": self.dimensions,
+            "memory_bytes": self.memory_bytes,
             "replicas": self.replicas,
             "skipped_replicas": self.skipped_replicas,
             "switch_ms": self.switch_ms,
@@ -302,9 +308,13 @@ class GreenDeployer:
         progress: ProgressCallback | None = None,
         rollback_requested: RollbackRequest | None = None,
         tracking_uri: str | None = None,
+        admit: AdmitGreen | None = None,
     ) -> DeployResult:
         """Deploy ``source_uri`` (or, with ``revision``, a revision the repository keeps: a rollback,
         nothing is fetched) as ``model_id``. Raises DeployFailed (``.stage``, ``.reason``) on failure.
+
+        ``admit`` is asked just before green loads whether the replicas can hold it; a reason it
+        returns refuses the deploy at ``load_green``, before anything is loaded.
 
         ``rollback_requested`` is asked during the bake: a reason it returns rolls the route back to
         blue at once, as a failure would (a rollback asked for during a bake is only a switch).
@@ -339,11 +349,14 @@ class GreenDeployer:
         name = served_name(model_id, green.revision)
         try:
             with timeline.stage("load_green", f"loading {name} on {len(replicas)} replica(s)") as closing:
-                loaded = self._load_green(model_id, green.revision, blue, replicas)
+                fits = (lambda: admit(green, replicas)) if admit else None
+                loaded = self._load_green(model_id, green.revision, blue, replicas, fits)
                 closing.append(f"ready on {len(replicas)} replica(s)" + ("" if loaded else " (was loaded)"))
             with timeline.stage("smoke_test") as closing:
-                dimensions = self._smoke_test_each(name, green.revision, expected_dimensions, replicas)
+                dimensions, memory_bytes = self._smoke_test_each(name, green.revision, expected_dimensions, replicas)
                 closing.append(f"{len(self.probe_texts)} probes on each replica, {dimensions} dimensions, finite")
+                if memory_bytes is not None:
+                    closing.append(f"({memory_bytes:,} bytes loaded)")
             with timeline.stage("switch", f"{blue or 'nothing'} -> {green.revision}") as closing:
                 switch_ms = self._switch(model_id, green.revision, blue)
                 closing.append(f"the router answers from {green.revision} after {switch_ms:.1f} ms")
@@ -381,6 +394,7 @@ class GreenDeployer:
             previous_revision=blue,
             endpoint=self.endpoint(model_id),
             dimensions=dimensions,
+            memory_bytes=memory_bytes,
             replicas=replicas,
             skipped_replicas=skipped,
             switch_ms=switch_ms,
@@ -430,12 +444,23 @@ class GreenDeployer:
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
         return Revision(model_id, revision, path, files, size)
 
-    def _load_green(self, model_id: str, green: str, blue: str | None, replicas: list[str]) -> bool:
-        """Load green on the replicas (in parallel); False when every one already had it ready."""
+    def _load_green(
+        self,
+        model_id: str,
+        green: str,
+        blue: str | None,
+        replicas: list[str],
+        fits: Callable[[], str | None] | None = None,
+    ) -> bool:
+        """Load green on the replicas (in parallel); False when every one already had it ready, or
+        refused (DeployFailed) when ``fits`` says why the replicas cannot hold it."""
         # Revisions left by crashed or superseded attempts go first: with them loaded beside blue
         # and green, a replica would hold three revisions of the model or more.
         for leftover in set(self.repository.loadable_revisions(model_id)) - {green, blue}:
             self._retire(model_id, leftover)
+        # Asked once the leftovers are gone (they free memory), before green takes any.
+        if fits is not None and (refusal := fits()):
+            raise DeployFailed("load_green", refusal, refused=True)
         name = served_name(model_id, green)
         self.repository.write_settings(model_id, green)
         ready = self.fleet.ready_names()
@@ -447,20 +472,28 @@ class GreenDeployer:
         self.fleet.publish(self.repository, timeout=PUBLISH_TIMEOUT)
         return bool(missing)
 
-    def _smoke_test_each(self, name: str, revision: str, expected_dimensions: int | None, replicas: list[str]) -> int:
-        """A real inference on every replica directly; the first failure (naming its replica) fails the stage."""
+    def _smoke_test_each(
+        self, name: str, revision: str, expected_dimensions: int | None, replicas: list[str]
+    ) -> tuple[int, int | None]:
+        """A real inference on every replica directly; the first failure (naming its replica) fails the stage.
+        Returns the dimensions and the most memory a replica says the revision holds (None: none said)."""
         results = self.fleet.on_each(
             lambda client: self._smoke_test(client, name, revision, expected_dimensions), replicas
         )
         failures = {url: str(result) for url, result in results.items() if isinstance(result, InferenceError)}
         if failures:
             raise DeployFailed("smoke_test", _by_replica(failures))
-        dimensions = {result for result in results.values() if isinstance(result, int)}
+        answers = [result for result in results.values() if isinstance(result, tuple)]
+        dimensions = {answer_dimensions for answer_dimensions, _ in answers}
         if len(dimensions) != 1:
             raise DeployFailed("smoke_test", f"replicas disagree on the dimensions: {sorted(dimensions)}")
-        return dimensions.pop()
+        memory = [memory_bytes for _, memory_bytes in answers if memory_bytes is not None]
+        return dimensions.pop(), max(memory, default=None)
 
-    def _smoke_test(self, client: V2Client, name: str, revision: str, expected_dimensions: int | None) -> int:
+    def _smoke_test(
+        self, client: V2Client, name: str, revision: str, expected_dimensions: int | None
+    ) -> tuple[int, int | None]:
+        """Green's answer on one replica checked; its dimensions and the memory its runtime says it holds."""
         result = client.infer(name, self.probe_texts)
         vectors = result.embeddings
         if vectors.ndim != 2 or vectors.shape[0] != len(self.probe_texts):
@@ -480,7 +513,8 @@ class GreenDeployer:
         answered_by = result.parameters.get("revision")
         if answered_by != revision:
             raise DeployFailed("smoke_test", f"{name} answered from revision {answered_by!r}, not {revision!r}")
-        return dimensions
+        memory_bytes = result.parameters.get("memory_bytes")
+        return dimensions, memory_bytes if isinstance(memory_bytes, int) else None
 
     def _switch(self, model_id: str, revision: str, previous: str | None) -> float:
         """Point the model's URL at ``revision`` in one route update (green's cluster is already warm);

@@ -143,6 +143,31 @@ def _safetensors_problem(path: Path) -> str | None:
     return None
 
 
+# The runtime computes in float32: a tensor stored in a narrower type (float16, bfloat16) is widened at load.
+LOADED_MIN_ITEM_BYTES = 4
+
+
+def loaded_weight_bytes(files: Iterable[Path]) -> int:
+    """What a model folder's weights will hold in memory once loaded, read from its files alone.
+
+    A safetensors file: each tensor's elements (from its header, the tensors are not read) times its
+    item size, at least float32's; a ``*.bin`` archive: its size (its dtypes are inside the pickle).
+    Meant for artifacts that passed ``check_artifacts``.
+    """
+    total = 0
+    for path in files:
+        if path.name.endswith(".bin"):
+            total += path.stat().st_size
+        elif path.name.endswith(".safetensors"):
+            with open(path, "rb") as handle:
+                header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+            for name, tensor in header.items():
+                if name != "__metadata__":
+                    item_bytes = max(SAFETENSORS_DTYPE_BYTES[tensor["dtype"]], LOADED_MIN_ITEM_BYTES)
+                    total += math.prod(tensor["shape"]) * item_bytes
+    return total
+
+
 def _torch_archive_problem(path: Path) -> str | None:
     """A ``torch.save`` file (``pytorch_model.bin``) is a zip archive whose directory is at its end, so
     a truncated copy has none. Files in the legacy pickle format (or not torch's) are left alone."""

@@ -34,7 +34,7 @@ from typing import Any
 
 from .errors import ChecksumMismatch, InferenceError, SourceRefused
 from .ids import REVISION_SEPARATOR, served_name, validate_model_id
-from .integrity import check_artifacts
+from .integrity import check_artifacts, loaded_weight_bytes
 from .sources import ModelSource
 
 MANIFEST_NAME = "MANIFEST.sha256"
@@ -228,6 +228,11 @@ class ModelRepository:
             return json.loads((self.revision_path(model_id, revision) / PROVENANCE_NAME).read_text())
         except (OSError, ValueError):
             return {}
+
+    def estimated_memory_bytes(self, model_id: str, revision: str) -> int:
+        """What a kept revision's weights will hold in a replica's memory, from its files' headers and sizes."""
+        path = self.revision_path(model_id, revision)
+        return loaded_weight_bytes(path / relpath for relpath in self.manifest(path))
 
     def revision_path(self, model_id: str, revision: str) -> Path:
         return self.revisions_dir(model_id) / revision

@@ -8,7 +8,9 @@ server's event loop (and with it every other model's traffic).
 Input: one BYTES tensor of strings. Output: FP32 ``[n, dim]`` embeddings, normalised when the
 model's own module list ends in a Normalize layer (as all-MiniLM-L6-v2's does) or when the
 settings' ``extra.normalize`` asks for it. Each response carries the revision that answered it in
-its parameters, so a deploy can prove which revision a name serves.
+its parameters, so a deploy can prove which revision a name serves, and the memory the loaded
+model holds (``memory_bytes``: its parameters' and buffers' bytes, counted once at load), so a
+deploy can record what the revision costs a replica.
 """
 
 from __future__ import annotations
@@ -57,6 +59,16 @@ def resolve_device(requested: str, cuda_available: bool) -> str:
     return requested
 
 
+def model_memory_bytes(model: Any) -> int:
+    """The bytes a loaded torch module holds: its parameters and buffers (shared tensors once).
+
+    Counted from the tensors, not the process's resident memory: deterministic, and unmoved by other
+    models loading in the same replica at the same time (which makes RSS deltas noise).
+    """
+    tensors = {id(tensor): tensor for tensor in (*model.parameters(), *model.buffers())}
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
+
+
 class SentenceTransformerRuntime(MLModel):
     async def load(self) -> bool:
         extra: dict[str, Any] = dict(self.settings.parameters.extra or {}) if self.settings.parameters else {}
@@ -75,6 +87,7 @@ class SentenceTransformerRuntime(MLModel):
             self._model.get_sentence_embedding_dimension  # sentence-transformers < 5.2
         )
         self._dimensions = int(get_dimension())
+        self._memory_bytes = model_memory_bytes(self._model)
         self._marker = self._create_marker()
         return True
 
@@ -93,7 +106,9 @@ class SentenceTransformerRuntime(MLModel):
         metadata = await super().metadata()
         metadata.inputs = [MetadataTensor(name="text", datatype="BYTES", shape=[-1])]
         metadata.outputs = [MetadataTensor(name="embedding", datatype="FP32", shape=[-1, self._dimensions])]
-        metadata.parameters = Parameters(revision=self._revision, dimensions=self._dimensions, device=self._device)
+        metadata.parameters = Parameters(
+            revision=self._revision, dimensions=self._dimensions, device=self._device, memory_bytes=self._memory_bytes
+        )
         return metadata
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
@@ -119,7 +134,9 @@ class SentenceTransformerRuntime(MLModel):
         return InferenceResponse(
             model_name=self.name,
             id=payload.id,
-            parameters=Parameters(revision=self._revision, dimensions=self._dimensions),
+            parameters=Parameters(
+                revision=self._revision, dimensions=self._dimensions, memory_bytes=self._memory_bytes
+            ),
             outputs=[NumpyCodec.encode_output("embedding", embeddings)],
         )
 

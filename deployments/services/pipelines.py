@@ -19,6 +19,7 @@ from deployments.inference import DeployFailed, FenceLost, GreenDeployer, StageE
 from deployments.models import DeploymentTask, EmbeddingModel, Task, TaskStatus
 from deployments.services.deployer import deployer_session
 from deployments.services.leases import Fence, lock_capacity
+from deployments.services.memory import forget_footprints, memory_planner, record_footprint
 from deployments.services.recording import Outcome, TaskRecorder
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ def run_deployment(task: Task, recorder: TaskRecorder, fence: Fence) -> Outcome:
             return _refuse(recorder, refusal)
         try:
             with _registry_follows_repository_on_failure(model.id, deployer, fence):
-                result = deployer.fenced(fence.check).deploy(
+                fenced = deployer.fenced(fence.check)
+                result = fenced.deploy(
                     model.id,
                     model.source,
                     expected_dimensions=expected_dimensions,
@@ -45,9 +47,12 @@ def run_deployment(task: Task, recorder: TaskRecorder, fence: Fence) -> Outcome:
                     progress=recorder,
                     rollback_requested=lambda blue: rollback_waiting(model.id, blue),
                     tracking_uri=model.mlflow_tracking_uri or None,
+                    admit=memory_planner(task.pk, fenced, fence),
                 )
         except DeployFailed as exc:
             return _failure(exc)
+    record_footprint(model.id, result.revision, result.memory_bytes)
+    forget_footprints(model.id, result.pruned_revisions)
     _update_registry(
         model.id,
         fence,
@@ -71,6 +76,7 @@ def run_deletion(task: Task, recorder: TaskRecorder, fence: Fence) -> Outcome:
     _update_registry(
         task.embedding_model_id, fence, state=EmbeddingModel.State.NOT_DEPLOYED, live_revision="", endpoint=""
     )
+    forget_footprints(task.embedding_model_id)
     removed = len(result.removed_revisions)
     unloaded = ", ".join(result.unloaded) or "nothing"
     detail = f"unloaded {unloaded}; removed {removed} revision(s)"

@@ -74,3 +74,10 @@ def test_the_api_and_the_commands_name_the_same_real_limit(settings, api, packag
         call_command("deploy_models", "minilm", "--config", '{"ready_timeout": 5000}', stdout=StringIO())
     assert refused.value.returncode == 2
     assert f"below {limit:g}" in str(refused.value) and "TASK_TIMEOUT=1800s" in str(refused.value)
+
+
+@pytest.mark.parametrize("budget", [0, -1])
+def test_a_replica_memory_budget_that_leaves_nothing_fails_the_check(settings, budget):
+    settings.REPLICA_MEMORY_BYTES = budget
+    with pytest.raises(SystemCheckError, match=r"deployments\.E003.*REPLICA_MEMORY_BYTES"):
+        call_command("check")

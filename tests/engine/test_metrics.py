@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 
 from deployments import services
 from deployments.inference import DEPLOY_STAGES
-from deployments.models import Drift, EmbeddingModel, ModelLease, TaskStatus
+from deployments.models import Drift, EmbeddingModel, InferenceServer, ModelLease, ModelRevision, TaskStatus
 from tests.support.factories import (
     DeploymentTaskFactory,
     EmbeddingModelFactory,
@@ -90,10 +90,15 @@ def test_the_database_gauges_count_tasks_ages_drifts_and_slots(settings):
 
 @pytest.mark.django_db
 def test_the_scrape_time_gauges_cost_a_fixed_number_of_queries(django_assert_max_num_queries):
-    for _ in range(5):
+    for n in range(5):
         DeploymentTaskFactory()
         RunningDeploymentFactory()
-    with django_assert_max_num_queries(6):
+        model = EmbeddingModelFactory()
+        ModelRevision.objects.create(
+            name=f"{model.id}~000000000000000{n}", embedding_model=model, revision=f"000000000000000{n}", memory_bytes=n
+        )
+        InferenceServer.objects.create(url=f"http://127.0.0.1:{8090 + n}", live=True, loaded=[f"{model.id}~x"])
+    with django_assert_max_num_queries(8):
         scrape()
 
 

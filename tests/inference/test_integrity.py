@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from deployments.inference import InvalidArtifacts, SourceRefused, artifact_problems, open_source
+from deployments.inference.integrity import loaded_weight_bytes
 from deployments.inference.sources import checked_source
 from tests.support.artifacts import copy_packaged_model, small_model_folder, truncate
 from tests.support.sources import lay_out_hf_cache
@@ -183,3 +184,18 @@ def test_a_hugging_face_source_is_named_by_its_uri(tmp_path: Path, monkeypatch: 
     uri = "hf://acme/small@main"
     [problem] = artifact_problems(uri, open_source(uri, []).files())
     assert problem.startswith(f"model.safetensors in {uri} is truncated: ")
+
+
+def test_the_memory_estimate_reads_the_tensors_from_the_headers_widened_to_float32(
+    minilm_dir, tiny_model_dir, tmp_path
+):
+    # MiniLM's tensors are float32: exactly the bytes its header gives them.
+    assert loaded_weight_bytes([minilm_dir / "model.safetensors"]) == 90_856_960
+    # The tiny model's are stored as float16 and computed in float32: twice their bytes on disk.
+    weights = tiny_model_dir / "model.safetensors"
+    header_length = int.from_bytes(weights.read_bytes()[:8], "little")
+    assert loaded_weight_bytes([weights]) == 2 * (weights.stat().st_size - 8 - header_length)
+    # A torch.save archive counts at its size; other files not at all.
+    archive = tmp_path / "pytorch_model.bin"
+    archive.write_bytes(b"x" * 1000)
+    assert loaded_weight_bytes([archive, tiny_model_dir / "config.json"]) == 1000

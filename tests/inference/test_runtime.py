@@ -116,3 +116,17 @@ def test_a_tiny_model_is_small_real_and_the_same_from_the_same_seed(tiny_model_d
     assert vectors.shape == (2, TINY_DIMENSIONS) and np.isfinite(vectors).all()
     assert np.array_equal(embed(str(again), texts), vectors)
     assert not np.allclose(embed(str(other), texts), vectors)
+
+
+def test_the_runtime_reports_the_bytes_its_model_holds_in_its_metadata_and_each_answer(tiny_model_dir):
+    async def scenario():
+        runtime = make_runtime(str(tiny_model_dir))
+        await runtime.load()
+        tensors = [*runtime._model.parameters(), *runtime._model.buffers()]
+        held = sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+        in_metadata = (await runtime.metadata()).parameters.memory_bytes
+        in_answer = (await runtime.predict(request(["how much"]))).parameters.memory_bytes
+        return held, in_metadata, in_answer
+
+    held, in_metadata, in_answer = asyncio.run(scenario())
+    assert in_metadata == in_answer == held > 4_000_000  # about a million float32 parameters
