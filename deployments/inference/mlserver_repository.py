@@ -36,6 +36,9 @@ class LayoutModelRepository(ModelRepository):
 
     def __init__(self, root: str):
         self._root = os.path.abspath(root)  # as the default does: the settings' _source and uri are absolute
+        # The index's settings as last read, by path, with the file's (mtime, size, inode) then: a settings file
+        # is only ever replaced whole (written beside and renamed), so an unchanged stat is unchanged settings.
+        self._parsed: dict[str, tuple[tuple[int, int, int], ModelSettings]] = {}
 
     def settings_path(self, name: str) -> str | None:
         """Where the settings of served name ``name`` live, or None when ``name`` is not one of ours."""
@@ -74,25 +77,39 @@ class LayoutModelRepository(ModelRepository):
             found = self._default_from_environment()
         return found
 
-    def _settings_paths(self) -> list[str]:
-        """``<root>/<model_id>/<model_id>~*/model-settings.json`` that exist, sorted; nothing deeper is looked at."""
-        paths = []
+    def _settings_files(self) -> list[tuple[str, os.stat_result]]:
+        """``<root>/<model_id>/<model_id>~*/model-settings.json`` that exist, sorted, with their stat; nothing
+        deeper is looked at."""
+        files = []
         for model_folder in _subfolders(self._root):
             prefix = model_folder.name + REVISION_SEPARATOR
             for served_folder in _subfolders(model_folder.path):
+                if not served_folder.name.startswith(prefix):
+                    continue
                 path = os.path.join(served_folder.path, DEFAULT_MODEL_SETTINGS_FILENAME)
-                if served_folder.name.startswith(prefix) and os.path.isfile(path):
-                    paths.append(path)
-        return sorted(paths)
+                try:
+                    files.append((path, os.stat(path)))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+        return sorted(files, key=lambda item: item[0])
 
     def _read_all(self) -> list[ModelSettings]:
-        found = []
-        for path in self._settings_paths():
+        """Every settings file's ModelSettings; only files new or replaced since the last index are parsed
+        (parsing is about 1 ms each: a thousand models' index took seconds, and every deploy asks for it)."""
+        parsed: dict[str, tuple[tuple[int, int, int], ModelSettings]] = {}
+        for path, stat in self._settings_files():
+            key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+            cached = self._parsed.get(path)
+            if cached is not None and cached[0] == key:
+                parsed[path] = cached
+                continue
             try:
-                found.append(load_model_settings(path))
+                parsed[path] = (key, load_model_settings(path))
             except Exception:
                 logger.exception(f"Failed load model settings at {path}.")
-        return found
+        self._parsed = parsed  # files gone since are forgotten
+        # Copies: whatever MLServer does with what it is given, the next index starts from the files.
+        return [settings.model_copy(deep=True) for _, settings in parsed.values()]
 
     @staticmethod
     def _default_from_environment() -> list[ModelSettings]:

@@ -235,3 +235,35 @@ def test_settings_outside_the_layout_are_not_served(mlserver, default_replica, t
         finally:
             for server in (mlserver, default_replica):
                 ModelRepository(server.repository_root).remove_model("loose")
+
+
+def test_the_index_parses_only_settings_new_or_replaced_since_it_was_last_read(laid_out, monkeypatch):
+    root, names = laid_out
+    repository = LayoutModelRepository(str(root))
+    first = run(repository.list())
+    parsed: list[str] = []
+    load = sys.modules[LayoutModelRepository.__module__].load_model_settings
+    monkeypatch.setattr(
+        sys.modules[LayoutModelRepository.__module__],
+        "load_model_settings",
+        lambda path: parsed.append(path) or load(path),
+    )
+
+    assert run(repository.list()) == first and parsed == []  # nothing changed: nothing parsed again
+    # A revision's settings replaced whole (as the deployer writes them), another removed, one added.
+    ModelRepository(root).write_settings("alpha", REVISIONS[1])
+    ModelRepository(root).remove_settings("beta.v2", REVISIONS[2])
+    added = lay_out(root, ["delta"])
+    listed = {settings.name for settings in run(repository.list())}
+
+    assert sorted(parsed) == sorted(
+        [str(ModelRepository(root).settings_path("alpha", REVISIONS[1]))]
+        + [str(ModelRepository(root).settings_path("delta", revision)) for revision in REVISIONS]
+    )
+    assert listed == (set(names) - {f"beta.v2~{REVISIONS[2]}"}) | set(added)
+    # And what it lists is still what MLServer's default reads from the files, private fields included.
+    again = sorted(run(repository.list()), key=lambda settings: settings.name)
+    assert again == sorted(run(SchemalessModelRepository(str(root)).list()), key=lambda settings: settings.name)
+    assert [settings._source for settings in again] == [
+        str(root / name.split("~")[0] / name / "model-settings.json") for name in sorted(listed)
+    ]
