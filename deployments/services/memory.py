@@ -26,6 +26,7 @@ from deployments.inference.green import AdmitGreen
 from deployments.inference.ids import REVISION_SEPARATOR
 from deployments.models import EmbeddingModel, ModelRevision
 from deployments.services.leases import Fence, lock_capacity
+from deployments.services.reconnect import reconnecting
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ def memory_planner(task_id: str, deployer: GreenDeployer, fence: Fence | None = 
     return admit
 
 
+# Each runs again on a new connection after a database restart mid-deploy (services/reconnect.py): safe to repeat.
+@reconnecting
 def plan_green(
     task_id: str, deployer: GreenDeployer, green: Revision, replicas: list[str], fence: Fence | None = None
 ) -> str | None:
@@ -111,6 +114,7 @@ def _record_estimates(deployer: GreenDeployer, names: set[str]) -> None:
         )
 
 
+@reconnecting
 def record_footprint(embedding_model_id: str, revision: str, memory_bytes: int | None) -> None:
     """Keep what the runtime counted for a revision it loaded: the next plan of it uses this."""
     if memory_bytes is None:
@@ -126,6 +130,7 @@ def record_footprint(embedding_model_id: str, revision: str, memory_bytes: int |
     )
 
 
+@reconnecting
 def forget_footprints(embedding_model_id: str, revisions: list[str] | None = None) -> None:
     """Drop the footprints of revisions the repository no longer keeps (all of the model's: None)."""
     rows = ModelRevision.objects.filter(embedding_model_id=embedding_model_id)
