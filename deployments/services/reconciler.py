@@ -109,7 +109,7 @@ def reconcile_models(wait_for_server: float = 0.0) -> ReconcileReport:
     with deployer_session() as deployer:
         view = _look_at_fleet(deployer, wait_for_server)
         restored = []
-        for model in selectors.deployed_models():
+        for model in selectors.deployed_models(with_drift=True):
             if repair := _reconcile_one(deployer, view, model, report):
                 restored.append(repair)
         if restored:
@@ -161,7 +161,8 @@ def _reconcile_one(
             # A replica that did not answer may lack the revision: nothing is in step until it answers.
             report.failed[model_id] = f"cannot check {', '.join(down)}: not answering"
             return None
-        _resolve_drift(model, "in step again")
+        if model.open_drifts:  # read with the models: a model in step costs no query
+            _resolve_drift(model, "in step again")
         report.already_served.append(model_id)
         return None
     owner = new_lease_owner()
