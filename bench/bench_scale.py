@@ -26,13 +26,17 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import psutil
+
 from deployments.inference import ModelRepository, V2Client
+from deployments.inference.router import LocalEnvoy
 from deployments.inference.server import LAYOUT_REPOSITORY, LocalMLServer
 from tests.support.routing import Traffic, write_versioned_settings
 from tests.support.tiny_models import build_tiny_model, folder_size
@@ -207,10 +211,225 @@ def section_load_stall(args: argparse.Namespace, workdir: Path) -> list[Row]:
     return rows
 
 
+# -- Django, for the sections that need the registry --------------------------------------------
+
+_django_database: list[str] = []  # set once: Django is set up once per process
+
+
+def django_ready(args: argparse.Namespace, workdir: Path) -> None:
+    """Django on one throw-away database for the whole run: SQLite in the run's folder, or --database-url."""
+    if _django_database:
+        return
+    from bench.bench_operators import setup_django
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    setup_django(workdir, args.database_url)
+    from django.conf import settings
+
+    _django_database.append(settings.DATABASES["default"]["NAME"])
+
+
+def point_at_fleet(server: LocalMLServer, envoy: LocalEnvoy, sources: Path, bake_seconds: float = 0) -> None:
+    """The control plane's settings for one replica behind one Envoy, as `make run` configures them."""
+    from django.conf import settings
+
+    settings.INFERENCE_SERVER_URL = envoy.url
+    settings.INFERENCE_REPLICA_URLS = [server.url]
+    settings.ROUTER_CONFIG_DIR = envoy.routes.config_dir
+    settings.ROUTER_ADMIN_URL = envoy.admin_url
+    settings.MODEL_REPOSITORY_ROOT = server.repository_root
+    settings.ALLOWED_SOURCE_ROOTS = [sources]
+    settings.INFERENCE_BAKE_SECONDS = bake_seconds
+
+
+def process_rss(pid: int) -> int:
+    """Resident bytes of a process and its children (MLServer's own workers)."""
+    process = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
+
+
+def models_that_fit(per_model: float, wanted: int, loaded: int) -> int:
+    """How many models may be loaded in all, leaving MEMORY_RESERVE free for the machine's other users."""
+    spare = psutil.virtual_memory().available - MEMORY_RESERVE
+    return max(loaded, min(wanted, loaded + int(spare / max(per_model, 1))))
+
+
+# -- reconcile ----------------------------------------------------------------------------------
+
+RECONCILE_SMALL = 10
+RECONCILE_CYCLES = 5
+MEMORY_RESERVE = 6 * 1024**3  # the machine is shared: never take its last 6 GB
+
+
+def timed_cycles(cycles: int, expected: int) -> tuple[list[float], list[tuple[str, str]]]:
+    """Seconds per reconcile cycle in steady state, and the HTTP calls of the last one."""
+    from deployments.services.reconciler import reconcile_models
+    from tests.support.scale import counted_http_calls
+
+    seconds = []
+    for _ in range(cycles):
+        with counted_http_calls() as calls:
+            started = time.perf_counter()
+            report = reconcile_models()
+            seconds.append(time.perf_counter() - started)
+        if report.changed or len(report.already_served) != expected:
+            raise RuntimeError(f"not in steady state: {report}")
+    return seconds, calls
+
+
+def section_reconcile(args: argparse.Namespace, workdir: Path) -> list[Row]:
+    section = "reconcile"
+    django_ready(args, workdir.parent / "django")
+    from deployments.models import EmbeddingModel
+    from deployments.services.deployer import build_fleet
+    from tests.support.scale import register_live, remove_models, serve_live_models
+
+    artifact = build_tiny_model(workdir / "sources" / "tiny-model")
+    server = LocalMLServer(workdir / "repository", workdir / "server")
+    ids = [f"rc-{n:04d}" for n in range(args.reconcile_models)]
+    rows = []
+    with server, LocalEnvoy(workdir / "envoy") as envoy:
+        point_at_fleet(server, envoy, artifact.parent)
+        repository = ModelRepository(server.repository_root)
+        fleet = build_fleet()
+        try:
+            empty = process_rss(server.process.pid)
+            revision = serve_live_models(fleet, repository, ids[:RECONCILE_SMALL], artifact)
+            register_live(ids[:RECONCILE_SMALL], revision, artifact, fleet.base_url)
+            per_model = (process_rss(server.process.pid) - empty) / RECONCILE_SMALL
+            large = models_that_fit(per_model, args.reconcile_models, RECONCILE_SMALL)
+            print(
+                f"{section}: a loaded tiny model costs MLServer {per_model / 1e6:.1f} MB; "
+                f"{large:,} of {args.reconcile_models:,} models fit beside a {MEMORY_RESERVE / 1024**3:.0f} GB reserve",
+                flush=True,
+            )
+            figures = {RECONCILE_SMALL: timed_cycles(RECONCILE_CYCLES, RECONCILE_SMALL)}
+            started = time.monotonic()
+            serve_live_models(fleet, repository, ids[RECONCILE_SMALL:large], artifact)
+            register_live(ids[RECONCILE_SMALL:large], revision, artifact, fleet.base_url)
+            print(
+                f"  {large:,} models loaded and routed in {time.monotonic() - started:.0f} s "
+                f"(MLServer {process_rss(server.process.pid) / 1e9:.2f} GB)",
+                flush=True,
+            )
+            figures[large] = timed_cycles(RECONCILE_CYCLES, large)
+        finally:
+            remove_models(fleet, repository, ids)
+            EmbeddingModel.objects.filter(pk__in=ids).delete()
+            fleet.close()
+    for size, (seconds, calls) in figures.items():
+        called = ", ".join(f"{n} x {method} {path}" for (method, path), n in sorted(Counter(calls).items()))
+        rows.append(
+            Row(
+                section,
+                f"{size:,} deployed models, in step: one cycle",
+                f"median {statistics.median(seconds) * 1000:.0f} ms, max {max(seconds) * 1000:.0f} ms "
+                f"({len(seconds)} cycles); calls: {called}",
+            )
+        )
+    small_calls, large_calls = len(figures[RECONCILE_SMALL][1]), len(figures[large][1])
+    rows.append(
+        Row(
+            section,
+            f"HTTP calls per cycle at {large:,} / at {RECONCILE_SMALL} models",
+            f"{large_calls} / {small_calls}",
+            large_calls / small_calls,
+            1.0,
+            "= 1x",
+        )
+    )
+    return rows
+
+
+# -- admin at scale -----------------------------------------------------------------------------
+
+ADMIN_TARGET_MS = 300.0
+ADMIN_DEPLOYED = 500  # hundreds of models per server
+
+
+def seed_registry(count: int, deployed: int) -> None:
+    """``count`` registered models, model-0000 ..., the first ``deployed`` of them live."""
+    from deployments.models import EmbeddingModel
+
+    EmbeddingModel.objects.bulk_create(
+        (
+            EmbeddingModel(
+                id=f"model-{i:04d}",
+                name=f"customer {i} index",
+                source="/models/tiny",
+                dimensions=32,
+                state=EmbeddingModel.State.DEPLOYED if i < deployed else EmbeddingModel.State.NOT_DEPLOYED,
+                live_revision=f"{i:04d}deadbeefcafe" if i < deployed else "",
+                endpoint=f"http://127.0.0.1:8080/v2/models/model-{i:04d}/infer" if i < deployed else "",
+            )
+            for i in range(count)
+        ),
+        batch_size=1000,
+    )
+
+
+def section_admin_at_scale(args: argparse.Namespace, workdir: Path) -> list[Row]:
+    section = "admin at scale"
+    django_ready(args, workdir.parent / "django")
+    from django.db import connection
+    from django.test import Client
+    from knox.models import AuthToken
+
+    from bench.bench_operators import insert_tasks, measure_pages
+    from deployments.models import Task
+    from tests.support.factories import UserFactory
+
+    started = time.monotonic()
+    seed_registry(args.registered, ADMIN_DEPLOYED)
+    step = 100_000
+    for first in range(0, args.tasks, step):
+        insert_tasks(first, min(step, args.tasks - first), args.tasks, models=args.registered)
+    tasks = Task.objects.count()
+    print(
+        f"{section}: {connection.vendor}, {args.registered:,} models ({ADMIN_DEPLOYED} deployed), {tasks:,} tasks "
+        f"seeded in {time.monotonic() - started:.0f} s",
+        flush=True,
+    )
+    user = UserFactory(username="bench-operator", is_staff=True, is_superuser=True)
+    admin_client = Client()
+    admin_client.force_login(user)
+    _, key = AuthToken.objects.create(user=user, expiry=None)
+    api_client = Client(HTTP_AUTHORIZATION=f"Token {key}")
+    model = f"model-{args.registered // 2:04d}"
+    admin_pages = {
+        "admin: models list": "/admin/deployments/embeddingmodel/",
+        "admin: models list, deployed": "/admin/deployments/embeddingmodel/?state__exact=deployed",
+        "admin: models list, searched": f"/admin/deployments/embeddingmodel/?q={model}",
+        "admin: dashboard": "/admin/",
+        "admin: tasks, status=failed": "/admin/deployments/deploymenttask/?status__exact=failed",
+        "admin: tasks, one model": f"/admin/deployments/deploymenttask/?model={model}",
+    }
+    api_pages = {
+        "API: GET /models": "/models",
+        "API: GET /deploy-status/{id}": f"/deploy-status/{model}",
+    }
+    measured = measure_pages(admin_client, admin_pages, args.requests) | measure_pages(
+        api_client, api_pages, args.requests
+    )
+    return [
+        Row(
+            section,
+            f"{label} ({args.registered:,} models, {tasks:,} tasks)",
+            f"p99 {p99:.0f} ms, median {p50:.0f} ms ({args.requests} requests)",
+            p99,
+            ADMIN_TARGET_MS,
+            f"< {ADMIN_TARGET_MS:.0f} ms",
+        )
+        for label, (p50, p99) in measured.items()
+    ]
+
+
 # -- the table ----------------------------------------------------------------------------------
 
 SECTIONS: dict[str, Callable[[argparse.Namespace, Path], list[Row]]] = {
     "load-stall": section_load_stall,
+    "reconcile": section_reconcile,
+    "admin-at-scale": section_admin_at_scale,
 }
 
 
@@ -232,6 +451,15 @@ def main() -> None:
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of: {', '.join(SECTIONS)}")
     parser.add_argument("--models", type=int, default=1000, help="models in the large repository (load stall)")
     parser.add_argument("--loads", type=int, default=10, help="loads of B at each repository size (load stall)")
+    parser.add_argument(
+        "--reconcile-models", type=int, default=1000, help="deployed models at the large size (reconcile)"
+    )
+    parser.add_argument("--registered", type=int, default=10_000, help="registered models (admin at scale)")
+    parser.add_argument("--tasks", type=int, default=1_000_000, help="task rows (admin at scale)")
+    parser.add_argument("--requests", type=int, default=20, help="requests per page (admin at scale)")
+    parser.add_argument(
+        "--database-url", help="an empty, throw-away PostgreSQL database (default: SQLite in the run's folder)"
+    )
     args = parser.parse_args()
     chosen = [name.strip() for name in args.sections.split(",") if name.strip()]
     unknown = set(chosen) - set(SECTIONS)

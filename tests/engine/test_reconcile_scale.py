@@ -3,12 +3,13 @@ replica and one read of the router's routes decide every model; a repair adds it
 
 from __future__ import annotations
 
-import httpx
+from collections.abc import Iterator
+
 import pytest
 
 from deployments.inference import V2Client, served_name
 from deployments.services.reconciler import reconcile_models
-from tests.support.scale import register_live, remove_models, serve_live_models
+from tests.support.scale import counted_http_calls, register_live, remove_models, serve_live_models
 
 pytestmark = [pytest.mark.mlserver, pytest.mark.django_db]
 
@@ -17,18 +18,9 @@ ROUTES = ("GET", "/config_dump")
 
 
 @pytest.fixture
-def http_calls(monkeypatch) -> list[tuple[str, str]]:
-    """Every HTTP call made in this process (to the replicas and to Envoy's admin) as (method, path);
-    each one still goes to the real server."""
-    calls: list[tuple[str, str]] = []
-    send = httpx.Client.send
-
-    def counted(self: httpx.Client, request: httpx.Request, **kwargs) -> httpx.Response:
-        calls.append((request.method, request.url.path))
-        return send(self, request, **kwargs)
-
-    monkeypatch.setattr(httpx.Client, "send", counted)
-    return calls
+def http_calls() -> Iterator[list[tuple[str, str]]]:
+    with counted_http_calls() as calls:
+        yield calls
 
 
 def one_cycle(http_calls: list[tuple[str, str]]):

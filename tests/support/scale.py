@@ -7,9 +7,13 @@ disk while each one is laid out, loadable and verifiable exactly as a deploy lea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from deployments.inference import Fleet, ModelRepository, served_name
 from deployments.inference.sources import open_source
@@ -45,11 +49,15 @@ def load_everywhere(fleet: Fleet, names: Sequence[str], ready_timeout: float = 1
         list(pool.map(load, names))
 
 
+# Envoy takes a while to warm a thousand clusters (each one's first health check).
+PUBLISH_TIMEOUT = 120.0
+
+
 def serve_live_models(fleet: Fleet, repository: ModelRepository, model_ids: Sequence[str], artifact: Path) -> str:
     """``model_ids`` deployed as far as the fleet goes: laid out, loaded on every replica, routed."""
     revision = lay_out_live_models(repository, model_ids, artifact)
     load_everywhere(fleet, [served_name(model_id, revision) for model_id in model_ids])
-    fleet.publish(repository)
+    fleet.publish(repository, timeout=PUBLISH_TIMEOUT)
     return revision
 
 
@@ -59,7 +67,7 @@ def remove_models(fleet: Fleet, repository: ModelRepository, model_ids: Sequence
         for revision in repository.loadable_revisions(model_id):
             fleet.unload(served_name(model_id, revision))
         repository.remove_model(model_id)
-    fleet.publish(repository)
+    fleet.publish(repository, timeout=PUBLISH_TIMEOUT)
 
 
 def register_live(model_ids: Sequence[str], revision: str, artifact: Path, endpoint_base: str) -> None:
@@ -74,3 +82,21 @@ def register_live(model_ids: Sequence[str], revision: str, artifact: Path, endpo
         )
         for model_id in model_ids
     )
+
+
+@contextmanager
+def counted_http_calls() -> Iterator[list[tuple[str, str]]]:
+    """Every HTTP call this process makes meanwhile (to the replicas, to Envoy's admin), as (method, path);
+    each one still goes to the real server."""
+    calls: list[tuple[str, str]] = []
+    send = httpx.Client.send
+
+    def counted(client: httpx.Client, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        calls.append((request.method, request.url.path))
+        return send(client, request, **kwargs)
+
+    httpx.Client.send = counted  # type: ignore[method-assign]
+    try:
+        yield calls
+    finally:
+        httpx.Client.send = send  # type: ignore[method-assign]
