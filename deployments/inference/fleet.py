@@ -98,7 +98,9 @@ class Fleet:
             return dict(zip(targets, pool.map(guarded, targets), strict=True))
 
     def ready_replicas(self) -> dict[str, bool]:
-        return {url: result is True for url, result in self.on_each(lambda client: client.server_ready()).items()}
+        """Which replicas answer, so may take a deploy. Asked by liveness: MLServer's own readiness is false
+        while any model loads, so another model's deploy would take a busy replica for a dead one."""
+        return {url: result is True for url, result in self.on_each(lambda client: client.server_live()).items()}
 
     def load(self, name: str, ready_timeout: float, urls: Iterable[str] | None = None) -> dict[str, str]:
         """Load ``name`` on the replicas and wait until it is ready on each; return the failures by replica."""
