@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -35,12 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil
 
-from deployments.inference import ModelRepository, V2Client
+from deployments.inference import Fleet, ModelRepository, V2Client
 from deployments.inference.router import LocalEnvoy
 from deployments.inference.server import LAYOUT_REPOSITORY, LocalMLServer
 from tests.support.routing import Traffic, write_versioned_settings
-from tests.support.tiny_models import build_tiny_model, folder_size
+from tests.support.tiny_models import TINY_DIMENSIONS, build_tiny_model, folder_size
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REVISIONS_PER_MODEL = 3
 SMALL_REPOSITORY = 10
 STALL_TARGET = 1.2
@@ -248,6 +251,19 @@ def process_rss(pid: int) -> int:
     return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
 
 
+def loaded_model_cost(
+    server: LocalMLServer, fleet: Fleet, repository: ModelRepository, ids: list[str], artifact: Path
+) -> float:
+    """Serve ``ids`` (registered nowhere); return the resident bytes each one after the first added to MLServer
+    (the first pays the imports of torch and transformers)."""
+    from tests.support.scale import serve_live_models
+
+    serve_live_models(fleet, repository, ids[:1], artifact)
+    first = process_rss(server.process.pid)
+    serve_live_models(fleet, repository, ids[1:], artifact)
+    return (process_rss(server.process.pid) - first) / (len(ids) - 1)
+
+
 def models_that_fit(per_model: float, wanted: int, loaded: int) -> int:
     """How many models may be loaded in all, leaving MEMORY_RESERVE free for the machine's other users."""
     spare = psutil.virtual_memory().available - MEMORY_RESERVE
@@ -293,10 +309,9 @@ def section_reconcile(args: argparse.Namespace, workdir: Path) -> list[Row]:
         repository = ModelRepository(server.repository_root)
         fleet = build_fleet()
         try:
-            empty = process_rss(server.process.pid)
-            revision = serve_live_models(fleet, repository, ids[:RECONCILE_SMALL], artifact)
+            per_model = loaded_model_cost(server, fleet, repository, ids[:RECONCILE_SMALL], artifact)
+            revision = repository.live_revision(ids[0])
             register_live(ids[:RECONCILE_SMALL], revision, artifact, fleet.base_url)
-            per_model = (process_rss(server.process.pid) - empty) / RECONCILE_SMALL
             large = models_that_fit(per_model, args.reconcile_models, RECONCILE_SMALL)
             print(
                 f"{section}: a loaded tiny model costs MLServer {per_model / 1e6:.1f} MB; "
@@ -338,6 +353,182 @@ def section_reconcile(args: argparse.Namespace, workdir: Path) -> list[Row]:
             "= 1x",
         )
     )
+    return rows
+
+
+# -- bulk deploys -------------------------------------------------------------------------------
+
+STATUS_READERS = 2
+STATUS_READ_PAUSE = 0.05  # each reader's pause between reads: an operator's dashboard, not a flood
+FINISHED = ("done", "failed", "refused", "canceled")
+
+
+class StatusReaders:
+    """Threads reading GET /deploy-status/{id} of random models through the web server until stopped."""
+
+    def __init__(self, url: str, token: str, model_ids: list[str]):
+        self.url, self.token, self.model_ids = url, token, model_ids
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._read, daemon=True) for _ in range(STATUS_READERS)]
+
+    def _read(self) -> None:
+        import httpx
+
+        headers = {"Authorization": f"Token {self.token}"}
+        with httpx.Client(base_url=self.url, headers=headers, timeout=30) as client:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                response = client.get(f"/deploy-status/{random.choice(self.model_ids)}")
+                if response.status_code == 200:
+                    self.latencies.append(time.perf_counter() - started)
+                else:
+                    self.failures.append(f"{response.status_code} {response.text[:200]}")
+                time.sleep(STATUS_READ_PAUSE)
+
+    def __enter__(self) -> StatusReaders:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def worker_env(server: LocalMLServer, envoy: LocalEnvoy, sources: Path, deploys: int, workers: int) -> dict[str, str]:
+    """The environment of the web server and the workers: this run's database and fleet, no bake."""
+    env = dict(os.environ)  # setup_django put the database, the var folder and the secret key there
+    env.update(
+        {
+            "INFERENCE_SERVER_URL": envoy.url,
+            "INFERENCE_REPLICA_URLS": server.url,
+            "ROUTER_CONFIG_DIR": str(envoy.routes.config_dir),
+            "ROUTER_ADMIN_URL": envoy.admin_url,
+            "MODEL_REPOSITORY_ROOT": str(server.repository_root),
+            "ALLOWED_SOURCE_ROOTS": str(sources),
+            "INFERENCE_BAKE_SECONDS": "0",
+            "MAX_DEPLOYED_MODELS": str(deploys + 100),
+            "Q_WORKERS": str(workers),
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "PYTHONPATH": str(PROJECT_ROOT),
+        }
+    )
+    return env
+
+
+def wait_for_tasks(task_ids: list[str], timeout: float) -> None:
+    from django.db import close_old_connections
+
+    from deployments.models import DeploymentTask
+
+    deadline = time.monotonic() + timeout
+    reported = time.monotonic()
+    while (left := DeploymentTask.objects.filter(pk__in=task_ids).exclude(status__in=FINISHED).count()) > 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{left} of {len(task_ids)} deploys still unfinished after {timeout:.0f} s")
+        if time.monotonic() - reported > 30:
+            print(f"  {len(task_ids) - left} of {len(task_ids)} deploys finished", flush=True)
+            reported = time.monotonic()
+        time.sleep(1)
+        close_old_connections()
+
+
+def section_bulk_deploys(args: argparse.Namespace, workdir: Path) -> list[Row]:
+    section = "bulk deploys"
+    django_ready(args, workdir.parent / "django")
+    from django.contrib.auth import get_user_model
+    from knox.models import AuthToken
+
+    from bench.bench_api import process, web_server
+    from deployments.models import DeploymentTask, EmbeddingModel, TaskKind
+    from deployments.services.bulk import submit_many
+    from deployments.services.deployer import build_fleet
+    from tests.support.scale import remove_models
+
+    artifact = build_tiny_model(workdir / "sources" / "tiny-model")
+    server = LocalMLServer(workdir / "repository", workdir / "server")
+    rows = []
+    with server, LocalEnvoy(workdir / "envoy") as envoy:
+        point_at_fleet(server, envoy, artifact.parent)
+        repository = ModelRepository(server.repository_root)
+        fleet = build_fleet()
+        warm = [f"warm-{n}" for n in range(6)]
+        per_model = loaded_model_cost(server, fleet, repository, warm, artifact)
+        remove_models(fleet, repository, warm)
+        count = models_that_fit(per_model, args.deploys, 0)
+        ids = [f"bulk-{n:04d}" for n in range(count)]
+        print(
+            f"{section}: a loaded tiny model costs MLServer {per_model / 1e6:.1f} MB; {count:,} of {args.deploys:,} "
+            f"deploys fit beside a {MEMORY_RESERVE / 1024**3:.0f} GB reserve",
+            flush=True,
+        )
+        EmbeddingModel.objects.bulk_create(EmbeddingModel(id=model_id, source=str(artifact)) for model_id in ids)
+        user = get_user_model().objects.create_superuser("bench-bulk", "bench@localhost", None)
+        token = AuthToken.objects.create(user=user, expiry=None)[1]
+        env = worker_env(server, envoy, artifact.parent, count, args.workers)
+        try:
+            with (
+                web_server(env, workdir) as url,
+                process([sys.executable, "manage.py", "qcluster"], env, workdir / "qcluster.log"),
+            ):
+                submitted = time.monotonic()
+                config = {"bake_seconds": 0, "expected_dimensions": TINY_DIMENSIONS}
+                tasks = submit_many(TaskKind.DEPLOYMENT, ids, config=config, requested_by="bench")
+                task_ids = [str(task.pk) for task in tasks]
+                with StatusReaders(url, token, ids) as readers:
+                    wait_for_tasks(task_ids, timeout=120 + 20 * count)
+                wall = time.monotonic() - submitted
+            finished = list(DeploymentTask.objects.filter(pk__in=task_ids))
+        finally:
+            remove_models(fleet, repository, ids)
+            fleet.close()
+    done = [task for task in finished if task.status == "done"]
+    failed = [task for task in finished if task.status != "done"]
+    busy = sum((task.finished_at - task.started_at).total_seconds() for task in finished if task.started_at)
+    first_start = min(task.started_at for task in finished if task.started_at)
+    last_end = max(task.finished_at for task in finished)
+    span = (last_end - first_start).total_seconds()
+    stage_medians = (
+        {
+            stage: statistics.median(task.metadata.get("timings", {}).get(stage, 0.0) for task in done)
+            for stage in ("validate", "fetch", "load_green", "smoke_test", "switch", "retire_blue", "done")
+        }
+        if done
+        else {}
+    )
+    status_ms = [latency * 1000 for latency in readers.latencies]
+    rows += [
+        Row(
+            section,
+            f"{count} deploys of different models, {args.workers} workers, bake 0 s",
+            f"{len(done)} done, {len(failed)} not ({failed[0].status}: {failed[0].detail[:80]})"
+            if failed
+            else f"{len(done)} done in {span:.0f} s (submit to last: {wall:.0f} s)",
+        ),
+        Row(section, "deploys per minute", f"{len(done) / span * 60:.1f}"),
+        Row(
+            section,
+            "deploys running at once, on average",
+            f"{busy / span:.2f} of {args.workers} workers (sum of deploy times / span)",
+        ),
+        Row(
+            section,
+            "one deploy, median by stage",
+            ", ".join(f"{stage} {seconds * 1000:.0f} ms" for stage, seconds in stage_medians.items()),
+        ),
+        Row(
+            section,
+            "GET /deploy-status/{id} while they ran",
+            f"p99 {percentile(status_ms, 99):.0f} ms, median {statistics.median(status_ms):.0f} ms "
+            f"({len(status_ms)} reads, {len(readers.failures)} failed)",
+            percentile(status_ms, 99),
+            ADMIN_TARGET_MS,
+            f"< {ADMIN_TARGET_MS:.0f} ms",
+        ),
+    ]
     return rows
 
 
@@ -429,6 +620,7 @@ def section_admin_at_scale(args: argparse.Namespace, workdir: Path) -> list[Row]
 SECTIONS: dict[str, Callable[[argparse.Namespace, Path], list[Row]]] = {
     "load-stall": section_load_stall,
     "reconcile": section_reconcile,
+    "bulk-deploys": section_bulk_deploys,
     "admin-at-scale": section_admin_at_scale,
 }
 
@@ -454,6 +646,8 @@ def main() -> None:
     parser.add_argument(
         "--reconcile-models", type=int, default=1000, help="deployed models at the large size (reconcile)"
     )
+    parser.add_argument("--deploys", type=int, default=500, help="deploys of different models (bulk deploys)")
+    parser.add_argument("--workers", type=int, default=2, help="Q_WORKERS of the cluster (bulk deploys)")
     parser.add_argument("--registered", type=int, default=10_000, help="registered models (admin at scale)")
     parser.add_argument("--tasks", type=int, default=1_000_000, help="task rows (admin at scale)")
     parser.add_argument("--requests", type=int, default=20, help="requests per page (admin at scale)")
