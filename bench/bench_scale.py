@@ -485,6 +485,8 @@ def section_bulk_deploys(args: argparse.Namespace, workdir: Path) -> list[Row]:
         finally:
             remove_models(fleet, repository, ids)
             fleet.close()
+            DeploymentTask.objects.filter(embedding_model_id__in=ids).delete()
+            EmbeddingModel.objects.filter(pk__in=ids).delete()
     done = [task for task in finished if task.status == "done"]
     failed = [task for task in finished if task.status != "done"]
     busy = sum((task.finished_at - task.started_at).total_seconds() for task in finished if task.started_at)
@@ -500,6 +502,12 @@ def section_bulk_deploys(args: argparse.Namespace, workdir: Path) -> list[Row]:
         else {}
     )
     status_ms = [latency * 1000 for latency in readers.latencies]
+    ends = sorted(task.finished_at for task in done)
+    tenth = max(1, len(ends) // 10)
+
+    def pace(window: list) -> float:
+        return (len(window) - 1) / max((window[-1] - window[0]).total_seconds(), 1e-6) * 60
+
     rows += [
         Row(
             section,
@@ -509,6 +517,11 @@ def section_bulk_deploys(args: argparse.Namespace, workdir: Path) -> list[Row]:
             else f"{len(done)} done in {span:.0f} s (submit to last: {wall:.0f} s)",
         ),
         Row(section, "deploys per minute", f"{len(done) / span * 60:.1f}"),
+        Row(
+            section,
+            f"deploys per minute, first {tenth} / last {tenth} to finish",
+            f"{pace(ends[: tenth + 1]):.1f} / {pace(ends[-tenth - 1 :]):.1f} (more models loaded and routed by then)",
+        ),
         Row(
             section,
             "deploys running at once, on average",
