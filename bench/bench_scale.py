@@ -1,6 +1,8 @@
 """Costs that must stay flat as the number of models grows, measured side by side in one run.
 
-    .venv/bin/python bench/bench_scale.py [--loads 10] [--models 1000]
+    .venv/bin/python bench/bench_scale.py [--sections load-stall,reconcile,bulk-deploys,admin-at-scale]
+        [--loads 10] [--models 1000] [--reconcile-models 1000] [--deploys 500] [--workers 2]
+        [--registered 10000] [--tasks 1000000] [--requests 20] [--database-url URL]
 
 Sections (each a function returning rows of one table, printed at the end):
 
@@ -12,6 +14,20 @@ Sections (each a function returning rows of one table, printed at the end):
       at --models models, and their ratio (target for ours <= 1.2), with the load calls' own time.
       The two sizes alternate load by load (the models beyond the first 10 are moved in and out of the
       root between loads), so a drift of the machine's load falls on both alike.
+
+  reconcile: one real replica behind a real Envoy, 10 and then --reconcile-models models deployed (tiny
+      models, one fetched revision linked into every model), the registry saying they are live; the
+      time of one reconcile cycle in steady state and the HTTP calls it makes, at both sizes.
+  bulk deploys: --deploys models registered from one tiny model's folder, deployed in one batch with
+      bake_seconds 0 by a real django-q2 cluster (Q_WORKERS=--workers) onto a real replica behind
+      Envoy, while two clients read GET /deploy-status/{id} under gunicorn: deploys per minute (the
+      first and last tenth too), how many ran at once, each stage's median, the status reads' p99.
+  admin at scale: --registered models and --tasks tasks; p99 of the models list, the dashboard, the
+      task lists filtered by status and by model, GET /models and GET /deploy-status/{id}.
+
+The sections that need the registry share one throw-away database: SQLite in the run's folder, or
+--database-url naming an empty PostgreSQL database. Those that load hundreds of models first measure
+what one costs MLServer and load no more than leaves MEMORY_RESERVE of the machine free.
 
 The models are built here (tests/support/tiny_models.py: 1-layer 32-dimension BERT, random weights),
 everything lives in a temporary folder, and every server started is stopped at the end. The machine's
