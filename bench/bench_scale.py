@@ -48,16 +48,20 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil
 
 from deployments.inference import Fleet, ModelRepository, V2Client
-from deployments.inference.router import LocalEnvoy
+from deployments.inference.router import HEALTH_CHECK_INTERVAL, LocalEnvoy
 from deployments.inference.server import LAYOUT_REPOSITORY, LocalMLServer
 from tests.support.routing import Traffic, write_versioned_settings
 from tests.support.tiny_models import TINY_DIMENSIONS, build_tiny_model, folder_size
+
+if TYPE_CHECKING:  # it reads the registry: imported once Django is set up
+    from tests.support.scale import HttpCalls
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REVISIONS_PER_MODEL = 3
@@ -280,6 +284,15 @@ def loaded_model_cost(
     return (process_rss(server.process.pid) - first) / (len(ids) - 1)
 
 
+def server_cpu_percent(server: LocalMLServer, seconds: float = 3.0) -> float:
+    """MLServer's CPU use over ``seconds`` (100: one core), its workers included."""
+    processes = [psutil.Process(server.process.pid)]
+    processes += processes[0].children(recursive=True)
+    before = sum(sum(p.cpu_times()[:2]) for p in processes)
+    time.sleep(seconds)
+    return (sum(sum(p.cpu_times()[:2]) for p in processes) - before) / seconds * 100
+
+
 def models_that_fit(per_model: float, wanted: int, loaded: int) -> int:
     """How many models may be loaded in all, leaving MEMORY_RESERVE free for the machine's other users."""
     spare = psutil.virtual_memory().available - MEMORY_RESERVE
@@ -293,12 +306,12 @@ RECONCILE_CYCLES = 5
 MEMORY_RESERVE = 6 * 1024**3  # the machine is shared: never take its last 6 GB
 
 
-def timed_cycles(cycles: int, expected: int) -> tuple[list[float], list[tuple[str, str]]]:
+def timed_cycles(cycles: int, expected: int) -> tuple[list[float], HttpCalls]:
     """Seconds per reconcile cycle in steady state, and the HTTP calls of the last one."""
     from deployments.services.reconciler import reconcile_models
     from tests.support.scale import counted_http_calls
 
-    seconds = []
+    seconds: list[float] = []
     for _ in range(cycles):
         with counted_http_calls() as calls:
             started = time.perf_counter()
@@ -334,6 +347,7 @@ def section_reconcile(args: argparse.Namespace, workdir: Path) -> list[Row]:
                 f"{large:,} of {args.reconcile_models:,} models fit beside a {MEMORY_RESERVE / 1024**3:.0f} GB reserve",
                 flush=True,
             )
+            idle_cpu = {RECONCILE_SMALL: server_cpu_percent(server)}
             figures = {RECONCILE_SMALL: timed_cycles(RECONCILE_CYCLES, RECONCILE_SMALL)}
             started = time.monotonic()
             serve_live_models(fleet, repository, ids[RECONCILE_SMALL:large], artifact)
@@ -343,6 +357,7 @@ def section_reconcile(args: argparse.Namespace, workdir: Path) -> list[Row]:
                 f"(MLServer {process_rss(server.process.pid) / 1e9:.2f} GB)",
                 flush=True,
             )
+            idle_cpu[large] = server_cpu_percent(server)
             figures[large] = timed_cycles(RECONCILE_CYCLES, large)
         finally:
             remove_models(fleet, repository, ids)
@@ -355,7 +370,15 @@ def section_reconcile(args: argparse.Namespace, workdir: Path) -> list[Row]:
                 section,
                 f"{size:,} deployed models, in step: one cycle",
                 f"median {statistics.median(seconds) * 1000:.0f} ms, max {max(seconds) * 1000:.0f} ms "
-                f"({len(seconds)} cycles); calls: {called}",
+                f"({len(seconds)} cycles); calls: {called}, answered in {sum(calls.seconds) * 1000:.0f} ms",
+            )
+        )
+        rows.append(
+            Row(
+                section,
+                f"{size:,} deployed models: MLServer's CPU between cycles",
+                f"{idle_cpu[size]:.0f}% of one core (Envoy health-checks each routed revision every "
+                f"{HEALTH_CHECK_INTERVAL})",
             )
         )
     small_calls, large_calls = len(figures[RECONCILE_SMALL][1]), len(figures[large][1])

@@ -7,6 +7,7 @@ disk while each one is laid out, loadable and verifiable exactly as a deploy lea
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -84,16 +85,32 @@ def register_live(model_ids: Sequence[str], revision: str, artifact: Path, endpo
     )
 
 
+class HttpCalls(list[tuple[str, str]]):
+    """(method, path) of each call, in order; ``seconds``: how long each one took to be answered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def clear(self) -> None:
+        super().clear()
+        self.seconds.clear()
+
+
 @contextmanager
-def counted_http_calls() -> Iterator[list[tuple[str, str]]]:
+def counted_http_calls() -> Iterator[HttpCalls]:
     """Every HTTP call this process makes meanwhile (to the replicas, to Envoy's admin), as (method, path);
     each one still goes to the real server."""
-    calls: list[tuple[str, str]] = []
+    calls = HttpCalls()
     send = httpx.Client.send
 
     def counted(client: httpx.Client, request: httpx.Request, **kwargs: Any) -> httpx.Response:
-        calls.append((request.method, request.url.path))
-        return send(client, request, **kwargs)
+        started = time.perf_counter()
+        try:
+            return send(client, request, **kwargs)
+        finally:
+            calls.append((request.method, request.url.path))
+            calls.seconds.append(time.perf_counter() - started)
 
     httpx.Client.send = counted  # type: ignore[method-assign]
     try:
