@@ -42,7 +42,7 @@ def queries(client, path: str) -> int:
 def test_the_models_list_and_the_dashboard_cost_the_same_queries_at_3_models_as_at_60(admin_client, api):
     add_models(0, 3)
     for path in PAGES:
-        admin_client.get(path)  # the first request of a session fills caches (content types, permissions)
+        admin_client.get(path)  # a first request fills caches (content types, permissions)
     api.get("/models")
     few = {path: queries(admin_client, path) for path in PAGES} | {"/models": queries(api, "/models")}
 
