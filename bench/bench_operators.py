@@ -88,8 +88,9 @@ def seed_models() -> None:
     )
 
 
-def insert_tasks(first: int, count: int, total_planned: int) -> None:
-    """Rows first .. first+count-1 of a history of total_planned rows: newest rows have the lowest index."""
+def insert_tasks(first: int, count: int, total_planned: int, models: int = MODELS) -> None:
+    """Rows first .. first+count-1 of a history of total_planned rows: newest rows have the lowest index,
+    spread over ``models`` models (model-0000 ...)."""
     from django.db import connection
 
     status = (
@@ -113,7 +114,7 @@ def insert_tasks(first: int, count: int, total_planned: int) -> None:
                 f"""
                 INSERT INTO deployments_task ({columns})
                 WITH RECURSIVE seq(i) AS (SELECT {first} UNION ALL SELECT i + 1 FROM seq WHERE i < {first + count - 1})
-                SELECT lower(hex(randomblob(16))), {kind}, printf('model-%04d', i % {MODELS}), {status}, {detail},
+                SELECT lower(hex(randomblob(16))), {kind}, printf('model-%04d', i % {models}), {status}, {detail},
                        '{{"attempt": 1, "retry_of": null}}', '{{}}', {total_planned} - i, 1, 'bench', '',
                        {created}, {created}, {created}, {created}
                 FROM seq
@@ -124,7 +125,7 @@ def insert_tasks(first: int, count: int, total_planned: int) -> None:
             cursor.execute(
                 f"""
                 INSERT INTO deployments_task ({columns})
-                SELECT md5(random()::text || i)::uuid, {kind}, 'model-' || lpad((i % {MODELS})::text, 4, '0'),
+                SELECT md5(random()::text || i)::uuid, {kind}, 'model-' || lpad((i % {models})::text, 4, '0'),
                        {status}, {detail}, '{{"attempt": 1, "retry_of": null}}'::jsonb, '{{}}'::jsonb,
                        {total_planned} - i, 1, 'bench', '', {created}, {created}, {created}, {created}
                 FROM generate_series({first}, {first + count - 1}) AS i

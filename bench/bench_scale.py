@@ -1,7 +1,8 @@
 """Costs that must stay flat as the number of models grows, measured side by side in one run.
 
-    .venv/bin/python bench/bench_scale.py [--sections load-stall,memory-plan] [--loads 10] [--models 1000]
-        [--memory-loaded 100]
+    .venv/bin/python bench/bench_scale.py [--sections load-stall,memory-plan,reconcile,bulk-deploys,admin-at-scale]
+        [--loads 10] [--models 1000] [--memory-loaded 100] [--reconcile-models 1000] [--deploys 500]
+        [--workers 2] [--registered 10000] [--tasks 1000000] [--requests 20] [--database-url URL]
 
 Sections (each a function returning rows of one table, printed at the end):
 
@@ -20,6 +21,19 @@ Sections (each a function returning rows of one table, printed at the end):
       each, against one real MLServer replica with 10 and then --memory-loaded tiny models loaded.
       The database's queries per plan (what holds the lock) must not grow with the models loaded or
       registered; the replica's index, read before the lock, is most of a plan's time.
+  reconcile: one real replica behind a real Envoy, 10 and then --reconcile-models models deployed (tiny
+      models, one fetched revision linked into every model), the registry saying they are live; the
+      time of one reconcile cycle in steady state and the HTTP calls it makes, at both sizes.
+  bulk deploys: --deploys models registered from one tiny model's folder, deployed in one batch with
+      bake_seconds 0 by a real django-q2 cluster (Q_WORKERS=--workers) onto a real replica behind
+      Envoy, while two clients read GET /deploy-status/{id} under gunicorn: deploys per minute (the
+      first and last tenth too), how many ran at once, each stage's median, the status reads' p99.
+  admin at scale: --registered models and --tasks tasks; p99 of the models list, the dashboard, the
+      task lists filtered by status and by model, GET /models and GET /deploy-status/{id}.
+
+The sections that need the registry share one throw-away database: SQLite in the run's folder, or
+--database-url naming an empty PostgreSQL database. Those that load hundreds of models first measure
+what one costs MLServer and load no more than leaves MEMORY_RESERVE of the machine free.
 
 The models are built here (tests/support/tiny_models.py: 1-layer 32-dimension BERT, random weights),
 everything lives in a temporary folder, and every server started is stopped at the end. The machine's
@@ -30,21 +44,32 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deployments.inference import ModelRepository, V2Client
+import psutil
+
+from deployments.inference import Fleet, ModelRepository, V2Client
+from deployments.inference.router import HEALTH_CHECK_INTERVAL, LocalEnvoy
 from deployments.inference.server import LAYOUT_REPOSITORY, LocalMLServer
 from tests.support.routing import Traffic, write_versioned_settings
-from tests.support.tiny_models import build_tiny_model, folder_size
+from tests.support.tiny_models import TINY_DIMENSIONS, build_tiny_model, folder_size
 
+if TYPE_CHECKING:  # it reads the registry: imported once Django is set up
+    from tests.support.scale import HttpCalls
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REVISIONS_PER_MODEL = 3
 SMALL_REPOSITORY = 10
 STALL_TARGET = 1.2
@@ -223,9 +248,7 @@ PLANS_PER_SIZE = 5
 def section_memory_plan(args: argparse.Namespace, workdir: Path) -> list[Row]:
     section = "memory plan"
     workdir.mkdir(parents=True)
-    from bench_operators import setup_django  # the same throwaway database setup
-
-    setup_django(workdir, None)
+    django_ready(args, workdir.parent / "django")  # the run's one throw-away database
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -291,6 +314,10 @@ def section_memory_plan(args: argparse.Namespace, workdir: Path) -> list[Row]:
         fleet.close()
     finally:
         server.stop()
+        # The run's later sections share the database: leave it as found.
+        Task.objects.filter(pk=task.pk).delete()
+        ModelRevision.objects.all().delete()
+        EmbeddingModel.objects.filter(pk__in=[model_name(n) for n in range(args.models + 1)]).delete()
     (small_ms, small_queries), (large_ms, large_queries) = results[SMALL_REPOSITORY], results[args.memory_loaded]
     rows.append(
         Row(
@@ -306,11 +333,447 @@ def section_memory_plan(args: argparse.Namespace, workdir: Path) -> list[Row]:
     return rows
 
 
+# -- Django, for the sections that need the registry --------------------------------------------
+
+_django_database: list[str] = []  # set once: Django is set up once per process
+
+
+def django_ready(args: argparse.Namespace, workdir: Path) -> None:
+    """Django on one throw-away database for the whole run: SQLite in the run's folder, or --database-url."""
+    if _django_database:
+        return
+    from bench.bench_operators import setup_django
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    setup_django(workdir, args.database_url)
+    from django.conf import settings
+
+    _django_database.append(settings.DATABASES["default"]["NAME"])
+
+
+def point_at_fleet(server: LocalMLServer, envoy: LocalEnvoy, sources: Path, bake_seconds: float = 0) -> None:
+    """The control plane's settings for one replica behind one Envoy, as `make run` configures them."""
+    from django.conf import settings
+
+    settings.INFERENCE_SERVER_URL = envoy.url
+    settings.INFERENCE_REPLICA_URLS = [server.url]
+    settings.ROUTER_CONFIG_DIR = envoy.routes.config_dir
+    settings.ROUTER_ADMIN_URL = envoy.admin_url
+    settings.MODEL_REPOSITORY_ROOT = server.repository_root
+    settings.ALLOWED_SOURCE_ROOTS = [sources]
+    settings.INFERENCE_BAKE_SECONDS = bake_seconds
+
+
+def process_rss(pid: int) -> int:
+    """Resident bytes of a process and its children (MLServer's own workers)."""
+    process = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
+
+
+def loaded_model_cost(
+    server: LocalMLServer, fleet: Fleet, repository: ModelRepository, ids: list[str], artifact: Path
+) -> float:
+    """Serve ``ids`` (registered nowhere); return the resident bytes each one after the first added to MLServer
+    (the first pays the imports of torch and transformers)."""
+    from tests.support.scale import serve_live_models
+
+    serve_live_models(fleet, repository, ids[:1], artifact)
+    first = process_rss(server.process.pid)
+    serve_live_models(fleet, repository, ids[1:], artifact)
+    return (process_rss(server.process.pid) - first) / (len(ids) - 1)
+
+
+def server_cpu_percent(server: LocalMLServer, seconds: float = 3.0) -> float:
+    """MLServer's CPU use over ``seconds`` (100: one core), its workers included."""
+    processes = [psutil.Process(server.process.pid)]
+    processes += processes[0].children(recursive=True)
+    before = sum(sum(p.cpu_times()[:2]) for p in processes)
+    time.sleep(seconds)
+    return (sum(sum(p.cpu_times()[:2]) for p in processes) - before) / seconds * 100
+
+
+def models_that_fit(per_model: float, wanted: int, loaded: int) -> int:
+    """How many models may be loaded in all, leaving MEMORY_RESERVE free for the machine's other users."""
+    spare = psutil.virtual_memory().available - MEMORY_RESERVE
+    return max(loaded, min(wanted, loaded + int(spare / max(per_model, 1))))
+
+
+# -- reconcile ----------------------------------------------------------------------------------
+
+RECONCILE_SMALL = 10
+RECONCILE_CYCLES = 5
+MEMORY_RESERVE = 6 * 1024**3  # the machine is shared: never take its last 6 GB
+
+
+def timed_cycles(cycles: int, expected: int) -> tuple[list[float], HttpCalls]:
+    """Seconds per reconcile cycle in steady state, and the HTTP calls of the last one."""
+    from deployments.services.reconciler import reconcile_models
+    from tests.support.scale import counted_http_calls
+
+    seconds: list[float] = []
+    for _ in range(cycles):
+        with counted_http_calls() as calls:
+            started = time.perf_counter()
+            report = reconcile_models()
+            seconds.append(time.perf_counter() - started)
+        if report.changed or len(report.already_served) != expected:
+            raise RuntimeError(f"not in steady state: {report}")
+    return seconds, calls
+
+
+def section_reconcile(args: argparse.Namespace, workdir: Path) -> list[Row]:
+    section = "reconcile"
+    django_ready(args, workdir.parent / "django")
+    from deployments.models import EmbeddingModel
+    from deployments.services.deployer import build_fleet
+    from tests.support.scale import register_live, remove_models, serve_live_models
+
+    artifact = build_tiny_model(workdir / "sources" / "tiny-model")
+    server = LocalMLServer(workdir / "repository", workdir / "server")
+    ids = [f"rc-{n:04d}" for n in range(args.reconcile_models)]
+    rows = []
+    with server, LocalEnvoy(workdir / "envoy") as envoy:
+        point_at_fleet(server, envoy, artifact.parent)
+        repository = ModelRepository(server.repository_root)
+        fleet = build_fleet()
+        try:
+            per_model = loaded_model_cost(server, fleet, repository, ids[:RECONCILE_SMALL], artifact)
+            revision = repository.live_revision(ids[0])
+            register_live(ids[:RECONCILE_SMALL], revision, artifact, fleet.base_url)
+            large = models_that_fit(per_model, args.reconcile_models, RECONCILE_SMALL)
+            print(
+                f"{section}: a loaded tiny model costs MLServer {per_model / 1e6:.1f} MB; "
+                f"{large:,} of {args.reconcile_models:,} models fit beside a {MEMORY_RESERVE / 1024**3:.0f} GB reserve",
+                flush=True,
+            )
+            idle_cpu = {RECONCILE_SMALL: server_cpu_percent(server)}
+            figures = {RECONCILE_SMALL: timed_cycles(RECONCILE_CYCLES, RECONCILE_SMALL)}
+            started = time.monotonic()
+            serve_live_models(fleet, repository, ids[RECONCILE_SMALL:large], artifact)
+            register_live(ids[RECONCILE_SMALL:large], revision, artifact, fleet.base_url)
+            print(
+                f"  {large:,} models loaded and routed in {time.monotonic() - started:.0f} s "
+                f"(MLServer {process_rss(server.process.pid) / 1e9:.2f} GB)",
+                flush=True,
+            )
+            idle_cpu[large] = server_cpu_percent(server)
+            figures[large] = timed_cycles(RECONCILE_CYCLES, large)
+        finally:
+            remove_models(fleet, repository, ids)
+            EmbeddingModel.objects.filter(pk__in=ids).delete()
+            fleet.close()
+    for size, (seconds, calls) in figures.items():
+        called = ", ".join(f"{n} x {method} {path}" for (method, path), n in sorted(Counter(calls).items()))
+        rows.append(
+            Row(
+                section,
+                f"{size:,} deployed models, in step: one cycle",
+                f"median {statistics.median(seconds) * 1000:.0f} ms, max {max(seconds) * 1000:.0f} ms "
+                f"({len(seconds)} cycles); calls: {called}, answered in {sum(calls.seconds) * 1000:.0f} ms",
+            )
+        )
+        rows.append(
+            Row(
+                section,
+                f"{size:,} deployed models: MLServer's CPU between cycles",
+                f"{idle_cpu[size]:.0f}% of one core (Envoy health-checks each routed revision every "
+                f"{HEALTH_CHECK_INTERVAL})",
+            )
+        )
+    small_calls, large_calls = len(figures[RECONCILE_SMALL][1]), len(figures[large][1])
+    rows.append(
+        Row(
+            section,
+            f"HTTP calls per cycle at {large:,} / at {RECONCILE_SMALL} models",
+            f"{large_calls} / {small_calls}",
+            large_calls / small_calls,
+            1.0,
+            "= 1x",
+        )
+    )
+    return rows
+
+
+# -- bulk deploys -------------------------------------------------------------------------------
+
+STATUS_READERS = 2
+STATUS_READ_PAUSE = 0.05  # each reader's pause between reads: an operator's dashboard, not a flood
+FINISHED = ("done", "failed", "refused", "canceled")
+
+
+class StatusReaders:
+    """Threads reading GET /deploy-status/{id} of random models through the web server until stopped."""
+
+    def __init__(self, url: str, token: str, model_ids: list[str]):
+        self.url, self.token, self.model_ids = url, token, model_ids
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._read, daemon=True) for _ in range(STATUS_READERS)]
+
+    def _read(self) -> None:
+        import httpx
+
+        headers = {"Authorization": f"Token {self.token}"}
+        with httpx.Client(base_url=self.url, headers=headers, timeout=30) as client:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                response = client.get(f"/deploy-status/{random.choice(self.model_ids)}")
+                if response.status_code == 200:
+                    self.latencies.append(time.perf_counter() - started)
+                else:
+                    self.failures.append(f"{response.status_code} {response.text[:200]}")
+                time.sleep(STATUS_READ_PAUSE)
+
+    def __enter__(self) -> StatusReaders:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def worker_env(server: LocalMLServer, envoy: LocalEnvoy, sources: Path, deploys: int, workers: int) -> dict[str, str]:
+    """The environment of the web server and the workers: this run's database and fleet, no bake."""
+    env = dict(os.environ)  # setup_django put the database, the var folder and the secret key there
+    env.update(
+        {
+            "INFERENCE_SERVER_URL": envoy.url,
+            "INFERENCE_REPLICA_URLS": server.url,
+            "ROUTER_CONFIG_DIR": str(envoy.routes.config_dir),
+            "ROUTER_ADMIN_URL": envoy.admin_url,
+            "MODEL_REPOSITORY_ROOT": str(server.repository_root),
+            "ALLOWED_SOURCE_ROOTS": str(sources),
+            "INFERENCE_BAKE_SECONDS": "0",
+            "MAX_DEPLOYED_MODELS": str(deploys + 100),
+            "Q_WORKERS": str(workers),
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "PYTHONPATH": str(PROJECT_ROOT),
+        }
+    )
+    return env
+
+
+def wait_for_tasks(task_ids: list[str], timeout: float) -> None:
+    from django.db import close_old_connections
+
+    from deployments.models import DeploymentTask
+
+    deadline = time.monotonic() + timeout
+    reported = time.monotonic()
+    while (left := DeploymentTask.objects.filter(pk__in=task_ids).exclude(status__in=FINISHED).count()) > 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{left} of {len(task_ids)} deploys still unfinished after {timeout:.0f} s")
+        if time.monotonic() - reported > 30:
+            print(f"  {len(task_ids) - left} of {len(task_ids)} deploys finished", flush=True)
+            reported = time.monotonic()
+        time.sleep(1)
+        close_old_connections()
+
+
+def section_bulk_deploys(args: argparse.Namespace, workdir: Path) -> list[Row]:
+    section = "bulk deploys"
+    django_ready(args, workdir.parent / "django")
+    from django.contrib.auth import get_user_model
+    from knox.models import AuthToken
+
+    from bench.bench_api import process, web_server
+    from deployments.models import DeploymentTask, EmbeddingModel, TaskKind
+    from deployments.services.bulk import submit_many
+    from deployments.services.deployer import build_fleet
+    from tests.support.scale import remove_models
+
+    artifact = build_tiny_model(workdir / "sources" / "tiny-model")
+    server = LocalMLServer(workdir / "repository", workdir / "server")
+    rows = []
+    with server, LocalEnvoy(workdir / "envoy") as envoy:
+        point_at_fleet(server, envoy, artifact.parent)
+        repository = ModelRepository(server.repository_root)
+        fleet = build_fleet()
+        warm = [f"warm-{n}" for n in range(6)]
+        per_model = loaded_model_cost(server, fleet, repository, warm, artifact)
+        remove_models(fleet, repository, warm)
+        count = models_that_fit(per_model, args.deploys, 0)
+        ids = [f"bulk-{n:04d}" for n in range(count)]
+        print(
+            f"{section}: a loaded tiny model costs MLServer {per_model / 1e6:.1f} MB; {count:,} of {args.deploys:,} "
+            f"deploys fit beside a {MEMORY_RESERVE / 1024**3:.0f} GB reserve",
+            flush=True,
+        )
+        EmbeddingModel.objects.bulk_create(EmbeddingModel(id=model_id, source=str(artifact)) for model_id in ids)
+        user = get_user_model().objects.create_superuser("bench-bulk", "bench@localhost", None)
+        token = AuthToken.objects.create(user=user, expiry=None)[1]
+        env = worker_env(server, envoy, artifact.parent, count, args.workers)
+        try:
+            with (
+                web_server(env, workdir) as url,
+                process([sys.executable, "manage.py", "qcluster"], env, workdir / "qcluster.log"),
+            ):
+                submitted = time.monotonic()
+                config = {"bake_seconds": 0, "expected_dimensions": TINY_DIMENSIONS}
+                tasks = submit_many(TaskKind.DEPLOYMENT, ids, config=config, requested_by="bench")
+                task_ids = [str(task.pk) for task in tasks]
+                with StatusReaders(url, token, ids) as readers:
+                    wait_for_tasks(task_ids, timeout=120 + 20 * count)
+                wall = time.monotonic() - submitted
+            finished = list(DeploymentTask.objects.filter(pk__in=task_ids))
+        finally:
+            remove_models(fleet, repository, ids)
+            fleet.close()
+            DeploymentTask.objects.filter(embedding_model_id__in=ids).delete()
+            EmbeddingModel.objects.filter(pk__in=ids).delete()
+    done = [task for task in finished if task.status == "done"]
+    failed = [task for task in finished if task.status != "done"]
+    busy = sum((task.finished_at - task.started_at).total_seconds() for task in finished if task.started_at)
+    first_start = min(task.started_at for task in finished if task.started_at)
+    last_end = max(task.finished_at for task in finished)
+    span = (last_end - first_start).total_seconds()
+    stage_medians = (
+        {
+            stage: statistics.median(task.metadata.get("timings", {}).get(stage, 0.0) for task in done)
+            for stage in ("validate", "fetch", "load_green", "smoke_test", "switch", "retire_blue", "done")
+        }
+        if done
+        else {}
+    )
+    status_ms = [latency * 1000 for latency in readers.latencies]
+    ends = sorted(task.finished_at for task in done)
+    tenth = max(1, len(ends) // 10)
+
+    def pace(window: list) -> float:
+        return (len(window) - 1) / max((window[-1] - window[0]).total_seconds(), 1e-6) * 60
+
+    rows += [
+        Row(
+            section,
+            f"{count} deploys of different models, {args.workers} workers, bake 0 s",
+            f"{len(done)} done, {len(failed)} not ({failed[0].status}: {failed[0].detail[:80]})"
+            if failed
+            else f"{len(done)} done in {span:.0f} s (submit to last: {wall:.0f} s)",
+        ),
+        Row(section, "deploys per minute", f"{len(done) / span * 60:.1f}"),
+        Row(
+            section,
+            f"deploys per minute, first {tenth} / last {tenth} to finish",
+            f"{pace(ends[: tenth + 1]):.1f} / {pace(ends[-tenth - 1 :]):.1f} (more models loaded and routed by then)",
+        ),
+        Row(
+            section,
+            "deploys running at once, on average",
+            f"{busy / span:.2f} of {args.workers} workers (sum of deploy times / span)",
+        ),
+        Row(
+            section,
+            "one deploy, median by stage",
+            ", ".join(f"{stage} {seconds * 1000:.0f} ms" for stage, seconds in stage_medians.items()),
+        ),
+        Row(
+            section,
+            "GET /deploy-status/{id} while they ran",
+            f"p99 {percentile(status_ms, 99):.0f} ms, median {statistics.median(status_ms):.0f} ms "
+            f"({len(status_ms)} reads, {len(readers.failures)} failed)",
+            percentile(status_ms, 99),
+            ADMIN_TARGET_MS,
+            f"< {ADMIN_TARGET_MS:.0f} ms",
+        ),
+    ]
+    return rows
+
+
+# -- admin at scale -----------------------------------------------------------------------------
+
+ADMIN_TARGET_MS = 300.0
+ADMIN_DEPLOYED = 500  # hundreds of models per server
+
+
+def seed_registry(count: int, deployed: int) -> None:
+    """``count`` registered models, model-0000 ..., the first ``deployed`` of them live."""
+    from deployments.models import EmbeddingModel
+
+    EmbeddingModel.objects.bulk_create(
+        (
+            EmbeddingModel(
+                id=f"model-{i:04d}",
+                name=f"customer {i} index",
+                source="/models/tiny",
+                dimensions=32,
+                state=EmbeddingModel.State.DEPLOYED if i < deployed else EmbeddingModel.State.NOT_DEPLOYED,
+                live_revision=f"{i:04d}deadbeefcafe" if i < deployed else "",
+                endpoint=f"http://127.0.0.1:8080/v2/models/model-{i:04d}/infer" if i < deployed else "",
+            )
+            for i in range(count)
+        ),
+        batch_size=1000,
+    )
+
+
+def section_admin_at_scale(args: argparse.Namespace, workdir: Path) -> list[Row]:
+    section = "admin at scale"
+    django_ready(args, workdir.parent / "django")
+    from django.db import connection
+    from django.test import Client
+    from knox.models import AuthToken
+
+    from bench.bench_operators import insert_tasks, measure_pages
+    from deployments.models import Task
+    from tests.support.factories import UserFactory
+
+    started = time.monotonic()
+    seed_registry(args.registered, ADMIN_DEPLOYED)
+    step = 100_000
+    for first in range(0, args.tasks, step):
+        insert_tasks(first, min(step, args.tasks - first), args.tasks, models=args.registered)
+    tasks = Task.objects.count()
+    print(
+        f"{section}: {connection.vendor}, {args.registered:,} models ({ADMIN_DEPLOYED} deployed), {tasks:,} tasks "
+        f"seeded in {time.monotonic() - started:.0f} s",
+        flush=True,
+    )
+    user = UserFactory(username="bench-operator", is_staff=True, is_superuser=True)
+    admin_client = Client()
+    admin_client.force_login(user)
+    _, key = AuthToken.objects.create(user=user, expiry=None)
+    api_client = Client(HTTP_AUTHORIZATION=f"Token {key}")
+    model = f"model-{args.registered // 2:04d}"
+    admin_pages = {
+        "admin: models list": "/admin/deployments/embeddingmodel/",
+        "admin: models list, deployed": "/admin/deployments/embeddingmodel/?state__exact=deployed",
+        "admin: models list, searched": f"/admin/deployments/embeddingmodel/?q={model}",
+        "admin: dashboard": "/admin/",
+        "admin: tasks, status=failed": "/admin/deployments/deploymenttask/?status__exact=failed",
+        "admin: tasks, one model": f"/admin/deployments/deploymenttask/?model={model}",
+    }
+    api_pages = {
+        "API: GET /models": "/models",
+        "API: GET /deploy-status/{id}": f"/deploy-status/{model}",
+    }
+    measured = measure_pages(admin_client, admin_pages, args.requests) | measure_pages(
+        api_client, api_pages, args.requests
+    )
+    return [
+        Row(
+            section,
+            f"{label} ({args.registered:,} models, {tasks:,} tasks)",
+            f"p99 {p99:.0f} ms, median {p50:.0f} ms ({args.requests} requests)",
+            p99,
+            ADMIN_TARGET_MS,
+            f"< {ADMIN_TARGET_MS:.0f} ms",
+        )
+        for label, (p50, p99) in measured.items()
+    ]
+
+
 # -- the table ----------------------------------------------------------------------------------
 
 SECTIONS: dict[str, Callable[[argparse.Namespace, Path], list[Row]]] = {
     "load-stall": section_load_stall,
     "memory-plan": section_memory_plan,
+    "reconcile": section_reconcile,
+    "bulk-deploys": section_bulk_deploys,
+    "admin-at-scale": section_admin_at_scale,
 }
 
 
@@ -333,6 +796,17 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=1000, help="models in the large repository (load stall)")
     parser.add_argument("--loads", type=int, default=10, help="loads of B at each repository size (load stall)")
     parser.add_argument("--memory-loaded", type=int, default=100, help="models loaded on the replica (memory plan)")
+    parser.add_argument(
+        "--reconcile-models", type=int, default=1000, help="deployed models at the large size (reconcile)"
+    )
+    parser.add_argument("--deploys", type=int, default=500, help="deploys of different models (bulk deploys)")
+    parser.add_argument("--workers", type=int, default=2, help="Q_WORKERS of the cluster (bulk deploys)")
+    parser.add_argument("--registered", type=int, default=10_000, help="registered models (admin at scale)")
+    parser.add_argument("--tasks", type=int, default=1_000_000, help="task rows (admin at scale)")
+    parser.add_argument("--requests", type=int, default=20, help="requests per page (admin at scale)")
+    parser.add_argument(
+        "--database-url", help="an empty, throw-away PostgreSQL database (default: SQLite in the run's folder)"
+    )
     args = parser.parse_args()
     chosen = [name.strip() for name in args.sections.split(",") if name.strip()]
     unknown = set(chosen) - set(SECTIONS)

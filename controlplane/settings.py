@@ -147,8 +147,11 @@ METERED_DATABASE_ENGINES = {
 DATABASE_VENDOR_ENGINE = DATABASES["default"]["ENGINE"]
 DATABASES["default"]["ENGINE"] = METERED_DATABASE_ENGINES.get(DATABASE_VENDOR_ENGINE, DATABASE_VENDOR_ENGINE)
 if DATABASE_VENDOR_ENGINE == "django.db.backends.sqlite3":
-    # Workers and the web server share one SQLite file: wait for locks instead of failing at once.
-    DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
+    # Workers and the web server share one SQLite file: wait for locks instead of failing at once; and
+    # write-ahead logging, so a status read never waits for a worker's commit (nor a commit for a read).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
+    )
     # A connection per request unless DATABASE_CONN_MAX_AGE says otherwise (the web server does, in
     # controlplane/gunicorn.conf.py: opening a SQLite file costs more than a status lookup).
     DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ.get("DATABASE_CONN_MAX_AGE", "0"))

@@ -338,9 +338,11 @@ def with_latest_tasks(models: QuerySet[EmbeddingModel]) -> QuerySet[EmbeddingMod
     )
 
 
-def deployed_models() -> list[EmbeddingModel]:
-    """The models the registry says are live, in id order (one query)."""
-    return list(EmbeddingModel.objects.filter(state=EmbeddingModel.State.DEPLOYED).order_by("pk"))
+def deployed_models(*, with_drift: bool = False) -> list[EmbeddingModel]:
+    """The models the registry says are live, in id order (one query); ``with_drift``: each with its
+    ``open_drifts`` (one query more, not one per model)."""
+    models = EmbeddingModel.objects.filter(state=EmbeddingModel.State.DEPLOYED).order_by("pk")
+    return list(with_open_drift(models) if with_drift else models)
 
 
 def embedding_model_ids(*, states: Sequence[str] | None = None, limit: int | None = None) -> list[str]:

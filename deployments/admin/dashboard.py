@@ -20,6 +20,8 @@ from deployments.models import ACTIVE_STATUSES, Drift, EmbeddingModel, Task, Tas
 from deployments.services.health import engine_alerts
 
 RUNNING_SHOWN = 20
+# With hundreds of models deployed, the page lists the latest changed; the models list has them all.
+DEPLOYED_SHOWN = 20
 ENGINE_EVENTS_SHOWN = 5
 
 
@@ -29,7 +31,8 @@ class Dashboard:
     running: list[Task]  # processing tasks, oldest first
     outcomes_24h: dict[str, dict[str, int]]  # kind -> status -> count of tasks created in the last 24 hours
     latest_failures: list[Task]  # failed or refused, not made good since by a later done task (see selectors)
-    deployed_models: list[EmbeddingModel]
+    deployed_models: list[EmbeddingModel]  # the DEPLOYED_SHOWN most recently changed
+    deployed_count: int
     slot_count: int  # models holding a slot on the server (deploying, deployed, deleting)
     max_deployed: int
     drifts: list[Drift]  # open: the server does not serve what the registry says is live
@@ -57,12 +60,14 @@ def dashboard(now: datetime | None = None, *, failures: int = 8) -> Dashboard:
         }
     )
     outcomes = {kind: {status: counts[f"{kind}__{status}"] for status in TaskStatus.values} for kind in TaskKind.values}
+    deployed = EmbeddingModel.objects.filter(state=EmbeddingModel.State.DEPLOYED)
     return Dashboard(
         in_flight=in_flight,
         running=list(Task.objects.filter(status=TaskStatus.PROCESSING).order_by("started_at")[:RUNNING_SHOWN]),
         outcomes_24h=outcomes,
         latest_failures=selectors.unresolved_failures(failures),
-        deployed_models=selectors.deployed_models(),
+        deployed_models=list(deployed.order_by("-updated_at")[:DEPLOYED_SHOWN]),
+        deployed_count=deployed.count(),
         slot_count=EmbeddingModel.objects.filter(state__in=EmbeddingModel.SLOT_STATES).count(),
         max_deployed=settings.MAX_DEPLOYED_MODELS,
         drifts=list(selectors.open_drifts()[:RUNNING_SHOWN]),

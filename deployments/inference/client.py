@@ -89,6 +89,14 @@ class V2Client:
         except ServerUnavailable:
             return False
 
+    def server_live(self) -> bool:
+        """True when the server answers its liveness probe; False when it is down. Unlike readiness,
+        MLServer's liveness stays true while some model loads."""
+        try:
+            return self._request("GET", "/v2/health/live").status_code == 200
+        except ServerUnavailable:
+            return False
+
     # -- repository --------------------------------------------------------------------------
 
     def index(self) -> list[dict[str, Any]]:

@@ -98,7 +98,9 @@ class Fleet:
             return dict(zip(targets, pool.map(guarded, targets), strict=True))
 
     def ready_replicas(self) -> dict[str, bool]:
-        return {url: result is True for url, result in self.on_each(lambda client: client.server_ready()).items()}
+        """Which replicas answer, so may take a deploy. Asked by liveness: MLServer's own readiness is false
+        while any model loads, so another model's deploy would take a busy replica for a dead one."""
+        return {url: result is True for url, result in self.on_each(lambda client: client.server_live()).items()}
 
     def load(self, name: str, ready_timeout: float, urls: Iterable[str] | None = None) -> dict[str, str]:
         """Load ``name`` on the replicas and wait until it is ready on each; return the failures by replica."""
@@ -129,18 +131,24 @@ class Fleet:
 
     # -- what is where --------------------------------------------------------------------------
 
-    def ready_names(self) -> dict[str, set[str] | None]:
-        """What each replica has ready (None: it did not answer): one repository index per replica."""
+    def ready_each(self) -> dict[str, set[str] | InferenceError]:
+        """What each replica has ready, or why it did not say: one repository index per replica."""
 
         def ready(client: V2Client) -> set[str]:
             return {entry["name"] for entry in client.index() if entry.get("state") == "READY"}
 
-        return {url: None if isinstance(names, InferenceError) else names for url, names in self.on_each(ready).items()}
+        return self.on_each(ready)
 
-    def view(self) -> FleetView:
-        """What each replica has ready and what the router routes (one admin call more)."""
+    def ready_names(self) -> dict[str, set[str] | None]:
+        """What each replica has ready (None: it did not answer): one repository index per replica."""
+        return {url: None if isinstance(names, InferenceError) else names for url, names in self.ready_each().items()}
+
+    def view(self, ready: dict[str, set[str] | None] | None = None) -> FleetView:
+        """What each replica has ready (``ready`` when the caller has just asked) and what the router
+        routes (one admin call): a whole reconcile cycle decides from this one look."""
+        ready = self.ready_names() if ready is None else ready
         routed = served_routes(self.routes.admin_url).served_names if self.routes.admin_url else {}
-        return FleetView(ready=self.ready_names(), routed=routed)
+        return FleetView(ready=ready, routed=routed)
 
     def route_failures(self, name: str) -> int:
         """Calls routed to ``name`` that a replica answered with a 5xx, counted by the router."""

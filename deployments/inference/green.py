@@ -272,23 +272,27 @@ class GreenDeployer:
             return f"the router sends {model_id} to {routed or 'nothing'}, not to {name}"
         return None
 
-    def restore(self, model_id: str) -> str | None:
+    def restore(self, model_id: str, view: FleetView | None = None, publish: bool = True) -> str | None:
         """Load the live revision on every answering replica that lacks it (one restarted, or one that
         joined), after re-verifying its checksums, then publish the routes: those replicas rejoin the
         revision's cluster. Returns the live revision, or None when the model has none. Idempotent.
+
+        ``view``: the caller's look at the fleet, so restoring many models asks the replicas once;
+        ``publish=False``: the caller publishes once after restoring them all.
         """
         revision = self.live_revision(model_id)
         if revision is None:
             return None
         name = served_name(model_id, revision)
-        missing = FleetView(ready=self.fleet.ready_names()).missing(name)
+        missing = (view or FleetView(ready=self.fleet.ready_names())).missing(name)
         try:
             if missing:
                 self.repository.verify(self.repository.revision_path(model_id, revision))
                 self.repository.write_settings(model_id, revision)
                 if failures := self.fleet.load(name, self.ready_timeout, missing):
                     raise DeployFailed("restore", _by_replica(failures))
-            self.fleet.publish(self.repository, timeout=PUBLISH_TIMEOUT)
+            if publish:
+                self.fleet.publish(self.repository, timeout=PUBLISH_TIMEOUT)
         except DeployFailed:
             raise
         except InferenceError as exc:

@@ -303,9 +303,16 @@ def bootstrap_config(listener_port: int, admin_port: int, routes_dir: Path, clus
 # -- reading back what Envoy serves -------------------------------------------------------------
 
 
-def _config_dump(admin_url: str, resource: str) -> list[dict[str, Any]]:
+# A publish polls Envoy every few milliseconds until it serves the change: it asks only for the fields
+# it compares (a whole dump of a thousand routes or clusters is megabytes).
+_ROUTES_VERSION_MASK = "version_info,route_config.name"
+_CLUSTER_REPLICAS_MASK = "cluster.name,cluster.load_assignment"
+
+
+def _config_dump(admin_url: str, resource: str, **filters: str) -> list[dict[str, Any]]:
+    """One resource of Envoy's config dump; ``filters``: its query parameters (a field ``mask``)."""
     try:
-        response = httpx.get(f"{admin_url}/config_dump", params={"resource": resource}, timeout=5.0)
+        response = httpx.get(f"{admin_url}/config_dump", params={"resource": resource, **filters}, timeout=5.0)
     except httpx.TransportError as exc:
         raise ServerUnavailable(f"Envoy admin at {admin_url} is unreachable: {exc}") from exc
     if response.status_code != 200:
@@ -329,13 +336,21 @@ def served_routes(admin_url: str) -> ServedRoutes:
     return ServedRoutes(version="")
 
 
+def served_routes_version(admin_url: str) -> str:
+    """The route version Envoy serves now, without the routes themselves."""
+    for config in _config_dump(admin_url, "dynamic_route_configs", mask=_ROUTES_VERSION_MASK):
+        if config.get("route_config", {}).get("name") == ROUTE_CONFIG_NAME:
+            return config.get("version_info", "")
+    return ""
+
+
 def active_clusters(admin_url: str) -> dict[str, tuple[str, ...]]:
     """Clusters Envoy has finished warming (first health check done), with their replicas ("host:port").
 
     While a changed cluster warms, Envoy keeps serving the old one: its replicas show here until then.
     """
     clusters: dict[str, tuple[str, ...]] = {}
-    for config in _config_dump(admin_url, "dynamic_active_clusters"):
+    for config in _config_dump(admin_url, "dynamic_active_clusters", mask=_CLUSTER_REPLICAS_MASK):
         cluster = config.get("cluster", {})
         clusters[cluster.get("name", "")] = _cluster_replicas(cluster)
     return clusters
@@ -440,14 +455,17 @@ class RouteTable:
         # (Envoy would drop the update anyway, version and all) and no wait.
         cluster_version = clusters_version(clusters)
         if _file_version(self.clusters_path) != cluster_version:
+            # Only the clusters this adds or changes warm: Envoy keeps the unchanged ones as they are.
+            before = self.published_clusters()
+            changed = {name: replicas for name, replicas in clusters.items() if before.get(name) != replicas}
             atomic_write_json(self.clusters_path, clusters_config(clusters, cluster_version))
             if self.admin_url:
-                self._wait(lambda: self._clusters_warm(clusters), deadline, "clusters")
+                self._wait(lambda: self._clusters_warm(changed), deadline, "clusters")
         if _file_version(self.routes_path) != version:
             atomic_write_json(self.routes_path, route_config(routes, version))
             self.routes_renamed_at = time.monotonic()
         if self.admin_url:
-            self._wait(lambda: served_routes(self.admin_url).version == version, deadline, "routes")
+            self._wait(lambda: served_routes_version(self.admin_url) == version, deadline, "routes")
         return version
 
     def published_clusters(self) -> dict[str, tuple[str, ...]]:
@@ -467,6 +485,8 @@ class RouteTable:
 
     def _clusters_warm(self, clusters: Mapping[str, tuple[str, ...]]) -> bool:
         # Compared by content, not version: Envoy keeps an unchanged cluster with the version that brought it.
+        if not clusters:
+            return True
         active = active_clusters(self.admin_url or "")
         return all(active.get(name) == replicas for name, replicas in clusters.items())
 

@@ -2,21 +2,22 @@
 
 Replicas load models on demand only, so a restarted (or newly joined) replica serves nothing while
 the registry still says "deployed"; the router gives it no traffic for a model until it has that
-model's live revision ready. ``reconcile_models`` looks at the fleet once (what each replica has
-ready, what the router routes) and, for every deployed model where that differs from the live
-revision, records a ``Drift``, loads the live revision where it is missing (the serving layer
-re-verifies its checksums first) and publishes the routes, which adds those replicas back. It acts under
+model's live revision ready. ``reconcile_models`` looks at the fleet once per cycle (one repository
+index per replica, one read of the router's routes, whatever the number of models) and, for every
+deployed model where that differs from the live revision, records a ``Drift`` and loads the live
+revision where it is missing (the serving layer re-verifies its checksums first); then one publish
+of the routes adds those replicas back. It acts under
 the model's lease, with a heartbeat and a fence, so it never races a deploy: a model whose lease a
 task holds is left to that task. Where the repository holds no live revision, the registry is
 corrected instead. Run once by ``manage.py restore_models``, every few seconds by
 ``manage.py reconcile --every 5`` (which ``make run`` keeps running). Each pass also records what
-every configured inference server (``INFERENCE_REPLICA_URLS``) answers and has loaded.
+every configured inference server (``INFERENCE_REPLICA_URLS``) answers and has loaded, from the same look.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -25,6 +26,7 @@ from django.utils import timezone
 
 from deployments import selectors
 from deployments.inference import FleetView, GreenDeployer, InferenceError, V2Client
+from deployments.inference.green import PUBLISH_TIMEOUT
 from deployments.models import Drift, EmbeddingModel, InferenceServer
 from deployments.services.deployer import deployer_session
 from deployments.services.leases import Fence, LeaseHeartbeat, claim_model_lease, new_lease_owner, release_lease
@@ -63,43 +65,85 @@ def refresh_servers(urls: Sequence[str] | None = None) -> list[InferenceServer]:
     """Ask every configured inference server whether it answers and what it has ready; forget the ones
     no longer configured. What the admin and ``GET /servers`` show."""
     urls = list(urls or settings.INFERENCE_REPLICA_URLS)
+    seen: dict[str, set[str] | InferenceError] = {}
     for url in urls:
-        now = timezone.now()
         with V2Client(url, timeout=SERVER_CHECK_TIMEOUT) as client:
             try:
-                ready = sorted(entry["name"] for entry in client.index() if entry.get("state") == "READY")
+                seen[url] = {entry["name"] for entry in client.index() if entry.get("state") == "READY"}
             except InferenceError as exc:
-                seen = {"live": False, "loaded": [], "error": str(exc)[:300], "checked_at": now}
-            else:
-                seen = {"live": True, "loaded": ready, "error": "", "checked_at": now, "last_seen_at": now}
-        InferenceServer.objects.update_or_create(url=url, defaults=seen)
-    InferenceServer.objects.exclude(url__in=urls).delete()
-    return list(InferenceServer.objects.filter(url__in=urls))
+                seen[url] = exc
+    return record_servers(seen)
+
+
+def record_servers(seen: Mapping[str, set[str] | InferenceError]) -> list[InferenceServer]:
+    """Keep what each server answered (its ready names, or why it did not); forget servers not in ``seen``."""
+    for url, answer in seen.items():
+        now = timezone.now()
+        if isinstance(answer, InferenceError):
+            defaults = {"live": False, "loaded": [], "error": str(answer)[:300], "checked_at": now}
+        else:
+            defaults = {"live": True, "loaded": sorted(answer), "error": "", "checked_at": now, "last_seen_at": now}
+        InferenceServer.objects.update_or_create(url=url, defaults=defaults)
+    InferenceServer.objects.exclude(url__in=list(seen)).delete()
+    return list(InferenceServer.objects.filter(url__in=list(seen)))
+
+
+@dataclass
+class _Restored:
+    """A model whose live revision was loaded where missing, its routes not yet published."""
+
+    model: EmbeddingModel
+    revision: str
+    gap: str
+    routed: str
 
 
 def reconcile_models(wait_for_server: float = 0.0) -> ReconcileReport:
-    """Compare every deployed model with what the fleet serves; repair and record what differs."""
+    """Compare every deployed model with what the fleet serves; repair and record what differs.
+
+    One cycle reads the fleet once (one repository index per replica, one read of the router's routes)
+    and decides every model from that look, so its reads do not grow with the number of models;
+    repairs load per model, then one publish routes them all.
+    """
     report = ReconcileReport()
-    refresh_servers()
     with deployer_session() as deployer:
-        deadline = time.monotonic() + wait_for_server
-        while not any(deployer.fleet.ready_replicas().values()):
-            if time.monotonic() >= deadline:
-                reason = f"no inference replica is ready ({', '.join(deployer.fleet.replicas)})"
-                _server_down(reason)
-                raise InferenceServerDown(reason)
-            time.sleep(0.5)
-        try:
-            view = deployer.fleet.view()
-        except InferenceError as exc:
-            _server_down(f"the router could not be read: {exc}")
-            raise InferenceServerDown(str(exc)) from exc
-        for model in selectors.deployed_models():
-            _reconcile_one(deployer, view, model, report)
+        view = _look_at_fleet(deployer, wait_for_server)
+        restored = []
+        for model in selectors.deployed_models(with_drift=True):
+            if repair := _reconcile_one(deployer, view, model, report):
+                restored.append(repair)
+        if restored:
+            _publish_restored(deployer, restored, report)
     return report
 
 
-def _reconcile_one(deployer: GreenDeployer, view: FleetView, model: EmbeddingModel, report: ReconcileReport) -> None:
+def _look_at_fleet(deployer: GreenDeployer, wait_for_server: float) -> FleetView:
+    """One look at the fleet, waiting up to ``wait_for_server`` seconds for a replica to answer; what each
+    server answered is recorded (the admin's servers) from the same look."""
+    deadline = time.monotonic() + wait_for_server
+    while True:
+        answers = deployer.fleet.ready_each()
+        record_servers(answers)
+        if any(not isinstance(answer, InferenceError) for answer in answers.values()):
+            break
+        if time.monotonic() >= deadline:
+            reason = f"no inference replica is ready ({', '.join(deployer.fleet.replicas)})"
+            _server_down(reason)
+            raise InferenceServerDown(reason)
+        time.sleep(0.5)
+    ready = {url: None if isinstance(answer, InferenceError) else answer for url, answer in answers.items()}
+    try:
+        return deployer.fleet.view(ready)
+    except InferenceError as exc:
+        _server_down(f"the router could not be read: {exc}")
+        raise InferenceServerDown(str(exc)) from exc
+
+
+def _reconcile_one(
+    deployer: GreenDeployer, view: FleetView, model: EmbeddingModel, report: ReconcileReport
+) -> _Restored | None:
+    """Decide one model from the cycle's view; repair it under its lease. Returns a restore whose routes
+    are still to be published."""
     model_id = model.pk
     routed = view.routed.get(model_id, "").partition("~")[2]
     try:
@@ -111,39 +155,59 @@ def _reconcile_one(deployer: GreenDeployer, view: FleetView, model: EmbeddingMod
     except InferenceError as exc:
         report.failed[model_id] = str(exc)
         _note_drift(model, routed, f"the fleet could not be read: {exc}", "none: will try again")
-        return
+        return None
     if gap is None:
         if down := view.down():
             # A replica that did not answer may lack the revision: nothing is in step until it answers.
             report.failed[model_id] = f"cannot check {', '.join(down)}: not answering"
-            return
-        _resolve_drift(model, "in step again")
+            return None
+        if model.open_drifts:  # read with the models: a model in step costs no query
+            _resolve_drift(model, "in step again")
         report.already_served.append(model_id)
-        return
+        return None
     owner = new_lease_owner()
     lease = claim_model_lease(model_id, owner)
     if lease is None:
         _note_drift(model, routed, gap, "waiting: a task holds the model's lease")
         report.busy.append(model_id)
-        return
+        return None
     try:
         with LeaseHeartbeat(model_id, owner) as heartbeat:
             fence = Fence(lease, heartbeat)
-            revision = deployer.fenced(fence.check).restore(model_id)
+            revision = deployer.fenced(fence.check).restore(model_id, view, publish=False)
             if revision != model.live_revision:
                 sync_model_state(model_id, deployer, fence)
             if revision is None:
                 _resolve_drift(model, "registry corrected: the repository holds no live revision", gap, routed)
                 report.not_live.append(model_id)
-            else:
-                _resolve_drift(model, f"revision {revision} ready on every replica and routed again", gap, routed)
-                report.restored.append(model_id)
+                return None
+            return _Restored(model, revision, gap, routed)
     except InferenceError as exc:
         _note_drift(model, routed, gap, f"reload failed: {exc}")
         report.failed[model_id] = str(exc)
+        return None
     finally:
         release_lease(model_id, owner)
         dispatch_next_task(model_id)
+
+
+def _publish_restored(deployer: GreenDeployer, restored: list[_Restored], report: ReconcileReport) -> None:
+    """One publish for every model restored this cycle: the replicas that loaded them rejoin their clusters.
+
+    Outside the models' leases: a publish writes the whole table from what the repository and the
+    replicas say now, under the table's lock, so it carries a concurrent deploy's changes too.
+    """
+    try:
+        deployer.fleet.publish(deployer.repository, timeout=PUBLISH_TIMEOUT)
+    except InferenceError as exc:
+        for repair in restored:
+            _note_drift(repair.model, repair.routed, repair.gap, f"loaded, but the routes were not published: {exc}")
+            report.failed[repair.model.pk] = str(exc)
+        return
+    for repair in restored:
+        action = f"revision {repair.revision} ready on every replica and routed again"
+        _resolve_drift(repair.model, action, repair.gap, repair.routed)
+        report.restored.append(repair.model.pk)
 
 
 def _note_drift(model: EmbeddingModel, served: str, detail: str, action: str) -> Drift:

@@ -14,7 +14,7 @@ def test_a_server_that_is_down_is_a_clear_error_not_a_hang():
     with pytest.raises(ServerUnavailable, match="unreachable"):
         client.load("anything")
     assert time.monotonic() - started < 2
-    assert client.server_ready() is False
+    assert client.server_ready() is False and client.server_live() is False
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_a_load_waits_no_longer_than_the_timeout_it_is_given(silent_server):
 
 @pytest.mark.mlserver
 def test_a_live_server_reports_ready(v2_client):
-    assert v2_client.server_ready() is True
+    assert v2_client.server_ready() is True and v2_client.server_live() is True
     assert isinstance(v2_client.index(), list)
 
 
