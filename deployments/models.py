@@ -99,19 +99,26 @@ class EmbeddingModel(models.Model):
     @classmethod
     def from_db(cls, db: str | None, field_names: Any, values: Any) -> EmbeddingModel:
         instance = super().from_db(db, field_names, values)
-        # The source as registered: clean() checks a source when it is set, not every later save.
-        instance._registered_source = (instance.__dict__.get("source"), instance.__dict__.get("mlflow_tracking_uri"))
+        # The source as registered was checked when it was set: not again at every later save. A change
+        # that keeps it (a new name) is not refused because its files were damaged since: the deploy's
+        # fetch names them then.
+        instance._checked_source = (instance.__dict__.get("source"), instance.__dict__.get("mlflow_tracking_uri"))
         return instance
 
-    def clean(self) -> None:
-        # The admin and the API both validate through here: a source must be one the serving layer accepts,
-        # with whole artifacts (a truncated file is refused here, not found at the first deploy). A change
-        # that keeps the source (a new name) is not refused because its files were damaged since: the
-        # deploy's fetch names them then.
-        if (self.source, self.mlflow_tracking_uri) == getattr(self, "_registered_source", None):
+    def check_source(self) -> None:
+        """Raise SourceRefused unless the serving layer accepts the source (inside the allowed roots, its
+        artifacts whole, a registry that knows it); each source and server is checked once per instance."""
+        checked = (self.source, self.mlflow_tracking_uri)
+        if checked == getattr(self, "_checked_source", None):
             return
+        checked_source(self.source, settings.ALLOWED_SOURCE_ROOTS, self.mlflow_tracking_uri or None)
+        self._checked_source = checked
+
+    def clean(self) -> None:
+        # The admin and the API both validate through here: a truncated file is refused here, not found at
+        # the first deploy.
         try:
-            checked_source(self.source, settings.ALLOWED_SOURCE_ROOTS, self.mlflow_tracking_uri or None)
+            self.check_source()
         except SourceRefused as exc:
             raise ValidationError({"source": str(exc)}) from exc
 

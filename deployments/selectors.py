@@ -46,6 +46,7 @@ from deployments.models import (
     TaskStatus,
     WorkerCluster,
 )
+from deployments.task_ids import short_id
 
 # How many tasks an ambiguous short id names, at most.
 SHORT_ID_CANDIDATES = 5
@@ -133,7 +134,8 @@ def waiting_reason(task: Task) -> str:
         if not hasattr(task, "waiting_behind_id"):
             return ""  # deleted meanwhile
     if task.waiting_behind_id:
-        return f"queued behind {task.waiting_behind_id[:8]} ({task.waiting_behind_kind} of {task.embedding_model_id})"
+        ahead = f"{task.waiting_behind_kind} of {task.embedding_model_id}"
+        return f"queued behind {short_id(task.waiting_behind_id)} ({ahead})"
     if task.waiting_lease_owner:
         return f"waiting for the model's lease, held by {task.waiting_lease_owner}"
     resent_at = task.waiting_resent_at
@@ -166,22 +168,22 @@ def recent_tasks_for_model(embedding_model_id: str, limit: int) -> list[Task]:
 class AmbiguousShortId(LookupError):
     """A short task id that begins more than one task's id; ``task_ids`` names some of them."""
 
-    def __init__(self, short_id: str, task_ids: list[str]):
-        self.short_id, self.task_ids = short_id, task_ids
-        super().__init__(f"{short_id!r} begins more than one task id: {', '.join(task_ids)}")
+    def __init__(self, prefix: str, task_ids: list[str]):
+        self.prefix, self.task_ids = prefix, task_ids
+        super().__init__(f"{prefix!r} begins more than one task id: {', '.join(task_ids)}")
 
 
-def task_by_short_id(short_id: str) -> Task | None:
+def task_by_short_id(prefix: str) -> Task | None:
     """The task with that id, or the one task whose id begins with it (the 8 characters the admin shows).
 
     Raises AmbiguousShortId when several ids begin with it. A prefix seek on the primary key's index, as
     the admin's search does (``_id_starts_with``).
     """
-    if task := find_task(short_id):
+    if task := find_task(prefix):
         return task
-    matches = list(Task.objects.filter(_id_starts_with(short_id)).order_by("pk")[:SHORT_ID_CANDIDATES])
+    matches = list(Task.objects.filter(_id_starts_with(prefix)).order_by("pk")[:SHORT_ID_CANDIDATES])
     if len(matches) > 1:
-        raise AmbiguousShortId(short_id, [task.pk for task in matches])
+        raise AmbiguousShortId(prefix, [task.pk for task in matches])
     return matches[0] if matches else None
 
 

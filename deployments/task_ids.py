@@ -15,6 +15,13 @@ ALLOWED_TASK_ID_CHARACTERS = "letters, digits, '.', '_', ':' and '-'"
 # Anchored for OpenAPI's `pattern`; ASCII only, so no look-alike letters, whitespace or control characters.
 TASK_ID_PATTERN = rf"^[A-Za-z0-9_:-][A-Za-z0-9._:-]{{0,{MAX_TASK_ID_LENGTH - 1}}}$"
 _TASK_ID = re.compile(TASK_ID_PATTERN)
+# How much of a task id the pages and commands show, and what search and `tasks <id>` accept as its start.
+SHORT_ID_LENGTH = 8
+
+
+def short_id(task_id: object) -> str:
+    """The start of a task id that operators see (``3357e86d``)."""
+    return str(task_id)[:SHORT_ID_LENGTH]
 
 
 class InvalidTaskId(ValueError):

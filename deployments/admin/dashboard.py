@@ -18,6 +18,7 @@ from deployments import selectors
 from deployments.admin.display import STATUS_COLOURS, human_duration, task_admin_url, task_list_url
 from deployments.models import ACTIVE_STATUSES, Drift, EmbeddingModel, Task, TaskKind, TaskStatus
 from deployments.services.health import engine_alerts
+from deployments.task_ids import short_id
 
 RUNNING_SHOWN = 20
 # With hundreds of models deployed, the page lists the latest changed; the models list has them all.
@@ -99,7 +100,7 @@ def dashboard_context(now: datetime | None = None) -> dict[str, Any]:
             "task": task,
             "kind": task.kind,
             "url": task_admin_url(task.kind, task.pk),
-            "short_id": str(task.pk)[:8],
+            "short_id": short_id(task.pk),
             "stage": task.stage,
             "duration": human_duration((now - (task.started_at or task.created_at)).total_seconds()),
         }
@@ -110,10 +111,10 @@ def dashboard_context(now: datetime | None = None) -> dict[str, Any]:
             "task": task,
             "kind": task.kind,
             "url": task_admin_url(task.kind, task.pk),
-            "short_id": str(task.pk)[:8],
+            "short_id": short_id(task.pk),
             "colour": STATUS_COLOURS[task.status],
             "retry_url": task_admin_url(task.kind, task.retry_id) if task.retry_id else "",
-            "retry_short_id": str(task.retry_id or "")[:8],
+            "retry_short_id": short_id(task.retry_id or ""),
         }
         for task in dash.latest_failures
     ]

@@ -20,6 +20,7 @@ from django.utils.safestring import SafeString, mark_safe
 from deployments import selectors
 from deployments.clock import format_time, relative_time
 from deployments.models import TASK_PROXIES, AuditEntry, EmbeddingModel, Task, TaskKind, TaskStatus
+from deployments.task_ids import short_id
 
 # Messages name at most this many tasks, then say how many more.
 MAX_NAMED_IN_MESSAGE = 20
@@ -65,7 +66,7 @@ def task_admin_url(kind: str, task_id: str) -> str:
 
 def task_link(kind: str, task_id: str) -> SafeString:
     url = task_admin_url(kind, task_id)
-    return format_html('<a href="{}" title="{}"><code>{}</code></a>', url, task_id, str(task_id)[:8])
+    return format_html('<a href="{}" title="{}"><code>{}</code></a>', url, task_id, short_id(task_id))
 
 
 def revision_code(revision: str | None, empty: str = "—") -> SafeString:
@@ -119,7 +120,7 @@ def summarize(prefix: str, items: list[str]) -> str:
 
 
 def short(task: Task) -> str:
-    return f"{task.embedding_model_id} {str(task.pk)[:8]}"
+    return f"{task.embedding_model_id} {short_id(task.pk)}"
 
 
 def pretty_json(value: Any) -> SafeString:

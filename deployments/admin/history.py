@@ -42,7 +42,7 @@ from deployments.admin.forms import TaskConfigForm
 from deployments.models import AuditEntry, DeletionTask, DeploymentTask, Task, TaskKind, TaskStatus
 from deployments.services.audit import Actor, actor_from_request
 from deployments.services.bulk import BulkOutcome, TaskVerdict, cancel_many, retry_many
-from deployments.task_ids import is_valid_task_id
+from deployments.task_ids import is_valid_task_id, short_id
 
 # A bulk action over more tasks than this is refused whole: narrow the filter first.
 MAX_ACTION_TASKS = 1000
@@ -172,7 +172,7 @@ class TaskAdmin(ObjectActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
             self,
             request,
             verb="retry",
-            object_label=f"{task.kind} {str(task.pk)[:8]}",
+            object_label=f"{task.kind} {short_id(task.pk)}",
             object_url=task_admin_url(task.kind, task.pk),
             explanation=(
                 f"A new attempt (attempt {task.attempt + 1}) of this {task.kind} will be created at the back of "
@@ -180,7 +180,7 @@ class TaskAdmin(ObjectActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
                 + (" It takes the config below: change what made it fail, or leave it as it was." if deploys else "")
             ),
             facts=self._facts(task),
-            submit_label=f"Yes, retry {task.kind} {str(task.pk)[:8]}",
+            submit_label=f"Yes, retry {task.kind} {short_id(task.pk)}",
             form=form,
             form_title="Config of the new attempt (empty: the server's default)",
         )
@@ -204,11 +204,11 @@ class TaskAdmin(ObjectActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
             self,
             request,
             verb="cancel",
-            object_label=f"{task.kind} {str(task.pk)[:8]}",
+            object_label=f"{task.kind} {short_id(task.pk)}",
             object_url=task_admin_url(task.kind, task.pk),
             explanation=f"This {task.kind} will be canceled before it starts; the next task of its model goes ahead.",
             facts=self._facts(task),
-            submit_label=f"Yes, cancel {task.kind} {str(task.pk)[:8]}",
+            submit_label=f"Yes, cancel {task.kind} {short_id(task.pk)}",
         )
 
     @staticmethod
@@ -238,7 +238,7 @@ class TaskAdmin(ObjectActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="task", ordering="id")
     def short_id(self, task: Task) -> SafeString:
-        return format_html('<code title="{}">{}</code>', task.pk, str(task.pk)[:8])
+        return format_html('<code title="{}">{}</code>', task.pk, short_id(task.pk))
 
     @admin.display(description="status", ordering="status")
     def coloured_status(self, task: Task) -> SafeString:
@@ -362,7 +362,7 @@ class TaskAdmin(ObjectActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
             items = [f"{short(verdict.task)} ({verdict.reason})" for verdict in outcome.skipped]
             self.message_user(request, summarize(f"{did_not} {len(items)}{of} task(s)", items), messages.WARNING)
         if selection.missing:
-            items = [f"{str(pk)[:8]} (no such {self.model.KIND} task any more)" for pk in selection.missing]
+            items = [f"{short_id(pk)} (no such {self.model.KIND} task any more)" for pk in selection.missing]
             self.message_user(request, summarize(f"{did_not} {len(items)}{of} task(s)", items), messages.WARNING)
 
 
@@ -381,7 +381,7 @@ def admin_actor(request: HttpRequest) -> Actor:
 
 
 def retried_as(verdict: TaskVerdict) -> str:
-    return f"{short(verdict.task)} → {str(verdict.result.pk)[:8]} (attempt {verdict.result.attempt})"
+    return f"{short(verdict.task)} → {short_id(verdict.result.pk)} (attempt {verdict.result.attempt})"
 
 
 @admin.register(DeploymentTask)

@@ -38,6 +38,7 @@ from deployments.admin.history import admin_actor
 from deployments.clock import format_time, relative_time
 from deployments.inference.mlflow_source import mlflow_ui_url
 from deployments.models import Drift, EmbeddingModel, TaskKind
+from deployments.task_ids import short_id
 
 # A model's page lists this many of its latest tasks, then links to the task lists filtered to it.
 TASKS_SHOWN = 10
@@ -371,10 +372,10 @@ class EmbeddingModelAdmin(ObjectActionsMixin, admin.ModelAdmin):
             # Exactly what POST /deploy and POST /delete do: one service call per model, on commit to the queue.
             try:
                 submission = submit(model.id, config={}, requested_by=admin_actor(request))
-                created.append(f"{model.id} (task {str(submission.task.pk)[:8]})")
+                created.append(f"{model.id} (task {short_id(submission.task.pk)})")
             except services.TaskHandOffFailed as exc:
                 # Created all the same: it stays pending and the sweeper sends it.
-                created.append(f"{model.id} (task {exc.task_ids[0][:8]})")
+                created.append(f"{model.id} (task {short_id(exc.task_ids[0])})")
                 waiting.append(exc)
             except services.TaskError as exc:
                 failed.append(f"{model.id} ({exc})")

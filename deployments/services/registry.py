@@ -46,7 +46,6 @@ def register_model(
     mlflow_tracking_uri: str = "",
 ) -> EmbeddingModel:
     validate_model_id(embedding_model_id)
-    check_source(source, mlflow_tracking_uri)
     model = EmbeddingModel(
         id=embedding_model_id,
         source=source,
@@ -54,6 +53,7 @@ def register_model(
         dimensions=dimensions,
         mlflow_tracking_uri=mlflow_tracking_uri,
     )
+    model.check_source()  # SourceRefused saying why; full_clean does not check it again
     model.full_clean()
     with transaction.atomic():
         if EmbeddingModel.objects.select_for_update().filter(pk=embedding_model_id).exists():
@@ -96,13 +96,10 @@ def update_model(model: EmbeddingModel, *, by: Actor | str = "", **changes: obje
 
     The audit entry names each field that changed, old -> new; a save that changes nothing records nothing.
     """
-    source = str(changes.get("source", model.source))
-    tracking_uri = str(changes.get("mlflow_tracking_uri", model.mlflow_tracking_uri))
-    if (source, tracking_uri) != (model.source, model.mlflow_tracking_uri):
-        check_source(source, tracking_uri)  # a source kept as it is was checked when it was set
     for field_name in REGISTRY_FIELDS:
         if field_name in changes:
             setattr(model, field_name, changes[field_name])
+    model.check_source()  # only a new source or server: one kept as it was was checked when it was set
     model.full_clean()
     with transaction.atomic():
         # The old values come from the row: the admin hands over a model its form has already changed.

@@ -12,11 +12,9 @@ from deployments.inference import GreenDeployer, V2Client
 
 
 @pytest.fixture
-def sources(tmp_path: Path) -> Path:
+def sources(sources_root: Path) -> Path:
     """An allowed source root holding copies of MiniLM we can vary per test."""
-    root = tmp_path / "sources"
-    root.mkdir()
-    return root
+    return sources_root
 
 
 @pytest.fixture
