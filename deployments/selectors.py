@@ -340,10 +340,17 @@ def with_latest_tasks(models: QuerySet[EmbeddingModel]) -> QuerySet[EmbeddingMod
     )
 
 
-def deployed_models(*, with_drift: bool = False) -> list[EmbeddingModel]:
+def deployed_models(*, with_drift: bool = False, with_lease: bool = False) -> list[EmbeddingModel]:
     """The models the registry says are live, in id order (one query); ``with_drift``: each with its
-    ``open_drifts`` (one query more, not one per model)."""
+    ``open_drifts`` (one query more, not one per model); ``with_lease``: each with ``lease_held`` (someone
+    holds its lease and renews it) and ``lease_generation`` (its lease's takes so far), in the same query."""
     models = EmbeddingModel.objects.filter(state=EmbeddingModel.State.DEPLOYED).order_by("pk")
+    if with_lease:
+        lease = ModelLease.objects.filter(pk=OuterRef("pk"))
+        models = models.annotate(
+            lease_held=Exists(lease.filter(expires_at__gt=Now()).exclude(owner="")),
+            lease_generation=Coalesce(Subquery(lease.values("generation")[:1]), Value(0)),
+        )
     return list(with_open_drift(models) if with_drift else models)
 
 

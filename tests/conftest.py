@@ -19,7 +19,7 @@ from deployments.inference.runtime_markers import INSTANCE_MARKER_DIR_ENV
 from deployments.inference.server import LocalMLServer
 from tests.support.factories import EmbeddingModelFactory, UserFactory
 from tests.support.mlflow import LocalMlflowServer, seed_registry
-from tests.support.processes import ManagedCommand, QCluster, SupervisedWorkers, worker_env
+from tests.support.processes import ManagedCommand, QCluster, ReconcileLoop, SupervisedWorkers, worker_env
 from tests.support.tiny_models import build_tiny_model
 
 WRITE_PERMISSIONS = [
@@ -194,3 +194,9 @@ def qcluster(tmp_path: Path) -> Iterator[Callable[..., QCluster]]:
 def run_workers(tmp_path: Path) -> Iterator[Callable[..., SupervisedWorkers]]:
     """Real ``manage.py run_workers`` subprocesses (a qcluster under its watchdog)."""
     yield from _started_commands(SupervisedWorkers, tmp_path)
+
+
+@pytest.fixture
+def reconcile_loop(tmp_path: Path) -> Iterator[Callable[..., ReconcileLoop]]:
+    """Real ``manage.py reconcile --every`` subprocesses."""
+    yield from _started_commands(ReconcileLoop, tmp_path)

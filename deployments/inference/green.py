@@ -85,6 +85,10 @@ RollbackRequest = Callable[[str], "str | None"]
 # will load on: a reason they cannot hold it (the deploy is refused at load_green), or None to go on.
 # The control plane plans each replica's memory here.
 AdmitGreen = Callable[[Revision, list[str]], "str | None"]
+# Told the moment a route update moves the model's URL (the switch; a switch or a bake rolled back) which
+# revision answers there now (None: nothing) and, for green, the dimensions its smoke test measured (None
+# for blue: the caller knew them already). The control plane's registry follows the route with it.
+RouteMoved = Callable[[str | None, "int | None"], None]
 # Raises FenceLost when the caller's attempt no longer owns the model; called before every stage and write.
 Guard = Callable[[], None]
 
@@ -313,6 +317,7 @@ class GreenDeployer:
         rollback_requested: RollbackRequest | None = None,
         tracking_uri: str | None = None,
         admit: AdmitGreen | None = None,
+        routed: RouteMoved | None = None,
     ) -> DeployResult:
         """Deploy ``source_uri`` (or, with ``revision``, a revision the repository keeps: a rollback,
         nothing is fetched) as ``model_id``. Raises DeployFailed (``.stage``, ``.reason``) on failure.
@@ -322,6 +327,9 @@ class GreenDeployer:
 
         ``rollback_requested`` is asked during the bake: a reason it returns rolls the route back to
         blue at once, as a failure would (a rollback asked for during a bake is only a switch).
+
+        ``routed`` is told each time the model's URL moves to another revision, right after the route
+        update, so whoever records what is live never lags the router.
 
         On a fenced deployer a lost fence raises FenceLost before the next stage or write, and
         nothing more is done.
@@ -362,7 +370,7 @@ class GreenDeployer:
                 if memory_bytes is not None:
                     closing.append(f"({memory_bytes:,} bytes loaded)")
             with timeline.stage("switch", f"{blue or 'nothing'} -> {green.revision}") as closing:
-                switch_ms = self._switch(model_id, green.revision, blue)
+                switch_ms = self._switch(model_id, green.revision, blue, routed, dimensions)
                 closing.append(f"the router answers from {green.revision} after {switch_ms:.1f} ms")
         except BaseException:
             # Whatever stopped us before the route moved (a failed check, a bug, the worker being
@@ -376,7 +384,7 @@ class GreenDeployer:
             if green.revision == blue:
                 closing.append("the revision was live already: nothing to bake")
             else:
-                self._bake(model_id, green.revision, blue, bake, replicas, rollback_requested)
+                self._bake(model_id, green.revision, blue, bake, replicas, rollback_requested, routed)
                 closing.append("no failure seen" if bake else "no bake asked for")
 
         with timeline.stage("retire_blue") as closing:
@@ -520,12 +528,21 @@ class GreenDeployer:
         memory_bytes = result.parameters.get("memory_bytes")
         return dimensions, memory_bytes if isinstance(memory_bytes, int) else None
 
-    def _switch(self, model_id: str, revision: str, previous: str | None) -> float:
+    def _switch(
+        self,
+        model_id: str,
+        revision: str,
+        previous: str | None,
+        routed: RouteMoved | None = None,
+        dimensions: int | None = None,
+    ) -> float:
         """Point the model's URL at ``revision`` in one route update (green's cluster is already warm);
         return the ms until Envoy serves it, then confirm through Envoy by the revision that answers.
-        If it does not answer from it, the route goes back to ``previous``."""
+        If it does not answer from it, the route goes back to ``previous``. ``routed`` is told of each move
+        (with ``dimensions``, green's, when it moves to ``revision``)."""
         try:
             switch_ms = self._route_to(model_id, revision)
+            _tell(routed, revision, dimensions)
             deadline = time.monotonic() + SWITCH_CONFIRM_TIMEOUT
             while (answered := self._answers_from(model_id)) != revision:
                 if time.monotonic() > deadline:
@@ -534,6 +551,7 @@ class GreenDeployer:
             return switch_ms
         except (DeployFailed, InferenceError):
             self._route_to(model_id, previous)
+            _tell(routed, previous)
             raise
 
     def _answers_from(self, model_id: str) -> str | None:
@@ -558,10 +576,11 @@ class GreenDeployer:
         seconds: float,
         replicas: list[str],
         rollback_requested: RollbackRequest | None = None,
+        routed: RouteMoved | None = None,
     ) -> None:
         """Watch green for ``seconds``: the router's 5xx count for it, and a probe on each replica. On
-        the first failure (or a rollback asked for) the route goes back to blue and green is retired:
-        DeployFailed("bake")."""
+        the first failure (or a rollback asked for) the route goes back to blue (``routed`` is told) and
+        green is retired: DeployFailed("bake")."""
         if seconds <= 0:
             return
         name = served_name(model_id, green)
@@ -575,6 +594,7 @@ class GreenDeployer:
             if reason is None:
                 continue
             rollback_ms = self._route_to(model_id, blue)
+            _tell(routed, blue)
             with suppress(InferenceError):
                 self._retire(model_id, green)
             raise DeployFailed(
@@ -636,6 +656,11 @@ class GreenDeployer:
         result.was_deployed = result.was_deployed or bool(result.unloaded)
         result.timings = timeline.timings
         return result
+
+
+def _tell(routed: RouteMoved | None, revision: str | None, green_dimensions: int | None = None) -> None:
+    if routed is not None:
+        routed(revision, green_dimensions)
 
 
 def _by_replica(failures: dict[str, str]) -> str:

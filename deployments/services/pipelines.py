@@ -16,6 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from deployments.inference import DeployFailed, FenceLost, GreenDeployer, StageEvent
+from deployments.inference.green import RouteMoved
 from deployments.models import DeploymentTask, EmbeddingModel, Task, TaskStatus
 from deployments.services.deployer import deployer_session
 from deployments.services.leases import Fence, lock_capacity
@@ -48,6 +49,7 @@ def run_deployment(task: Task, recorder: TaskRecorder, fence: Fence) -> Outcome:
                     rollback_requested=lambda blue: rollback_waiting(model.id, blue),
                     tracking_uri=model.mlflow_tracking_uri or None,
                     admit=memory_planner(task.pk, fenced, fence),
+                    routed=_registry_follows_route(model, deployer.endpoint(model.id), fence),
                 )
         except DeployFailed as exc:
             return _failure(exc)
@@ -98,12 +100,35 @@ def rollback_waiting(embedding_model_id: str, revision: str) -> str | None:
     return f"task {waiting.pk} asks for revision {revision}" if waiting else None
 
 
-def _update_registry(embedding_model_id: str, fence: Fence | None, **fields: object) -> None:
-    """Write the registry entry of a model, only while ``fence`` (when given) still holds the model's lease."""
+def _registry_follows_route(model: EmbeddingModel, endpoint: str, fence: Fence) -> RouteMoved:
+    """What the registry calls live, moved with the route the moment it moves (the switch, a rollback),
+    not when the deploy ends: a bake of minutes must not name blue live while green answers. Fenced
+    like every other write: a superseded attempt's route moves are not recorded (and it stops)."""
+    blue_state = {"state": model.state, "live_revision": model.live_revision, "endpoint": model.endpoint}
+    blue_dimensions = model.dimensions
+
+    def follow(revision: str | None, green_dimensions: int | None) -> None:
+        if revision == model.live_revision:
+            fields = {**blue_state, "dimensions": blue_dimensions}
+        elif revision is None:  # a first deploy rolled back: nothing serves; the slot stays held until it ends
+            fields = {"state": EmbeddingModel.State.DEPLOYING, "live_revision": "", "endpoint": ""}
+        else:
+            fields = {"state": EmbeddingModel.State.DEPLOYED, "live_revision": revision, "endpoint": endpoint}
+            if green_dimensions is not None:
+                fields["dimensions"] = green_dimensions
+        if not _update_registry(model.id, fence, **fields):
+            fence.check()
+
+    return follow
+
+
+def _update_registry(embedding_model_id: str, fence: Fence | None, **fields: object) -> bool:
+    """Write the registry entry of a model, only while ``fence`` (when given) still holds the model's lease;
+    False when nothing was written."""
     rows = EmbeddingModel.objects.filter(pk=embedding_model_id)
     if fence is not None:
         rows = rows.filter(fence.condition)
-    rows.update(updated_at=timezone.now(), **fields)
+    return rows.update(updated_at=timezone.now(), **fields) == 1
 
 
 def reserve_capacity(model: EmbeddingModel, fence: Fence | None = None) -> str | None:

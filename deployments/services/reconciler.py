@@ -8,7 +8,8 @@ deployed model where that differs from the live revision, records a ``Drift`` an
 revision where it is missing (the serving layer re-verifies its checksums first); then one publish
 of the routes adds those replicas back. It acts under
 the model's lease, with a heartbeat and a fence, so it never races a deploy: a model whose lease a
-task holds is left to that task. Where the repository holds no live revision, the registry is
+task holds, or took since the cycle looked, is left to that task, and no drift is opened for it (a deploy
+in flight is not drift). Where the repository holds no live revision, the registry is
 corrected instead. Run once by ``manage.py restore_models``, every few seconds by
 ``manage.py reconcile --every 5`` (which ``make run`` keeps running). Each pass also records what
 every configured inference server (``INFERENCE_REPLICA_URLS``) answers and has loaded, from the same look.
@@ -39,7 +40,8 @@ class ReconcileReport:
     restored: list[str] = field(default_factory=list)
     already_served: list[str] = field(default_factory=list)
     not_live: list[str] = field(default_factory=list)  # the registry said deployed; the repository disagreed
-    busy: list[str] = field(default_factory=list)  # a task holds the model's lease; it leaves the model served
+    # A task holds (or held since the cycle looked) the model's lease: no drift; it leaves the model served.
+    busy: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
@@ -107,9 +109,12 @@ def reconcile_models(wait_for_server: float = 0.0) -> ReconcileReport:
     """
     report = ReconcileReport()
     with deployer_session() as deployer:
+        # The registry and its leases are read before the fleet: a task that changes the model after this
+        # read does it under a lease taken after it, which the claim in _reconcile_one then notices.
+        models = selectors.deployed_models(with_drift=True, with_lease=True)
         view = _look_at_fleet(deployer, wait_for_server)
         restored = []
-        for model in selectors.deployed_models(with_drift=True):
+        for model in models:
             if repair := _reconcile_one(deployer, view, model, report):
                 restored.append(repair)
         if restored:
@@ -165,13 +170,21 @@ def _reconcile_one(
             _resolve_drift(model, "in step again")
         report.already_served.append(model_id)
         return None
+    if model.lease_held:
+        # A deploy in flight moves the route, the repository and the registry one after the other: what
+        # this cycle saw of it is not drift. The task leaves the model served; the next cycle checks.
+        report.busy.append(model_id)
+        return None
     owner = new_lease_owner()
     lease = claim_model_lease(model_id, owner)
     if lease is None:
-        _note_drift(model, routed, gap, "waiting: a task holds the model's lease")
         report.busy.append(model_id)
         return None
     try:
+        if lease.generation != model.lease_generation + 1:
+            # Someone took the lease (and acted) between this cycle's look and now: the look is stale.
+            report.busy.append(model_id)
+            return None
         with LeaseHeartbeat(model_id, owner) as heartbeat:
             fence = Fence(lease, heartbeat)
             revision = deployer.fenced(fence.check).restore(model_id, view, publish=False)

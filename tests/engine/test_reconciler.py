@@ -12,10 +12,11 @@ from deployments import jobs
 from deployments.inference import V2Client, served_name
 from deployments.inference.server import free_port
 from deployments.models import Drift, EmbeddingModel, TaskStatus
-from deployments.services import submit_deployment
-from deployments.services.leases import claim_model_lease, release_lease
+from deployments.services import reconciler, submit_deployment
+from deployments.services.leases import claim_lease, release_lease
 from deployments.services.reconciler import InferenceServerDown, reconcile_models
-from tests.support.factories import EmbeddingModelFactory
+from tests.support.drills import live_model
+from tests.support.factories import DeploymentTaskFactory, EmbeddingModelFactory
 
 pytestmark = [pytest.mark.mlserver, pytest.mark.django_db]
 
@@ -46,34 +47,54 @@ def test_a_model_a_replica_lost_is_served_again_and_the_drift_is_recorded(infere
     assert Drift.objects.filter(embedding_model_id="rc-lost").count() == 1
 
 
-def test_a_model_whose_lease_a_task_holds_is_not_raced_and_its_drift_is_shown(
-    inference_settings, mlserver, api, admin_client
-):
+def test_a_model_whose_lease_a_task_holds_is_not_raced_and_no_drift_is_opened(inference_settings, mlserver, api):
     revision = deploy("rc-busy")
     with V2Client(mlserver.url) as client:
         client.unload(served_name("rc-busy", revision))
-    assert claim_model_lease("rc-busy", "a-deploy-in-progress")
+    task = DeploymentTaskFactory(embedding_model_id="rc-busy", status=TaskStatus.PROCESSING)
+    lease = claim_lease(task, "a-deploy-in-progress")
+    assert lease
     try:
         assert reconcile_models().busy == ["rc-busy"]
         with V2Client(mlserver.url) as client:
             assert not client.model_ready(served_name("rc-busy", revision))  # left to the task holding the lease
-
-        drift = api.get("/models/rc-busy").json()["drift"]
-        assert (drift["registered_revision"], drift["served_revision"]) == (revision, revision)
-        assert "waiting" in drift["action"] and drift["detected_at"]
-        out = StringIO()
-        call_command("tasks", stdout=out)
-        assert re.search(r"^rc-busy\s+\d{4}-\d\d-\d\d", out.getvalue(), re.MULTILINE)
-        page = admin_client.get("/admin/deployments/embeddingmodel/").content.decode()
-        assert "drift" in page and "since" in page
+        # What a deploy in flight shows is its own business: not drift.
+        assert api.get("/models/rc-busy").json()["drift"] is None
+        assert not Drift.objects.filter(embedding_model_id="rc-busy").exists()
     finally:
         release_lease("rc-busy", "a-deploy-in-progress")
 
+    # Let go and still not served: that is drift, repaired and recorded.
     assert reconcile_models().restored == ["rc-busy"]
-    assert not Drift.objects.filter(embedding_model_id="rc-busy", resolved_at__isnull=True).exists()
+    drift = Drift.objects.get(embedding_model_id="rc-busy")
+    assert drift.resolved_at is not None and f"not ready on {mlserver.url}" in drift.detail
 
 
-def test_a_server_that_is_down_opens_a_drift_for_every_deployed_model(inference_settings):
+def test_a_deploy_between_the_cycles_look_and_its_repair_opens_no_drift(
+    inference_settings, minilm_dir, sources_root, monkeypatch
+):
+    """The cycle looked at the fleet, then a whole deploy ran before it took the model's lease: what it saw
+    is stale, not drift (every deploy used to leave a drift row, opened and resolved at once)."""
+    blue = live_model("rc-stale", minilm_dir, sources_root).metadata["revision"]
+    look = reconciler._look_at_fleet
+
+    def look_then_deploy(*args, **kwargs):
+        view = look(*args, **kwargs)
+        green = submit_deployment("rc-stale", config={"expected_dimensions": 384}).task
+        assert jobs.run_task(str(green.pk)) == TaskStatus.DONE
+        return view
+
+    monkeypatch.setattr(reconciler, "_look_at_fleet", look_then_deploy)
+    report = reconcile_models()
+    monkeypatch.undo()
+
+    assert report.busy == ["rc-stale"] and not report.restored
+    assert not Drift.objects.filter(embedding_model_id="rc-stale").exists()
+    assert EmbeddingModel.objects.get(pk="rc-stale").live_revision != blue
+    assert reconcile_models().already_served == ["rc-stale"]
+
+
+def test_a_server_that_is_down_opens_a_drift_for_every_deployed_model(inference_settings, api, admin_client):
     EmbeddingModelFactory(id="rc-down", state=EmbeddingModel.State.DEPLOYED, live_revision="feedface")
     down = f"http://127.0.0.1:{free_port()}"
     inference_settings.INFERENCE_REPLICA_URLS = [down]
@@ -81,6 +102,14 @@ def test_a_server_that_is_down_opens_a_drift_for_every_deployed_model(inference_
         reconcile_models()
     drift = Drift.objects.get(embedding_model_id="rc-down", resolved_at__isnull=True)
     assert drift.registered_revision == "feedface" and down in drift.detail
+
+    shown = api.get("/models/rc-down").json()["drift"]
+    assert shown["registered_revision"] == "feedface" and "waiting" in shown["action"] and shown["detected_at"]
+    out = StringIO()
+    call_command("tasks", stdout=out)
+    assert re.search(r"^rc-down\s+\d{4}-\d\d-\d\d", out.getvalue(), re.MULTILINE)
+    page = admin_client.get("/admin/deployments/embeddingmodel/").content.decode()
+    assert "drift" in page and "since" in page
 
 
 def test_a_replica_that_does_not_answer_keeps_a_model_from_counting_as_in_step(inference_settings, mlserver):

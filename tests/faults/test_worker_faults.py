@@ -9,7 +9,6 @@ and blue answered every request sent to it meanwhile. Recovery times are printed
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -21,8 +20,7 @@ from deployments import services
 from deployments.inference import DEPLOY_STAGES
 from deployments.models import EmbeddingModel, Task, TaskStatus
 from deployments.services.faults import HOLD_AT_ENV, HOLD_FILE_ENV
-from tests.support.drills import BlueTraffic, assert_settled, held_worker_pid
-from tests.support.factories import EmbeddingModelFactory
+from tests.support.drills import BlueTraffic, assert_settled, held_worker_pid, live_model
 from tests.support.processes import wait_for, wait_for_status
 from tests.support.snapshots import repository_tree, rows, served
 
@@ -35,18 +33,6 @@ LEASE_SECONDS = 2
 def drill_settings(inference_settings):
     inference_settings.TASK_LEASE_SECONDS = LEASE_SECONDS
     return inference_settings
-
-
-def live_model(model_id: str, minilm_dir: Path, sources_root: Path) -> Task:
-    """A model with blue deployed, and a second source (a new revision of the same weights) registered."""
-    EmbeddingModelFactory(id=model_id, source=str(minilm_dir))
-    blue = services.submit_deployment(model_id).task
-    assert services.run_task(blue.pk) == TaskStatus.DONE
-    green_source = sources_root / model_id
-    shutil.copytree(minilm_dir, green_source)
-    (green_source / "RELEASE_NOTES.txt").write_text(f"{model_id}: the next revision")
-    EmbeddingModel.objects.filter(pk=model_id).update(source=str(green_source))
-    return Task.objects.get(pk=blue.pk)
 
 
 def resolve_lost_attempt(first: Task) -> Task:

@@ -1,16 +1,19 @@
-"""What every fault drill needs: traffic on blue while the fault happens, the held worker, and the
-three facts each drill asserts at the end (every task terminal, served equals registered, blue
-answered with no failed request)."""
+"""What every fault drill needs: a live model with its next source, traffic on blue while the fault
+happens, the held worker, and the three facts each drill asserts at the end (every task terminal, served
+equals registered, blue answered with no failed request)."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 
 from django.conf import settings
 
+from deployments import services
 from deployments.inference import InferenceError, V2Client, served_name
-from deployments.models import TERMINAL_STATUSES, EmbeddingModel, Task
+from deployments.models import TERMINAL_STATUSES, EmbeddingModel, Task, TaskStatus
+from tests.support.factories import EmbeddingModelFactory
 from tests.support.processes import wait_for
 
 
@@ -42,6 +45,18 @@ class BlueTraffic:
                 except InferenceError as exc:
                     self.failures.append(str(exc))
                 self._stop.wait(0.02)
+
+
+def live_model(model_id: str, minilm_dir: Path, sources_root: Path) -> Task:
+    """A model with blue deployed, and a second source (a new revision of the same weights) registered."""
+    EmbeddingModelFactory(id=model_id, source=str(minilm_dir))
+    blue = services.submit_deployment(model_id).task
+    assert services.run_task(blue.pk) == TaskStatus.DONE
+    green_source = sources_root / model_id
+    shutil.copytree(minilm_dir, green_source)
+    (green_source / "RELEASE_NOTES.txt").write_text(f"{model_id}: the next revision")
+    EmbeddingModel.objects.filter(pk=model_id).update(source=str(green_source))
+    return Task.objects.get(pk=blue.pk)
 
 
 def held_worker_pid(hold_file: Path, timeout: float = 120) -> int:

@@ -135,6 +135,20 @@ class SupervisedWorkers(ManagedCommand):
         return sorted(announced & {process.pid for process in process_group(cluster_pid)})
 
 
+class ReconcileLoop(ManagedCommand):
+    """``manage.py reconcile --every 0.5``, as ``make run`` keeps it running (a shorter period, for the tests)."""
+
+    command = ("reconcile", "--every", "0.5")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, on_timeout: Callable[[], str] = str) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
