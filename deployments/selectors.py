@@ -27,6 +27,7 @@ from django.db.models import (
     When,
 )
 from django.db.models.functions import Coalesce, Greatest, Now
+from django.utils import timezone
 
 from deployments.clock import format_time
 from deployments.models import (
@@ -146,9 +147,34 @@ def waiting_reason(task: Task) -> str:
     return f"not yet sent to the queue (since {format_time(task.created_at)})"
 
 
+def stage_progress(task: Task) -> str:
+    """Where a processing task is, from its metadata (no query): the stage it runs, for how long (of how
+    long, for the bake) and what it does, e.g. "bake: 12 s of 40 s, blue 04b1622bdf2efd11 kept loaded";
+    "" for any other task."""
+    if task.status != TaskStatus.PROCESSING:
+        return ""
+    stages = task.metadata.get("stages") or {}
+    running = next(((name, info) for name, info in stages.items() if info.get("state") == "started"), None)
+    if running is None:  # before the first stage, or between two: a moment
+        return f"{next(reversed(stages))}: done" if stages else f"starting: {_seconds_since(task.started_at)}"
+    name, info = running
+    started_at = info.get("started_at")
+    progress = f"{name}: {_seconds_since(datetime.fromisoformat(started_at))}" if started_at else name
+    if planned := info.get("planned_s"):
+        progress += f" of {planned:g} s"
+    return f"{progress}, {info['message']}" if info.get("message") else progress
+
+
+def _seconds_since(moment: datetime | None) -> str:
+    # Whole seconds: what a person reads while waiting. Never negative, whatever the hosts' clocks say.
+    seconds = max(0, int((timezone.now() - moment).total_seconds())) if moment else 0
+    return f"{seconds} s"
+
+
 def task_detail(task: Task) -> str:
-    """What a task's detail says: why it waits while pending, its outcome once it has one."""
-    return waiting_reason(task) or task.detail
+    """What a task's detail says: why it waits while pending, where it is while processing, its outcome
+    once it has one."""
+    return waiting_reason(task) or stage_progress(task) or task.detail
 
 
 def recent_tasks_for_model(embedding_model_id: str, limit: int) -> list[Task]:

@@ -75,6 +75,7 @@ class StageEvent:
     state: str  # "started" | "done" | "failed"
     message: str = ""
     duration_s: float | None = None
+    planned_s: float | None = None  # on "started": how long the stage is meant to last, when known (the bake)
 
 
 ProgressCallback = Callable[[StageEvent], None]
@@ -181,14 +182,14 @@ class _Timeline:
         self.timings: dict[str, float] = {}
 
     @contextmanager
-    def stage(self, name: str, message: str = "") -> Iterator[list[str]]:
+    def stage(self, name: str, message: str = "", planned_s: float | None = None) -> Iterator[list[str]]:
         """Run a stage; the body may append a closing message to the yielded list.
 
         A failure is reported under the stage it happened in, whatever raised it; only a lost
         fence is not reported (a superseded attempt writes nothing, not even its timeline).
         """
         self.guard()
-        self.progress(StageEvent(name, "started", message))
+        self.progress(StageEvent(name, "started", message, planned_s=planned_s))
         started = time.perf_counter()
         closing: list[str] = []
         try:
@@ -349,7 +350,7 @@ class GreenDeployer:
             if skipped:
                 closing.append(f"({', '.join(skipped)} not answering: left to the reconciler)")
 
-        with timeline.stage("fetch") as closing:
+        with timeline.stage("fetch", origin) as closing:
             green = self._fetch(model_id, source, revision)
             closing.append(f"revision {green.revision}: {green.files} files, {green.size_bytes} bytes, verified")
             if source is None:
@@ -380,7 +381,7 @@ class GreenDeployer:
                     self._retire(model_id, green.revision)
             raise
 
-        with timeline.stage("bake", f"{bake:g}s, blue {blue or 'none'} kept loaded") as closing:
+        with timeline.stage("bake", f"blue {blue or 'none'} kept loaded", planned_s=bake) as closing:
             if green.revision == blue:
                 closing.append("the revision was live already: nothing to bake")
             else:

@@ -59,7 +59,15 @@ class TaskRecorder:
             self.failed_stage = event.stage
         record_event(self.task, event.stage, event.state, event.message, event.duration_s, actor=self.owner)
         stages = self.task.metadata.setdefault("stages", {})
-        stages[event.stage] = {"state": event.state, "message": event.message, "duration_s": event.duration_s}
+        entry = {"state": event.state, "message": event.message, "duration_s": event.duration_s}
+        # When the stage began (and how long it is meant to last): what a running task's detail says.
+        if event.state == "started":
+            entry["started_at"] = timezone.now().isoformat()
+            if event.planned_s is not None:
+                entry["planned_s"] = event.planned_s
+        elif started_at := stages.get(event.stage, {}).get("started_at"):
+            entry["started_at"] = started_at
+        stages[event.stage] = entry
         if event.duration_s is not None:
             self.task.metadata.setdefault("timings", {})[event.stage] = event.duration_s
         # Conditional on still owning the task: a worker the sweeper gave up on must not write over it.

@@ -5,6 +5,7 @@ through a real MLServer and Envoy; and the same moves, stage by stage, in this p
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from django.conf import settings
@@ -68,6 +69,8 @@ def test_during_a_bake_the_registry_names_green_live_and_nothing_is_drift(
         while baking(task):
             shown = api.get(f"/models/{model_id}").json()
             assert (shown["live_revision"], shown["drift"]) == (green, None), shown
+            detail = api.get(f"/deploy/{task.pk}").json()["detail"]
+            assert re.fullmatch(rf"bake: \d+ s of {BAKE_SECONDS} s, blue {blue} kept loaded", detail), detail
             assert answering(front, model_id) == green
             cycles += len(reconcile_models().already_served)  # this process's cycles, beside the loop's
     assert cycles > 3

@@ -103,7 +103,7 @@ class Command(BaseCommand):
             ("model", task.embedding_model_id),
             ("status", task.status),
             ("stage", task.stage or "—"),
-            ("detail", task.detail or "—"),
+            ("detail", selectors.task_detail(task) or "—"),
             ("attempt", task.attempt),
             ("requested by", task.requested_by or "—"),
             ("worker", task.lease_owner or "—"),
