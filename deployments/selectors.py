@@ -516,12 +516,16 @@ def audit_entries(
     actions: Sequence[str] | None = None,
     via: Sequence[str] | None = None,
 ) -> QuerySet[AuditEntry]:
-    """Audit entries, newest first: a model's (its registry entries and its tasks'), or one task's."""
+    """Audit entries, newest first: a model's (its registry entries and its tasks'), or one task's (with
+    the retry that made it, when it is a retried attempt: who asked for it)."""
     entries = AuditEntry.objects.all()
     if embedding_model_id:
         entries = entries.filter(embedding_model_id=embedding_model_id)
     if task_id:
-        entries = entries.filter(object_id=task_id, object_kind__in=TaskKind.values)
+        # The retry is recorded on the task retried, naming the attempt it made (a task is retried once).
+        retried = Subquery(Task.objects.filter(pk=task_id).values("retry_of_id")[:1])
+        made_it = Q(object_id=retried, action=AuditEntry.Action.RETRY, changes__retried_as=task_id)
+        entries = entries.filter(Q(object_id=task_id) | made_it, object_kind__in=TaskKind.values)
     if actions:
         entries = entries.filter(action__in=actions)
     if via:

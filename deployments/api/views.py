@@ -510,7 +510,9 @@ class InferenceServerViewSet(viewsets.GenericViewSet):
         parameters=[
             OpenApiParameter("embedding_model_id", MODEL_ID_SCHEMA, description="Only this model's entries."),
             OpenApiParameter(
-                "task_id", {"type": "string", "pattern": TASK_ID_PATTERN}, description="Only this task's entries."
+                "task_id",
+                {"type": "string", "pattern": TASK_ID_PATTERN},
+                description="Only this task's entries, and the retry that made it when it is a retried attempt.",
             ),
             comma_separated("action", AuditEntry.Action.values, "Only these actions."),
             comma_separated("via", AuditEntry.Via.values, "Only entries made this way."),

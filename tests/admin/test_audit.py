@@ -9,6 +9,7 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from deployments import services
 from deployments.models import AuditEntry, DeploymentTask, EmbeddingModel, TaskStatus
 from deployments.services.audit import Actor
+from deployments.services.tasks import retry_lost_attempt
 from tests.support.factories import DeploymentTaskFactory, EmbeddingModelFactory, FailedDeploymentFactory
 
 pytestmark = pytest.mark.django_db
@@ -98,6 +99,26 @@ def test_a_tasks_page_shows_who_did_what_to_it(admin_client, django_capture_on_c
 
     empty = DeploymentTaskFactory(embedding_model_id="shown")
     assert b"Nobody has acted on it" in admin_client.get(f"{DEPLOYS_URL}{empty.pk}/change/").content
+
+
+def test_a_retried_attempts_page_says_who_asked_for_the_retry(admin_client, api):
+    EmbeddingModelFactory(id="retried")
+    failed = FailedDeploymentFactory(embedding_model_id="retried")
+    attempt = services.retry_task(failed, requested_by=Actor(name="alice", via=AuditEntry.Via.API))
+    lost = FailedDeploymentFactory(embedding_model_id="retried")
+    automatic = retry_lost_attempt(lost, by=Actor(name="sweeper", via=AuditEntry.Via.SYSTEM))
+
+    page = admin_client.get(f"{DEPLOYS_URL}{attempt.pk}/change/").content.decode()
+    section = page.split("field-audit", 1)[1]
+    assert "Nobody has acted on it" not in section
+    assert "<code>alice</code>" in section and "<strong>Retry</strong>" in section
+    assert f"retried_as: {attempt.pk}" in section and f"/deploymenttask/{failed.pk}/change/" in section
+    assert "sweeper" not in section  # another task's retry
+    section = admin_client.get(f"{DEPLOYS_URL}{automatic.pk}/change/").content.decode().split("field-audit", 1)[1]
+    assert "<code>sweeper</code>" in section and "alice" not in section
+    # The API's trail of the attempt says the same.
+    entries = api.get("/audit", {"task_id": attempt.pk}).json()["results"]
+    assert [(e["actor"], e["action"], e["object_id"]) for e in entries] == [("alice", "retry", failed.pk)]
 
 
 def test_a_models_page_shows_its_registry_changes_and_its_tasks_entries(admin_client, minilm_dir):
