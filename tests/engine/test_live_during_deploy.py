@@ -49,18 +49,26 @@ def baking(task: DeploymentTask) -> bool:
     return (task.metadata.get("stages") or {}).get("bake", {}).get("state") == "started"
 
 
+def deploy_into_its_bake(api, model_id: str, bake_seconds: float, qcluster, reconcile_loop, minilm_dir, sources_root):
+    """Blue live, the reconcile loop and a real worker running, and a deploy of green in its bake:
+    (blue, the deploy, the worker)."""
+    blue = live_model(model_id, minilm_dir, sources_root).metadata["revision"]
+    reconcile_loop()
+    cluster = qcluster()
+    task = deploy(api, {"embedding_model_id": model_id, "config": {"bake_seconds": bake_seconds}})
+    wait_for(lambda: baking(task), 120, "the bake to start", cluster.log_tail)
+    return blue, task, cluster
+
+
 @pytest.mark.drill
 @pytest.mark.django_db(transaction=True)
 def test_during_a_bake_the_registry_names_green_live_and_nothing_is_drift(
     api, inference_settings, qcluster, reconcile_loop, envoy, minilm_dir, sources_root
 ):
     model_id = "live-baking"
-    blue = live_model(model_id, minilm_dir, sources_root).metadata["revision"]
-    reconcile_loop()
-    cluster = qcluster()
-
-    task = deploy(api, {"embedding_model_id": model_id, "config": {"bake_seconds": BAKE_SECONDS}})
-    wait_for(lambda: baking(task), 120, "the bake to start", cluster.log_tail)
+    blue, task, cluster = deploy_into_its_bake(
+        api, model_id, BAKE_SECONDS, qcluster, reconcile_loop, minilm_dir, sources_root
+    )
     reconciled_before = InferenceServer.objects.get().checked_at
     cycles = 0
     with V2Client(envoy.url) as front:
@@ -90,11 +98,7 @@ def test_a_rollback_during_the_bake_puts_blue_back_as_live_in_the_registry(
     api, inference_settings, qcluster, reconcile_loop, envoy, minilm_dir, sources_root
 ):
     model_id = "live-rollback"
-    blue = live_model(model_id, minilm_dir, sources_root).metadata["revision"]
-    reconcile_loop()
-    cluster = qcluster()
-    first = deploy(api, {"embedding_model_id": model_id, "config": {"bake_seconds": 120}})
-    wait_for(lambda: baking(first), 120, "the bake to start", cluster.log_tail)
+    blue, first, cluster = deploy_into_its_bake(api, model_id, 120, qcluster, reconcile_loop, minilm_dir, sources_root)
     with V2Client(envoy.url) as front:
         green = answering(front, model_id)
         assert api.get(f"/models/{model_id}").json()["live_revision"] == green != blue
