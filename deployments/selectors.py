@@ -46,7 +46,6 @@ from deployments.models import (
     TaskStatus,
     WorkerCluster,
 )
-from deployments.task_ids import short_id
 
 # How many tasks an ambiguous short id names, at most.
 SHORT_ID_CANDIDATES = 5
@@ -135,7 +134,7 @@ def waiting_reason(task: Task) -> str:
             return ""  # deleted meanwhile
     if task.waiting_behind_id:
         ahead = f"{task.waiting_behind_kind} of {task.embedding_model_id}"
-        return f"queued behind {short_id(task.waiting_behind_id)} ({ahead})"
+        return f"queued behind {task.waiting_behind_id} ({ahead})"  # whole: a client looks it up by it
     if task.waiting_lease_owner:
         return f"waiting for the model's lease, held by {task.waiting_lease_owner}"
     resent_at = task.waiting_resent_at
@@ -174,7 +173,8 @@ class AmbiguousShortId(LookupError):
 
 
 def task_by_short_id(prefix: str) -> Task | None:
-    """The task with that id, or the one task whose id begins with it (the 8 characters the admin shows).
+    """The task with that id, or the one task whose id begins with it (the 8 characters the admin shows of
+    a generated id).
 
     Raises AmbiguousShortId when several ids begin with it. A prefix seek on the primary key's index, as
     the admin's search does (``_id_starts_with``).
