@@ -15,20 +15,20 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from deployments import selectors
-from deployments.admin.display import STATUS_COLOURS, human_duration, task_admin_url, task_list_url
+from deployments.admin.display import (
+    REPLICA_COLOURS,
+    STATUS_COLOURS,
+    badge,
+    human_duration,
+    task_admin_url,
+    task_list_url,
+)
 from deployments.models import ACTIVE_STATUSES, Drift, EmbeddingModel, Task, TaskKind, TaskStatus
 from deployments.services.health import engine_alerts
 from deployments.task_ids import short_id
 
 RUNNING_SHOWN = 20
 REPLICAS_SHOWN = 20
-# What a replica's state badge looks like: a down one red, an empty one amber.
-REPLICA_COLOURS = {
-    selectors.REPLICA_SERVING: "#15803d",
-    selectors.REPLICA_EMPTY: "#b45309",
-    selectors.REPLICA_DOWN: "#b91c1c",
-    selectors.REPLICA_UNCHECKED: "#57534e",
-}
 # With hundreds of models deployed, the page lists the latest changed; the models list has them all.
 DEPLOYED_SHOWN = 20
 ENGINE_EVENTS_SHOWN = 5
@@ -150,7 +150,7 @@ def replicas_context() -> dict[str, Any]:
             "state": replica.state,
             "why": replica.why,
             "checked_at": checked_at,
-            "colour": REPLICA_COLOURS[replica.state],
+            "badge": badge(replica.state, REPLICA_COLOURS[replica.state]),
         }
         for replica, checked_at in sorted(health, key=lambda pair: pair[0].serving)
     ]
