@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import time
 from datetime import timedelta
@@ -13,9 +15,10 @@ from django.utils import timezone
 
 from deployments import jobs
 from deployments.inference import V2Client, served_name
+from deployments.inference.server import LocalMLServer
 from deployments.models import EmbeddingModel, TaskStatus, WorkerCluster
 from deployments.services import submit_deployment
-from deployments.services.reconciler import refresh_servers
+from deployments.services.reconciler import reconcile_models, refresh_servers
 from deployments.services.workers import supervisor_gone_after, watchdog_bound
 from tests.support.factories import (
     DeploymentTaskFactory,
@@ -260,3 +263,49 @@ def test_a_redis_broker_that_never_answers_fails_the_broker_check_without_hangin
         listener.close()
     assert status == 503 and "broker" in body["failing"]
     assert body["checks"]["broker"]["kind"] == "redis" and body["checks"]["broker"]["ok"] is False
+
+
+def ready_now(client):
+    """/readyz with the worker cluster's canary just run: only the replicas are in question."""
+    now = timezone.now()
+    WorkerCluster.objects.update(last_canary_at=now, supervisor_seen_at=now)
+    return readyz(client)
+
+
+@pytest.mark.mlserver
+@pytest.mark.drill
+@pytest.mark.django_db(transaction=True)  # the deploy's lease heartbeat writes from a thread of its own
+def test_a_real_replica_killed_then_restarted_is_down_then_empty_then_serving(
+    client, admin_client, inference_settings, mlserver, tmp_path
+):
+    """Two real replicas serving a deployed model; one is SIGKILLed, then started again with nothing loaded."""
+    second = LocalMLServer(mlserver.repository_root, tmp_path / "second", extra_env=mlserver.extra_env).start()
+    try:
+        inference_settings.INFERENCE_REPLICA_URLS = [mlserver.url, second.url]
+        deploy("hz-killed")
+        cluster_with_heartbeat(1)
+        status, body = ready_now(client)
+        assert (status, body["status"], body["checks"]["inference"]["replicas_live"]) == (200, "ok", "2/2"), body
+
+        os.killpg(second.process.pid, signal.SIGKILL)
+        second.process.wait(timeout=10)
+        status, body = ready_now(client)
+        assert (status, body["status"], body["degraded"]) == (200, "degraded", ["inference"])
+        assert list(body["checks"]["inference"]["replicas_down"]) == [second.url]
+        refresh_servers()
+        assert re.search(rf'cr-replica-down"><td><code>{re.escape(second.url)}<', admin_client.get("/admin/").text)
+
+        second.start()  # back, on its ports, with nothing loaded
+        status, body = ready_now(client)
+        assert (status, body["status"]) == (200, "degraded")
+        assert body["checks"]["inference"]["replicas_empty"] == {second.url: "serves 0 of the 1 live revision(s)"}
+        refresh_servers()
+        assert re.search(rf'cr-replica-empty"><td><code>{re.escape(second.url)}<', admin_client.get("/admin/").text)
+
+        assert reconcile_models().restored == ["hz-killed"]  # loads it back where it is missing
+        status, body = ready_now(client)
+        assert (status, body["status"], body["degraded"]) == (200, "ok", []), body
+        refresh_servers()  # the reconciler's next look (this pass recorded the replicas before it loaded)
+        assert "Inference replicas: 2 of 2 serving" in admin_client.get("/admin/").text
+    finally:
+        second.stop()
