@@ -17,8 +17,9 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Readiness of the whole control plane, for probes (no login): 200 with every check, or 503 naming
-    the failing parts (database, broker, workers, pending, inference)."""
+    """Readiness of the whole control plane, for probes (no login): 200 with every check (status ``ok``,
+    or ``degraded`` naming the parts working with less, such as a replica down), or 503 naming the
+    failing parts (database, broker, workers, pending, inference)."""
     report = readiness()
     return JsonResponse(report.as_json(), status=200 if report.ok else 503)
 

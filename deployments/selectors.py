@@ -4,7 +4,7 @@ The admin's dashboard keeps its own queries in ``deployments.admin.dashboard``."
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -30,6 +30,7 @@ from django.db.models.functions import Coalesce, Greatest, Now
 from django.utils import timezone
 
 from deployments.clock import format_time
+from deployments.inference import served_name
 from deployments.models import (
     ACTIVE_STATUSES,
     HANDOFF_RESENT,
@@ -47,7 +48,6 @@ from deployments.models import (
     TaskStatus,
     WorkerCluster,
 )
-from deployments.task_ids import short_id
 
 # How many tasks an ambiguous short id names, at most.
 SHORT_ID_CANDIDATES = 5
@@ -136,7 +136,7 @@ def waiting_reason(task: Task) -> str:
             return ""  # deleted meanwhile
     if task.waiting_behind_id:
         ahead = f"{task.waiting_behind_kind} of {task.embedding_model_id}"
-        return f"queued behind {short_id(task.waiting_behind_id)} ({ahead})"
+        return f"queued behind {task.waiting_behind_id} ({ahead})"  # whole: a client looks it up by it
     if task.waiting_lease_owner:
         return f"waiting for the model's lease, held by {task.waiting_lease_owner}"
     resent_at = task.waiting_resent_at
@@ -200,7 +200,8 @@ class AmbiguousShortId(LookupError):
 
 
 def task_by_short_id(prefix: str) -> Task | None:
-    """The task with that id, or the one task whose id begins with it (the 8 characters the admin shows).
+    """The task with that id, or the one task whose id begins with it (the 8 characters the admin shows of
+    a generated id).
 
     Raises AmbiguousShortId when several ids begin with it. A prefix seek on the primary key's index, as
     the admin's search does (``_id_starts_with``).
@@ -277,6 +278,56 @@ def list_embedding_models() -> QuerySet[EmbeddingModel]:
 
 def inference_servers() -> QuerySet[InferenceServer]:
     return InferenceServer.objects.order_by("url")
+
+
+# -- Inference replicas: serving, empty or down -----------------------------------------------------
+
+REPLICA_SERVING = "serving"
+REPLICA_EMPTY = "empty"  # answers, but serves none of the live revisions (just restarted, say)
+REPLICA_DOWN = "down"  # does not answer
+REPLICA_UNCHECKED = "not checked yet"  # configured; the reconciler has not recorded it yet
+
+
+@dataclass(frozen=True)
+class ReplicaHealth:
+    url: str
+    state: str  # one of the REPLICA_ states
+    why: str  # down: what went wrong; otherwise how many of the live revisions it serves
+
+    @property
+    def serving(self) -> bool:
+        return self.state == REPLICA_SERVING
+
+
+def live_served_names() -> set[str]:
+    """The names the deployed models' live revisions are served under (``<model id>~<revision>``), one query."""
+    deployed = EmbeddingModel.objects.filter(state=EmbeddingModel.State.DEPLOYED).exclude(live_revision="")
+    return {served_name(pk, revision) for pk, revision in deployed.values_list("pk", "live_revision")}
+
+
+def replica_health(url: str, ready: Collection[str] | None, error: str, live_names: Collection[str]) -> ReplicaHealth:
+    """How one replica stands, from what it has ready (None: it did not answer, ``error`` says why): the one
+    rule /readyz and the admin's dashboard judge by. A replica that serves some of the live revisions is
+    serving (the reconciler loads the rest); one that serves none while there are some is empty."""
+    if ready is None:
+        return ReplicaHealth(url, REPLICA_DOWN, error or "it did not answer")
+    served = len(set(ready) & set(live_names))
+    state = REPLICA_EMPTY if live_names and not served else REPLICA_SERVING
+    return ReplicaHealth(url, state, f"serves {served} of the {len(live_names)} live revision(s)")
+
+
+def recorded_replica_health(urls: Sequence[str]) -> list[tuple[ReplicaHealth, datetime | None]]:
+    """Each configured replica as the reconciler last saw it (``InferenceServer``), with when; two queries."""
+    recorded = {server.url: server for server in InferenceServer.objects.filter(url__in=list(urls))}
+    live_names = live_served_names()
+    health = []
+    for url in urls:
+        if (server := recorded.get(url)) is None:
+            health.append((ReplicaHealth(url, REPLICA_UNCHECKED, "the reconciler has not looked at it yet"), None))
+            continue
+        ready = server.loaded if server.live else None
+        health.append((replica_health(url, ready, server.error, live_names), server.checked_at))
+    return health
 
 
 # -- Memory: what each replica holds, by the revisions' recorded footprints ---------------------

@@ -15,13 +15,24 @@ ALLOWED_TASK_ID_CHARACTERS = "letters, digits, '.', '_', ':' and '-'"
 # Anchored for OpenAPI's `pattern`; ASCII only, so no look-alike letters, whitespace or control characters.
 TASK_ID_PATTERN = rf"^[A-Za-z0-9_:-][A-Za-z0-9._:-]{{0,{MAX_TASK_ID_LENGTH - 1}}}$"
 _TASK_ID = re.compile(TASK_ID_PATTERN)
-# How much of a task id the pages and commands show, and what search and `tasks <id>` accept as its start.
+# How much of a generated task id the admin shows; search and `tasks <id>` accept any start of an id.
 SHORT_ID_LENGTH = 8
+# What new_task_id makes: a UUID in its canonical form (lowercase, hyphenated; the ids of tasks made before
+# ids were strings have it too). A client's id is what the client chose: shown whole, always.
+_GENERATED_TASK_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def is_generated_task_id(task_id: object) -> bool:
+    """True for an id in the form the service gives a task whose client did not name it."""
+    return bool(_GENERATED_TASK_ID.fullmatch(str(task_id)))
 
 
 def short_id(task_id: object) -> str:
-    """The start of a task id that operators see (``3357e86d``)."""
-    return str(task_id)[:SHORT_ID_LENGTH]
+    """A task id as the admin's lists show it: a generated id by its first 8 characters (``3357e86d``, unique
+    in practice and whole in the tooltip), a client's id whole (``nightly:2026-12-01``), since the client
+    looks it up by what it sent. The API and the commands show every id whole."""
+    text = str(task_id)
+    return text[:SHORT_ID_LENGTH] if is_generated_task_id(text) else text
 
 
 class InvalidTaskId(ValueError):

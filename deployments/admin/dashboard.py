@@ -15,12 +15,20 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from deployments import selectors
-from deployments.admin.display import STATUS_COLOURS, human_duration, task_admin_url, task_list_url
+from deployments.admin.display import (
+    REPLICA_COLOURS,
+    STATUS_COLOURS,
+    badge,
+    human_duration,
+    task_admin_url,
+    task_list_url,
+)
 from deployments.models import ACTIVE_STATUSES, Drift, EmbeddingModel, Task, TaskKind, TaskStatus
 from deployments.services.health import engine_alerts
 from deployments.task_ids import short_id
 
 RUNNING_SHOWN = 20
+REPLICAS_SHOWN = 20
 # With hundreds of models deployed, the page lists the latest changed; the models list has them all.
 DEPLOYED_SHOWN = 20
 ENGINE_EVENTS_SHOWN = 5
@@ -119,6 +127,7 @@ def dashboard_context(now: datetime | None = None) -> dict[str, Any]:
         for task in dash.latest_failures
     ]
     return {
+        **replicas_context(),
         # Red while no cluster proves it runs jobs or a task waits too long for a worker: the truth first.
         "engine_alerts": engine_alerts(now),
         "engine_events": selectors.recent_engine_events(ENGINE_EVENTS_SHOWN),
@@ -129,3 +138,21 @@ def dashboard_context(now: datetime | None = None) -> dict[str, Any]:
         "running": running,
         "failures": failures,
     }
+
+
+def replicas_context() -> dict[str, Any]:
+    """The inference replicas as the reconciler last saw them (it looks every few seconds), those not
+    serving first: a replica down, or empty (live, serving none of the live revisions)."""
+    health = selectors.recorded_replica_health(settings.INFERENCE_REPLICA_URLS)
+    rows = [
+        {
+            "url": replica.url,
+            "state": replica.state,
+            "why": replica.why,
+            "checked_at": checked_at,
+            "badge": badge(replica.state, REPLICA_COLOURS[replica.state]),
+        }
+        for replica, checked_at in sorted(health, key=lambda pair: pair[0].serving)
+    ]
+    serving = sum(replica.serving for replica, _ in health)
+    return {"replicas": rows[:REPLICAS_SHOWN], "replicas_total": len(rows), "replicas_serving": serving}

@@ -42,6 +42,13 @@ STATE_COLOURS = {
     EmbeddingModel.State.DEPLOYED: "#15803d",
     EmbeddingModel.State.DELETING: "#c2410c",
 }
+# A replica down is red, one empty (live, serving none of the live revisions) amber.
+REPLICA_COLOURS = {
+    selectors.REPLICA_SERVING: "#15803d",
+    selectors.REPLICA_EMPTY: "#b45309",
+    selectors.REPLICA_DOWN: "#b91c1c",
+    selectors.REPLICA_UNCHECKED: "#57534e",
+}
 DRIFT_COLOUR = "#b91c1c"
 EVENT_STATE_COLOURS = {"done": "#15803d", "failed": "#b91c1c", "started": "#2563eb"}
 

@@ -43,6 +43,7 @@ from deployments.models import AuditEntry, DeletionTask, DeploymentTask, Task, T
 from deployments.services.audit import Actor, actor_from_request
 from deployments.services.bulk import BulkOutcome, TaskVerdict, cancel_many, retry_many
 from deployments.task_ids import is_valid_task_id, short_id
+from deployments.text import cut_between_words
 
 # A bulk action over more tasks than this is refused whole: narrow the filter first.
 MAX_ACTION_TASKS = 1000
@@ -261,9 +262,10 @@ class TaskAdmin(ObjectActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         return selectors.with_waiting_reason(super().get_queryset(request))
 
     @admin.display(description="detail")
-    def short_detail(self, task: Task) -> str:
+    def short_detail(self, task: Task) -> str | SafeString:
         detail = selectors.task_detail(task)
-        return detail if len(detail) <= 90 else f"{detail[:89]}…"
+        shown = cut_between_words(detail, 90)
+        return shown if shown == detail else format_html('<span title="{}">{}</span>', detail, shown)
 
     @admin.display(description="detail")
     def current_detail(self, task: Task) -> str:

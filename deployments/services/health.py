@@ -19,6 +19,7 @@ from django.db import connection
 from django.utils import timezone
 
 from deployments import selectors
+from deployments.inference import InferenceError, V2Client
 from deployments.services.workers import last_proof, supervisor_gone_after, watchdog_bound
 
 
@@ -32,6 +33,9 @@ class CheckFailed(Exception):
 
 @dataclass(frozen=True)
 class Readiness:
+    """Every check's answer. A check that passes may still say it is ``degraded`` (a sentence): the part
+    works with less than it should (a replica down), so the status says so while the answer stays 200."""
+
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -39,11 +43,19 @@ class Readiness:
         return [name for name, check in self.checks.items() if not check["ok"]]
 
     @property
+    def degraded(self) -> list[str]:
+        return [name for name, check in self.checks.items() if check["ok"] and check.get("degraded")]
+
+    @property
     def ok(self) -> bool:
         return not self.failing
 
+    @property
+    def status(self) -> str:
+        return "failing" if self.failing else "degraded" if self.degraded else "ok"
+
     def as_json(self) -> dict[str, Any]:
-        return {"status": "ok" if self.ok else "failing", "failing": self.failing, "checks": self.checks}
+        return {"status": self.status, "failing": self.failing, "degraded": self.degraded, "checks": self.checks}
 
 
 def check_database(now: datetime) -> dict[str, Any]:
@@ -114,18 +126,38 @@ def _answers(url: str) -> str | None:
     return None if response.status_code == 200 else f"answered HTTP {response.status_code}"
 
 
+def _ready_names(url: str) -> tuple[set[str] | None, str]:
+    """What a live replica has ready (one repository index), or None and why it did not say."""
+    try:
+        with V2Client(url, timeout=settings.READY_INFERENCE_TIMEOUT) as client:
+            return {entry["name"] for entry in client.index() if entry.get("state") == "READY"}, ""
+    except InferenceError as exc:
+        return None, f"its repository index failed ({type(exc).__name__})"
+
+
 def check_inference(now: datetime) -> dict[str, Any]:
-    """The router answers, and at least one replica is live (the router sends traffic only to those)."""
-    replicas = {url: _answers(f"{url.rstrip('/')}/v2/health/live") for url in settings.INFERENCE_REPLICA_URLS}
-    live = sum(error is None for error in replicas.values())
-    details: dict[str, Any] = {"replicas_live": f"{live}/{len(replicas)}"}
-    down = {url: error for url, error in replicas.items() if error}
-    if down:
-        details["replicas_down"] = down
+    """The router answers, and at least one replica is live (the router sends traffic only to those).
+    Degraded while a replica is down, or empty: live but serving none of the live revisions (just
+    restarted; the reconciler loads them back)."""
+    live_names = selectors.live_served_names()
+    health = []
+    for url in settings.INFERENCE_REPLICA_URLS:
+        ready, error = None, _answers(f"{url.rstrip('/')}/v2/health/live")
+        if error is None:
+            ready, error = _ready_names(url) if live_names else (set(), "")
+        health.append(selectors.replica_health(url, ready, error, live_names))
+    live = sum(replica.state != selectors.REPLICA_DOWN for replica in health)
+    details: dict[str, Any] = {"replicas_live": f"{live}/{len(health)}"}
+    for state in (selectors.REPLICA_DOWN, selectors.REPLICA_EMPTY):
+        if named := {replica.url: replica.why for replica in health if replica.state == state}:
+            details[f"replicas_{state}"] = named
     if router_error := _answers(f"{settings.ROUTER_ADMIN_URL.rstrip('/')}/ready"):
         raise CheckFailed({**details, "error": f"router: {router_error}"})
     if not live:
         raise CheckFailed({**details, "error": "no inference replica is live"})
+    if not_serving := [replica for replica in health if not replica.serving]:
+        states = ", ".join(f"{replica.url} {replica.state}" for replica in not_serving)
+        details["degraded"] = f"{len(health) - len(not_serving)} of {len(health)} replica(s) serving ({states})"
     return details
 
 

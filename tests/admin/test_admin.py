@@ -258,7 +258,7 @@ def test_a_pending_task_says_why_it_waits_in_the_list_and_on_its_page(admin_clie
     model = EmbeddingModelFactory(id="queued")
     first = DeploymentTaskFactory(embedding_model_id=model.id)
     second = DeploymentTaskFactory(embedding_model_id=model.id)
-    behind = f"queued behind {first.pk[:8]} (deployment of queued)"
+    behind = f"queued behind {first.pk} (deployment of queued)"
 
     page = admin_client.get(f"{DEPLOYS_URL}?model=queued").content.decode()
     assert behind in page

@@ -8,6 +8,7 @@ from django.contrib import messages
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from deployments.admin.display import task_admin_url
 from deployments.models import AuditEntry, DeletionTask, DeploymentTask, EmbeddingModel, ModelLease, TaskStatus
 from tests.admin.test_admin import DEPLOYS_URL, MODELS_URL, reported, run_action, short
 from tests.support.factories import (
@@ -72,6 +73,31 @@ def test_a_revision_is_shown_whole_on_every_page(admin_client):
 
 
 # -- search by what the pages show --------------------------------------------------------------------
+
+
+def test_the_admin_shortens_only_the_ids_it_generated_never_a_clients(admin_client):
+    model = EmbeddingModelFactory(id="m")
+    nightly = FailedDeploymentFactory(id="nightly:2026-12-01", embedding_model_id=model.id)
+    generated = FailedDeploymentFactory(embedding_model_id=model.id)
+    DeploymentTaskFactory(id="slow-bake-1", embedding_model_id=model.id)
+    DeploymentTaskFactory(embedding_model_id=model.id, sequence=99)
+
+    listed = admin_client.get(DEPLOYS_URL).content.decode()
+    assert f'<code title="{generated.pk}">{str(generated.pk)[:8]}</code>' in listed
+    assert '<code title="nightly:2026-12-01">nightly:2026-12-01</code>' in listed
+    assert '<code title="slow-bake-1">slow-bake-1</code>' in listed
+    assert "queued behind slow-bake-1 (deployment of m)" in listed
+    page = admin_client.get(task_admin_url(nightly.kind, nightly.pk)).content.decode()
+    assert ">nightly:2026-12-01</code>" in page
+
+    confirm = admin_client.get(task_admin_url(nightly.kind, nightly.pk).replace("/change/", "/retry/")).content.decode()
+    assert "Yes, retry deployment nightly:2026-12-01" in confirm
+    confirm = admin_client.get(
+        task_admin_url(generated.kind, generated.pk).replace("/change/", "/retry/")
+    ).content.decode()
+    assert f"Retry deployment {str(generated.pk)[:8]}?" in confirm
+    dashboard = admin_client.get("/admin/").content.decode()
+    assert "<code>nightly:2026-12-01</code>" in dashboard and f"<code>{str(generated.pk)[:8]}</code>" in dashboard
 
 
 def test_task_lists_find_a_task_by_the_short_id_they_show_and_a_model_by_part_of_its_id(admin_client):

@@ -337,7 +337,7 @@ def test_a_pending_task_says_why_it_waits_wherever_it_is_read(api, django_captur
     handed_over = format_time(Task.objects.get(pk=first).dispatched_at)
 
     assert api.get(f"/deploy/{first}").json()["detail"] == f"waiting for a worker since {handed_over}"
-    behind = f"queued behind {first[:8]} (deployment of why)"
+    behind = f"queued behind {first} (deployment of why)"  # whole: the id it names can be looked up
     assert api.get(f"/delete/{second}").json()["detail"] == behind
     assert api.get("/delete-status/why").json()["detail"] == behind
     [listed] = api.get("/delete?embedding_model_id=why").json()["results"]
@@ -346,6 +346,25 @@ def test_a_pending_task_says_why_it_waits_wherever_it_is_read(api, django_captur
     canceled = post(api, f"/deploy/{first}/cancel", {}).json()
     assert canceled["detail"] == "canceled before it started"  # finished: its outcome, not a wait
     assert api.get(f"/delete/{second}").json()["detail"].startswith("waiting")  # now first in line
+
+
+def test_a_clients_task_ids_are_named_whole_in_the_apis_details_and_refusals(api, django_capture_on_commit_callbacks):
+    EmbeddingModelFactory(id="m")
+    with django_capture_on_commit_callbacks(execute=True):
+        post(api, "/deploy", {"embedding_model_id": "m", "task_id": "nightly:2026-12-01"})
+        post(api, "/delete", {"embedding_model_id": "m", "task_id": "slow-bake-1"})
+
+    behind = "queued behind nightly:2026-12-01 (deployment of m)"
+    assert api.get("/delete/slow-bake-1").json()["detail"] == behind
+    assert api.get("/delete-status/m").json()["detail"] == behind
+    assert [task["detail"] for task in api.get("/delete?embedding_model_id=m").json()["results"]] == [behind]
+
+    post(api, "/deploy/nightly:2026-12-01/cancel", {})
+    with django_capture_on_commit_callbacks(execute=True):
+        retried = post(api, "/deploy/nightly:2026-12-01/retry", {}).json()["task_id"]
+    again = post(api, "/deploy/nightly:2026-12-01/retry", {})
+    assert again.status_code == 409 and f"already retried as {retried} (attempt 2)" in again.json()["detail"]
+    assert api.get(f"/deploy/{retried}").json()["detail"] == "queued behind slow-bake-1 (deletion of m)"
 
 
 def test_cancel_a_pending_task(api):

@@ -4,11 +4,14 @@ format (deployments.clock), and options that only mean something together."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 
 import pytest
 from django.core.management import CommandError
 
+from deployments import services
+from deployments.management.commands._operators import format_table
 from deployments.models import DeploymentTask, Task, TaskEvent
 from tests.commands.test_commands import bad, run
 from tests.support.factories import (
@@ -51,6 +54,43 @@ def test_tasks_cuts_long_details_unless_wide():
     assert LONG_REASON in out and "…" not in out
     out, _ = run("tasks", str(task.pk)[:8], "--wide")
     assert LONG_REASON in out
+
+
+def test_the_commands_name_every_task_by_its_whole_id_however_long(django_capture_on_commit_callbacks):
+    """A client's id as it sent it, a generated one whole too, in the cells and in the details that name it."""
+    model = EmbeddingModelFactory(id="m")
+    long_id = "nightly-" + "x" * 112  # 120 characters: wider than any cell
+    with django_capture_on_commit_callbacks(execute=True):
+        first = services.submit_deployment(model.id, task_id="nightly:2026-12-01").task
+        second = services.submit_deletion(model.id, task_id="slow-bake-1").task
+        third = services.submit_deployment(model.id, task_id=long_id).task
+        fourth = services.submit_deletion(model.id).task  # a generated id
+
+    out, _ = run("tasks", "--model", "m")
+    line = {task.pk: next(row for row in out.splitlines() if f" {task.pk} " in row) for task in (first, second, third)}
+    assert "queued behind nightly:2026-12-01 (deployment of m)" in line["slow-bake-1"]
+    assert "queued behind nightly:2026-12-01 (deployment of m)" in line[long_id]
+    assert f" {fourth.pk} " in out
+    out, _ = run("tasks", "slow-bake-1")
+    assert re.search(r"^task +slow-bake-1$", out, re.MULTILINE)
+
+    services.cancel_task(first)
+    services.cancel_task(Task.objects.get(pk=second.pk))
+    out, _ = run("retry_tasks", "--status", "canceled", "--model", "m")
+    assert " nightly:2026-12-01 " in out and " slow-bake-1 " in out
+    out, _ = run("retry_tasks", "--status", "canceled", "--model", "m", "--dry-run")
+    assert out.strip() == "No task matches; nothing to retry."  # both retried already
+    retried = Task.objects.get(retry_of_id="nightly:2026-12-01")
+    with pytest.raises(services.RetryRefused) as refused:
+        services.retry_task(first)
+    assert f"already retried as {retried.pk} (attempt 2)" in str(refused.value)
+
+
+def test_a_cut_cell_is_cut_between_words_so_an_id_in_it_stays_whole():
+    waiting_behind = "queued behind 3357e86d-1111-4222-8333-444455556666 (deployment of a-model-with-a-long-id)"
+    table = format_table(["detail"], [[waiting_behind], ["x" * 130]], max_width=60)
+    assert "queued behind 3357e86d-1111-4222-8333-444455556666 (deployment…" in table
+    assert "x" * 130 in table  # one word: whole
 
 
 def test_tasks_shows_one_task_in_full_by_its_id_or_its_first_characters():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
 import time
 from datetime import timedelta
@@ -10,10 +13,16 @@ import pytest
 from django.db import OperationalError, connection
 from django.utils import timezone
 
-from deployments.models import TaskStatus, WorkerCluster
+from deployments import jobs
+from deployments.inference import V2Client, served_name
+from deployments.inference.server import LocalMLServer
+from deployments.models import EmbeddingModel, TaskStatus, WorkerCluster
+from deployments.services import submit_deployment
+from deployments.services.reconciler import reconcile_models, refresh_servers
 from deployments.services.workers import supervisor_gone_after, watchdog_bound
 from tests.support.factories import (
     DeploymentTaskFactory,
+    EmbeddingModelFactory,
     FinishedDeploymentFactory,
     RunningDeploymentFactory,
     cluster_with_heartbeat,
@@ -117,11 +126,64 @@ def test_a_replica_down_is_named_while_another_still_serves(client, inference_se
     inference_settings.INFERENCE_REPLICA_URLS = [mlserver.url, down]
     cluster_with_heartbeat(1)
 
-    _, body = readyz(client)
+    status, body = readyz(client)
 
+    # Degraded, not failing: the web tier keeps routing (200) while monitors see a replica is gone.
+    assert (status, body["status"], body["failing"], body["degraded"]) == (200, "degraded", [], ["inference"])
     inference = body["checks"]["inference"]
     assert inference["ok"] and inference["replicas_live"] == "1/2"
     assert "ConnectError" in inference["replicas_down"][down]
+    assert inference["degraded"] == f"1 of 2 replica(s) serving ({down} down)"
+
+
+def deploy(model_id: str) -> str:
+    """A real deploy onto the real replica; the live revision."""
+    EmbeddingModelFactory(id=model_id)
+    task = submit_deployment(model_id, config={"expected_dimensions": 384}).task
+    assert jobs.run_task(str(task.pk)) == TaskStatus.DONE
+    return EmbeddingModel.objects.get(pk=model_id).live_revision
+
+
+@pytest.mark.mlserver
+def test_a_live_replica_that_serves_no_live_revision_is_empty_and_degrades_readiness(
+    client, admin_client, inference_settings, mlserver
+):
+    revision = deploy("hz-empty")
+    cluster_with_heartbeat(1)
+    status, body = readyz(client)
+    assert (status, body["status"]) == (200, "ok"), body
+    assert "replicas_empty" not in body["checks"]["inference"]
+    refresh_servers()
+    assert "Inference replicas: 1 of 1 serving" in admin_client.get("/admin/").content.decode()
+
+    with V2Client(mlserver.url) as replica:
+        replica.unload(served_name("hz-empty", revision))  # what a replica just restarted looks like
+    status, body = readyz(client)
+
+    assert (status, body["status"], body["degraded"]) == (200, "degraded", ["inference"])
+    inference = body["checks"]["inference"]
+    assert inference["replicas_live"] == "1/1"
+    assert inference["replicas_empty"] == {mlserver.url: "serves 0 of the 1 live revision(s)"}
+    refresh_servers()  # the reconciler's look, which the dashboard shows
+    page = admin_client.get("/admin/").content.decode()
+    assert "Inference replicas: 0 of 1 serving" in page
+    assert re.search(rf'cr-replica-empty"><td><code>{re.escape(mlserver.url)}</code>', page)
+
+
+@pytest.mark.mlserver
+def test_the_dashboard_shows_a_replica_down_from_the_reconcilers_look(admin_client, inference_settings, mlserver):
+    down = closed_port_url()
+    inference_settings.INFERENCE_REPLICA_URLS = [mlserver.url, down, closed_port_url()]
+    record = refresh_servers(inference_settings.INFERENCE_REPLICA_URLS[:2])  # the third: never looked at yet
+    assert {server.url: server.live for server in record} == {mlserver.url: True, down: False}
+
+    page = admin_client.get("/admin/").content.decode()
+
+    assert "Inference replicas: 1 of 3 serving" in page
+    down_row = re.search(rf'cr-replica-down"><td><code>{re.escape(down)}</code>.*?</tr>', page, re.S).group(0)
+    assert "ConnectError" in down_row or "refused" in down_row.lower(), down_row
+    assert 'cr-replica-not-checked-yet"' in page
+    assert page.index("cr-replica-down") < page.index(f"<code>{mlserver.url}</code>")  # trouble first
 
 
 def test_a_task_waiting_too_long_for_a_worker_fails_pending(client, settings, server_down):
@@ -201,3 +263,49 @@ def test_a_redis_broker_that_never_answers_fails_the_broker_check_without_hangin
         listener.close()
     assert status == 503 and "broker" in body["failing"]
     assert body["checks"]["broker"]["kind"] == "redis" and body["checks"]["broker"]["ok"] is False
+
+
+def ready_now(client):
+    """/readyz with the worker cluster's canary just run: only the replicas are in question."""
+    now = timezone.now()
+    WorkerCluster.objects.update(last_canary_at=now, supervisor_seen_at=now)
+    return readyz(client)
+
+
+@pytest.mark.mlserver
+@pytest.mark.drill
+@pytest.mark.django_db(transaction=True)  # the deploy's lease heartbeat writes from a thread of its own
+def test_a_real_replica_killed_then_restarted_is_down_then_empty_then_serving(
+    client, admin_client, inference_settings, mlserver, tmp_path
+):
+    """Two real replicas serving a deployed model; one is SIGKILLed, then started again with nothing loaded."""
+    second = LocalMLServer(mlserver.repository_root, tmp_path / "second", extra_env=mlserver.extra_env).start()
+    try:
+        inference_settings.INFERENCE_REPLICA_URLS = [mlserver.url, second.url]
+        deploy("hz-killed")
+        cluster_with_heartbeat(1)
+        status, body = ready_now(client)
+        assert (status, body["status"], body["checks"]["inference"]["replicas_live"]) == (200, "ok", "2/2"), body
+
+        os.killpg(second.process.pid, signal.SIGKILL)
+        second.process.wait(timeout=10)
+        status, body = ready_now(client)
+        assert (status, body["status"], body["degraded"]) == (200, "degraded", ["inference"])
+        assert list(body["checks"]["inference"]["replicas_down"]) == [second.url]
+        refresh_servers()
+        assert re.search(rf'cr-replica-down"><td><code>{re.escape(second.url)}<', admin_client.get("/admin/").text)
+
+        second.start()  # back, on its ports, with nothing loaded
+        status, body = ready_now(client)
+        assert (status, body["status"]) == (200, "degraded")
+        assert body["checks"]["inference"]["replicas_empty"] == {second.url: "serves 0 of the 1 live revision(s)"}
+        refresh_servers()
+        assert re.search(rf'cr-replica-empty"><td><code>{re.escape(second.url)}<', admin_client.get("/admin/").text)
+
+        assert reconcile_models().restored == ["hz-killed"]  # loads it back where it is missing
+        status, body = ready_now(client)
+        assert (status, body["status"], body["degraded"]) == (200, "ok", []), body
+        refresh_servers()  # the reconciler's next look (this pass recorded the replicas before it loaded)
+        assert "Inference replicas: 2 of 2 serving" in admin_client.get("/admin/").text
+    finally:
+        second.stop()

@@ -41,7 +41,7 @@ def test_a_task_behind_another_of_its_model_says_which(submit):
     first = submit(model.id)
     second = submit(model.id, "deletion")
     third = submit(model.id)
-    behind_first = f"queued behind {first.pk[:8]} (deployment of waits)"
+    behind_first = f"queued behind {first.pk} (deployment of waits)"
     assert selectors.waiting_reason(second) == behind_first
     assert selectors.waiting_reason(third) == behind_first  # the head of the queue, running or next
 
@@ -52,7 +52,7 @@ def test_a_task_behind_another_of_its_model_says_which(submit):
     assert selectors.waiting_reason(Task.objects.get(pk=first.pk)) == ""  # not pending: no reason
 
     Task.objects.filter(pk=first.pk).update(status=TaskStatus.DONE, finished_at=timezone.now())
-    assert selectors.waiting_reason(third) == f"queued behind {second.pk[:8]} (deletion of waits)"
+    assert selectors.waiting_reason(third) == f"queued behind {second.pk} (deletion of waits)"
 
 
 def test_a_task_handed_to_the_broker_with_no_worker_says_since_when(submit):
@@ -102,4 +102,4 @@ def test_a_page_of_tasks_is_explained_in_the_same_query(submit, django_assert_nu
         tasks = list(selectors.with_waiting_reason(selectors.filter_tasks(embedding_model_id="paged")))
         reasons = [selectors.waiting_reason(task) for task in tasks]
     assert reasons[-1].startswith("waiting for a worker since ")
-    assert reasons[:-1] == [f"queued behind {first.pk[:8]} (deployment of paged)"] * 5
+    assert reasons[:-1] == [f"queued behind {first.pk} (deployment of paged)"] * 5

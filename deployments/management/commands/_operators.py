@@ -27,6 +27,7 @@ from deployments.services.audit import Actor, command_actor
 from deployments.services.bulk import submit_many
 from deployments.services.tasks import ensure_registered
 from deployments.task_config import InvalidTaskConfig, validate_config
+from deployments.text import cut_between_words
 
 BAD_ARGUMENTS = 2
 TASKS_NOT_DONE = 1
@@ -75,13 +76,13 @@ def actor_of(command: BaseCommand) -> Actor:
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int | None = 70) -> str:
     """A plain-text table: columns padded to their widest cell, cells longer than ``max_width`` cut with an
-    ellipsis (None: never cut), times in the one format (deployments.clock)."""
+    ellipsis (None: never cut) between words, times in the one format (deployments.clock)."""
 
     def cell(value: Any) -> str:
         if isinstance(value, datetime):
             value = format_time(value)
         text = "—" if value is None or value == "" else " ".join(str(value).split())
-        return text if max_width is None or len(text) <= max_width else f"{text[: max_width - 1]}…"
+        return text if max_width is None else cut_between_words(text, max_width)
 
     body = [[cell(value) for value in row] for row in rows]
     widths = [max([len(header)] + [len(row[i]) for row in body]) for i, header in enumerate(headers)]

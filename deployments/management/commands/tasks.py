@@ -36,7 +36,9 @@ class Command(BaseCommand):
         )
         parser.add_argument("--kind", action="append", help="deployment or deletion (default both).")
         parser.add_argument("--status", action="append", help="Statuses, comma-separated or repeated.")
-        parser.add_argument("--task", help="Only tasks whose id starts with this (the 8 characters shown suffice).")
+        parser.add_argument(
+            "--task", help="Only tasks whose id starts with this (a generated id's first 8 characters suffice)."
+        )
         parser.add_argument("--model", help="Only tasks of the models whose id contains this.")
         parser.add_argument("--since", help="Only tasks created within this long, e.g. 2h.")
         parser.add_argument("--limit", type=int, default=20, help="How many rows (default 20).")
