@@ -222,11 +222,30 @@ def test_malformed_bodies_are_400_json(api, packaged_model, raw, content_type):
     assert response.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    "raw,says",
+    [
+        (b'{"embedding_model_id": "minilm"', "JSON parse error"),
+        (b"\xff\xfe", "JSON parse error"),
+        (b"NaN", "JSON parse error"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/deploy", "/models"])
+def test_a_body_that_is_not_json_is_a_400_naming_the_body_as_validation_errors_do(api, path, raw, says):
+    response = api.post(path, data=raw, content_type="application/json")
+    assert response.status_code == 400
+    body = response.json()
+    assert set(body) == {"detail", "errors"}
+    (problem,) = body["errors"]["body"]
+    assert problem.startswith(says)
+    assert body["detail"] == f"body: {problem}"
+
+
 def test_an_oversized_body_is_400(api, packaged_model, settings):
     body = json.dumps({"embedding_model_id": "minilm", "config": {"x": "y" * settings.DATA_UPLOAD_MAX_MEMORY_SIZE}})
     response = api.post("/deploy", data=body, content_type="application/json")
     assert response.status_code == 400
-    assert str(settings.DATA_UPLOAD_MAX_MEMORY_SIZE) in response.json()["detail"]  # names the limit
+    assert str(settings.DATA_UPLOAD_MAX_MEMORY_SIZE) in response.json()["errors"]["body"][0]  # names the limit
     assert DeploymentTask.objects.count() == 0
 
 
