@@ -435,6 +435,20 @@ def test_register_update_and_unregister_a_model(api, minilm_dir):
     assert api.get("/models/mini").status_code == 404
 
 
+@pytest.mark.parametrize("method", ["patch", "put"])
+def test_a_change_of_a_models_id_is_a_400_naming_id_and_changes_nothing(api, minilm_dir, method):
+    assert post(api, "/models", {"id": "mini", "source": str(minilm_dir)}).status_code == 201
+    body = {"id": "renamed", "name": "Renamed", "source": str(minilm_dir)}
+    response = getattr(api, method)("/models/mini", data=body, format="json")
+    assert response.status_code == 400
+    (problem,) = response.json()["errors"]["id"]
+    assert "'mini'" in problem and "'renamed'" in problem
+    assert list(EmbeddingModel.objects.values_list("id", "name")) == [("mini", "mini")]
+    # The same id as the path is no change: the rest of the body applies.
+    same = getattr(api, method)("/models/mini", data={**body, "id": "mini"}, format="json")
+    assert same.status_code == 200 and same.json()["name"] == "Renamed"
+
+
 def test_a_model_from_the_hugging_face_cache_registers_only_when_the_cache_holds_it(
     api, minilm_dir, tmp_path, monkeypatch
 ):
