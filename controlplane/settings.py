@@ -1,6 +1,6 @@
 """Settings come from the environment (12-factor). With nothing set, the embedded default runs:
-SQLite and the ORM broker in ./var, a local MLServer on 127.0.0.1:8080, and the packaged
-MiniLM model's folder as the one allowed source root.
+SQLite and the ORM broker in ./var, Envoy on 127.0.0.1:8080 in front of the MLServer replicas on
+127.0.0.1:8090 and up, and the packaged MiniLM model's folder as the one allowed source root.
 """
 
 import os

@@ -24,6 +24,13 @@ def readyz(request: HttpRequest) -> JsonResponse:
     return JsonResponse(report.as_json(), status=200 if report.ok else 503)
 
 
+def favicon(request: HttpRequest) -> HttpResponse:
+    """Every browser asks for /favicon.ico: nothing to show, said once a day, rather than a 404 on every page."""
+    response = HttpResponse(status=204)
+    response["Cache-Control"] = "public, max-age=86400"
+    return response
+
+
 def metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus metrics (text format). Open unless METRICS_TOKEN is set, then a Bearer token is required."""
     if settings.METRICS_TOKEN:
@@ -41,6 +48,7 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics, name="metrics"),
+    path("favicon.ico", favicon, name="favicon"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),

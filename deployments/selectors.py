@@ -30,7 +30,7 @@ from django.db.models.functions import Coalesce, Greatest, Now
 from django.utils import timezone
 
 from deployments.clock import format_time
-from deployments.inference import served_name
+from deployments.inference import ModelRepository, served_name
 from deployments.models import (
     ACTIVE_STATUSES,
     HANDOFF_RESENT,
@@ -62,8 +62,23 @@ def find_task(task_id: str, kind: str | None = None, *, explain_waiting: bool = 
     return (with_waiting_reason(tasks) if explain_waiting else tasks).first()
 
 
-def live_deployment(model: EmbeddingModel) -> Task | None:
-    """The finished deployment that made the model's live revision live (its metadata says from where)."""
+# A revision deployed again and again (rollbacks back and forth) is looked for among this many of its deploys.
+LIVE_ORIGIN_TASKS = 50
+
+
+@dataclass(frozen=True)
+class LiveOrigin:
+    """Where a model's live revision came from."""
+
+    source: dict[str, str]  # the URI fetched and what it resolved to then; {} when nothing recorded it
+    fetched_by: Task | None  # the deployment that fetched it (None: known from the revision's own record)
+    deployed_by: Task | None  # the deployment that made it live last: a rollback deploys it again, unfetched
+
+
+def live_revision_origin(model: EmbeddingModel) -> LiveOrigin | None:
+    """What the model's live revision was fetched from (None when nothing is live): the deployment that fetched
+    it, even when a later one (a rollback to it) made it live again; else the revision's PROVENANCE.json, for a
+    revision whose fetching task was pruned or that the reconciler found live."""
     if not model.live_revision:
         return None
     done = Task.objects.filter(
@@ -72,7 +87,12 @@ def live_deployment(model: EmbeddingModel) -> Task | None:
         status=TaskStatus.DONE,
         metadata__revision=model.live_revision,
     )
-    return done.order_by("-finished_at").first()
+    tasks = list(done.order_by("-finished_at")[:LIVE_ORIGIN_TASKS])
+    deployed_by = tasks[0] if tasks else None
+    if fetched_by := next((task for task in tasks if (task.metadata or {}).get("source")), None):
+        return LiveOrigin(fetched_by.metadata["source"], fetched_by, deployed_by)
+    provenance = ModelRepository(settings.MODEL_REPOSITORY_ROOT).provenance(model.pk, model.live_revision)
+    return LiveOrigin(provenance, None, deployed_by)
 
 
 def latest_task_for_model(kind: str, embedding_model_id: str, *, explain_waiting: bool = False) -> Task | None:

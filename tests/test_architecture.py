@@ -4,11 +4,14 @@
   module imports a sibling inside a function to dodge one (``apps.py`` waits for the app registry).
 - ``deployments.inference`` never imports Django.
 - A task's status is written in one place: ``deployments/services/transitions.py``.
+- The checkout holds no store a run writes (MLflow's default ``mlflow.db`` and ``mlruns/``), and ignores one.
 """
 
 from __future__ import annotations
 
 import ast
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -189,3 +192,18 @@ def test_the_status_write_finder_sees_each_way_of_writing(snippet):
 
 def test_the_status_write_finder_leaves_other_writes_alone():
     assert status_writes(ast.parse("def f(**fields): Model.objects.update(state='x', **fields)")) == []
+
+
+# What MLflow's client writes in the working directory when it is given no tracking URI.
+LOCAL_STORES = ("mlflow.db", "mlruns/0/meta.yaml")
+
+
+@pytest.mark.skipif(
+    shutil.which("git") is None or not (PACKAGE_ROOT.parent / ".git").exists(), reason="not a git checkout"
+)
+def test_the_checkout_tracks_no_local_mlflow_store_and_ignores_one():
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *args], cwd=PACKAGE_ROOT.parent, capture_output=True, text=True)
+
+    assert git("ls-files", "--", *LOCAL_STORES).stdout == ""
+    assert git("check-ignore", "--no-index", *LOCAL_STORES).stdout.split() == list(LOCAL_STORES)

@@ -1,5 +1,7 @@
-"""README.md holds: every command it names exists and is written so it runs from a fresh checkout, every
-setting the code reads is in its configuration table, and its layout names what the tree holds."""
+"""README.md holds: every command it names exists and is written so it runs from a fresh checkout (each
+listed once), every setting the code reads is in its configuration table, the deploy config keys it
+lists are those a task accepts, and its layout names what the tree holds. The settings' docstring
+names what listens where by default."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ from pathlib import Path
 
 from django.apps import apps
 from django.core.management import get_commands
+
+import controlplane.settings
+from deployments.task_config import CONFIG_SERIALIZERS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 README = (PROJECT_ROOT / "README.md").read_text()
@@ -106,3 +111,32 @@ def test_the_layout_names_every_model_and_every_part_of_the_app():
         if not path.name.startswith(("_", ".")) and path.name not in {"apps.py", "migrations"}
     ]
     assert sorted(part for part in parts if part not in layout) == []
+
+
+def test_no_line_of_the_command_list_is_there_twice():
+    (commands,) = FENCED.findall(section("Management commands"))
+    lines = [line.strip() for line in commands.splitlines() if line.strip()]
+    assert len(lines) > 10 and sorted({line for line in lines if lines.count(line) > 1}) == []
+
+
+def top_level_names(text: str) -> list[str]:
+    """The `names` of ``text`` outside parentheses: a list's items, not what each item says of itself."""
+    names, depth = [], 0
+    for match in re.finditer(r"[()]|`([^`\n]+)`", text):
+        if match.group() in "()":
+            depth += 1 if match.group() == "(" else -1
+        elif depth == 0:
+            names.append(match.group(1))
+    return names
+
+
+def test_the_deploy_config_keys_listed_are_those_a_deploy_accepts():
+    api = section("The API")
+    listed = api[api.index("Deploy `config` keys") + len("Deploy `config` keys") : api.index("Unknown keys")]
+    assert sorted(top_level_names(listed)) == sorted(CONFIG_SERIALIZERS["deployment"]().fields)
+    assert "no config keys" in api and not CONFIG_SERIALIZERS["deletion"]().fields
+
+
+def test_the_settings_docstring_names_what_listens_on_the_default_addresses():
+    described = " ".join(controlplane.settings.__doc__.split())
+    assert "Envoy on 127.0.0.1:8080" in described and "MLServer replicas on 127.0.0.1:8090" in described

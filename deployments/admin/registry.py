@@ -265,19 +265,34 @@ class EmbeddingModelAdmin(ObjectActionsMixin, admin.ModelAdmin):
     @admin.display(description="live revision deployed from")
     def deployed_from(self, model: EmbeddingModel) -> SafeString:
         # What the source resolved to when the live revision was fetched (a branch or alias may have moved since).
-        task = selectors.live_deployment(model)
-        source = (task.metadata.get("source") or {}) if task else {}
+        origin = selectors.live_revision_origin(model)
+        if origin is None:
+            return mark_safe("—")  # nothing is live
+        source = origin.source
+        last = origin.deployed_by
+        # A rollback made a kept revision live again: it fetched nothing, so the fetch is named beside it.
+        again = (
+            format_html("; deployed again, kept, by task {}", task_link(last.kind, last.pk))
+            if last is not None and last != origin.fetched_by
+            else ""
+        )
         if not source:
-            return mark_safe("—")
+            return format_html("not recorded{}", again)
         details = ", ".join(f"{key} {value}" for key, value in source.items() if key not in ("uri", "tracking_uri"))
         ui_url = mlflow_ui_url(source)
+        fetched = (
+            format_html("task {}", task_link(origin.fetched_by.kind, origin.fetched_by.pk))
+            if origin.fetched_by
+            else "the revision's PROVENANCE.json"
+        )
         return format_html(
-            "<code>{}</code>{}{}{} (task {})",
+            "<code>{}</code>{}{}{} ({}{})",
             source.get("uri", ""),
             " — " if details else "",
             details,
             format_html(' — <a href="{}" rel="noopener">open in MLflow</a>', ui_url) if ui_url else "",
-            task_link(task.kind, task.pk),
+            fetched,
+            again,
         )
 
     @admin.display(description="who did what")
@@ -307,8 +322,13 @@ class EmbeddingModelAdmin(ObjectActionsMixin, admin.ModelAdmin):
         return format_html('<span class="cr-truncate" title="{}">{}</span>', model.endpoint, model.endpoint)
 
     @admin.display(description="dim", ordering="dimensions")
-    def dim(self, model: EmbeddingModel) -> int | str:
-        return model.dimensions or "—"
+    def dim(self, model: EmbeddingModel) -> int | SafeString:
+        # The live revision's dimensions; a model not deployed has only an expectation, on hover.
+        if model.live_revision and model.dimensions:
+            return model.dimensions
+        if model.dimensions:
+            return format_html('<span title="{} expected; no revision is live">—</span>', model.dimensions)
+        return mark_safe("—")
 
     @admin.display(description="drift")
     def drift_badge(self, model: EmbeddingModel) -> SafeString:

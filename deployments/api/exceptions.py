@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
 from rest_framework import status
-from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.exceptions import APIException, ParseError, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
@@ -40,8 +40,11 @@ class HandOffFailed(APIException):
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    # A body that cannot be read is a bad field like any other: the field is the body itself.
     if isinstance(exc, RequestDataTooBig):
         exc = ValidationError({"body": [f"request body is too large: {exc}"]})
+    elif isinstance(exc, ParseError):  # malformed JSON, an empty or oversized body (parsers.py)
+        exc = ValidationError({"body": [str(exc.detail)]})
     elif isinstance(exc, TaskConflict):
         exc = Conflict.from_service(exc)
     elif isinstance(exc, TaskHandOffFailed):

@@ -270,6 +270,19 @@ class EmbeddingModelSerializer(NoUnknownKeysMixin, serializers.ModelSerializer):
             fields["id"].read_only = True  # the id names server models and folders: it never changes
         return fields
 
+    def to_internal_value(self, data: Any) -> Any:
+        # The id is read-only once registered; a change of it sent in the body is refused, not ignored.
+        if self.instance is not None and isinstance(data, dict) and "id" in data and data["id"] != self.instance.pk:
+            raise serializers.ValidationError(
+                {
+                    "id": [
+                        f"the id of embedding model {self.instance.pk!r} cannot change to {data['id']!r}: it names "
+                        "the model on the servers and its repository folder; register a new model instead."
+                    ]
+                }
+            )
+        return super().to_internal_value(data)
+
     def validate_id(self, value: str) -> str:
         if self.instance is None and EmbeddingModel.objects.filter(pk=value).exists():
             raise serializers.ValidationError(f"embedding model {value!r} is already registered.")

@@ -398,6 +398,9 @@ class DeletionTaskViewSet(TaskViewSet):
         return services.submit_deletion(**kwargs)
 
 
+ID_IS_FIXED = "The id never changes: an id in the body other than the path's is a 400 naming id (the same id is fine)."
+
+
 @extend_schema_view(
     list=extend_schema(
         summary="List registered embedding models",
@@ -418,12 +421,14 @@ class DeletionTaskViewSet(TaskViewSet):
     ),
     partial_update=extend_schema(
         summary="Change name, source or dimensions",
+        description=ID_IS_FIXED,
         parameters=[MODEL_ID],
         responses={200: EmbeddingModelSerializer, **error_responses(400, 401, 403, 404, 415)},
         tags=["Models"],
     ),
     update=extend_schema(
         summary="Replace name, source and dimensions",
+        description=ID_IS_FIXED,
         parameters=[MODEL_ID],
         responses={200: EmbeddingModelSerializer, **error_responses(400, 401, 403, 404, 415)},
         tags=["Models"],

@@ -352,7 +352,9 @@ class GreenDeployer:
 
         with timeline.stage("fetch", origin) as closing:
             green = self._fetch(model_id, source, revision)
-            closing.append(f"revision {green.revision}: {green.files} files, {green.size_bytes} bytes, verified")
+            closing.append(
+                f"revision {green.revision}: {green.files} files, {green.size_bytes:,} bytes of artifacts, verified"
+            )
             if source is None:
                 closing.append("(kept, not fetched again)")
             elif source.resolved:
@@ -381,7 +383,8 @@ class GreenDeployer:
                     self._retire(model_id, green.revision)
             raise
 
-        with timeline.stage("bake", f"blue {blue or 'none'} kept loaded", planned_s=bake) as closing:
+        kept_loaded = f"blue {blue} kept loaded" if blue else "no blue to keep loaded"
+        with timeline.stage("bake", kept_loaded, planned_s=bake) as closing:
             if green.revision == blue:
                 closing.append("the revision was live already: nothing to bake")
             else:
@@ -433,6 +436,11 @@ class GreenDeployer:
                 validate_revision(revision)
         except (InvalidModelId, SourceRefused) as exc:
             raise DeployFailed("validate", str(exc), refused=True) from exc
+        if revision is not None and not self.repository.revision_path(model_id, revision).is_dir():
+            kept = ", ".join(self.repository.list_revisions(model_id)) or "none"
+            raise DeployFailed(
+                "validate", f"revision {revision} is not kept for {model_id} (kept: {kept})", refused=True
+            )
         if expected_dimensions is not None and (not isinstance(expected_dimensions, int) or expected_dimensions <= 0):
             raise DeployFailed(
                 "validate", f"expected_dimensions must be a positive integer, got {expected_dimensions!r}", refused=True
@@ -444,18 +452,12 @@ class GreenDeployer:
     def _fetch(self, model_id: str, source: ModelSource | None, revision: str | None) -> Revision:
         if source is not None:
             return self.repository.create_revision(model_id, source, before_publish=self.guard)
-        assert revision is not None
-        path = self.repository.revision_path(model_id, revision)
-        if not path.is_dir():
-            kept = ", ".join(self.repository.list_revisions(model_id)) or "none"
-            raise DeployFailed("fetch", f"revision {revision} is not kept for {model_id} (kept: {kept})", refused=True)
+        assert revision is not None  # and kept: validate checked
         try:
-            self.repository.verify(path)
+            self.repository.verify(self.repository.revision_path(model_id, revision))
         except ChecksumMismatch as exc:
             raise DeployFailed("fetch", f"kept revision {revision} no longer verifies: {exc}") from exc
-        files = len(self.repository.manifest(path))
-        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-        return Revision(model_id, revision, path, files, size)
+        return self.repository.kept_revision(model_id, revision)
 
     def _load_green(
         self,
@@ -493,7 +495,7 @@ class GreenDeployer:
         results = self.fleet.on_each(
             lambda client: self._smoke_test(client, name, revision, expected_dimensions), replicas
         )
-        failures = {url: str(result) for url, result in results.items() if isinstance(result, InferenceError)}
+        failures = {url: _reason(result) for url, result in results.items() if isinstance(result, InferenceError)}
         if failures:
             raise DeployFailed("smoke_test", _by_replica(failures))
         answers = [result for result in results.values() if isinstance(result, tuple)]
@@ -613,7 +615,7 @@ class GreenDeployer:
             # A replica that does not answer at all is down, not green's fault: the router retries
             # elsewhere and the reconciler brings it back. One that answers wrongly is green's fault.
             if isinstance(result, InferenceError) and not isinstance(result, ServerUnavailable):
-                return f"replica {url}: {result}"
+                return f"replica {url}: {_reason(result)}"
         return None
 
     def _retire(self, model_id: str, revision: str) -> list[str]:
@@ -666,3 +668,8 @@ def _tell(routed: RouteMoved | None, revision: str | None, green_dimensions: int
 
 def _by_replica(failures: dict[str, str]) -> str:
     return "; ".join(f"replica {url}: {reason}" for url, reason in sorted(failures.items()))
+
+
+def _reason(error: InferenceError) -> str:
+    """What went wrong, without the stage a DeployFailed prefixes: the caller's own failure names it once."""
+    return error.reason if isinstance(error, DeployFailed) else str(error)

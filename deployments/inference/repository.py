@@ -218,6 +218,13 @@ class ModelRepository:
             if _sha256_file(path) != checksum:
                 raise ChecksumMismatch(f"revision {revision_path.name}: {relpath} does not match its checksum")
 
+    def kept_revision(self, model_id: str, revision: str) -> Revision:
+        """A revision the repository keeps, counted as create_revision counts it: the artifacts its manifest
+        lists (not the manifest itself, nor PROVENANCE.json), so the same revision says the same size."""
+        path = self.revision_path(model_id, revision)
+        artifacts = self.manifest(path)
+        return Revision(model_id, revision, path, len(artifacts), sum((path / p).stat().st_size for p in artifacts))
+
     def manifest(self, revision_path: Path) -> dict[str, str]:
         """The files of a revision and their checksums, as its manifest lists them."""
         return _read_manifest(revision_path)

@@ -12,8 +12,8 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from deployments.inference import MAX_MODEL_ID_LENGTH, validate_model_id
-from deployments.inference.errors import SourceRefused
+from deployments.inference import MAX_MODEL_ID_LENGTH, InvalidModelId, validate_model_id
+from deployments.inference.errors import InvalidArtifacts, SourceRefused
 from deployments.inference.mlflow_source import RUN_ID, models_with_alias, registered_versions
 from deployments.inference.packaged import PACKAGED_MODEL_DIMENSIONS, PACKAGED_MODEL_ID, packaged_model_dir
 from deployments.inference.sources import checked_source
@@ -222,6 +222,30 @@ def _embedding_dimensions(folder: Path) -> int | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # unknown: the first deploy's smoke test measures it
     return None
+
+
+def problems_of(found: Sequence[FoundModel]) -> list[list[str]]:
+    """What is wrong with each model found, in the order found ([] when nothing is): an id that breaks the
+    rule or that two sources would share, a source the serving layer refuses, each damaged or missing file
+    (named with its folder). Every candidate is checked, so one pass of fixing is enough."""
+    sources_by_id: dict[str, list[str]] = {}
+    for model in found:
+        sources_by_id.setdefault(model.embedding_model_id, []).append(model.source)
+    problems: list[list[str]] = []
+    for model in found:
+        own: list[str] = []
+        if len(sharing := sources_by_id[model.embedding_model_id]) > 1:
+            others = " and ".join(source for source in sharing if source != model.source)
+            own.append(f"{model.source} and {others} would both be {model.embedding_model_id!r}; rename one")
+        try:
+            validate_model_id(model.embedding_model_id)
+            check_source(model.source, model.mlflow_tracking_uri)
+        except InvalidArtifacts as exc:
+            own.extend(exc.problems)  # each names its folder and file
+        except (InvalidModelId, SourceRefused) as exc:
+            own.append(f"{model.source}: {exc}")
+        problems.append(own)
+    return problems
 
 
 def register_many(found: Sequence[FoundModel], by: Actor | str = "") -> list[EmbeddingModel]:

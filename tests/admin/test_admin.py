@@ -77,6 +77,23 @@ def test_models_list_state_revision_endpoint_dimensions_and_the_latest_tasks(adm
     assert 'value="delete_selected"' not in page  # unregistering is not a bulk action here
 
 
+def test_models_list_shows_dimensions_of_a_live_revision_only(admin_client):
+    EmbeddingModelFactory(id="dim-live", state="deployed", live_revision="abcdef0123456789", dimensions=384)
+    EmbeddingModelFactory(id="dim-expected", dimensions=768)
+    EmbeddingModelFactory(id="dim-unknown")
+
+    page = admin_client.get(MODELS_URL).content.decode()
+    cells = dict(
+        re.findall(r'<th class="field-id_and_name"><a [^>]*>([\w-]+)</a>.*?<td class="field-dim">(.*?)</td>', page)
+    )
+
+    assert cells == {
+        "dim-live": "384",
+        "dim-expected": '<span title="768 expected; no revision is live">—</span>',
+        "dim-unknown": "—",
+    }
+
+
 def test_models_list_fetches_the_latest_tasks_with_the_page_not_per_row(admin_client):
     def queries_for_page() -> int:
         with CaptureQueriesContext(connection) as queries:
@@ -666,3 +683,40 @@ def test_a_models_page_says_what_its_live_revision_was_deployed_from(admin_clien
     assert f"/admin/deployments/deploymenttask/{live.pk}/change/" in page and "/old" not in page
     never = admin_client.get(f"{MODELS_URL}{EmbeddingModelFactory(id='never').id}/change/").content.decode()
     assert "field-deployed_from" in never and "hf://acme" not in never  # the row is there, empty
+
+
+def deployed_from(admin_client, model: EmbeddingModel) -> str:
+    page = admin_client.get(f"{MODELS_URL}{model.id}/change/").content.decode()
+    return re.search(r'field-deployed_from.*?<div class="readonly">(.*?)</div>', page, re.DOTALL).group(1)
+
+
+def test_a_rolled_back_revision_says_which_task_fetched_it_and_which_deployed_it_again(admin_client):
+    model = EmbeddingModelFactory(id="rolled", state="deployed", live_revision="rev-1")
+    fetched = FinishedDeploymentFactory(embedding_model_id=model.id)
+    fetched.metadata = {**fetched.metadata, "source": {"uri": "/models/rolled"}}
+    fetched.save()
+    newer = FinishedDeploymentFactory(embedding_model_id=model.id)
+    newer.metadata = {**newer.metadata, "revision": "rev-2", "source": {"uri": "/models/rolled-v2"}}
+    newer.save()
+    back = FinishedDeploymentFactory(embedding_model_id=model.id, config={"revision": "rev-1"})
+    back.metadata = {**back.metadata, "source": {}}  # a kept revision is not fetched
+    back.save()
+
+    shown = deployed_from(admin_client, model)
+
+    assert shown.startswith("<code>/models/rolled</code> (task ") and "rolled-v2" not in shown
+    assert f"/deploymenttask/{fetched.pk}/change/" in shown
+    assert f'; deployed again, kept, by task <a href="/admin/deployments/deploymenttask/{back.pk}/change/' in shown
+
+
+def test_a_live_revision_no_task_recorded_is_named_by_its_provenance(admin_client, settings, tmp_path):
+    settings.MODEL_REPOSITORY_ROOT = tmp_path
+    revision = tmp_path / "found" / "revisions" / "0123456789abcdef"
+    revision.mkdir(parents=True)
+    (revision / "PROVENANCE.json").write_text(json.dumps({"uri": "hf://acme/found@main", "commit": "c0ffee"}))
+    found = EmbeddingModelFactory(id="found", state="deployed", live_revision="0123456789abcdef")
+    assert deployed_from(admin_client, found) == (
+        "<code>hf://acme/found@main</code> — commit c0ffee (the revision&#x27;s PROVENANCE.json)"
+    )
+    lost = EmbeddingModelFactory(id="lost", state="deployed", live_revision="fedcba9876543210")
+    assert deployed_from(admin_client, lost) == "not recorded"

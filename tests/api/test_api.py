@@ -222,11 +222,30 @@ def test_malformed_bodies_are_400_json(api, packaged_model, raw, content_type):
     assert response.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    "raw,says",
+    [
+        (b'{"embedding_model_id": "minilm"', "JSON parse error"),
+        (b"\xff\xfe", "JSON parse error"),
+        (b"NaN", "JSON parse error"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/deploy", "/models"])
+def test_a_body_that_is_not_json_is_a_400_naming_the_body_as_validation_errors_do(api, path, raw, says):
+    response = api.post(path, data=raw, content_type="application/json")
+    assert response.status_code == 400
+    body = response.json()
+    assert set(body) == {"detail", "errors"}
+    (problem,) = body["errors"]["body"]
+    assert problem.startswith(says)
+    assert body["detail"] == f"body: {problem}"
+
+
 def test_an_oversized_body_is_400(api, packaged_model, settings):
     body = json.dumps({"embedding_model_id": "minilm", "config": {"x": "y" * settings.DATA_UPLOAD_MAX_MEMORY_SIZE}})
     response = api.post("/deploy", data=body, content_type="application/json")
     assert response.status_code == 400
-    assert str(settings.DATA_UPLOAD_MAX_MEMORY_SIZE) in response.json()["detail"]  # names the limit
+    assert str(settings.DATA_UPLOAD_MAX_MEMORY_SIZE) in response.json()["errors"]["body"][0]  # names the limit
     assert DeploymentTask.objects.count() == 0
 
 
@@ -433,6 +452,20 @@ def test_register_update_and_unregister_a_model(api, minilm_dir):
     EmbeddingModel.objects.filter(pk="mini").update(state="not_deployed", live_revision="")
     assert api.delete("/models/mini").status_code == 204
     assert api.get("/models/mini").status_code == 404
+
+
+@pytest.mark.parametrize("method", ["patch", "put"])
+def test_a_change_of_a_models_id_is_a_400_naming_id_and_changes_nothing(api, minilm_dir, method):
+    assert post(api, "/models", {"id": "mini", "source": str(minilm_dir)}).status_code == 201
+    body = {"id": "renamed", "name": "Renamed", "source": str(minilm_dir)}
+    response = getattr(api, method)("/models/mini", data=body, format="json")
+    assert response.status_code == 400
+    (problem,) = response.json()["errors"]["id"]
+    assert "'mini'" in problem and "'renamed'" in problem
+    assert list(EmbeddingModel.objects.values_list("id", "name")) == [("mini", "mini")]
+    # The same id as the path is no change: the rest of the body applies.
+    same = getattr(api, method)("/models/mini", data={**body, "id": "mini"}, format="json")
+    assert same.status_code == 200 and same.json()["name"] == "Renamed"
 
 
 def test_a_model_from_the_hugging_face_cache_registers_only_when_the_cache_holds_it(

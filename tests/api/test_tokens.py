@@ -1,5 +1,5 @@
-"""API tokens: made by ``create_token``, sent as ``Authorization: Token <key>``, stored as a digest only,
-refused (401, JSON) once expired or deleted."""
+"""API tokens: made by ``create_token``, sent as ``Authorization: Token <key>`` (or ``Bearer <key>``), stored
+as a digest only, refused (401, JSON) once expired or deleted."""
 
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ def create_token(*args: str) -> tuple[str, str]:
     return out.getvalue(), err.getvalue()
 
 
-def client_with(key: str) -> APIClient:
+def client_with(key: str, prefix: str = "Token") -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    client.credentials(HTTP_AUTHORIZATION=f"{prefix} {key}")
     return client
 
 
@@ -112,6 +112,34 @@ def test_a_token_of_an_inactive_user_is_refused(operator):
     response = client_with(key).get("/deploy")
     assert response.status_code == 401
     assert "inactive" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("prefix", ["Bearer", "bearer", "TOKEN"])
+def test_the_key_is_taken_as_a_bearer_token_too_in_any_case(operator, packaged_model, prefix):
+    key = create_token(operator.username)[0].strip()
+    client = client_with(key, prefix)
+    assert client.get("/deploy").status_code == 200
+    assert deploy(client).status_code == 202
+    assert_refused(client_with(key[:-1] + ("0" if key[-1] != "0" else "1"), prefix).get("/deploy"))
+
+
+@pytest.mark.parametrize("header", ["Bearer", "Bearer a b"])
+def test_a_bearer_header_without_one_key_is_401_saying_so(header):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=header)
+    response = client.get("/deploy")
+    assert response.status_code == 401
+    assert response.json()["detail"].startswith("Invalid token header.")
+
+
+def test_the_schema_offers_the_token_and_the_bearer_scheme_either_one_enough(anonymous):
+    response = anonymous.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    schema = json.loads(response.content)
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["bearerAuth"] == {"type": "http", "scheme": "bearer"}
+    assert schemes["tokenAuth"]["type"] == "apiKey" and '"Token"' in schemes["tokenAuth"]["description"]
+    deploy_security = schema["paths"]["/deploy"]["post"]["security"]
+    assert {"tokenAuth": []} in deploy_security and {"bearerAuth": []} in deploy_security
 
 
 def test_a_key_that_differs_after_the_stored_prefix_is_refused(operator):

@@ -295,12 +295,24 @@ def test_register_models_scans_a_directory_and_registers_each(model_folders: Pat
     assert EmbeddingModel.objects.count() == 2
 
 
+def refused(*args: str, returncode: int = 2) -> tuple[str, str, str]:
+    """Run a command that must exit ``returncode``: (its one-line error, its stdout, its stderr)."""
+    out, err = StringIO(), StringIO()
+    with pytest.raises(CommandError) as error:
+        call_command(*args, stdout=out, stderr=err)
+    assert error.value.returncode == returncode, error.value
+    assert "\n" not in str(error.value)
+    return str(error.value), out.getvalue(), err.getvalue()
+
+
 @pytest.mark.django_db
 def test_register_models_checks_everything_before_registering_anything(model_folders: Path, tmp_path: Path):
     twin = small_model_folder(model_folders / "other" / "MiniLM_L6", 384)  # same id as another folder
-    clash = bad("register_models", str(model_folders))
-    assert "'minilm_l6'" in clash
-    assert str((model_folders / "MiniLM_L6").resolve()) in clash and str(twin.resolve()) in clash
+    message, _, err = refused("register_models", str(model_folders))
+    assert message.startswith("nothing registered: 2 of 3 model(s) invalid")
+    clash = err.splitlines()
+    assert len(clash) == 2 and all("'minilm_l6'" in line for line in clash)
+    assert all(str((model_folders / "MiniLM_L6").resolve()) in line and str(twin.resolve()) in line for line in clash)
     assert not EmbeddingModel.objects.exists()
 
     assert str((model_folders / "notes").resolve()) in bad("register_models", str(model_folders / "notes"))
@@ -314,11 +326,54 @@ def test_register_models_names_every_damaged_file_and_registers_nothing(model_fo
     minilm = model_folders / "MiniLM_L6"
     truncate(minilm / "model.safetensors", 200)
     (model_folders / "team" / "e5-large" / "tokenizer.json").write_text('{"version": ')
-    refused = bad("register_models", str(model_folders))
-    assert refused.startswith("nothing registered: ")
-    assert f"model.safetensors in {minilm} is truncated" in refused
-    assert f"tokenizer.json in {model_folders / 'team' / 'e5-large'} is not valid JSON" in refused
+    message, _, err = refused("register_models", str(model_folders))
+    assert message.startswith("nothing registered: 2 of 2 model(s) invalid")
+    assert f"model.safetensors in {minilm} is truncated" in err
+    assert f"tokenizer.json in {model_folders / 'team' / 'e5-large'} is not valid JSON" in err
     assert not EmbeddingModel.objects.exists()
+
+
+@pytest.mark.django_db
+def test_register_models_names_every_invalid_folder_even_in_a_dry_run_and_skips_them_when_asked(model_folders: Path):
+    small_model_folder(model_folders / "bge-small", 384)
+    damaged = model_folders / "team" / "e5-large"
+    (damaged / "tokenizer.json").write_text('{"version": ')
+
+    def statuses(out: str) -> dict[str, str]:
+        return {line.split()[0]: line.split(maxsplit=3)[-1].strip() for line in out.splitlines()[2:] if "  " in line}
+
+    for dry_run in (["--dry-run"], []):  # one damaged folder stops the batch, but the report names them all
+        message, out, err = refused("register_models", str(model_folders), *dry_run)
+        assert message == (
+            "nothing registered: 1 of 3 model(s) invalid (each problem above); fix them, or pass --skip-invalid "
+            "to register the other 2 new model(s)"
+        )
+        assert statuses(out) == {"bge-small": "new", "minilm_l6": "new", "e5-large": "invalid"}
+        (problem,) = err.splitlines()
+        assert problem.startswith(f"invalid: tokenizer.json in {damaged} is not valid JSON")
+    assert not EmbeddingModel.objects.exists()
+
+    message, out, _ = refused("register_models", str(model_folders), "--skip-invalid", "--dry-run", returncode=1)
+    assert out.splitlines()[-1] == "Dry run: would register 2 model(s); 1 skipped as invalid."
+    assert message == "1 of 3 model(s) invalid (each problem above): skipped"
+    assert not EmbeddingModel.objects.exists()
+
+    message, out, err = refused("register_models", str(model_folders), "--skip-invalid", returncode=1)
+    assert out.splitlines()[-1] == "Registered 2 model(s); 0 already registered; 1 skipped as invalid."
+    assert err.startswith("invalid: tokenizer.json")
+    assert sorted(EmbeddingModel.objects.values_list("id", flat=True)) == ["bge-small", "minilm_l6"]
+
+    _, out, _ = refused("register_models", str(model_folders), "--skip-invalid", returncode=1)
+    assert out.splitlines()[-1] == "Registered 0 model(s); 2 already registered; 1 skipped as invalid."
+    assert statuses(out) == {
+        "bge-small": "already registered",
+        "minilm_l6": "already registered",
+        "e5-large": "invalid",
+    }
+
+    (damaged / "tokenizer.json").write_text((model_folders / "bge-small" / "tokenizer.json").read_text())
+    out, _ = run("register_models", str(model_folders), "--skip-invalid")  # nothing skipped: exit 0
+    assert out.splitlines()[-1] == "Registered 1 model(s); 2 already registered."
 
 
 @pytest.mark.django_db

@@ -143,7 +143,10 @@ def test_tasks_refuses_an_ambiguous_or_unknown_short_id():
 def test_wait_options_without_wait_are_refused_naming_both(command, option):
     EmbeddingModelFactory(id="waiting")
     refused = bad(command, "waiting", option, "5")
-    assert option in refused and "--wait" in refused
+    assert refused.startswith(f"{option} applies only with --wait")
+    assert bad(command, "waiting", "--timeout", "5", "--poll", "1").startswith(
+        "--timeout and --poll apply only with --wait"
+    )
     assert not DeploymentTask.objects.exists() and not Task.objects.exists()
 
 

@@ -53,6 +53,7 @@ def test_minilm_deploys_end_to_end_and_gives_real_embeddings(deployer, v2_client
     result = deployer.deploy("minilm-e2e", str(minilm_dir), expected_dimensions=384, progress=events.append)
 
     assert result.dimensions == 384
+    assert stage_message(events, "bake", "started") == "no blue to keep loaded"
     assert result.endpoint.endswith("/v2/models/minilm-e2e/infer")
     assert [e.stage for e in events if e.state == "done"] == list(DEPLOY_STAGES)
     assert set(result.timings) == set(DEPLOY_STAGES)
@@ -140,6 +141,7 @@ def test_a_failing_green_leaves_blue_serving_and_no_green_behind(
 
     assert failure.value.stage == stage and not failure.value.refused
     assert all(part in failure.value.reason for part in named), failure.value.reason
+    assert stage not in failure.value.reason, "the stage is named once, before the reason"
     assert v2_client.base_url in failure.value.reason, "the reason names the replica"
     assert events[-1] == StageEvent(stage, "failed", failure.value.reason, events[-1].duration_s)
     assert deployer.live_revision("minilm-guarded") == blue.revision
@@ -335,24 +337,41 @@ def test_restore_refuses_a_revision_that_no_longer_matches_its_checksums(deploye
     assert not v2_client.model_ready(served_name("minilm-tampered", result.revision))
 
 
+def stage_message(events: list[StageEvent], stage: str, state: str = "done") -> str:
+    return next(e.message for e in events if (e.stage, e.state) == (stage, state))
+
+
 def test_a_kept_revision_deploys_again_without_a_fetch(deployer, v2_client, front, minilm_dir, sources):
-    first = deployer.deploy("minilm-back", str(minilm_dir))
+    fetched: list[StageEvent] = []
+    first = deployer.deploy("minilm-back", str(minilm_dir), progress=fetched.append)
     second = deployer.deploy("minilm-back", str(copy_model(minilm_dir, sources, "back-v2", note="v2")))
     events: list[StageEvent] = []
     rolled_back = deployer.deploy("minilm-back", "", revision=first.revision, progress=events.append)
     assert rolled_back.revision == first.revision and rolled_back.previous_revision == second.revision
-    fetch = next(e for e in events if e.stage == "fetch" and e.state == "done")
-    assert "kept, not fetched again" in fetch.message
+    fetch = stage_message(events, "fetch")
+    assert "kept, not fetched again" in fetch
+    # The same revision says the same size fetched and kept: its artifacts, not its manifest and provenance.
+    path = deployer.repository.revision_path("minilm-back", first.revision)
+    artifacts = deployer.repository.manifest(path)
+    size = sum((path / name).stat().st_size for name in artifacts)
+    counted = f"revision {first.revision}: {len(artifacts)} files, {size:,} bytes of artifacts, verified"
+    assert stage_message(fetched, "fetch").startswith(counted) and fetch.startswith(counted)
     assert front.infer("minilm-back", ["x"]).parameters["revision"] == first.revision
     assert_only_live_loaded(v2_client, deployer, "minilm-back")
 
 
 @pytest.mark.parametrize(("revision", "refused"), [("0123456789abcdef", "not kept"), ("../../etc", "revision must be")])
-def test_a_revision_that_is_not_kept_is_refused(deployer, minilm_dir, revision, refused):
-    deployer.deploy("minilm-nokept", str(minilm_dir))
+def test_a_revision_that_is_not_kept_is_refused_at_validate_naming_the_kept_ones(
+    deployer, minilm_dir, revision, refused
+):
+    kept = deployer.deploy("minilm-nokept", str(minilm_dir)).revision
+    events: list[StageEvent] = []
     with pytest.raises(DeployFailed, match=refused) as failure:
-        deployer.deploy("minilm-nokept", "", revision=revision)
-    assert failure.value.refused
+        deployer.deploy("minilm-nokept", "", revision=revision, progress=events.append)
+    assert failure.value.refused and failure.value.stage == "validate"
+    assert [(e.stage, e.state) for e in events] == [("validate", "started"), ("validate", "failed")]
+    if refused == "not kept":
+        assert failure.value.reason == f"revision {revision} is not kept for minilm-nokept (kept: {kept})"
 
 
 def test_an_unexpected_error_in_a_stage_is_recorded_there_and_leaves_no_green(

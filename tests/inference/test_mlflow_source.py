@@ -4,14 +4,18 @@ logged as a run's artifacts and registered, as a training pipeline does; deploys
 from __future__ import annotations
 
 import shutil
+import sqlite3
+import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from deployments.inference import DeployFailed, ModelRepository, SourceRefused, open_source
 from deployments.inference.errors import InvalidArtifacts, SourceUnavailable
-from deployments.inference.mlflow_source import mlflow_ui_url
+from deployments.inference.mlflow_source import mlflow_ui_url, models_with_alias, registered_versions
 from deployments.inference.server import free_port
 from tests.support.mlflow import NAME, log_model_folder, set_alias
 
@@ -120,6 +124,50 @@ def test_without_a_tracking_server_an_mlflow_source_is_refused(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(SourceRefused, match="set MLFLOW_TRACKING_URI"):
         open_source("models:/name/1", [])
+
+
+_watching: list[list[str]] = []  # the open watches of local_stores_opened (an audit hook cannot be removed)
+
+
+def _note_local_store(event: str, args: tuple) -> None:
+    if event == "sqlite3.connect" and _watching:
+        _watching[-1].append(str(args[0]))
+
+
+sys.addaudithook(_note_local_store)
+
+
+@contextmanager
+def local_stores_opened() -> Iterator[list[str]]:
+    """The SQLite databases this process opens meanwhile (MLflow's local stores are SQLite files)."""
+    opened: list[str] = []
+    _watching.append(opened)
+    try:
+        yield opened
+    finally:
+        _watching.remove(opened)
+
+
+def test_no_mlflow_call_falls_back_to_a_local_store_where_it_runs(registry, tmp_path, monkeypatch):
+    """Given no tracking URI, MLflow's client opens sqlite:///mlflow.db with artifacts in ./mlruns, in the
+    working directory (a checkout, for make run and make test). Every call here names its server, so
+    resolving, downloading, listing versions and aliases, and refusing a source without a server open
+    no local store and write nothing where they run."""
+    where_it_runs = tmp_path / "cwd"
+    where_it_runs.mkdir()
+    monkeypatch.chdir(where_it_runs)
+    with local_stores_opened() as opened:
+        for uri in (f"models:/{NAME}/1", f"models:/{NAME}@champion", f"runs:/{registry['run1']}/model"):
+            ModelRepository(tmp_path / "repository").create_revision("elsewhere", open_source(uri, [], registry["uri"]))
+        assert registered_versions(registry["uri"], NAME) == ["1", "2"]
+        assert models_with_alias(registry["uri"], "champion") == {NAME: "1"}
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        with pytest.raises(SourceRefused, match="set MLFLOW_TRACKING_URI"):
+            open_source(f"models:/{NAME}/1", []).resolve()
+        with local_stores_opened() as control:  # the watch does see a database opened
+            sqlite3.connect(tmp_path / "probe.db").close()
+    assert control == [str(tmp_path / "probe.db")]
+    assert opened == [] and list(where_it_runs.iterdir()) == []
 
 
 def test_an_unreachable_tracking_server_is_unavailable_not_refused(no_retries):

@@ -83,6 +83,8 @@ def test_the_default_serves_plain_http_with_static_files_and_an_access_log(web_s
     assert listed.status_code == 200
     assert listed.json()["next"].startswith(f"{server.url}/deploy?")
     assert httpx.get(f"{server.url}/static/probe.css").text == "body { color: teal }"  # WhiteNoise
+    icon = httpx.get(f"{server.url}/favicon.ico")  # what every browser asks for first: no 404 to log
+    assert icon.status_code == 204 and "max-age=86400" in icon.headers["cache-control"]
 
     login, csrf = log_in(server.url, {})
     assert (login.status_code, login.headers["location"]) == (302, "/admin/")
@@ -94,11 +96,13 @@ def test_the_default_serves_plain_http_with_static_files_and_an_access_log(web_s
     server.stop()
     access = server.stdout_path.read_text()
     assert re.search(r'"GET /healthz HTTP/1\.1" 200 ', access)
+    assert re.search(r'"GET /favicon\.ico HTTP/1\.1" 204 ', access)
     assert re.search(r'"POST /admin/login/\?next=/admin/ HTTP/1\.1" 302 ', access)
     errors = server.stderr_path.read_text()
     assert f"Listening at: http://127.0.0.1:{server.port}" in errors
     assert len(re.findall(r"Booting worker with pid", errors)) == 2  # WEB_CONCURRENCY defaults to 2
     assert "GET /healthz" not in errors
+    assert "Not Found" not in errors and " 404 " not in access
 
 
 def test_behind_a_proxy_https_is_required_marked_and_trusted_from_the_header(web_server, stocked):

@@ -206,7 +206,8 @@ def check_wait_options(options: dict[str, Any]) -> None:
     """--timeout and --poll tune --wait: given without it they would be silently ignored, so they are refused."""
     given = [f"--{name}" for name in ("timeout", "poll") if options[name] is not None]
     if given and not options["wait"]:
-        raise bad_arguments(f"{' and '.join(given)} only apply with --wait (add --wait, or leave them out)")
+        verb = "applies" if len(given) == 1 else "apply"
+        raise bad_arguments(f"{' and '.join(given)} {verb} only with --wait (add --wait, or leave them out)")
     for name in ("timeout", "poll"):
         if options[name] is not None and not options[name] > 0:
             raise bad_arguments(f"--{name}: {options[name]:g} is not a number of seconds above 0")

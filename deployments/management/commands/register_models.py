@@ -4,18 +4,22 @@ import os
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from deployments import selectors
-from deployments.inference import InvalidArtifacts, InvalidModelId, SourceRefused, SourceUnavailable, validate_model_id
-from deployments.management.commands._operators import actor_of, bad_arguments, format_table
+from deployments.inference import SourceRefused, SourceUnavailable
+from deployments.management.commands._operators import BAD_ARGUMENTS, actor_of, bad_arguments, format_table
 from deployments.services.registry import (
     FoundModel,
     check_source,
     find_mlflow_models,
     find_sentence_transformers_models,
+    problems_of,
     register_many,
 )
+
+# Some models were registered (or, in a dry run, would be) and the invalid ones skipped.
+SKIPPED_INVALID = 1
 
 
 class Command(BaseCommand):
@@ -25,7 +29,8 @@ class Command(BaseCommand):
         "registered model (--mlflow-model NAME: ids NAME-v1, NAME-v2 ...); or every MLflow model carrying "
         "an alias (--mlflow-alias champion: ids after the model names, each deploy taking the version the "
         "alias names then). Each source is checked first (a folder's artifacts: a truncated or unparsable "
-        "file, a missing tokenizer or weights file); any problem and nothing is registered, each one named. "
+        "file, a missing tokenizer or weights file), and every problem is named: with any, nothing is "
+        "registered (exit 2), unless --skip-invalid registers the rest (exit 1 when any was skipped). "
         "Models already registered are left as they are. "
         "Examples: manage.py register_models var/sources; manage.py register_models --mlflow-alias champion --dry-run"
     )
@@ -39,6 +44,11 @@ class Command(BaseCommand):
             help="The MLflow tracking server (default MLFLOW_TRACKING_URI); given, it is kept on each model.",
         )
         parser.add_argument("--dry-run", action="store_true", help="List what would be registered; register nothing.")
+        parser.add_argument(
+            "--skip-invalid",
+            action="store_true",
+            help="Register the valid models and skip the invalid ones (each named; exit 1 when any is skipped).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         chosen = [name for name in ("directory", "mlflow_model", "mlflow_alias") if options[name]]
@@ -47,43 +57,39 @@ class Command(BaseCommand):
         if options["tracking_uri"] and options["directory"]:
             raise bad_arguments("--tracking-uri is for --mlflow-model and --mlflow-alias, not a directory")
         found = self._from_directory(options["directory"]) if options["directory"] else self._from_mlflow(options)
-        # Check every candidate before registering any: all or nothing.
-        seen: dict[str, str] = {}
-        problems: list[str] = []
-        for model in found:
-            if model.embedding_model_id in seen:
-                raise bad_arguments(
-                    f"{seen[model.embedding_model_id]} and {model.source} would both be {model.embedding_model_id!r}; "
-                    "rename one"
-                )
-            seen[model.embedding_model_id] = model.source
-            try:
-                validate_model_id(model.embedding_model_id)
-                check_source(model.source, model.mlflow_tracking_uri)
-            except InvalidArtifacts as exc:
-                problems.extend(exc.problems)  # each names its folder and file
-            except (InvalidModelId, SourceRefused) as exc:
-                problems.append(f"{model.source}: {exc}")
-        if problems:
-            # Every bad source at once, so one pass of fixing is enough.
-            raise bad_arguments(f"nothing registered: {'; '.join(problems)}")
+        problems = problems_of(found)
+        invalid = [model for model, own in zip(found, problems, strict=True) if own]
         registered = set(selectors.embedding_model_ids())
-        new = [model for model in found if model.embedding_model_id not in registered]
+        valid = [model for model, own in zip(found, problems, strict=True) if not own]
+        new = [model for model in valid if model.embedding_model_id not in registered]
         rows = [
             (
                 model.embedding_model_id,
                 model.dimensions,
                 model.source,
-                "already registered" if model.embedding_model_id in registered else "new",
+                "invalid" if own else "already registered" if model.embedding_model_id in registered else "new",
             )
-            for model in found
+            for model, own in zip(found, problems, strict=True)
         ]
         self.stdout.write(format_table(["model", "dim", "source", "status"], rows, max_width=100))
+        for problem in (problem for own in problems for problem in own):
+            self.stderr.write(f"invalid: {problem}")
+        counts = f"{len(invalid)} of {len(found)} model(s) invalid (each problem above)"
+        if invalid and not options["skip_invalid"]:
+            # All or nothing unless told otherwise: a batch is registered whole, once every problem is fixed.
+            raise CommandError(
+                f"nothing registered: {counts}; fix them, or pass --skip-invalid to register the other "
+                f"{len(new)} new model(s)",
+                returncode=BAD_ARGUMENTS,
+            )
+        skipped = f"; {len(invalid)} skipped as invalid" if invalid else ""
         if options["dry_run"]:
-            self.stdout.write(f"Dry run: would register {len(new)} model(s).")
-            return
-        register_many(new, by=actor_of(self))
-        self.stdout.write(f"Registered {len(new)} model(s); {len(found) - len(new)} already registered.")
+            self.stdout.write(f"Dry run: would register {len(new)} model(s){skipped}.")
+        else:
+            register_many(new, by=actor_of(self))
+            self.stdout.write(f"Registered {len(new)} model(s); {len(valid) - len(new)} already registered{skipped}.")
+        if invalid:
+            raise CommandError(f"{counts}: skipped", returncode=SKIPPED_INVALID)
 
     def _from_directory(self, directory: Path) -> list[FoundModel]:
         root = directory.expanduser().resolve()
