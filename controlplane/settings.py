@@ -247,9 +247,11 @@ else:
     Q_CLUSTER["orm"] = "default"
 
 # The task engine (deployments.services): leases, retries of lost attempts, re-sending lost hand-offs.
-# A worker renews its model's lease every TASK_LEASE_SECONDS / 4; a lease not renewed for
-# TASK_LEASE_SECONDS means the worker died, and the sweeper retries (or fails) its task.
-TASK_LEASE_SECONDS = float(os.environ.get("TASK_LEASE_SECONDS", "60"))
+# A worker renews its model's lease every TASK_LEASE_SECONDS / 3 (one UPDATE). A worker whose process
+# dies has its task retried by run_workers at once; a lease not renewed for TASK_LEASE_SECONDS means
+# its holder is paused or gone, and run_workers (every TASK_LEASE_SECONDS / 3) or the sweeper retries
+# (or fails) its task.
+TASK_LEASE_SECONDS = float(os.environ.get("TASK_LEASE_SECONDS", "15"))
 TASK_MAX_ATTEMPTS = int(os.environ.get("TASK_MAX_ATTEMPTS", "3"))
 # A pending task not handed to the queue after this long (or handed over this long ago and never
 # started) is sent again by the sweeper.
