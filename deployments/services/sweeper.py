@@ -25,6 +25,7 @@ from django_q.models import Schedule
 
 from deployments import selectors
 from deployments.clock import format_time
+from deployments.log_routine import SWEEP_JOB, SWEEP_SCHEDULE_NAME
 from deployments.models import HANDOFF_RESENT, HANDOFF_STAGE, ModelLease, Task, TaskStatus
 from deployments.services.deployer import deployer_session
 from deployments.services.leases import (
@@ -43,7 +44,6 @@ from deployments.task_ids import new_task_id
 
 logger = logging.getLogger(__name__)
 
-SWEEP_SCHEDULE_NAME = "deployments: sweep tasks"
 # How the sweeper signs what it changes on a task's timeline.
 SWEEPER = "sweeper"
 
@@ -190,7 +190,7 @@ def ensure_sweep_schedule() -> None:
     Schedule.objects.update_or_create(
         name=SWEEP_SCHEDULE_NAME,
         defaults={
-            "func": "deployments.jobs.sweep_tasks",
+            "func": SWEEP_JOB,
             "schedule_type": Schedule.MINUTES,
             "minutes": settings.TASK_SWEEP_MINUTES,
             "repeats": -1,

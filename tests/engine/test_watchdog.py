@@ -46,9 +46,8 @@ def drill_settings(settings):
 
 
 def start_proven_cluster(run_workers, **env: str) -> tuple[SupervisedWorkers, WorkerCluster]:
-    workers = run_workers(
-        WORKERS_CANARY_SECONDS=str(CANARY_SECONDS), WORKERS_CANARY_GRACE_SECONDS=str(GRACE_SECONDS), **env
-    )
+    periods = {"WORKERS_CANARY_SECONDS": str(CANARY_SECONDS), "WORKERS_CANARY_GRACE_SECONDS": str(GRACE_SECONDS)}
+    workers = run_workers(**(periods | env))
 
     def proven() -> WorkerCluster | None:
         return WorkerCluster.objects.filter(supervisor_pid=workers.process.pid, last_canary_at__isnull=False).first()
@@ -241,3 +240,27 @@ def test_the_task_of_a_paused_worker_is_taken_over_after_its_lease_and_its_late_
     first.refresh_from_db()
     assert "stopped renewing its lease" in first.detail
     assert rows("paused-in-bake") == before  # the woken attempt wrote nothing
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_a_quiet_cycle_of_the_supervised_cluster_logs_nothing_at_info(drill_settings, run_workers, level):
+    """Canaries every second and the sweep are routine: at INFO the log stays empty while they run; at
+    DEBUG their lines are there (lowered, not lost)."""
+    # A generous grace: on a loaded machine qcluster may take longer to start than the 1 s canary's bound.
+    workers, cluster = start_proven_cluster(run_workers, LOG_LEVEL=level, WORKERS_CANARY_GRACE_SECONDS="30")
+    start = len(workers.log_path.read_bytes())
+    proofs = {cluster.last_canary_at}
+
+    def three_more_canaries_ran() -> bool:
+        proofs.add(WorkerCluster.objects.get(pk=cluster.pk).last_canary_at)
+        return len(proofs) > 3
+
+    wait_for(three_more_canaries_ran, 20, "three more canaries", workers.log_tail)
+    time.sleep(0.5)  # the last canary's "processed" line follows its proof
+    quiet_cycle = workers.log_path.read_bytes()[start:].decode()
+
+    if level == "INFO":
+        assert quiet_cycle == ""
+    else:
+        assert quiet_cycle.count("DEBUG Processed 'deployments.jobs.prove_cluster_runs_jobs'") >= 3, quiet_cycle
+        assert "DEBUG Enqueued" in quiet_cycle and " INFO " not in quiet_cycle
