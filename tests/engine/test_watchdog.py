@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 from django_q.models import Schedule
-from django_q.models import Task as QueueResult
 
 from deployments import services
 from deployments.models import TERMINAL_STATUSES, EngineEvent, Task, TaskStatus, WorkerCluster
@@ -24,7 +23,7 @@ from deployments.services.leases import lease_renewal_seconds
 from deployments.services.sweeper import SWEEP_SCHEDULE_NAME
 from deployments.services.watchdog import process_group
 from deployments.services.workers import watchdog_bound
-from tests.support.drills import held_worker_pid
+from tests.support.drills import held_worker_pid, wait_for_superseded_attempt_to_stop
 from tests.support.factories import EmbeddingModelFactory
 from tests.support.processes import SupervisedWorkers, wait_for, wait_for_status
 from tests.support.snapshots import rows
@@ -228,11 +227,7 @@ def test_the_task_of_a_paused_worker_is_taken_over_after_its_lease_and_its_late_
     finally:
         os.kill(worker, signal.SIGCONT)
 
-    def stale_attempt_returned() -> bool:
-        result = QueueResult.objects.filter(name=f"deployment-{first.pk}").order_by("-stopped").first()
-        return result is not None and str(result.result).startswith("superseded")
-
-    wait_for(stale_attempt_returned, 30, "the woken worker to stop", workers.log_tail)
+    wait_for_superseded_attempt_to_stop(first, 30, workers.log_tail)
     print(f"\nbusy worker SIGSTOPped: taken over {elapsed:.1f} s later (lease {lease:g} s, bound {bound:g} s)")
     # A paused holder is alive: it is not stolen from before its lease could have run out.
     assert lease - renewal <= elapsed <= bound + LOADED_MACHINE_MARGIN_SECONDS, workers.log_tail()
