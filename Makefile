@@ -38,6 +38,7 @@ bench: $(TEST_INSTALLED)
 	$(BIN)/python bench/bench_operators.py
 	$(BIN)/python bench/bench_sources.py
 	$(BIN)/python bench/bench_scale.py
+	$(BIN)/python bench/bench_workers.py
 
 clean:
 	rm -rf var .pytest_cache

@@ -247,9 +247,11 @@ else:
     Q_CLUSTER["orm"] = "default"
 
 # The task engine (deployments.services): leases, retries of lost attempts, re-sending lost hand-offs.
-# A worker renews its model's lease every TASK_LEASE_SECONDS / 4; a lease not renewed for
-# TASK_LEASE_SECONDS means the worker died, and the sweeper retries (or fails) its task.
-TASK_LEASE_SECONDS = float(os.environ.get("TASK_LEASE_SECONDS", "60"))
+# A worker renews its model's lease every TASK_LEASE_SECONDS / 3 (one UPDATE). A worker whose process
+# dies has its task retried by run_workers at once; a lease not renewed for TASK_LEASE_SECONDS means
+# its holder is paused or gone, and run_workers (every TASK_LEASE_SECONDS / 3) or the sweeper retries
+# (or fails) its task.
+TASK_LEASE_SECONDS = float(os.environ.get("TASK_LEASE_SECONDS", "15"))
 TASK_MAX_ATTEMPTS = int(os.environ.get("TASK_MAX_ATTEMPTS", "3"))
 # A pending task not handed to the queue after this long (or handed over this long ago and never
 # started) is sent again by the sweeper.
@@ -325,10 +327,14 @@ SPECTACULAR_SETTINGS = {
 # and attempt (deployments.log_context).
 LOG_FORMAT = os.environ.get("LOG_FORMAT", "text").strip().lower()
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+Q_CLUSTER["log_level"] = LOG_LEVEL  # django-q2's logger, when it sets itself up (without LOG_FORMAT=json)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"task_context": {"()": "deployments.log_context.TaskContextFilter"}},
+    "filters": {
+        "task_context": {"()": "deployments.log_context.TaskContextFilter"},
+        "routine_jobs": {"()": "deployments.log_routine.RoutineJobsAtDebug"},
+    },
     "formatters": {
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
@@ -340,6 +346,9 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["task_context"]}},
     "loggers": {
         "deployments": {"handlers": ["console"], "level": LOG_LEVEL},
+        # django-q2 adds its own handler (none is configured here); its lines about the canary and the sweep
+        # are DEBUG (deployments.log_routine).
+        "django-q": {"filters": ["routine_jobs"]},
         # A request that raised (a 500) with its traceback; Django's own handler for it prints only with DEBUG on.
         "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
     },
@@ -355,7 +364,7 @@ if LOG_FORMAT == "json":
         "deployments": {"level": LOG_LEVEL},
         "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
         "django.server": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
-        "django-q": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "django-q": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False, "filters": ["routine_jobs"]},
     }
 
 # Metrics: GET /metrics in the Prometheus text format. Workers, the reconciler and the web server are

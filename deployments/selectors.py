@@ -281,6 +281,17 @@ def get_lease(embedding_model_id: str) -> ModelLease | None:
     return ModelLease.objects.filter(pk=embedding_model_id).first()
 
 
+def expired_leases() -> list[ModelLease]:
+    """Held leases whose holder stopped renewing them, by the database's clock."""
+    return list(ModelLease.objects.exclude(owner="").filter(expires_at__lt=Now()))
+
+
+def leases_held_by_process(host: str, pid: int) -> list[ModelLease]:
+    """The leases signed by process ``pid`` of ``host`` (an owner reads "host:pid:nonce", see
+    ``services.leases.new_lease_owner``)."""
+    return list(ModelLease.objects.filter(owner__startswith=f"{host}:{pid}:"))
+
+
 def with_open_drift(models: QuerySet[EmbeddingModel]) -> QuerySet[EmbeddingModel]:
     """Each model with ``open_drifts``: its unresolved drift, if any (one extra query per page)."""
     return models.prefetch_related(

@@ -3,7 +3,9 @@
 A lease is a ModelLease row's (owner, generation, expires_at). It is taken with one conditional
 UPDATE, so two workers racing for it cannot both win (PostgreSQL re-checks the WHERE clause after
 the row lock; SQLite serializes writers). A heartbeat thread pushes expires_at forward while the
-task runs; if the worker dies, the lease simply runs out and the sweeper takes over.
+task runs, one UPDATE every ``lease_renewal_seconds()``; if the worker dies, its supervisor sees it
+and takes the lease over at once (``take_over_lease``), and otherwise (a paused worker, a machine
+gone) the lease simply runs out and the sweeper takes over.
 
 Fencing: every take bumps the generation, and a holder checks (``Fence``) that the row still
 names its owner and generation, unexpired, before every stage and every write it makes. Expiry is
@@ -45,6 +47,12 @@ def new_lease_owner() -> str:
 
 def lease_duration() -> timedelta:
     return timedelta(seconds=settings.TASK_LEASE_SECONDS)
+
+
+def lease_renewal_seconds() -> float:
+    """How often a holder renews its lease: a third of it, so two renewals in a row may fail (a database
+    busy for a moment) before the lease runs out; one small UPDATE per held lease each time."""
+    return max(0.05, settings.TASK_LEASE_SECONDS / 3)
 
 
 def lease_expiry() -> ExpressionWrapper:
@@ -112,6 +120,21 @@ def claim_model_lease(embedding_model_id: str, owner: str, task_id: str | None =
         return None
     generation = ModelLease.objects.filter(pk=embedding_model_id, owner=owner).values_list("generation", flat=True)
     return Lease(embedding_model_id, owner, generation.get())
+
+
+def take_over_lease(lost: Lease, owner: str, *, holder_is_dead: bool = False) -> Lease | None:
+    """Take a lease from a holder judged lost (None if it is not lost after all).
+
+    Only if the row still names that holder and generation, so a holder that renewed meanwhile, or a
+    newer holder, is never stolen from; and only once it has expired, unless the holder is known dead
+    (its process is gone: it cannot renew, so there is nothing to wait for).
+    """
+    held = ModelLease.objects.filter(pk=lost.embedding_model_id, owner=lost.owner, generation=lost.generation)
+    if not holder_is_dead:
+        held = held.filter(expires_at__lt=Now())
+    if not held.update(owner=owner, task_id=None, generation=F("generation") + 1, expires_at=lease_expiry()):
+        return None
+    return Lease(lost.embedding_model_id, owner, lost.generation + 1)
 
 
 def lease_is_held(embedding_model_id: str) -> bool:
@@ -182,7 +205,7 @@ class LeaseHeartbeat:
     def __init__(self, embedding_model_id: str, owner: str):
         self.embedding_model_id = embedding_model_id
         self.owner = owner
-        self.interval = max(0.05, settings.TASK_LEASE_SECONDS / 4)
+        self.interval = lease_renewal_seconds()
         self.lost = threading.Event()
         self._stop = threading.Event()
         # In a copy of the caller's context, so its log lines name the task it keeps alive (log_context).

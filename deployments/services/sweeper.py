@@ -1,36 +1,40 @@
 """The sweeper: nothing stays pending or processing forever.
 
 Run every TASK_SWEEP_MINUTES by django-q2 (schedule "deployments: sweep tasks") and on demand by
-``manage.py reap_tasks``. It
-- resolves tasks whose worker died: their lease expired without renewal. The attempt is marked
-  failed with the reason and, below TASK_MAX_ATTEMPTS, retried as a new attempt that keeps its
-  place in the model's queue; blue was never touched by a half-done green, so it keeps serving;
+``manage.py reap_tasks``; ``manage.py run_workers`` also resolves expired leases every
+``lease_renewal_seconds()``, and the leases of a worker it sees die at once. It
+- resolves tasks whose worker died: their lease expired without renewal, or the worker's supervisor
+  saw its process end. The attempt is marked failed with the reason and, below TASK_MAX_ATTEMPTS,
+  retried as a new attempt that keeps its place in the model's queue; blue was never touched by a
+  half-done green, so it keeps serving;
 - re-sends the next pending task of a model whose hand-off to the queue was lost.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models.functions import Now
 from django.utils import timezone
 from django_q.models import Schedule
 
 from deployments import selectors
 from deployments.clock import format_time
+from deployments.log_routine import SWEEP_JOB, SWEEP_SCHEDULE_NAME
 from deployments.models import HANDOFF_RESENT, HANDOFF_STAGE, ModelLease, Task, TaskStatus
 from deployments.services.deployer import deployer_session
 from deployments.services.leases import (
-    claim_model_lease,
+    Lease,
     lease_duration,
     lease_is_held,
     new_lease_owner,
     release_lease,
+    take_over_lease,
 )
 from deployments.services.pipelines import sync_model_state
 from deployments.services.recording import record_event
@@ -40,7 +44,6 @@ from deployments.task_ids import new_task_id
 
 logger = logging.getLogger(__name__)
 
-SWEEP_SCHEDULE_NAME = "deployments: sweep tasks"
 # How the sweeper signs what it changes on a task's timeline.
 SWEEPER = "sweeper"
 
@@ -68,23 +71,43 @@ def sweep_tasks(now: datetime | None = None) -> SweepReport:
 
 def resolve_expired_leases(now: datetime, report: SweepReport) -> None:
     # Expired by the database's clock (see leases): ``now`` only dates the sweep's other decisions.
-    expired = ModelLease.objects.exclude(owner="").filter(expires_at__lt=Now())
-    for lease in expired:
-        sweeper = new_lease_owner()
-        with transaction.atomic():
-            # Take the expired lease over (a new generation), so no worker starts on the model while we
-            # resolve it, and the lost holder's fence fails should it wake up.
-            if not claim_model_lease(lease.pk, sweeper):
-                continue
-            task = selectors.find_task(lease.task_id) if lease.task_id else None
-            if task is not None and task.status == TaskStatus.PROCESSING and task.lease_owner == lease.owner:
-                reason = (
-                    f"worker {lease.owner} stopped renewing its lease on {lease.pk} "
-                    f"(expired {format_time(lease.expires_at)})"
-                )
-                _resolve_lost_attempt(task, reason, report)
-            release_lease(lease.pk, sweeper)
-            transaction.on_commit(partial(dispatch_next_task, lease.pk))
+    for lease in selectors.expired_leases():
+        expired = format_time(lease.expires_at)
+        reason = f"worker {lease.owner} stopped renewing its lease on {lease.pk} (expired {expired})"
+        resolve_lost_lease(lease, reason, report)
+
+
+def resolve_leases_of_dead_process(host: str, pid: int, is_still_gone: Callable[[], bool], why: str) -> SweepReport:
+    """Resolve at once the tasks of the leases that process ``pid`` of ``host`` held when it died.
+
+    Its supervisor saw it die, so nobody waits for the leases to run out. ``is_still_gone`` is asked
+    after the leases are read: should the pid run again by then (reused), they may be the new
+    process's, and are left to expire if it is in fact dead. Each take names the owner and
+    generation read, so a lease taken meanwhile by someone alive is never touched.
+    """
+    report = SweepReport()
+    held = selectors.leases_held_by_process(host, pid)
+    if not held or not is_still_gone():
+        return report
+    for lease in held:
+        resolve_lost_lease(lease, f"worker {lease.owner} died ({why})", report, holder_is_dead=True)
+    return report
+
+
+def resolve_lost_lease(lost: ModelLease, reason: str, report: SweepReport, *, holder_is_dead: bool = False) -> None:
+    """Take over a lease whose holder is lost, fail (and retry) the task it ran, and let the model go."""
+    sweeper = new_lease_owner()
+    with transaction.atomic():
+        # Take the lease over (a new generation), so no worker starts on the model while we resolve
+        # it, and the lost holder's fence fails should it wake up.
+        taken = take_over_lease(Lease(lost.pk, lost.owner, lost.generation), sweeper, holder_is_dead=holder_is_dead)
+        if taken is None:
+            return  # renewed, released or taken by someone else since it was read: not lost
+        task = selectors.find_task(lost.task_id) if lost.task_id else None
+        if task is not None and task.status == TaskStatus.PROCESSING and task.lease_owner == lost.owner:
+            _resolve_lost_attempt(task, reason, report)
+        release_lease(lost.pk, sweeper)
+        transaction.on_commit(partial(dispatch_next_task, lost.pk))
 
 
 def resolve_orphaned_processing(now: datetime, report: SweepReport) -> None:
@@ -167,7 +190,7 @@ def ensure_sweep_schedule() -> None:
     Schedule.objects.update_or_create(
         name=SWEEP_SCHEDULE_NAME,
         defaults={
-            "func": "deployments.jobs.sweep_tasks",
+            "func": SWEEP_JOB,
             "schedule_type": Schedule.MINUTES,
             "minutes": settings.TASK_SWEEP_MINUTES,
             "repeats": -1,

@@ -6,8 +6,13 @@ does not trust the cluster's processes; it asks for proof. Every WORKERS_CANARY_
 a canary job; the canary, run by a worker of this cluster, stamps the cluster's row. When no canary
 ran for ``watchdog_bound()`` (2 periods + grace), the cluster is wedged: its whole process group is
 SIGKILLed (SIGTERM hangs qcluster, and killing only qcluster leaves its workers consuming) and a
-fresh qcluster is started. Tasks the killed workers were running are resolved by the sweeper
-through their expired leases; pending tasks whose messages the killed cluster had taken are re-sent.
+fresh qcluster is started. Pending tasks whose messages the killed cluster had taken are re-sent.
+
+A dead worker's task is not left to its lease: the supervisor looks at its cluster's processes every
+tick, and the tasks whose leases a process held when it died (SIGKILL, the OOM killer, a crash, or
+the watchdog's own kill) are retried at once, through the sweeper's door. Django-q2 reincarnates the
+worker itself. A worker that is alive but paused cannot be told from a slow one: its lease runs out,
+and the supervisor sweeps expired leases every ``lease_renewal_seconds()``.
 
 A cluster that is merely busy is not killed: while every worker runs a task whose model lease it
 keeps renewing, a canary cannot run and need not; the proof is due ``watchdog_bound()`` after the
@@ -34,7 +39,13 @@ from django.utils import timezone
 
 from deployments import selectors
 from deployments.models import WorkerCluster
-from deployments.services.sweeper import ensure_sweep_schedule
+from deployments.services.leases import lease_renewal_seconds
+from deployments.services.sweeper import (
+    SweepReport,
+    ensure_sweep_schedule,
+    resolve_expired_leases,
+    resolve_leases_of_dead_process,
+)
 from deployments.services.workers import (
     abandon_dead_clusters,
     abandon_silent_clusters,
@@ -95,6 +106,29 @@ def kill_process_group(pgid: int, timeout: float = 5.0) -> int:
     return len(members)
 
 
+def process_ids(processes: Sequence[psutil.Process]) -> dict[int, float]:
+    """Each process's pid and start time: together they name one process (a pid alone is reused)."""
+    identities = {}
+    for process in processes:
+        try:
+            identities[process.pid] = process.create_time()
+        except psutil.Error:
+            continue
+    return identities
+
+
+def is_gone(pid: int, create_time: float) -> bool:
+    """True if the process that had this pid and start time has ended (a zombie has: it only waits to
+    be reaped). False while the pid runs another process: nothing can be said about it then."""
+    try:
+        process = psutil.Process(pid)
+        return process.create_time() == create_time and process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+
+
 def _not_before(moment: datetime | None, reference: datetime) -> bool:
     return moment is not None and moment >= reference
 
@@ -114,6 +148,9 @@ class ClusterSupervisor:
         # The last moment the watchdog could not look (no database or broker): nothing to judge before.
         self.unobserved_at: datetime | None = None
         self.quick_deaths = 0
+        # The cluster's processes at the last tick (pid: start time), to see which of them died since.
+        self.members: dict[int, float] = {}
+        self.leases_swept_at = time.monotonic()
 
     def request_stop(self, *_: object) -> None:
         """Signal-handler safe: the loop notices at its next tick."""
@@ -143,6 +180,7 @@ class ClusterSupervisor:
                     close_old_connections()
         finally:
             stopped = self._stop_cluster()
+            self._resolve_killed_workers()
             record_cluster_stop(self.cluster, f"supervisor stopped; {stopped}")
         return 0
 
@@ -165,6 +203,8 @@ class ClusterSupervisor:
         if returncode is not None:
             self._restart(f"qcluster {self.process.pid} exited with code {returncode}")
             return
+        self._resolve_dead_workers()
+        self._resolve_expired_leases()
         now = timezone.now()
         self.cluster.refresh_from_db(fields=["last_canary_at", "canary_ran_elsewhere_at", "all_busy_at"])
         if self._canary_due(now):
@@ -180,6 +220,41 @@ class ClusterSupervisor:
             return
         late = (now - self._last_proof()).total_seconds()
         self._restart(f"no canary ran for {late:.1f} s (bound {watchdog_bound().total_seconds():.0f} s)")
+
+    def _resolve_dead_workers(self, gone: dict[int, float] | None = None) -> None:
+        """Retry at once the tasks of the cluster's processes that died since the last look (or of ``gone``)."""
+        if gone is None:
+            current = process_ids(process_group(self.process.pid))
+            gone = {pid: started for pid, started in self.members.items() if current.get(pid) != started}
+            self.members = current
+        else:
+            self.members = {}
+        host = socket.gethostname()
+        for pid, started in gone.items():
+            report = resolve_leases_of_dead_process(
+                host, pid, lambda pid=pid, started=started: is_gone(pid, started), f"its process {pid} ended"
+            )
+            if report.failed:
+                logger.warning("worker %d of qcluster %d died: %s", pid, self.process.pid, report)
+
+    def _resolve_killed_workers(self) -> None:
+        """After the whole group was killed: every process seen in it is gone."""
+        try:
+            self._resolve_dead_workers(gone=self.members)
+        except Exception:
+            # No database: the leases will run out and be swept; a restart or a stop must not wait for it.
+            logger.exception("could not resolve the tasks of the killed cluster's workers")
+
+    def _resolve_expired_leases(self) -> None:
+        """Paused or unreachable holders: their leases ran out. Swept here as often as leases are renewed,
+        so a paused worker's task is taken over soon after its lease ends, not at the next scheduled sweep."""
+        if time.monotonic() - self.leases_swept_at < lease_renewal_seconds():
+            return
+        self.leases_swept_at = time.monotonic()
+        report = SweepReport()
+        resolve_expired_leases(timezone.now(), report)
+        if report.failed:
+            logger.warning("expired leases: %s", report)
 
     def _last_proof(self) -> datetime:
         moments = [last_proof(self.cluster), self.cluster_started_at, self.unobserved_at]
@@ -217,6 +292,7 @@ class ClusterSupervisor:
         killed = kill_process_group(pgid)
         self.process.wait()
         killed_at = timezone.now()
+        self._resolve_killed_workers()
         lived = (killed_at - self.cluster_started_at).total_seconds()
         self.quick_deaths = self.quick_deaths + 1 if lived < QUICK_DEATH_SECONDS else 0
         if self.quick_deaths > 1:

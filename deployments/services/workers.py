@@ -22,12 +22,11 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from deployments.clock import format_time
+from deployments.log_routine import CANARY_JOB
 from deployments.models import EngineEvent, WorkerCluster
 from deployments.services.sweeper import SweepReport, resend_lost_handoffs
 
 logger = logging.getLogger(__name__)
-
-CANARY_JOB = "deployments.jobs.prove_cluster_runs_jobs"
 
 
 def watchdog_bound() -> timedelta:

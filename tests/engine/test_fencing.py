@@ -11,11 +11,12 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from deployments import services
+from deployments import selectors, services
 from deployments.inference import FenceLost, served_name
 from deployments.models import EmbeddingModel, ModelLease, Task, TaskStatus
 from deployments.services.faults import HOLD_AT_ENV, HOLD_FILE_ENV
 from deployments.services.leases import Fence, claim_model_lease, renew_lease
+from deployments.services.sweeper import resolve_leases_of_dead_process
 from tests.support.factories import EmbeddingModelFactory
 from tests.support.processes import wait_for
 from tests.support.snapshots import repository_tree, rows, served
@@ -100,3 +101,43 @@ def test_a_superseded_worker_changes_nothing_when_it_wakes_up(inference_settings
     assert (live.state, live.live_revision) == ("deployed", retry.metadata["revision"])
     loaded = [name for name, state in served(mlserver.url) if name.startswith(f"{model.id}~") and state == "READY"]
     assert loaded == [served_name(model.id, live.live_revision)]
+
+
+def running_task_of(owner: str, model_id: str) -> Task:
+    """A processing task whose worker (``owner``) holds its model's lease, unexpired."""
+    task = services.submit_deployment(EmbeddingModelFactory(id=model_id).id).task
+    assert claim_model_lease(model_id, owner, task_id=task.pk)
+    Task.objects.filter(pk=task.pk).update(status=TaskStatus.PROCESSING, lease_owner=owner)
+    return task
+
+
+@pytest.mark.django_db
+def test_the_leases_of_a_process_seen_dead_are_taken_over_at_once_and_its_task_retried():
+    task = running_task_of("host-a:4242:abc", "dead-worker")
+    running_task_of("host-a:42:def", "neighbour")  # another pid of the host: untouched
+    running_task_of("host-b:4242:ghi", "other-host")  # the same pid on another host: untouched
+
+    report = resolve_leases_of_dead_process("host-a", 4242, lambda: True, "its process 4242 ended")
+
+    task.refresh_from_db()
+    assert report.failed == [task.pk] and len(report.retried) == 1
+    assert task.status == TaskStatus.FAILED and "worker host-a:4242:abc died (its process 4242 ended)" in task.detail
+    assert ModelLease.objects.get(pk="dead-worker").owner == ""  # let go before its lease ran out
+    assert set(ModelLease.objects.exclude(owner="").values_list("pk", flat=True)) == {"neighbour", "other-host"}
+
+
+@pytest.mark.django_db
+def test_a_dead_process_door_never_takes_a_lease_from_a_living_holder(monkeypatch):
+    task = running_task_of("host-a:4242:abc", "reused")
+    # Its pid runs another process by the time the leases are read: they may be that process's.
+    assert resolve_leases_of_dead_process("host-a", 4242, lambda: False, "gone").failed == []
+    # The lease changed hands between the read and the take (a newer generation): not the dead one's.
+    read = list(ModelLease.objects.filter(pk="reused"))
+    monkeypatch.setattr(selectors, "leases_held_by_process", lambda host, pid: read)
+    expire("reused")
+    assert claim_model_lease("reused", "host-a:4242:new") is not None
+    assert resolve_leases_of_dead_process("host-a", 4242, lambda: True, "gone").failed == []
+
+    task.refresh_from_db()
+    assert task.status == TaskStatus.PROCESSING
+    assert ModelLease.objects.get(pk="reused").owner == "host-a:4242:new"

@@ -6,9 +6,11 @@ import json
 import logging
 
 import pytest
+from django_q.tasks import async_task
 
 from deployments import services
 from deployments.log_context import TaskContextFilter, task_log_context
+from deployments.log_routine import CANARY_JOB
 from deployments.models import TaskStatus
 from deployments.services.leases import LeaseHeartbeat, claim_model_lease
 from tests.support.factories import EmbeddingModelFactory
@@ -60,3 +62,38 @@ def test_the_lease_heartbeat_thread_logs_under_its_task(settings, caplog):
 
     lost = [record for record in caplog.records if "lost by me" in record.getMessage()]
     assert lost and (lost[0].task_id, lost[0].embedding_model_id, lost[0].attempt) == ("1234", "m", 3)
+
+
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        first_word = record.getMessage().split(" ")[0]
+        if first_word in {"Enqueued", "Processed", "Failed"}:  # not django-q2's own DEBUG lines
+            self.lines.append((record.levelname, first_word))
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("level", [logging.INFO, logging.DEBUG])
+def test_django_q_lines_about_routine_jobs_are_debug_and_their_failures_stay_errors(level):
+    queue_logger = logging.getLogger("django-q")
+    configured = queue_logger.level
+    queue_logger.setLevel(level)
+    collect = Collect()
+    queue_logger.addHandler(collect)
+    try:
+        async_task(CANARY_JOB, "cluster", save=False)  # "Enqueued [queue] <id>": routine
+        async_task("deployments.jobs.run_task", "1234")  # a deploy's hand-off: not routine
+        queue_logger.info(f"Processed '{CANARY_JOB}' (canary-1-ab)")
+        queue_logger.error(f"Failed '{CANARY_JOB}' (canary-1-ab) - boom")
+    finally:
+        queue_logger.removeHandler(collect)
+        queue_logger.setLevel(configured)
+
+    routine = [("DEBUG", "Enqueued"), ("DEBUG", "Processed")]
+    expected = [("INFO", "Enqueued"), ("ERROR", "Failed")]
+    if level == logging.DEBUG:
+        expected = [routine[0], ("INFO", "Enqueued"), routine[1], ("ERROR", "Failed")]
+    assert collect.lines == expected

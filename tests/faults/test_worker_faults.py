@@ -14,14 +14,19 @@ import time
 from pathlib import Path
 
 import pytest
-from django_q.models import Task as QueueResult
 
 from deployments import services
 from deployments.inference import DEPLOY_STAGES
 from deployments.models import EmbeddingModel, Task, TaskStatus
 from deployments.services.faults import HOLD_AT_ENV, HOLD_FILE_ENV
-from tests.support.drills import BlueTraffic, assert_settled, held_worker_pid, live_model
-from tests.support.processes import wait_for, wait_for_status
+from tests.support.drills import (
+    BlueTraffic,
+    assert_settled,
+    held_worker_pid,
+    live_model,
+    wait_for_superseded_attempt_to_stop,
+)
+from tests.support.processes import wait_for_status
 from tests.support.snapshots import repository_tree, rows, served
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.mlserver, pytest.mark.drill]
@@ -97,11 +102,7 @@ def test_a_paused_worker_that_wakes_after_its_retry_changes_nothing(
         finally:
             os.kill(worker, signal.SIGCONT)
 
-        def stale_attempt_returned() -> bool:
-            result = QueueResult.objects.filter(name=f"deployment-{first.pk}").order_by("-stopped").first()
-            return result is not None and str(result.result).startswith("superseded")
-
-        wait_for(stale_attempt_returned, 60, "the stale worker to stop", cluster.log_tail)
+        wait_for_superseded_attempt_to_stop(first, 60, cluster.log_tail)
 
     assert (repository_tree(repository), served(mlserver.url), rows(model_id)) == before
     assert_settled(model_id)

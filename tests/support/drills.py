@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from django.conf import settings
+from django_q.models import Task as QueueResult
 
 from deployments import services
 from deployments.inference import InferenceError, V2Client, served_name
@@ -80,3 +82,13 @@ def assert_settled(embedding_model_id: str) -> None:
         with V2Client(url) as replica:
             ready = {e["name"] for e in replica.index() if e.get("state") == "READY"}
         assert {name for name in ready if name.startswith(f"{embedding_model_id}~")} == expected, url
+
+
+def wait_for_superseded_attempt_to_stop(task: Task, timeout: float, on_timeout: Callable[[], str] = str) -> None:
+    """Wait until a woken worker's attempt returned from its job, saying it was superseded."""
+
+    def returned() -> bool:
+        result = QueueResult.objects.filter(name=f"{task.kind}-{task.pk}").order_by("-stopped").first()
+        return result is not None and str(result.result).startswith("superseded")
+
+    wait_for(returned, timeout, "the woken worker's attempt to stop", on_timeout)
