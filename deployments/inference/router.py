@@ -53,7 +53,7 @@ ROUTES_FILE = "routes.json"
 CLUSTERS_FILE = "clusters.json"
 READINESS_FILE = "readiness.json"
 # Part of the routes' version: a table of the same revisions in a new shape must still be written.
-ROUTES_FORMAT = "server-endpoints-1"
+ROUTES_FORMAT = "server-endpoints-and-versions-1"
 # Every replica, health-checked on its liveness: the cluster of the protocol's server endpoints. A
 # served name always holds "~", so no revision's cluster can take this name.
 FLEET_CLUSTER = "fleet"
@@ -270,16 +270,26 @@ def _server_routes() -> list[dict[str, Any]]:
 
 def route_config(routes: Iterable[ModelRoute], version: str) -> dict[str, Any]:
     """The RDS file: the server endpoints, per model the exact metadata path and the ``/v2/models/<id>/``
-    prefix, then 404s."""
+    prefix (each also under the live revision's ``/versions/<revision>``), then 404s."""
     envoy_routes = _server_routes()
     for route in sorted(routes, key=lambda r: r.model_id):
         base = f"/v2/models/{route.model_id}"
         served = f"/v2/models/{route.served_name}"
-        for match, rewrite, kind in ((base, served, "metadata"), (f"{base}/", f"{served}/", "calls")):
+        # Answers give the revision as the model's version, so the protocol's versioned paths of the live
+        # revision lead where the plain ones do (before the model's prefix, which would swallow them).
+        versioned = f"{base}/versions/{route.revision}"
+        matches = (
+            (base, served, "metadata", "metadata"),
+            (versioned, served, "version-metadata", "metadata"),
+            (f"{versioned}/", f"{served}/", "version-calls", "calls"),
+            (f"{base}/", f"{served}/", "calls", "calls"),
+        )
+        for match, rewrite, name, kind in matches:
             envoy_route = {
                 # The name says which revision answered; stat_prefix gives per-revision counters
-                # (vhost.models.route.<id>~<rev>.upstream_rq_*), the bake window's signal.
-                "name": f"{route.served_name}:{kind}",
+                # (vhost.models.route.<id>~<rev>.calls.upstream_rq_*, versioned calls too), the bake
+                # window's signal.
+                "name": f"{route.served_name}:{name}",
                 "stat_prefix": f"{route.served_name}.{kind}",
                 "match": {"path": match} if kind == "metadata" else {"prefix": match},
                 "route": _route_action(route.served_name, rewrite),

@@ -40,6 +40,8 @@ def test_route_config_rewrites_both_paths_and_ends_in_a_404():
     model_routes = [r for r in routes if r["name"].startswith("m~abc:")]
     assert [(r["match"], r["route"]["prefix_rewrite"]) for r in model_routes] == [
         ({"path": "/v2/models/m"}, "/v2/models/m~abc"),
+        ({"path": "/v2/models/m/versions/abc"}, "/v2/models/m~abc"),
+        ({"prefix": "/v2/models/m/versions/abc/"}, "/v2/models/m~abc/"),
         ({"prefix": "/v2/models/m/"}, "/v2/models/m~abc/"),
     ]
     called = {"key": CALLED_NAME_HEADER, "value": "m"}
