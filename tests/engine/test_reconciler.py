@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from io import StringIO
 
 import httpx
@@ -19,6 +18,7 @@ from deployments.services import submit_deployment
 from deployments.services.leases import claim_model_lease, release_lease
 from deployments.services.reconciler import InferenceServerDown, reconcile_models
 from tests.support.factories import EmbeddingModelFactory
+from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.mlserver, pytest.mark.django_db]
 
@@ -107,9 +107,6 @@ def test_a_router_started_with_no_table_is_told_the_fleet_and_answers_it_live(in
 
         reconcile_models()
 
-        deadline = time.monotonic() + 10
-        while httpx.get(f"{router.url}/v2/health/live").status_code != 200:
-            assert time.monotonic() < deadline, "the router still answers the fleet down"
-            time.sleep(0.1)
+        wait_for(lambda: httpx.get(f"{router.url}/v2/health/live").status_code == 200, 10, "the fleet to be live")
         assert httpx.get(f"{router.url}/v2/health/ready").status_code == 200
         assert httpx.get(f"{router.url}/v2").json()["name"] == "mlserver"

@@ -24,10 +24,13 @@ from tritonclient.utils import InferenceServerException
 from deployments.inference import Fleet, GreenDeployer, ModelRepository, V2Client, served_name
 from deployments.inference.router import LocalEnvoy
 from deployments.inference.server import LocalMLServer, free_port
+from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.mlserver
 
 MODEL = "all-minilm-l6-v2"
+# The router's health checks run every second: what they see reaches liveness and readiness within this.
+HEALTH_CHECKED = 10.0
 
 
 class Served:
@@ -96,14 +99,6 @@ def publish_fleet(envoy: LocalEnvoy, replica_urls: list[str], served: Served) ->
         fleet.close()
 
 
-def eventually(check, timeout: float = 10.0) -> None:
-    """Wait until ``check()`` is true: the router's health checks run every second."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{check.__doc__ or check} was still false after {timeout} s"
-        time.sleep(0.1)
-
-
 # -- the server --------------------------------------------------------------------------------
 
 
@@ -129,7 +124,7 @@ def test_the_fleet_is_live_while_any_replica_is_and_not_when_none_is(envoy, mlse
             assert all(client.is_server_live() for _ in range(10)), "every call reaches the live replica"
             assert client.is_server_ready()
             publish_fleet(envoy, [dead], served)
-            eventually(lambda: not client.is_server_live())
+            wait_for(lambda: not client.is_server_live(), HEALTH_CHECKED, "the router to find no replica live")
             assert not client.is_server_ready()
     finally:
         served.deployer.fleet.publish(served.deployer.repository)
@@ -140,13 +135,13 @@ def test_the_fleet_is_not_ready_while_a_routed_model_has_no_ready_replica(triton
     with V2Client(mlserver.url) as replica:
         replica.unload(name)  # the replica lost it (as a restart would), the router still routes it
         try:
-            eventually(lambda: not tritonclient.is_server_ready())
+            wait_for(lambda: not tritonclient.is_server_ready(), HEALTH_CHECKED, "the fleet to turn not ready")
             assert tritonclient.is_server_live()
             with pytest.raises(ApiError):
                 OpenInferenceClient(base_url=served.deployer.fleet.base_url).check_server_readiness()
         finally:
             replica.load(name, timeout=120)
-    eventually(tritonclient.is_server_ready)
+    wait_for(tritonclient.is_server_ready, HEALTH_CHECKED, "the fleet to be ready again")
 
 
 # -- a model -----------------------------------------------------------------------------------
