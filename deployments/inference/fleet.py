@@ -181,4 +181,13 @@ class Fleet:
                 live = repository.live_revision(model_id)
                 if live and served_name(model_id, live) in clusters:
                     routes.append(ModelRoute(model_id, served_name(model_id, live)))
-            return self.routes.publish(routes, clusters, timeout=timeout)
+            return self.routes.publish(routes, clusters, timeout=timeout, replicas=self.addresses())
+
+    def addresses(self) -> list[str]:
+        """Every replica as the router's clusters name it ("host:port")."""
+        return [replica_address(url) for url in self.replicas]
+
+    def router_knows_every_replica(self) -> bool:
+        """Whether the router's fleet (which answers the server endpoints) is exactly these replicas: a
+        router that started with no table, or a changed list of replicas, needs a publish."""
+        return self.routes.published_fleet() == tuple(sorted(self.addresses()))

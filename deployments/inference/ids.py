@@ -11,6 +11,9 @@ _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # The same rule as one anchored pattern for OpenAPI's `pattern`: dots only single, between the other characters.
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*\.?$"
 REVISION_SEPARATOR = "~"
+# The header the router adds to a call it rewrote from a model's stable URL: the name the client called,
+# which the runtime answers as the response's ``model_name`` (the protocol's "model that was called").
+CALLED_NAME_HEADER = "x-inference-called-model"
 # A revision id: the first 16 hex digits of its manifest's digest.
 REVISION_PATTERN = r"^[0-9a-f]{16}$"
 _REVISION = re.compile(REVISION_PATTERN)

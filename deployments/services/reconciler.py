@@ -117,7 +117,9 @@ def reconcile_models(wait_for_server: float = 0.0) -> ReconcileReport:
         for model in models:
             if repair := _reconcile_one(deployer, view, model, report):
                 restored.append(repair)
-        if restored:
+        # A router that started with no table (or whose replicas changed) answers the server endpoints
+        # (liveness, readiness, metadata) for the replicas it was last told of: publish the fleet.
+        if restored or not deployer.fleet.router_knows_every_replica():
             _publish_restored(deployer, restored, report)
     return report
 
@@ -205,7 +207,8 @@ def _reconcile_one(
 
 
 def _publish_restored(deployer: GreenDeployer, restored: list[_Restored], report: ReconcileReport) -> None:
-    """One publish for every model restored this cycle: the replicas that loaded them rejoin their clusters.
+    """One publish for every model restored this cycle: the replicas that loaded them rejoin their clusters
+    (and every replica the fleet's cluster).
 
     Outside the models' leases: a publish writes the whole table from what the repository and the
     replicas say now, under the table's lock, so it carries a concurrent deploy's changes too.

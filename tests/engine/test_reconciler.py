@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 from io import StringIO
 
+import httpx
 import pytest
 from django.core.management import call_command
 
 from deployments import jobs
 from deployments.inference import V2Client, served_name
+from deployments.inference.router import LocalEnvoy
 from deployments.inference.server import free_port
 from deployments.models import Drift, EmbeddingModel, TaskStatus
 from deployments.services import reconciler, submit_deployment
@@ -17,6 +19,7 @@ from deployments.services.leases import claim_lease, release_lease
 from deployments.services.reconciler import InferenceServerDown, reconcile_models
 from tests.support.drills import live_model
 from tests.support.factories import DeploymentTaskFactory, EmbeddingModelFactory
+from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.mlserver, pytest.mark.django_db]
 
@@ -122,3 +125,17 @@ def test_a_replica_that_does_not_answer_keeps_a_model_from_counting_as_in_step(i
     assert report.already_served == [] and down in report.failed["rc-degraded"]
     inference_settings.INFERENCE_REPLICA_URLS = [mlserver.url]
     assert reconcile_models().already_served == ["rc-degraded"]
+
+
+def test_a_router_started_with_no_table_is_told_the_fleet_and_answers_it_live(inference_settings, tmp_path):
+    with LocalEnvoy(tmp_path / "envoy") as router:
+        inference_settings.INFERENCE_SERVER_URL = router.url
+        inference_settings.ROUTER_CONFIG_DIR = router.routes.config_dir
+        inference_settings.ROUTER_ADMIN_URL = router.admin_url
+        assert httpx.get(f"{router.url}/v2/health/live").status_code == 503, "it knows no replica yet"
+
+        reconcile_models()
+
+        wait_for(lambda: httpx.get(f"{router.url}/v2/health/live").status_code == 200, 10, "the fleet to be live")
+        assert httpx.get(f"{router.url}/v2/health/ready").status_code == 200
+        assert httpx.get(f"{router.url}/v2").json()["name"] == "mlserver"

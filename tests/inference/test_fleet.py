@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import tritonclient.http as tritonclient
 
 from deployments.inference import DeployFailed, Fleet, GreenDeployer, ModelRepository, StageEvent, served_name
 from deployments.inference.fleet import replica_address
@@ -57,6 +58,34 @@ class Replicas:
 
     def start(self, n: int) -> None:
         self.servers[n].start()
+
+
+class FleetHealth:
+    """A client asking the router whether the fleet is live and ready, over and over: what it got wrong."""
+
+    def __init__(self, url: str):
+        self.client = tritonclient.InferenceServerClient(url.removeprefix("http://"))
+        self.answers = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._ask, daemon=True)
+
+    def _ask(self) -> None:
+        while not self._stop.is_set():
+            for question in (self.client.is_server_live, self.client.is_server_ready):
+                if not question():
+                    self.failures.append(question.__name__)
+            self.answers += 1
+            time.sleep(0.05)
+
+    def __enter__(self) -> FleetHealth:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self.client.close()
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +224,7 @@ def test_a_replica_killed_under_traffic_fails_no_request_and_rejoins_once_restor
     result = deployer.deploy(model, str(minilm_dir))
     name = served_name(model, result.revision)
     victim = 2
-    with Traffic(fleet_envoy.url, model, clients=6) as traffic:
+    with Traffic(fleet_envoy.url, model, clients=6) as traffic, FleetHealth(fleet_envoy.url) as health:
         time.sleep(0.5)
         replicas.kill(victim)
         time.sleep(3)  # traffic goes on while the replica is dead
@@ -206,6 +235,7 @@ def test_a_replica_killed_under_traffic_fails_no_request_and_rejoins_once_restor
         time.sleep(0.5)
     assert traffic.failures == []
     assert traffic.requests > 50
+    assert health.answers > 20 and health.failures == [], "the fleet stayed live and ready: two replicas served"
     assert deployer.out_of_step(model) is None
     assert active_clusters(fleet_envoy.admin_url)[name] == tuple(sorted(replica_address(u) for u in replicas.urls))
     assert answers_by_replica(deployer, model, result.revision) == {result.revision}

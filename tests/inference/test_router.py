@@ -13,7 +13,16 @@ import httpx
 import pytest
 
 from deployments.inference import InferenceError, V2Client
-from deployments.inference.router import LocalEnvoy, ModelRoute, RouteTable, route_config, routes_version
+from deployments.inference.ids import CALLED_NAME_HEADER
+from deployments.inference.router import (
+    FLEET_CLUSTER,
+    LocalEnvoy,
+    ModelRoute,
+    RouteTable,
+    readiness_filter,
+    route_config,
+    routes_version,
+)
 from deployments.inference.server import LocalMLServer
 from tests.support.routing import INFER_BODY, Traffic, publish_one, write_versioned_settings
 
@@ -28,13 +37,32 @@ def test_route_config_rewrites_both_paths_and_ends_in_a_404():
     route = ModelRoute("m", "m~abc")
     config = route_config([route], routes_version([route]))["resources"][0]
     routes = config["virtual_hosts"][0]["routes"]
-    assert [(r["match"], r["route"]["prefix_rewrite"]) for r in routes[:2]] == [
+    model_routes = [r for r in routes if r["name"].startswith("m~abc:")]
+    assert [(r["match"], r["route"]["prefix_rewrite"]) for r in model_routes] == [
         ({"path": "/v2/models/m"}, "/v2/models/m~abc"),
+        ({"path": "/v2/models/m/versions/abc"}, "/v2/models/m~abc"),
+        ({"prefix": "/v2/models/m/versions/abc/"}, "/v2/models/m~abc/"),
         ({"prefix": "/v2/models/m/"}, "/v2/models/m~abc/"),
     ]
-    policy = routes[0]["route"]["retry_policy"]
+    called = {"key": CALLED_NAME_HEADER, "value": "m"}
+    assert all(r["request_headers_to_add"][0]["header"] == called for r in model_routes)
+    policy = model_routes[0]["route"]["retry_policy"]
     assert policy["num_retries"] >= 2 and policy["retriable_status_codes"] == [404]  # another replica may have it
     assert routes[-1]["direct_response"]["status"] == 404
+
+
+def test_the_server_endpoints_come_before_the_models_and_binary_tensors_are_refused():
+    route = ModelRoute("m", "m~abc")
+    routes = route_config([route], routes_version([route]))["resources"][0]["virtual_hosts"][0]["routes"]
+    assert [r["name"] for r in routes[:3]] == ["binary-tensor-data", "server:live", "server:metadata"]
+    assert routes[0]["direct_response"]["status"] == 400
+    assert {r["route"]["cluster"] for r in routes[1:3]} == {FLEET_CLUSTER}
+
+
+def test_readiness_asks_after_the_fleet_and_every_routed_revision():
+    minimums = readiness_filter([ModelRoute("m", "m~abc"), ModelRoute("n", "n~def")])["cluster_min_healthy_percentages"]
+    assert set(minimums) == {FLEET_CLUSTER, "m~abc", "n~def"}
+    assert all(minimum["value"] >= 1 for minimum in minimums.values()), "Envoy truncates a percentage below 1 to 0"
 
 
 def test_route_versions_name_what_is_served():
@@ -105,7 +133,8 @@ def test_envoy_serves_the_published_revision_and_a_flip_switches_it(envoy, mlser
     assert infer_revision(envoy.url) == "r1"
 
     metadata = httpx.get(f"{envoy.url}/v2/models/{MODEL}").json()
-    assert metadata["name"] == r1 and metadata["parameters"]["revision"] == "r1"
+    assert metadata["name"] == MODEL, "the name the client called, not the revision that answered"
+    assert metadata["versions"] == ["r1"] and metadata["parameters"]["revision"] == "r1"
     assert httpx.get(f"{envoy.url}/v2/models/{MODEL}/ready").status_code == 200
 
     started = time.monotonic()
