@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -13,13 +14,15 @@ from deployments.inference import DeployFailed, ModelRepository, SourceRefused, 
 from deployments.inference.errors import InvalidArtifacts, SourceUnavailable
 from deployments.inference.mlflow_source import mlflow_ui_url
 from deployments.inference.server import free_port
+from tests.support.listener import RecordingServer
 from tests.support.mlflow import NAME, log_model_folder, set_alias
 
 pytestmark = pytest.mark.mlflow
 
 
 @pytest.fixture
-def registry(mlflow_registry) -> dict[str, str]:
+def registry(mlflow_registry, monkeypatch) -> dict[str, str]:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_registry["uri"])  # the operator's own server: allowed
     return mlflow_registry
 
 
@@ -109,6 +112,8 @@ def test_a_name_mlflow_does_not_know_is_refused_with_its_reason(registry, uri, r
         "models:/name/v1",
         "runs:/not-a-run-id/model",
         "runs:/" + "a" * 32 + "/../x",
+        "runs:/" + "a" * 32 + "/%2e%2e/x",
+        "runs:/" + "a" * 32 + "/model/..%5Cx",
     ],
 )
 def test_malformed_uris_are_refused_without_asking_the_server(uri):
@@ -122,8 +127,10 @@ def test_without_a_tracking_server_an_mlflow_source_is_refused(monkeypatch):
         open_source("models:/name/1", [])
 
 
-def test_an_unreachable_tracking_server_is_unavailable_not_refused(no_retries):
-    source = open_source("models:/name/1", [], f"http://127.0.0.1:{free_port()}")
+def test_an_unreachable_tracking_server_is_unavailable_not_refused(no_retries, monkeypatch):
+    server = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_ALLOWED_TRACKING_URIS", server)
+    source = open_source("models:/name/1", [], server)
     with pytest.raises(SourceUnavailable, match=r"tracking server .* failed"):
         source.resolve()
 
@@ -173,6 +180,68 @@ def test_an_mlflow_model_with_the_sentence_transformers_flavor_deploys_its_data_
     assert sorted(repository.manifest(revision.path)) == files_of(minilm_dir)
 
 
+# -- where the registry says the artifacts are: its data, not ours --------------------------------
+
+
+def run_with_artifacts_at(registry: dict[str, str], location: str) -> str:
+    """A run of a new experiment whose artifact location is ``location``, as anyone who may write to the
+    registry can make one."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(registry["uri"])
+    experiment = client.create_experiment(f"elsewhere-{uuid.uuid4().hex}", artifact_location=location)
+    run = client.create_run(experiment_id=experiment)
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def test_a_run_whose_artifacts_are_on_another_host_is_refused_and_that_host_is_sent_nothing(
+    registry, elsewhere, mlflow_token
+):
+    run_id = run_with_artifacts_at(registry, f"{elsewhere.url}/artifacts")
+    with pytest.raises(SourceRefused, match=rf"on {elsewhere.url}, not on the tracking server; allowed: "):
+        open_source(f"runs:/{run_id}/model", [], registry["uri"]).resolve()
+    assert elsewhere.received == []
+
+
+def test_a_run_whose_artifacts_are_files_of_this_machine_is_refused(registry, minilm_dir, tmp_path):
+    run_id = run_with_artifacts_at(registry, (tmp_path / "local").as_uri())
+    shutil.copytree(minilm_dir, tmp_path / "local" / run_id / "artifacts" / "model")  # readable, were it read
+    with pytest.raises(SourceRefused, match="a path on this machine"):
+        open_source(f"runs:/{run_id}/model", [], registry["uri"]).resolve()
+
+
+def test_a_version_whose_artifacts_are_on_another_host_is_refused(registry, elsewhere, mlflow_token):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(registry["uri"], registry_uri=registry["uri"])
+    name = f"elsewhere-{uuid.uuid4().hex[:8]}"
+    client.create_registered_model(name)
+    version = client.create_model_version(name, source=f"{elsewhere.url}/model")
+    with pytest.raises(SourceRefused, match=rf"on {elsewhere.url}, not on the tracking server"):
+        open_source(f"models:/{name}/{version.version}", [], registry["uri"]).resolve()
+    assert elsewhere.received == []
+
+
+@pytest.mark.parametrize("credentials", ["token", "user and password"])
+def test_a_redirect_from_an_allowed_server_to_another_host_carries_no_credentials(
+    credentials, elsewhere, monkeypatch, no_retries
+):
+    """requests drops the Authorization header when a redirect leaves the host (or port): MLflow's calls
+    follow redirects, and neither its bearer token nor its basic auth goes along."""
+    if credentials == "token":
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "registry-secret")
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "deployer")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "registry-secret")
+    with RecordingServer(redirect_to=elsewhere.url) as allowed:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", allowed.url)
+        with pytest.raises(SourceRefused, match="MLflow says"):
+            open_source("models:/name/1", [], allowed.url).resolve()
+    assert allowed.received[0].authorization  # the allowed server was sent the credentials
+    assert elsewhere.received and [request.authorization for request in elsewhere.received] == [None]
+
+
 # -- deploys on the real fleet -------------------------------------------------------------------
 
 
@@ -195,14 +264,23 @@ def test_deploys_by_version_and_by_alias_keep_the_version_resolved_when_the_alia
 
 
 @pytest.mark.mlserver
-def test_fetch_failures_are_refused_or_failed_as_retrying_could_help(registry, deployer, tmp_path, no_retries):
+def test_fetch_failures_are_refused_or_failed_as_retrying_could_help(
+    registry, deployer, tmp_path, no_retries, monkeypatch
+):
     with pytest.raises(DeployFailed) as unknown:
         deployer.deploy("mlflow-bad", f"models:/{NAME}@nobody", tracking_uri=registry["uri"])
     assert (unknown.value.stage, unknown.value.refused) == ("fetch", True)
     assert "alias nobody not found" in unknown.value.reason
 
+    server = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(DeployFailed) as not_allowed:
+        deployer.deploy("mlflow-bad", f"models:/{NAME}/1", tracking_uri=server)
+    assert (not_allowed.value.stage, not_allowed.value.refused) == ("fetch", True)
+    assert f"{server} is not allowed; allowed: {registry['uri']}" in not_allowed.value.reason
+
+    monkeypatch.setenv("MLFLOW_ALLOWED_TRACKING_URIS", server)
     with pytest.raises(DeployFailed) as unreachable:
-        deployer.deploy("mlflow-bad", f"models:/{NAME}/1", tracking_uri=f"http://127.0.0.1:{free_port()}")
+        deployer.deploy("mlflow-bad", f"models:/{NAME}/1", tracking_uri=server)
     assert (unreachable.value.stage, unreachable.value.refused) == ("fetch", False)  # retry when it answers
     assert "tracking server" in unreachable.value.reason
 

@@ -51,7 +51,13 @@ class LocalMlflowServer(LocalProcess):
             "--artifacts-destination",
             str(self.workdir / "artifacts"),
         ]
-        env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+        env = {
+            **os.environ,
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+            # A registry that stores artifact locations on other hosts, as one whose operator allows them
+            # (or an older server) does: what our client must refuse to follow is then in the registry.
+            "MLFLOW_ALLOWED_HOST_ADDRESSED_ARTIFACT_SCHEMES": "http,https,mlflow-artifacts",
+        }
         self.spawn(command, cwd=self.workdir, env=env)
         self.wait_until(self._healthy, timeout=timeout, interval=0.5)
         return self
