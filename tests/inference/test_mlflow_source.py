@@ -15,7 +15,7 @@ from deployments.inference.errors import InvalidArtifacts, SourceUnavailable
 from deployments.inference.mlflow_source import mlflow_ui_url
 from deployments.inference.server import free_port
 from tests.support.listener import RecordingServer
-from tests.support.mlflow import NAME, log_model_folder, set_alias
+from tests.support.mlflow import NAME, log_model_folder, run_with_artifacts_at, set_alias
 
 pytestmark = pytest.mark.mlflow
 
@@ -183,29 +183,17 @@ def test_an_mlflow_model_with_the_sentence_transformers_flavor_deploys_its_data_
 # -- where the registry says the artifacts are: its data, not ours --------------------------------
 
 
-def run_with_artifacts_at(registry: dict[str, str], location: str) -> str:
-    """A run of a new experiment whose artifact location is ``location``, as anyone who may write to the
-    registry can make one."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(registry["uri"])
-    experiment = client.create_experiment(f"elsewhere-{uuid.uuid4().hex}", artifact_location=location)
-    run = client.create_run(experiment_id=experiment)
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
-
-
 def test_a_run_whose_artifacts_are_on_another_host_is_refused_and_that_host_is_sent_nothing(
     registry, elsewhere, mlflow_token
 ):
-    run_id = run_with_artifacts_at(registry, f"{elsewhere.url}/artifacts")
+    run_id = run_with_artifacts_at(registry["uri"], f"{elsewhere.url}/artifacts")
     with pytest.raises(SourceRefused, match=rf"on {elsewhere.url}, not on the tracking server; allowed: "):
         open_source(f"runs:/{run_id}/model", [], registry["uri"]).resolve()
     assert elsewhere.received == []
 
 
 def test_a_run_whose_artifacts_are_files_of_this_machine_is_refused(registry, minilm_dir, tmp_path):
-    run_id = run_with_artifacts_at(registry, (tmp_path / "local").as_uri())
+    run_id = run_with_artifacts_at(registry["uri"], (tmp_path / "local").as_uri())
     shutil.copytree(minilm_dir, tmp_path / "local" / run_id / "artifacts" / "model")  # readable, were it read
     with pytest.raises(SourceRefused, match="a path on this machine"):
         open_source(f"runs:/{run_id}/model", [], registry["uri"]).resolve()

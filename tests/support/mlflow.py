@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import uuid
 from pathlib import Path
 from typing import Self
 
@@ -76,6 +77,18 @@ def log_model_folder(tracking_uri: str, folder: Path, artifact_path: str = "mode
     client = MlflowClient(tracking_uri)
     run = client.create_run(experiment_id="0")
     client.log_artifacts(run.info.run_id, str(folder), artifact_path=artifact_path)
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def run_with_artifacts_at(tracking_uri: str, location: str) -> str:
+    """A run of a new experiment whose artifact location is ``location`` (another host, a path of this
+    machine), as anyone who may write to the registry can make one; the run id."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment(f"elsewhere-{uuid.uuid4().hex}", artifact_location=location)
+    run = client.create_run(experiment_id=experiment)
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 
