@@ -13,7 +13,7 @@ from deployments.inference.allowed_servers import (
     origin,
     tracking_server_refusal,
 )
-from deployments.inference.mlflow_source import models_with_alias, registered_versions
+from deployments.inference.mlflow_source import mlflow_ui_url, models_with_alias, registered_versions
 
 OURS = "https://mlflow.example.com"
 
@@ -152,3 +152,13 @@ def test_databricks_is_a_server_to_allow_by_its_profile():
     environ = {"MLFLOW_TRACKING_URI": OURS, "MLFLOW_ALLOWED_TRACKING_URIS": "databricks"}
     assert tracking_server_refusal("databricks", environ) is None
     assert "databricks://other is not allowed" in tracking_server_refusal("databricks://other", environ)
+
+
+@pytest.mark.parametrize(
+    "tracking_uri", ["javascript:alert(1)//", "JavaScript:alert(1)", "data:text/html,x", "databricks", "file:///x"]
+)
+def test_the_mlflow_ui_link_is_only_ever_a_web_address(tracking_uri):
+    """The admin renders it as a link: another scheme (javascript:, data:) would run in the operator's page."""
+    assert mlflow_ui_url({"tracking_uri": tracking_uri, "registered_model": "m", "version": "1"}) == ""
+    web = mlflow_ui_url({"tracking_uri": OURS, "registered_model": 'm"><script>', "version": "1"})
+    assert web == f"{OURS}/#/models/m%22%3E%3Cscript%3E/versions/1"
