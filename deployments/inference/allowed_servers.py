@@ -33,7 +33,9 @@ def origin(uri: str) -> str:
     parsed = urlsplit(uri)
     scheme = parsed.scheme.lower()
     if "@" in parsed.netloc:
-        raise ValueError(f"{uri!r} holds a user or password: credentials come from the environment")
+        raise ValueError(
+            f"{without_credentials(uri)!r} holds a user or password: credentials come from the environment"
+        )
     host = parsed.hostname  # lower-cased by urllib
     if not scheme or not host:
         raise ValueError(f"{uri!r} is not scheme://host[:port]")
@@ -45,6 +47,20 @@ def origin(uri: str) -> str:
     if port is not None and port != _DEFAULT_PORTS.get(scheme):
         netloc += f":{port}"
     return f"{scheme}://{netloc}"
+
+
+def without_credentials(uri: str) -> str:
+    """``uri`` as it may be shown and recorded: without a user or password (MLFLOW_TRACKING_URI may hold them)."""
+    parsed = urlsplit(uri)
+    if "@" not in parsed.netloc:
+        return uri
+    return parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()
+
+
+def credentials_removed(text: str, uri: str) -> str:
+    """``text`` (an error that names ``uri``'s URLs) without the user and password ``uri`` holds."""
+    userinfo = urlsplit(uri).netloc.rpartition("@")[0]
+    return text.replace(f"{userinfo}@", "") if userinfo else text
 
 
 def allow_list_problems(environ: Mapping[str, str] = os.environ) -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
-from .allowed_servers import check_artifact_location, check_tracking_server
+from .allowed_servers import check_artifact_location, check_tracking_server, credentials_removed, without_credentials
 from .errors import InferenceError, InvalidArtifacts, SourceRefused, SourceUnavailable
 
 if TYPE_CHECKING:
@@ -109,9 +109,11 @@ class MlflowSource:
             from mlflow.artifacts import list_artifacts
 
             if not list_artifacts(artifact_uri=artifact_uri, tracking_uri=self.tracking_uri):
-                raise SourceRefused(f"{self.uri} has no artifacts on {self.tracking_uri} ({artifact_uri} is empty)")
+                server = without_credentials(self.tracking_uri)
+                raise SourceRefused(f"{self.uri} has no artifacts on {server} ({artifact_uri} is empty)")
         self._artifact_uri = artifact_uri
-        self.resolved = {**resolved, "tracking_uri": self.tracking_uri}
+        # Kept in the task's metadata and on the revision, which readers of the API see: never a password.
+        self.resolved = {**resolved, "tracking_uri": without_credentials(self.tracking_uri)}
         return self.resolved
 
     # -- fetching ----------------------------------------------------------------------------
@@ -250,8 +252,9 @@ class _mlflow_errors:
         if not isinstance(exc, MlflowException | OSError):
             return False
         code = getattr(exc, "error_code", "")
-        message = getattr(exc, "message", None) or str(exc)
+        # MLflow's own message names the URL it called, password and all: it goes into a task's detail.
+        message = credentials_removed(getattr(exc, "message", None) or str(exc), self.tracking_uri)
         if code in _NOT_FOUND_CODES:
             raise SourceRefused(f"{self.uri}: MLflow says {message}") from exc
-        server = self.tracking_uri
+        server = without_credentials(self.tracking_uri)
         raise SourceUnavailable(f"{self.uri}: the MLflow tracking server {server} failed: {message}") from exc

@@ -12,8 +12,11 @@ from deployments.inference.allowed_servers import (
     check_artifact_location,
     origin,
     tracking_server_refusal,
+    without_credentials,
 )
+from deployments.inference.errors import SourceUnavailable
 from deployments.inference.mlflow_source import mlflow_ui_url, models_with_alias, registered_versions
+from deployments.inference.server import free_port
 
 OURS = "https://mlflow.example.com"
 
@@ -71,7 +74,7 @@ def test_the_allow_list_adds_servers_and_a_malformed_entry_allows_nothing():
     assert tracking_server_refusal("https://OTHER.example.com:8443", environ) is None
     assert tracking_server_refusal("https://bad.example", environ) is not None
     assert allow_list_problems(environ) == [
-        "'https://u:p@bad.example' holds a user or password: credentials come from the environment",
+        "'https://bad.example' holds a user or password: credentials come from the environment",
         "'nohost' is not scheme://host[:port]",
     ]
 
@@ -162,3 +165,21 @@ def test_the_mlflow_ui_link_is_only_ever_a_web_address(tracking_uri):
     assert mlflow_ui_url({"tracking_uri": tracking_uri, "registered_model": "m", "version": "1"}) == ""
     web = mlflow_ui_url({"tracking_uri": OURS, "registered_model": 'm"><script>', "version": "1"})
     assert web == f"{OURS}/#/models/m%22%3E%3Cscript%3E/versions/1"
+
+
+def test_a_password_in_the_tracking_uri_is_never_repeated(monkeypatch):
+    assert (
+        without_credentials("https://deployer:secret@mlflow.example.com:8443/x") == "https://mlflow.example.com:8443/x"
+    )
+    assert without_credentials(OURS) == OURS
+    assert "secret" not in tracking_server_refusal("https://deployer:secret@evil.example", {})
+    with pytest.raises(SourceRefused) as refused:
+        check_artifact_location("https://deployer:secret@evil.example/x", OURS, "models:/m/1", {})
+    assert "secret" not in str(refused.value)
+
+    server = f"http://deployer:secret@127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(SourceUnavailable) as unavailable:
+        open_source("models:/name/1", []).resolve()
+    assert "tracking server http://127.0.0.1:" in str(unavailable.value) and "secret" not in str(unavailable.value)

@@ -69,6 +69,12 @@ def test_a_version_is_downloaded_into_a_revision_that_records_what_it_resolved_t
     assert [p.name for p in repository.model_dir("from-mlflow").iterdir()] == ["revisions"]
 
 
+def test_what_was_resolved_names_the_server_without_the_password_its_uri_holds(registry, monkeypatch):
+    host = registry["uri"].removeprefix("http://")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://deployer:secret@{host}")
+    assert open_source(f"models:/{NAME}/1", []).resolve()["tracking_uri"] == registry["uri"]
+
+
 def test_an_alias_is_resolved_to_the_version_it_names_at_that_moment(registry):
     first = open_source(f"models:/{NAME}@champion", [], registry["uri"])
     assert first.resolve()["version"] == "1" and first.resolved["alias"] == "champion"
