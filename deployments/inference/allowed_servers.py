@@ -127,9 +127,10 @@ def check_artifact_location(
     elif parsed.netloc:
         location = artifact_uri
     else:
+        where = "a path on this machine" if scheme in ("", "file") else "no host"
         raise SourceRefused(
-            f"{source_uri}: its artifacts are at {artifact_uri!r}, a path on this machine, not on the tracking "
-            f"server: serve them through it (mlflow server --serve-artifacts)"
+            f"{source_uri}: its artifacts are at {artifact_uri!r}, {where}, not on the tracking server: "
+            "serve them through it (mlflow server --serve-artifacts)"
         )
     try:
         server = origin(location)

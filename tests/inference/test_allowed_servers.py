@@ -108,7 +108,8 @@ def test_artifacts_on_the_tracking_server_or_a_listed_store_may_be_read(location
         ("s3://someone-elses-bucket/x", "on s3://someone-elses-bucket"),
         ("file:///etc", "a path on this machine"),
         ("/var/lib/secrets/model", "a path on this machine"),
-        ("models:/m-123", "a path on this machine"),
+        ("models:/m-123", "no host, not on the tracking server"),
+        ("ftp:///x", "no host, not on the tracking server"),
         ("https://u:p@mlflow.example.com/x", "user or password"),
     ],
 )
