@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.checks import Error, register
 
 from deployments.inference import deploy_time_bound
+from deployments.inference.allowed_servers import ALLOW_LIST_VARIABLE, allow_list_problems
 
 
 @register()
@@ -56,4 +57,19 @@ def replica_memory_is_positive(**kwargs: Any) -> list[Error]:
             "this machine's memory, which is too small for its replicas).",
             id="deployments.E003",
         )
+    ]
+
+
+@register()
+def allowed_tracking_servers_are_origins(**kwargs: Any) -> list[Error]:
+    """A malformed MLFLOW_ALLOWED_TRACKING_URIS entry allows nothing: a server the operator meant to allow
+    would be refused at every registration and deploy, so say so at start."""
+    return [
+        Error(
+            f"{ALLOW_LIST_VARIABLE}: {problem}",
+            hint="List servers as scheme://host[:port], comma-separated, e.g. https://mlflow.example.com; "
+            "credentials come from MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME / _PASSWORD.",
+            id="deployments.E004",
+        )
+        for problem in allow_list_problems()
     ]

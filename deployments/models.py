@@ -15,6 +15,7 @@ from django.db import models
 from django.db.models import Q
 
 from deployments.inference import MAX_MODEL_ID_LENGTH, InvalidModelId, SourceRefused, validate_model_id
+from deployments.inference.allowed_servers import tracking_server_refusal
 from deployments.inference.sources import checked_source
 from deployments.task_ids import MAX_TASK_ID_LENGTH, InvalidTaskId, new_task_id, validate_task_id
 
@@ -33,10 +34,15 @@ _TRACKING_URI = re.compile(TRACKING_URI_PATTERN)
 
 
 def validate_tracking_uri(value: str) -> None:
-    if value and not _TRACKING_URI.fullmatch(value):
+    """An MLflow tracking URI that the operator allowed: the worker sends it MLflow's credentials."""
+    if not value:
+        return
+    if not _TRACKING_URI.fullmatch(value):
         raise ValidationError(
             f"{value!r} is not an MLflow tracking URI: use http(s)://host[:port][/path] or databricks"
         )
+    if refusal := tracking_server_refusal(value):
+        raise ValidationError(refusal)
 
 
 def validate_safe_task_id(value: str) -> None:
@@ -117,6 +123,10 @@ class EmbeddingModel(models.Model):
     def clean(self) -> None:
         # The admin and the API both validate through here: a truncated file is refused here, not found at
         # the first deploy.
+        try:
+            validate_tracking_uri(self.mlflow_tracking_uri)
+        except ValidationError:
+            return  # the field's own error says why: the source is not asked of a server that may not be called
         try:
             self.check_source()
         except SourceRefused as exc:

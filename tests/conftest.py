@@ -18,6 +18,7 @@ from deployments.inference.router import LocalEnvoy
 from deployments.inference.runtime_markers import INSTANCE_MARKER_DIR_ENV
 from deployments.inference.server import LocalMLServer
 from tests.support.factories import EmbeddingModelFactory, UserFactory
+from tests.support.listener import RecordingServer
 from tests.support.mlflow import LocalMlflowServer, seed_registry
 from tests.support.processes import ManagedCommand, QCluster, ReconcileLoop, SupervisedWorkers, worker_env
 from tests.support.tiny_models import build_tiny_model
@@ -52,6 +53,20 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMlf
 def mlflow_registry(mlflow_server, minilm_dir, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The session's MLflow server holding MiniLM as two versions of one registered model (seed_registry)."""
     return seed_registry(mlflow_server.url, minilm_dir, tmp_path_factory.mktemp("mlflow-seed"))
+
+
+@pytest.fixture
+def mlflow_token(monkeypatch) -> str:
+    """The registry token MLflow's client reads from the environment and sends with every call."""
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "registry-secret")
+    return "registry-secret"
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[RecordingServer]:
+    """A host no operator allowed, which records whatever it is sent."""
+    with RecordingServer() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -81,16 +81,27 @@ ENV_READS = [
 ]
 
 
+# The serving layer has no Django settings: it reads its own variables where it uses them (MLflow's).
+CODE_READS = [
+    re.compile(r'\benviron\.get\(\s*"([A-Z][A-Z0-9_]*)"'),
+    re.compile(r'\benviron\[\s*"([A-Z][A-Z0-9_]*)"\s*\]'),
+    re.compile(r'\bos\.getenv\(\s*"([A-Z][A-Z0-9_]*)"'),
+]
+
+
 def variables_read() -> set[str]:
     sources = [PROJECT_ROOT / "controlplane" / "settings.py", PROJECT_ROOT / "controlplane" / "gunicorn.conf.py"]
     sources += sorted((PROJECT_ROOT / "scripts").glob("*.sh"))
     found = {name for source in sources for pattern in ENV_READS for name in pattern.findall(source.read_text())}
+    code = sorted((PROJECT_ROOT / "deployments").rglob("*.py"))
+    found |= {name for source in code for pattern in CODE_READS for name in pattern.findall(source.read_text())}
     return found - SYSTEM_VARIABLES
 
 
 def test_every_setting_the_code_reads_is_in_the_configuration_table():
     read = variables_read()
     assert {"DATABASE_URL", "ALLOWED_HOSTS", "WEB_ADDR", "CONTROLPLANE_VAR_DIR", "TEST_DATABASE_URL"} <= read
+    assert {"MLFLOW_TRACKING_URI", "MLFLOW_ALLOWED_TRACKING_URIS"} <= read
     table_rows = [line for line in section("Configuration").splitlines() if line.startswith("| `")]
     documented = {name for row in table_rows for name in re.findall(r"`([A-Z][A-Z0-9_]*)`", row.split(" | ")[0])}
     assert sorted(read - documented) == []

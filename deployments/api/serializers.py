@@ -26,6 +26,7 @@ from deployments.models import (
     Task,
     TaskEvent,
     TaskStatus,
+    validate_tracking_uri,
 )
 from deployments.services.registry import check_source
 from deployments.task_config import (
@@ -236,7 +237,11 @@ class EmbeddingModelSerializer(NoUnknownKeysMixin, serializers.ModelSerializer):
         max_length=1024,
         required=False,
         allow_blank=True,
-        help_text="The MLflow tracking server of a models:/ or runs:/ source; blank: the server's MLFLOW_TRACKING_URI.",
+        help_text=(
+            "The MLflow tracking server of a models:/ or runs:/ source, one the operator allowed "
+            "(MLFLOW_TRACKING_URI's, or listed in MLFLOW_ALLOWED_TRACKING_URIS); "
+            "blank: the server's MLFLOW_TRACKING_URI."
+        ),
     )
     drift = serializers.SerializerMethodField(help_text="The open drift, or null while the server serves it as live.")
 
@@ -286,6 +291,10 @@ class EmbeddingModelSerializer(NoUnknownKeysMixin, serializers.ModelSerializer):
     def validate_id(self, value: str) -> str:
         if self.instance is None and EmbeddingModel.objects.filter(pk=value).exists():
             raise serializers.ValidationError(f"embedding model {value!r} is already registered.")
+        return value
+
+    def validate_mlflow_tracking_uri(self, value: str) -> str:
+        validate_tracking_uri(value)  # the model's rule: a server the operator allowed (its form passed above)
         return value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:

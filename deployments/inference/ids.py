@@ -8,8 +8,14 @@ MAX_MODEL_ID_LENGTH = 128
 # Letters, digits and . _ - only: safe in a URL path segment and a file name on every platform.
 # '~' is deliberately excluded so that a served name "<id>~<revision>" can never collide with an id.
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# The servers' shared settings file lies beside the model folders in the repository's root: no model's folder.
+RESERVED_MODEL_IDS = frozenset({"settings.json"})
 # The same rule as one anchored pattern for OpenAPI's `pattern`: dots only single, between the other characters.
-MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*\.?$"
+MODEL_ID_PATTERN = (
+    "^"
+    + "".join(f"(?!{re.escape(name)}$)" for name in sorted(RESERVED_MODEL_IDS))
+    + r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*\.?$"
+)
 REVISION_SEPARATOR = "~"
 # The header the router adds to a call it rewrote from a model's stable URL: the name the client called,
 # which the runtime answers as the response's ``model_name`` (the protocol's "model that was called").
@@ -33,6 +39,8 @@ def validate_model_id(model_id: object) -> str:
         raise InvalidModelId(
             "model id may contain only letters, digits, '.', '_' and '-', and must start with a letter or digit"
         )
+    if model_id in RESERVED_MODEL_IDS:
+        raise InvalidModelId(f"model id {model_id!r} is the name of the model repository's own settings file")
     return model_id
 
 

@@ -8,7 +8,9 @@ the repository then moves into the new revision. The artifacts are either a sent
 folder or an MLflow model whose ``sentence_transformers`` flavor holds one.
 
 The server comes from the model's own tracking URI, else ``MLFLOW_TRACKING_URI``; credentials from
-the variables MLflow itself reads (``MLFLOW_TRACKING_TOKEN``, ``MLFLOW_TRACKING_USERNAME`` ...).
+the variables MLflow itself reads (``MLFLOW_TRACKING_TOKEN``, ``MLFLOW_TRACKING_USERNAME`` ...), so the
+server, and where the registry says the artifacts are, must be allowed (allowed_servers.py) before
+anything is asked of it.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
+from .allowed_servers import check_artifact_location, check_tracking_server, credentials_removed, without_credentials
 from .errors import InferenceError, InvalidArtifacts, SourceRefused, SourceUnavailable
 
 if TYPE_CHECKING:
@@ -55,9 +58,7 @@ class MlflowSource:
         elif match := _MODEL_ALIAS.fullmatch(uri):
             self.name, self.alias = match["name"], match["alias"]
         elif match := _RUN.fullmatch(uri):
-            self.run_id, self.path = match["run_id"], (match["path"] or "").strip("/")
-            if any(part in ("..", ".") for part in self.path.split("/")):
-                raise SourceRefused(f"source {uri!r}: the artifact path may not contain '.' or '..'")
+            self.run_id, self.path = match["run_id"], _artifact_path(match["path"], uri)
         else:
             raise SourceRefused(
                 f"source {uri!r} must look like models:/<name>/<version>, models:/<name>@<alias> "
@@ -73,7 +74,7 @@ class MlflowSource:
         server does not answer. Returns (and keeps) what was resolved."""
         if self.resolved:
             return self.resolved
-        client = self._client()
+        client = _client(self.tracking_uri)
         with _mlflow_errors(self.uri, self.tracking_uri):
             if self.run_id is not None:
                 run_id, path = self.run_id, self.path
@@ -94,7 +95,7 @@ class MlflowSource:
                 if run_match is None:  # stored elsewhere than in a run (a logged model, a bucket): as MLflow says
                     run_id, path, artifact_uri = None, "", download_uri
                 else:
-                    run_id, path = run_match["run_id"], (run_match["path"] or "").strip("/")
+                    run_id, path = run_match["run_id"], _artifact_path(run_match["path"], download_uri)
             if run_id is not None:
                 # Where the run keeps its artifacts, asked once: listing and downloading then ask nothing more.
                 run = client.get_run(run_id)
@@ -102,13 +103,17 @@ class MlflowSource:
                 if path:
                     resolved["artifact_path"] = path
                 artifact_uri = "/".join(part for part in (run.info.artifact_uri.rstrip("/"), path) if part)
+            # Where the registry says the artifacts are is its data: checked before anything is read there.
+            check_artifact_location(artifact_uri, self.tracking_uri, self.uri)
             # A run with no artifacts makes download_artifacts wait forever (mlflow#16467): look first.
             from mlflow.artifacts import list_artifacts
 
             if not list_artifacts(artifact_uri=artifact_uri, tracking_uri=self.tracking_uri):
-                raise SourceRefused(f"{self.uri} has no artifacts on {self.tracking_uri} ({artifact_uri} is empty)")
+                server = without_credentials(self.tracking_uri)
+                raise SourceRefused(f"{self.uri} has no artifacts on {server} ({artifact_uri} is empty)")
         self._artifact_uri = artifact_uri
-        self.resolved = {**resolved, "tracking_uri": self.tracking_uri}
+        # Kept in the task's metadata and on the revision, which readers of the API see: never a password.
+        self.resolved = {**resolved, "tracking_uri": without_credentials(self.tracking_uri)}
         return self.resolved
 
     # -- fetching ----------------------------------------------------------------------------
@@ -137,17 +142,10 @@ class MlflowSource:
                 )
             yield path, path.relative_to(root).as_posix()
 
-    def _client(self) -> MlflowClient:
-        from mlflow import MlflowClient
-
-        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
-
 
 def registered_versions(tracking_uri: str, name: str) -> list[str]:
     """Every version of the registered model ``name``, oldest first (SourceRefused if there is no such model)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = _client(tracking_uri)
     with _mlflow_errors(f"models:/{name}", tracking_uri):
         client.get_registered_model(name)  # an unknown name is refused, not an empty list
         versions = _all_pages(lambda token: client.search_model_versions(f"name = '{_quoted(name)}'", page_token=token))
@@ -156,12 +154,26 @@ def registered_versions(tracking_uri: str, name: str) -> list[str]:
 
 def models_with_alias(tracking_uri: str, alias: str) -> dict[str, str]:
     """Every registered model that carries ``alias``, and the version it names now."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = _client(tracking_uri)
     with _mlflow_errors(f"models:/*@{alias}", tracking_uri):
         models = _all_pages(lambda token: client.search_registered_models(page_token=token))
     return {model.name: str(model.aliases[alias]) for model in models if alias in (model.aliases or {})}
+
+
+def _artifact_path(path: str | None, uri: str) -> str:
+    """A run's artifact path, which may not climb out of the run's artifacts (also when percent-encoded)."""
+    path = (path or "").strip("/")
+    if any(part in ("..", ".") for part in unquote(path).replace("\\", "/").split("/")):
+        raise SourceRefused(f"source {uri!r}: the artifact path may not contain '.' or '..'")
+    return path
+
+
+def _client(tracking_uri: str) -> MlflowClient:
+    """A client of ``tracking_uri``, once the operator allowed it: it is sent the environment's credentials."""
+    check_tracking_server(tracking_uri)
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def _all_pages(search: Callable[[str | None], Any]) -> list[Any]:
@@ -240,8 +252,9 @@ class _mlflow_errors:
         if not isinstance(exc, MlflowException | OSError):
             return False
         code = getattr(exc, "error_code", "")
-        message = getattr(exc, "message", None) or str(exc)
+        # MLflow's own message names the URL it called, password and all: it goes into a task's detail.
+        message = credentials_removed(getattr(exc, "message", None) or str(exc), self.tracking_uri)
         if code in _NOT_FOUND_CODES:
             raise SourceRefused(f"{self.uri}: MLflow says {message}") from exc
-        server = self.tracking_uri
+        server = without_credentials(self.tracking_uri)
         raise SourceUnavailable(f"{self.uri}: the MLflow tracking server {server} failed: {message}") from exc

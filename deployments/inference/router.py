@@ -415,6 +415,12 @@ def bootstrap_config(
             {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_TYPE}},
         ],
         "local_reply_config": not_routed_reply,
+        # Routes match the path a replica will read: dot segments resolved and slashes merged first, so
+        # /v2/models/<id>/../.. never carries a request past a model's route to a replica's other endpoints;
+        # an encoded slash has no place in a model's path.
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
     }
     return {
         "node": {"id": "router", "cluster": "router"},

@@ -131,6 +131,8 @@ class HuggingFaceCacheSource:
         if match is None:
             raise SourceRefused(f"source {uri!r} must look like hf://<org>/<repo>@<revision>")
         repo_id, revision = match["repo"], match["revision"] or "main"
+        if revision in (".", ".."):  # huggingface_hub joins it to the cache's refs/ folder
+            raise SourceRefused(f"source {uri!r}: a revision may not be '.' or '..'")
         self.cache_dir = Path(cache_dir or hf_constants.HF_HUB_CACHE).resolve()
         try:
             snapshot = Path(

@@ -177,6 +177,22 @@ def test_registering_a_model_in_the_admin_goes_through_the_registry(admin_client
     assert not EmbeddingModel.objects.filter(pk="elsewhere").exists()
 
 
+def test_a_tracking_server_not_allowed_is_an_error_on_its_field_in_the_admin(
+    admin_client, elsewhere, mlflow_token, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.example.com")
+    monkeypatch.delenv("MLFLOW_ALLOWED_TRACKING_URIS", raising=False)
+    form = {"id": "phoning-home", "source": "models:/embedder/1", "mlflow_tracking_uri": elsewhere.url}
+    refused = admin_client.post(f"{MODELS_URL}add/", {**form, "dimensions": ""})
+    assert refused.status_code == 200
+    errors = refused.context["adminform"].form.errors
+    assert list(errors) == ["mlflow_tracking_uri"]  # the source is not asked of that server
+    assert errors["mlflow_tracking_uri"][0].startswith(f"MLflow tracking server {elsewhere.url} is not allowed")
+    assert "allowed: https://mlflow.example.com" in errors["mlflow_tracking_uri"][0]
+    assert not EmbeddingModel.objects.filter(pk="phoning-home").exists()
+    assert elsewhere.received == []
+
+
 def test_a_model_with_damaged_artifacts_is_not_registered_in_the_admin(admin_client, settings, tmp_path):
     folder = small_model_folder(tmp_path / "sources" / "small")
     settings.ALLOWED_SOURCE_ROOTS = [tmp_path / "sources"]

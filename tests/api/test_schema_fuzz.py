@@ -45,9 +45,9 @@ FUZZ_MAX_SECONDS = 3600
 
 def name_what_exists(case: schemathesis.Case) -> None:
     """Valid requests name what exists, as a real client's do: the schema cannot say which models are
-    registered or which sources the server may read, so a valid request names the registered model,
-    the packaged model's folder as source and, to register, an id not taken yet (to change one, its own
-    id). Invalid requests stay as generated."""
+    registered or which sources and tracking servers the server may read, so a valid request names the
+    registered model, the packaged model's folder as source, no tracking server of its own and, to
+    register, an id not taken yet (to change one, its own id). Invalid requests stay as generated."""
     if case.meta is None or not case.meta.generation.mode.is_positive:
         return
     path, body = case.operation.path, case.body
@@ -61,6 +61,8 @@ def name_what_exists(case: schemathesis.Case) -> None:
                 body[key] = REGISTERED_MODEL
     if path.startswith("/models") and "source" in body:
         body["source"] = str(packaged_model_dir())
+    if path.startswith("/models") and body.get("mlflow_tracking_uri"):
+        body["mlflow_tracking_uri"] = ""  # nor which tracking servers the operator allowed: none named
     if path == "/models" and isinstance(body.get("id"), str):
         body["id"] = f"{body['id'][:100]}-{next(_fresh_ids)}"
     if path == "/models/{embedding_model_id}" and "id" in body:

@@ -64,3 +64,14 @@ def test_what_cannot_be_registered_is_said_and_nothing_is(tracking, args, messag
     with pytest.raises(CommandError, match=message):
         run(*args)
     assert not EmbeddingModel.objects.exists()
+
+
+def test_a_tracking_uri_the_operator_did_not_allow_is_refused_and_sent_nothing(elsewhere, mlflow_token, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.example.com")
+    monkeypatch.delenv("MLFLOW_ALLOWED_TRACKING_URIS", raising=False)
+    for selection in (["--mlflow-model", NAME], ["--mlflow-alias", "champion"]):
+        with pytest.raises(
+            CommandError, match=rf"{elsewhere.url} is not allowed; allowed: https://mlflow\.example\.com"
+        ):
+            run(*selection, "--tracking-uri", elsewhere.url, "--dry-run")
+    assert elsewhere.received == [] and not EmbeddingModel.objects.exists()

@@ -133,6 +133,28 @@ def test_a_source_outside_the_allowed_roots_is_refused(engine_settings, tmp_path
 
 
 @pytest.mark.mlserver
+def test_a_tracking_server_no_longer_allowed_is_refused_at_fetch_and_sent_nothing(
+    engine_settings, elsewhere, mlflow_token, monkeypatch
+):
+    # Registered while the operator allowed its server; the allow-list has changed since.
+    model = EmbeddingModelFactory(id="cp-moved", source="models:/embedder/1", mlflow_tracking_uri=elsewhere.url)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.example.com")
+    monkeypatch.delenv("MLFLOW_ALLOWED_TRACKING_URIS", raising=False)
+    task = submit_deploy(model.id)
+
+    assert services.run_task(task.pk) == TaskStatus.REFUSED
+    task.refresh_from_db()
+    assert task.detail == (
+        f"fetch: MLflow tracking server {elsewhere.url} is not allowed; allowed: https://mlflow.example.com "
+        "(the operator adds servers to MLFLOW_ALLOWED_TRACKING_URIS)"
+    )
+    assert task.metadata["failed_stage"] == "fetch"
+    assert elsewhere.received == []
+    model.refresh_from_db()
+    assert model.state == "not_deployed"
+
+
+@pytest.mark.mlserver
 def test_a_deploy_of_a_truncated_copy_ends_failed_at_fetch_naming_the_source_file(engine_settings, sources_root):
     folder = copy_packaged_model(sources_root / "minilm-cut")
     truncate(folder / "model.safetensors", 751_485)

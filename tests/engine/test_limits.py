@@ -81,3 +81,11 @@ def test_a_replica_memory_budget_that_leaves_nothing_fails_the_check(settings, b
     settings.REPLICA_MEMORY_BYTES = budget
     with pytest.raises(SystemCheckError, match=r"deployments\.E003.*REPLICA_MEMORY_BYTES"):
         call_command("check")
+
+
+def test_a_malformed_allowed_tracking_server_fails_the_check(monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOWED_TRACKING_URIS", "https://mlflow.example.com, https://user:pw@mlflow.example.com")
+    with pytest.raises(SystemCheckError, match=r"deployments\.E004.*MLFLOW_ALLOWED_TRACKING_URIS.*user or password"):
+        call_command("check")
+    monkeypatch.setenv("MLFLOW_ALLOWED_TRACKING_URIS", "https://mlflow.example.com, s3://models-bucket")
+    call_command("check")

@@ -29,6 +29,7 @@ def test_safe_ids_are_accepted(model_id):
         ("tilde~green", "only letters"),
         ("ünïcode", "only letters"),
         ("back\\slash", "only letters"),
+        ("settings.json", "repository's own settings file"),  # the replicas' settings, beside the model folders
     ],
 )
 def test_unsafe_ids_are_refused_with_a_reason(model_id, complaint):
@@ -38,7 +39,10 @@ def test_unsafe_ids_are_refused_with_a_reason(model_id, complaint):
 
 @pytest.mark.parametrize(
     "model_id",
-    ["minilm", "a", "model_1.2", "a.", "a.-b", "a._b", "x" * 128, "", "a..b", ".a", "-a", "a b", "a/b", "a~b", "é"],
+    [
+        *["minilm", "a", "model_1.2", "a.", "a.-b", "a._b", "x" * 128, "", "a..b", ".a", "-a", "a b", "a/b", "a~b"],
+        *["é", "settings.json", "settings.json2", "my-settings.json"],
+    ],
 )
 def test_the_documented_pattern_is_the_rule(model_id):
     """Clients generated from the OpenAPI schema check ids with MODEL_ID_PATTERN (and maxLength 128)."""

@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,13 +18,15 @@ from deployments.inference import DeployFailed, ModelRepository, SourceRefused, 
 from deployments.inference.errors import InvalidArtifacts, SourceUnavailable
 from deployments.inference.mlflow_source import mlflow_ui_url, models_with_alias, registered_versions
 from deployments.inference.server import free_port
-from tests.support.mlflow import NAME, log_model_folder, set_alias
+from tests.support.listener import RecordingServer
+from tests.support.mlflow import NAME, log_model_folder, run_with_artifacts_at, set_alias
 
 pytestmark = pytest.mark.mlflow
 
 
 @pytest.fixture
-def registry(mlflow_registry) -> dict[str, str]:
+def registry(mlflow_registry, monkeypatch) -> dict[str, str]:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_registry["uri"])  # the operator's own server: allowed
     return mlflow_registry
 
 
@@ -70,6 +73,12 @@ def test_a_version_is_downloaded_into_a_revision_that_records_what_it_resolved_t
     assert [p.name for p in repository.model_dir("from-mlflow").iterdir()] == ["revisions"]
 
 
+def test_what_was_resolved_names_the_server_without_the_password_its_uri_holds(registry, monkeypatch):
+    host = registry["uri"].removeprefix("http://")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://deployer:secret@{host}")
+    assert open_source(f"models:/{NAME}/1", []).resolve()["tracking_uri"] == registry["uri"]
+
+
 def test_an_alias_is_resolved_to_the_version_it_names_at_that_moment(registry):
     first = open_source(f"models:/{NAME}@champion", [], registry["uri"])
     assert first.resolve()["version"] == "1" and first.resolved["alias"] == "champion"
@@ -113,6 +122,8 @@ def test_a_name_mlflow_does_not_know_is_refused_with_its_reason(registry, uri, r
         "models:/name/v1",
         "runs:/not-a-run-id/model",
         "runs:/" + "a" * 32 + "/../x",
+        "runs:/" + "a" * 32 + "/%2e%2e/x",
+        "runs:/" + "a" * 32 + "/model/..%5Cx",
     ],
 )
 def test_malformed_uris_are_refused_without_asking_the_server(uri):
@@ -170,8 +181,10 @@ def test_no_mlflow_call_falls_back_to_a_local_store_where_it_runs(registry, tmp_
     assert opened == [] and list(where_it_runs.iterdir()) == []
 
 
-def test_an_unreachable_tracking_server_is_unavailable_not_refused(no_retries):
-    source = open_source("models:/name/1", [], f"http://127.0.0.1:{free_port()}")
+def test_an_unreachable_tracking_server_is_unavailable_not_refused(no_retries, monkeypatch):
+    server = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_ALLOWED_TRACKING_URIS", server)
+    source = open_source("models:/name/1", [], server)
     with pytest.raises(SourceUnavailable, match=r"tracking server .* failed"):
         source.resolve()
 
@@ -221,6 +234,56 @@ def test_an_mlflow_model_with_the_sentence_transformers_flavor_deploys_its_data_
     assert sorted(repository.manifest(revision.path)) == files_of(minilm_dir)
 
 
+# -- where the registry says the artifacts are: its data, not ours --------------------------------
+
+
+def test_a_run_whose_artifacts_are_on_another_host_is_refused_and_that_host_is_sent_nothing(
+    registry, elsewhere, mlflow_token
+):
+    run_id = run_with_artifacts_at(registry["uri"], f"{elsewhere.url}/artifacts")
+    with pytest.raises(SourceRefused, match=rf"on {elsewhere.url}, not on the tracking server; allowed: "):
+        open_source(f"runs:/{run_id}/model", [], registry["uri"]).resolve()
+    assert elsewhere.received == []
+
+
+def test_a_run_whose_artifacts_are_files_of_this_machine_is_refused(registry, minilm_dir, tmp_path):
+    run_id = run_with_artifacts_at(registry["uri"], (tmp_path / "local").as_uri())
+    shutil.copytree(minilm_dir, tmp_path / "local" / run_id / "artifacts" / "model")  # readable, were it read
+    with pytest.raises(SourceRefused, match="a path on this machine"):
+        open_source(f"runs:/{run_id}/model", [], registry["uri"]).resolve()
+
+
+def test_a_version_whose_artifacts_are_on_another_host_is_refused(registry, elsewhere, mlflow_token):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(registry["uri"], registry_uri=registry["uri"])
+    name = f"elsewhere-{uuid.uuid4().hex[:8]}"
+    client.create_registered_model(name)
+    version = client.create_model_version(name, source=f"{elsewhere.url}/model")
+    with pytest.raises(SourceRefused, match=rf"on {elsewhere.url}, not on the tracking server"):
+        open_source(f"models:/{name}/{version.version}", [], registry["uri"]).resolve()
+    assert elsewhere.received == []
+
+
+@pytest.mark.parametrize("credentials", ["token", "user and password"])
+def test_a_redirect_from_an_allowed_server_to_another_host_carries_no_credentials(
+    credentials, elsewhere, monkeypatch, no_retries
+):
+    """requests drops the Authorization header when a redirect leaves the host (or port): MLflow's calls
+    follow redirects, and neither its bearer token nor its basic auth goes along."""
+    if credentials == "token":
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "registry-secret")
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "deployer")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "registry-secret")
+    with RecordingServer(redirect_to=elsewhere.url) as allowed:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", allowed.url)
+        with pytest.raises(SourceRefused, match="MLflow says"):
+            open_source("models:/name/1", [], allowed.url).resolve()
+    assert allowed.received[0].authorization  # the allowed server was sent the credentials
+    assert elsewhere.received and [request.authorization for request in elsewhere.received] == [None]
+
+
 # -- deploys on the real fleet -------------------------------------------------------------------
 
 
@@ -243,14 +306,23 @@ def test_deploys_by_version_and_by_alias_keep_the_version_resolved_when_the_alia
 
 
 @pytest.mark.mlserver
-def test_fetch_failures_are_refused_or_failed_as_retrying_could_help(registry, deployer, tmp_path, no_retries):
+def test_fetch_failures_are_refused_or_failed_as_retrying_could_help(
+    registry, deployer, tmp_path, no_retries, monkeypatch
+):
     with pytest.raises(DeployFailed) as unknown:
         deployer.deploy("mlflow-bad", f"models:/{NAME}@nobody", tracking_uri=registry["uri"])
     assert (unknown.value.stage, unknown.value.refused) == ("fetch", True)
     assert "alias nobody not found" in unknown.value.reason
 
+    server = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(DeployFailed) as not_allowed:
+        deployer.deploy("mlflow-bad", f"models:/{NAME}/1", tracking_uri=server)
+    assert (not_allowed.value.stage, not_allowed.value.refused) == ("fetch", True)
+    assert f"{server} is not allowed; allowed: {registry['uri']}" in not_allowed.value.reason
+
+    monkeypatch.setenv("MLFLOW_ALLOWED_TRACKING_URIS", server)
     with pytest.raises(DeployFailed) as unreachable:
-        deployer.deploy("mlflow-bad", f"models:/{NAME}/1", tracking_uri=f"http://127.0.0.1:{free_port()}")
+        deployer.deploy("mlflow-bad", f"models:/{NAME}/1", tracking_uri=server)
     assert (unreachable.value.stage, unreachable.value.refused) == ("fetch", False)  # retry when it answers
     assert "tracking server" in unreachable.value.reason
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import shutil
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -148,6 +151,36 @@ def test_envoy_serves_the_published_revision_and_a_flip_switches_it(envoy, mlser
     completed = dict(line.rsplit(": ", 1) for line in stats.text.splitlines())
     assert int(completed[f"vhost.models.route.{r1}.calls.upstream_rq_completed"]) >= 1
     assert int(completed[f"vhost.models.route.{r2}.calls.upstream_rq_completed"]) >= 1
+
+
+def sent_as_is(url: str, method: str, path: str) -> tuple[int, bytes]:
+    """A request whose path no client library tidies up first (as curl --path-as-is sends it)."""
+    address = urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+    try:
+        connection.request(method, path, body=b"{}", headers={"content-type": "application/json"})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.mlserver
+def test_a_path_that_climbs_out_of_a_model_s_route_never_reaches_a_replica(envoy, mlserver, two_revisions):
+    """Envoy resolves dot segments before matching: a replica is asked only for a routed model's own paths,
+    never its repository API (load, unload) or a revision not routed, whatever the path climbs through."""
+    r1, r2 = two_revisions
+    publish_one(envoy.routes, MODEL, r1, (replica_address(mlserver),), also=[r2])
+    for path in (
+        f"/v2/models/{MODEL}/../../repository/index",
+        f"/v2/models/{MODEL}/%2e%2e/%2e%2e/repository/models/{r1}/unload",
+        f"/v2/models/{MODEL}/../{r2}/ready",
+    ):
+        status, body = sent_as_is(envoy.url, "POST", path)
+        assert (status, json.loads(body)["error"]) == (404, "no model is routed at this path"), path
+    assert sent_as_is(envoy.url, "POST", f"/v2/models/{MODEL}/..%2f..%2frepository/index")[0] == 400
+    assert sent_as_is(envoy.url, "GET", f"/v2/models/other/../{MODEL}/ready")[0] == 200  # resolved, then routed
+    assert httpx.get(f"{mlserver.url}/v2/models/{r1}/ready").status_code == 200  # nothing was unloaded
 
 
 @pytest.mark.mlserver

@@ -153,6 +153,8 @@ def test_the_commit_recorded_stays_when_the_branch_moves(hf_cache, roots):
         ("hf://acme/unknown@main", "not in the local Hugging Face cache"),
         ("hf://acme/embedder@no-such-branch", "not in the local Hugging Face cache"),
         ("hf://acme/../etc@main", "must look like"),
+        ("hf://acme/embedder@..", "may not be '.' or '..'"),
+        ("hf://acme/embedder@.", "may not be '.' or '..'"),
         ("hf://", "must look like"),
     ],
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import uuid
 from pathlib import Path
 from typing import Self
 
@@ -51,7 +52,13 @@ class LocalMlflowServer(LocalProcess):
             "--artifacts-destination",
             str(self.workdir / "artifacts"),
         ]
-        env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+        env = {
+            **os.environ,
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+            # A registry that stores artifact locations on other hosts, as one whose operator allows them
+            # (or an older server) does: what our client must refuse to follow is then in the registry.
+            "MLFLOW_ALLOWED_HOST_ADDRESSED_ARTIFACT_SCHEMES": "http,https,mlflow-artifacts",
+        }
         self.spawn(command, cwd=self.workdir, env=env)
         self.wait_until(self._healthy, timeout=timeout, interval=0.5)
         return self
@@ -70,6 +77,18 @@ def log_model_folder(tracking_uri: str, folder: Path, artifact_path: str = "mode
     client = MlflowClient(tracking_uri)
     run = client.create_run(experiment_id="0")
     client.log_artifacts(run.info.run_id, str(folder), artifact_path=artifact_path)
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def run_with_artifacts_at(tracking_uri: str, location: str) -> str:
+    """A run of a new experiment whose artifact location is ``location`` (another host, a path of this
+    machine), as anyone who may write to the registry can make one; the run id."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment(f"elsewhere-{uuid.uuid4().hex}", artifact_location=location)
+    run = client.create_run(experiment_id=experiment)
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 
