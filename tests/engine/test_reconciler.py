@@ -137,5 +137,6 @@ def test_a_router_started_with_no_table_is_told_the_fleet_and_answers_it_live(in
         reconcile_models()
 
         wait_for(lambda: httpx.get(f"{router.url}/v2/health/live").status_code == 200, 10, "the fleet to be live")
-        assert httpx.get(f"{router.url}/v2/health/ready").status_code == 200
+        # Ready follows the router's health checks (every second) of each routed revision, which may lag.
+        wait_for(lambda: httpx.get(f"{router.url}/v2/health/ready").status_code == 200, 10, "the fleet to be ready")
         assert httpx.get(f"{router.url}/v2").json()["name"] == "mlserver"

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import mlserver
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from mlserver import __version__ as mlserver_version
 from open_inference.openapi.client import OpenInferenceClient
 from open_inference.openapi.core.api_error import ApiError
 from open_inference.openapi.types import InferenceRequest, RequestInput
@@ -51,6 +51,26 @@ class Served:
         shutil.copytree(self.sources / "minilm", source)
         (source / "RELEASE_NOTES.txt").write_text(note)
         return self.deployer.deploy(MODEL, str(source)).revision
+
+
+@pytest.fixture(scope="module")
+def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMLServer]:
+    """A replica of this module's own: readiness is a fact of every routed model, so the models other
+    modules leave routed on the session's fleet must not decide it."""
+    base = tmp_path_factory.mktemp("v2-clients-mlserver")
+    server = LocalMLServer(repository_root=base / "repository", workdir=base / "server")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def envoy(mlserver: LocalMLServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvoy]:
+    """An Envoy in front of this module's replica alone."""
+    with LocalEnvoy(tmp_path_factory.mktemp("v2-clients-envoy")) as router:
+        yield router
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +131,7 @@ def test_the_fleet_is_live_and_ready_to_both_clients(tritonclient, oip):
 
 def test_server_metadata_is_the_replicas_and_lists_no_binary_extension(tritonclient, oip):
     metadata = tritonclient.get_server_metadata()
-    assert (metadata["name"], metadata["version"]) == ("mlserver", mlserver.__version__)
+    assert (metadata["name"], metadata["version"]) == ("mlserver", mlserver_version)
     assert "binary_tensor_data" not in metadata["extensions"]
     assert oip.read_server_metadata().dict() == metadata
 
