@@ -7,7 +7,8 @@
 # live revisions, then the router sends it traffic again). A part that dies is started again after
 # a short backoff. The addresses and folders it chose are in $CONTROLPLANE_VAR_DIR/stack.env while it
 # runs, for manage.py in other shells. SIGINT (Ctrl-C), SIGTERM or SIGHUP to this script, or to its
-# process group, stops every part (the web server first, Envoy last) and exits 0.
+# process group, stops every part (the replicas and Envoy once the workers and reconciler are gone) and
+# exits 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -64,12 +65,17 @@ describe_exit() {
   fi
 }
 
-# stop_parts SECONDS INDEX...: SIGTERM to each of those parts, then wait for all of them; a part still
-# running after SECONDS (its own stop is bounded well below) has its process group SIGKILLed.
-stop_parts() {
+# signal_parts INDEX...: SIGTERM to each of those parts (their commands stop, then the part).
+signal_parts() {
+  local i
+  for i in "$@"; do kill -TERM "${part_pids[$i]}" 2>/dev/null || true; done
+}
+
+# wait_parts SECONDS INDEX...: wait for each of those parts; one still running after SECONDS (its own
+# stop is bounded well below) has its process group SIGKILLed.
+wait_parts() {
   local deadline=$((SECONDS + $1)) i pid
   shift
-  for i in "$@"; do kill -TERM "${part_pids[$i]}" 2>/dev/null || true; done
   for i in "$@"; do
     pid=${part_pids[$i]}
     while kill -0 "$pid" 2>/dev/null; do
@@ -84,22 +90,25 @@ stop_parts() {
   done
 }
 
-# stop_all SIGNAL STATUS: the clients of the fleet first (web server, reconciler, workers), then the fleet
-# (replicas, Envoy), so that nothing calls a part that is already gone; then exit with STATUS (0 for a
-# stop asked by a signal, the failed step's for a start that failed).
+# stop_all SIGNAL STATUS: every part at once but the fleet (replicas, Envoy), which waits until the
+# workers and the reconciler are gone, so that no deploy or repair of theirs meets a replica that is
+# already stopping; then exit with STATUS (0 for a stop asked by a signal, the failed step's for a start
+# that failed).
 stop_all() {
   trap - EXIT
   trap 'echo "run-stack: still stopping" >&2' HUP INT TERM
   touch "$stopping"
   rm -f "$stack_env"
   [ -n "${1:-}" ] && echo "run-stack: $1: stopping" >&2
-  local clients=() fleet=() i
+  local web=() callers=() fleet=() i
   [ -n "$step_pid" ] && { kill -TERM "$step_pid" 2>/dev/null || true; }
   for ((i = 0; i < ${#parts[@]}; i++)); do
-    case ${parts[$i]} in web | reconciler | workers) clients+=("$i") ;; *) fleet+=("$i") ;; esac
+    case ${parts[$i]} in web) web+=("$i") ;; reconciler | workers) callers+=("$i") ;; *) fleet+=("$i") ;; esac
   done
-  ((${#clients[@]})) && stop_parts 30 "${clients[@]}"
-  ((${#fleet[@]})) && stop_parts 30 "${fleet[@]}"
+  signal_parts ${web[@]+"${web[@]}"} ${callers[@]+"${callers[@]}"}
+  ((${#callers[@]})) && wait_parts 30 "${callers[@]}"
+  ((${#fleet[@]})) && signal_parts "${fleet[@]}"
+  wait_parts 30 ${web[@]+"${web[@]}"} ${fleet[@]+"${fleet[@]}"}
   [ -n "${1:-}" ] && echo "run-stack: stopped" >&2
   exit "$2"
 }
