@@ -6,6 +6,8 @@ WEB_ADDR         where to listen (default 127.0.0.1:8000; several addresses comm
 WEB_CONCURRENCY  worker processes (default 2)
 WEB_THREADS      threads per worker (default 4): a slow client holds a thread, not a whole worker
 WEB_TIMEOUT      seconds a request may take before its worker is restarted (default 30)
+WEB_GRACEFUL_TIMEOUT  seconds a stopped server waits for open requests and keep-alive connections (default
+                 20; `make run` sets 3, so that a stack on a workstation stops at once)
 
 Anything else gunicorn knows can be added through GUNICORN_CMD_ARGS. Static files are served by
 WhiteNoise inside Django; whether a request came over https is Django's decision (settings.py:
@@ -20,7 +22,7 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("WEB_THREADS", "4"))
 worker_class = "gthread"
 timeout = int(os.environ.get("WEB_TIMEOUT", "30"))
-graceful_timeout = 20
+graceful_timeout = int(os.environ.get("WEB_GRACEFUL_TIMEOUT", "20"))
 keepalive = 5  # behind a proxy that keeps connections open; it should be shorter than the proxy's
 
 # Each thread keeps its database connection between requests, on SQLite too (settings.py opens one per

@@ -1,4 +1,5 @@
-"""Run one part of the fleet in the foreground until SIGTERM or SIGINT (what ``make run`` keeps alive).
+"""Run one part of the fleet in the foreground until SIGTERM or SIGINT (what ``make run`` keeps alive). When
+the part ends on its own, the exit status says how (137: it was killed by SIGKILL).
 
     python -m deployments.inference.cli replica --repository DIR --port 8090
     python -m deployments.inference.cli router --workdir DIR --port 8080 --admin-port 9901
@@ -10,9 +11,10 @@ replicas, whose routes (kept in ``<workdir>/xds``) survive its restart.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from .processes import run_in_foreground
+from .processes import LocalProcess, run_in_foreground
 from .router import LocalEnvoy
 from .server import METRICS_ENDPOINT, METRICS_PORT_OFFSET, LocalMLServer
 
@@ -47,14 +49,15 @@ def main(argv: list[str] | None = None) -> None:
             grpc_port=args.grpc_port or None,
             metrics_port=args.metrics_port or args.port + METRICS_PORT_OFFSET,
         )
-        run_in_foreground(
-            server,
+        part: LocalProcess = server
+        banner = (
             f"MLServer replica at {server.url}, metrics at {server.metrics_url} "
-            f"(repository {repository}, log {server.log_path})",
+            f"(repository {repository}, log {server.log_path})"
         )
     else:
-        envoy = LocalEnvoy(args.workdir, listener_port=args.port, admin_port=args.admin_port)
-        run_in_foreground(envoy, f"Envoy routing at {envoy.url} (admin {envoy.admin_url}, log {envoy.log_path})")
+        part = envoy = LocalEnvoy(args.workdir, listener_port=args.port, admin_port=args.admin_port)
+        banner = f"Envoy routing at {envoy.url} (admin {envoy.admin_url}, log {envoy.log_path})"
+    sys.exit(run_in_foreground(part, banner))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -93,20 +94,52 @@ class LocalProcess:
         self.stop()
 
 
-def run_in_foreground(process: LocalProcess, banner: str) -> None:
-    """Start ``process``, print ``banner``, and keep it running until SIGTERM or SIGINT, then stop it."""
-    stopping = False
+def exit_status(returncode: int) -> int:
+    """A process's exit status as a shell reports it: a death by signal N is 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def describe_exit(returncode: int) -> str:
+    """'killed by SIGKILL' or 'exited with status 1', from a Popen returncode."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+class StopRequested(Exception):
+    """SIGTERM or SIGINT reached run_in_foreground: stop, even in the middle of the start."""
+
+
+def run_in_foreground(process: LocalProcess, banner: str) -> int:
+    """Start ``process``, print ``banner``, and keep it running until SIGTERM or SIGINT, then stop it.
+
+    Returns 0 once stopped on request (during its start too: a replica still loading is not waited for);
+    when the process ends on its own, says how on stderr and returns its exit status as a shell gives it
+    (137 for SIGKILL), so whoever restarts this one knows too.
+    """
 
     def request_stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+        raise StopRequested
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    process.start()
-    print(banner, flush=True)
+    ended: int | None = None
     try:
-        while not stopping and process.running:
+        process.start()
+        print(banner, flush=True)
+        while (ended := process.process.poll()) is None:
             time.sleep(0.5)
+    except StopRequested:
+        ended = None
     finally:
+        # A second signal must not cut the stop short: that would leave the server (a session of its own) running.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         process.stop()
+    if ended is None:
+        return 0
+    print(f"{process.name} {describe_exit(ended)}", file=sys.stderr, flush=True)
+    return exit_status(ended)

