@@ -201,7 +201,7 @@ class ClusterSupervisor:
     def _watch(self) -> None:
         returncode = self.process.poll()
         if returncode is not None:
-            self._restart(f"qcluster {self.process.pid} exited with code {returncode}")
+            self._restart(f"qcluster {self.process.pid} {how_it_ended(returncode)}")
             return
         self._resolve_dead_workers()
         self._resolve_expired_leases()
@@ -319,3 +319,13 @@ class ClusterSupervisor:
         killed = kill_process_group(pgid)
         self.process.wait()
         return f"qcluster {pgid} stopped" + (f"; SIGKILLed {killed} process(es) left in its group" if killed else "")
+
+
+def how_it_ended(returncode: int) -> str:
+    """A child's end in words: a negative return code is the signal that killed it (subprocess's way)."""
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
