@@ -15,7 +15,9 @@ Two sources, merged in one registry per scrape:
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -158,9 +160,25 @@ class ControlPlaneCollector(Collector):
         yield memory_budget
 
 
+class WrittenFilesCollector(MultiProcessCollector):
+    """prometheus_client's multiprocess merge, of the files that hold something: a process killed while it
+    created its file leaves it empty, and merging an empty file raises (every scrape would answer 500)."""
+
+    def collect(self) -> Iterator[Metric]:
+        files = [path for path in glob.glob(os.path.join(self._path, "*.db")) if _holds_something(path)]
+        return self.merge(files, accumulate=True)
+
+
+def _holds_something(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except FileNotFoundError:  # a live gauge's file removed since the glob, as the library allows
+        return False
+
+
 def render_metrics() -> tuple[bytes, str]:
     """The scrape's body and content type: every process's observed metrics plus the database's gauges."""
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(settings.PROMETHEUS_MULTIPROC_DIR))
+    WrittenFilesCollector(registry, path=str(settings.PROMETHEUS_MULTIPROC_DIR))
     registry.register(ControlPlaneCollector())
     return generate_latest(registry), CONTENT_TYPE_LATEST

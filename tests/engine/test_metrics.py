@@ -163,3 +163,13 @@ def test_a_scrape_still_answers_when_the_database_cannot_be_read(monkeypatch):
     assert value(samples, "controlplane_database_up") == 0
     assert value(samples, "controlplane_open_drifts") is None
     assert any(name.startswith("django_http_") for name, _ in samples)
+
+
+@pytest.mark.django_db
+def test_a_metrics_file_left_empty_by_a_killed_process_does_not_break_the_scrape(settings, tmp_path):
+    """A process SIGKILLed while it created its metrics file leaves it empty; prometheus_client's merge
+    raises on such a file, so every later scrape answered 500."""
+    settings.PROMETHEUS_MULTIPROC_DIR = tmp_path
+    (tmp_path / "histogram_4242.db").touch()
+    samples = scrape()
+    assert value(samples, "controlplane_tasks", kind="deployment", status="pending") is not None
