@@ -129,6 +129,10 @@ def test_a_replica_that_does_not_answer_keeps_a_model_from_counting_as_in_step(i
 
 def test_a_router_started_with_no_table_is_told_the_fleet_and_answers_it_live(inference_settings, tmp_path):
     with LocalEnvoy(tmp_path / "envoy") as router:
+        # A repository of its own: ready means every routed model is, and the models other tests leave
+        # live in the session's repository are not this router's to wait for.
+        inference_settings.MODEL_REPOSITORY_ROOT = tmp_path / "repository"
+        inference_settings.MODEL_REPOSITORY_ROOT.mkdir()
         inference_settings.INFERENCE_SERVER_URL = router.url
         inference_settings.ROUTER_CONFIG_DIR = router.routes.config_dir
         inference_settings.ROUTER_ADMIN_URL = router.admin_url
