@@ -223,7 +223,9 @@ class LeaseHeartbeat:
 
     def _run(self) -> None:
         try:
-            while not self._stop.wait(self.interval):
+            wait = self.interval
+            while not self._stop.wait(wait):
+                wait = self.interval
                 try:
                     if not renew_lease(self.embedding_model_id, self.owner):
                         # The sweeper judged us dead and took the task over; finishing will not overwrite it.
@@ -233,5 +235,7 @@ class LeaseHeartbeat:
                 except Exception:  # a transient DB error must not kill the heartbeat
                     logger.exception("renewing the lease on %s failed", self.embedding_model_id)
                     close_old_connections()
+                    # Try again soon, not a whole interval later: a short lease survives few misses.
+                    wait = min(1.0, self.interval)
         finally:
             connection.close()  # this thread's own connection
