@@ -38,6 +38,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from deployments import selectors
+from deployments.inference.processes import describe_exit
 from deployments.models import WorkerCluster
 from deployments.services.leases import lease_renewal_seconds
 from deployments.services.sweeper import (
@@ -201,7 +202,7 @@ class ClusterSupervisor:
     def _watch(self) -> None:
         returncode = self.process.poll()
         if returncode is not None:
-            self._restart(f"qcluster {self.process.pid} {how_it_ended(returncode)}")
+            self._restart(f"qcluster {self.process.pid} {describe_exit(returncode)}")
             return
         self._resolve_dead_workers()
         self._resolve_expired_leases()
@@ -319,13 +320,3 @@ class ClusterSupervisor:
         killed = kill_process_group(pgid)
         self.process.wait()
         return f"qcluster {pgid} stopped" + (f"; SIGKILLed {killed} process(es) left in its group" if killed else "")
-
-
-def how_it_ended(returncode: int) -> str:
-    """A child's end in words: a negative return code is the signal that killed it (subprocess's way)."""
-    if returncode < 0:
-        try:
-            return f"was killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"was killed by signal {-returncode}"
-    return f"exited with code {returncode}"

@@ -6,15 +6,15 @@ import signal
 import subprocess
 import sys
 
-from deployments.services.watchdog import how_it_ended
+from deployments.inference.processes import describe_exit
 
 
 def test_a_child_killed_by_a_signal_is_said_to_be_killed_by_it():
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     child.send_signal(signal.SIGKILL)
-    assert how_it_ended(child.wait(timeout=30)) == "was killed by SIGKILL"
+    assert describe_exit(child.wait(timeout=30)) == "killed by SIGKILL"
 
 
 def test_a_child_that_exits_says_its_code():
     child = subprocess.run([sys.executable, "-c", "raise SystemExit(3)"], check=False)
-    assert how_it_ended(child.returncode) == "exited with code 3"
+    assert describe_exit(child.returncode) == "exited with status 3"
