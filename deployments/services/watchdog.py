@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 
 import psutil
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
 from deployments import selectors
@@ -151,6 +151,8 @@ class ClusterSupervisor:
         self.quick_deaths = 0
         # The cluster's processes at the last tick (pid: start time), to see which of them died since.
         self.members: dict[int, float] = {}
+        # Processes seen dead whose leases could not be resolved yet (the database refused): tried each look.
+        self.unresolved_deaths: dict[int, float] = {}
         self.leases_swept_at = time.monotonic()
 
     def request_stop(self, *_: object) -> None:
@@ -231,10 +233,18 @@ class ClusterSupervisor:
         else:
             self.members = {}
         host = socket.gethostname()
+        gone, self.unresolved_deaths = self.unresolved_deaths | gone, {}
         for pid, started in gone.items():
-            report = resolve_leases_of_dead_process(
-                host, pid, lambda pid=pid, started=started: is_gone(pid, started), f"its process {pid} ended"
-            )
+            try:
+                report = resolve_leases_of_dead_process(
+                    host, pid, lambda pid=pid, started=started: is_gone(pid, started), f"its process {pid} ended"
+                )
+            except DatabaseError:
+                # Not forgotten: the next look tries again, rather than the lease running out first.
+                logger.warning("could not resolve the leases of dead worker %d yet", pid, exc_info=True)
+                self.unresolved_deaths[pid] = started
+                close_old_connections()
+                continue
             if report.failed:
                 logger.warning("worker %d of qcluster %d died: %s", pid, self.process.pid, report)
 
