@@ -58,12 +58,8 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMLServer
     """A replica of this module's own: readiness is a fact of every routed model, so the models other
     modules leave routed on the session's fleet must not decide it."""
     base = tmp_path_factory.mktemp("v2-clients-mlserver")
-    server = LocalMLServer(repository_root=base / "repository", workdir=base / "server")
-    server.start()
-    try:
+    with LocalMLServer(repository_root=base / "repository", workdir=base / "server") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
